@@ -1,0 +1,91 @@
+"""The ``voicemesh`` command: models, and the embedded mesh (up, status, down)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _parse_scale(values: list[str]) -> dict[str, int]:
+    scale: dict[str, int] = {}
+    for item in values:
+        name, sep, count = item.partition("=")
+        if not sep or not count.isdigit() or int(count) < 0:
+            raise argparse.ArgumentTypeError(f"--scale takes SERVICE=N, got {item!r}")
+        scale[name] = int(count)
+    return scale
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``voicemesh``."""
+    parser = argparse.ArgumentParser(prog="voicemesh", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="list, prepare and verify the bundled models")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    models_sub.add_parser("list", help="show every known model and whether it is ready")
+    prepare = models_sub.add_parser("prepare", help="prepare bundled models into the cache")
+    prepare.add_argument("names", nargs="*", help="models to prepare (default: all bundled)")
+    prepare.add_argument("--force", action="store_true", help="rebuild even if present")
+    verify = models_sub.add_parser("verify", help="check prepared models against checksums")
+    verify.add_argument("names", nargs="*", help="models to verify (default: all bundled)")
+
+    up = sub.add_parser("up", help="start the embedded mesh as local processes")
+    up.add_argument("--host", default="127.0.0.1", help="interface for every service")
+    up.add_argument("--port", type=int, default=8080, help="gateway port")
+    up.add_argument("--redis-url", default=None,
+                    help="use this Redis instead of starting the bundled one")
+    up.add_argument("--scale", action="append", default=[], metavar="SERVICE=N",
+                    help="replicas of a service, e.g. stt_cpu_ws=3 (repeatable)")
+    up.add_argument("--no-gpu", action="store_true", help="never start stt_gpu_ws")
+    up.add_argument("--foreground", action="store_true",
+                    help="stay attached; Ctrl-C stops the mesh")
+    up.add_argument("--timeout", type=float, default=300.0,
+                    help="seconds to wait for every service to be healthy")
+
+    sub.add_parser("status", help="show each service, pid, health and port")
+    down = sub.add_parser("down", help="stop the embedded mesh")
+    down.add_argument("--timeout", type=float, default=20.0,
+                      help="seconds to wait for a graceful stop before killing")
+    supervise = sub.add_parser("supervise", help=argparse.SUPPRESS)
+    supervise.add_argument("--plan", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``voicemesh`` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.command == "models":
+        from voicemesh import assets
+
+        if args.models_command == "list":
+            return assets.cli_list()
+        if args.models_command == "prepare":
+            return assets.cli_prepare(args.names, force=args.force)
+        return assets.cli_verify(args.names)
+
+    from voicemesh import runner
+
+    if args.command == "up":
+        try:
+            scale = _parse_scale(args.scale)
+        except argparse.ArgumentTypeError as exc:
+            print(f"voicemesh up: {exc}", file=sys.stderr)
+            return 2
+        return runner.cmd_up(
+            host=args.host, port=args.port, redis_url=args.redis_url, scale=scale,
+            no_gpu=args.no_gpu, foreground=args.foreground, timeout=args.timeout,
+        )
+    if args.command == "status":
+        return runner.cmd_status()
+    if args.command == "down":
+        return runner.cmd_down(timeout=args.timeout)
+    if args.command == "supervise":
+        return runner.cmd_supervise(args.plan)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Messages that cross service lines, as pydantic models.
+
+Client -> STT (gateway or engine), over ``WS /ws/transcribe``:
+  * optional first text message :class:`StartMessage`;
+  * binary audio frames in the declared encoding;
+  * ``<flush>`` (the seed protocol) or :class:`FlushMessage`; :class:`StopMessage`.
+
+STT -> client: :class:`ReadyMessage`, :class:`PartialMessage`, :class:`FinalMessage`,
+:class:`VadMessage`, :class:`FailoverMessage`, :class:`ErrorMessage`.
+
+Detector (``WS /ws/detect``) speaks the seed format: :class:`DetectionMessage` per frame
+group, plus :class:`SpeechStartEvent` / :class:`SpeechEndEvent`; bad input gets
+:class:`DetectorError` (``{"error": "..."}``).
+
+All times are seconds from the start of the stream.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from voicemesh.errors import BadRequest
+
+Encoding = Literal["pcm_s16le", "pcm_f32le"]
+FLUSH_TEXT = "<flush>"
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 192000
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    def dumps(self) -> str:
+        """Serialise to the JSON text sent on the wire."""
+        return self.model_dump_json(exclude_none=True)
+
+
+# ---------------------------------------------------------------- client -> server
+
+
+class StartMessage(_Message):
+    """Declares the audio format of the binary frames that follow."""
+
+    type: Literal["start"] = "start"
+    sample_rate: int = Field(16000, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE)
+    encoding: Encoding = "pcm_s16le"
+    channels: int = Field(1, ge=1, le=2)
+    language: str | None = None
+    session_id: str | None = None
+
+
+class FlushMessage(_Message):
+    """Finalize the current utterance now."""
+
+    type: Literal["flush"] = "flush"
+    reason: str | None = None
+
+
+class StopMessage(_Message):
+    """Finalize the current utterance and close the session."""
+
+    type: Literal["stop"] = "stop"
+
+
+ControlMessage = Annotated[
+    StartMessage | FlushMessage | StopMessage, Field(discriminator="type")
+]
+_CONTROL = TypeAdapter(ControlMessage)
+
+
+def parse_control(text: str) -> StartMessage | FlushMessage | StopMessage:
+    """Parse a text frame from a client; raise :class:`BadRequest` with a clear reason."""
+    if text.strip() == FLUSH_TEXT:
+        return FlushMessage()
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise BadRequest(
+            "text frames must be JSON control messages or '<flush>'", code="bad_message"
+        ) from exc
+    if not isinstance(data, dict) or "type" not in data:
+        raise BadRequest("control message needs a 'type' field", code="bad_message")
+    try:
+        return _CONTROL.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise BadRequest(
+            f"invalid {data.get('type')!r} message: {where}: {first.get('msg')}",
+            code="bad_message",
+        ) from exc
+
+
+# ---------------------------------------------------------------- server -> client
+
+
+class Word(BaseModel):
+    """One word with its time span."""
+
+    word: str
+    start: float
+    end: float
+    probability: float | None = None
+
+
+class Segment(BaseModel):
+    """A span of a final transcript."""
+
+    start: float
+    end: float
+    text: str
+    words: list[Word] | None = None
+
+
+class ReadyMessage(_Message):
+    """The session is open; says which engine serves it."""
+
+    type: Literal["ready"] = "ready"
+    session_id: str
+    engine: str
+    device: str
+    model: str
+    sample_rate: int = 16000
+    backend: str | None = None
+
+
+class PartialMessage(_Message):
+    """A revisable hypothesis of the utterance in progress."""
+
+    type: Literal["partial"] = "partial"
+    utterance_id: int
+    text: str
+    stable_text: str = ""
+    start: float
+    end: float
+
+
+class FinalMessage(_Message):
+    """The finished transcript of one utterance; never revised."""
+
+    type: Literal["final"] = "final"
+    utterance_id: int
+    text: str
+    segments: list[Segment] = []
+    start: float
+    end: float
+    language: str | None = None
+    engine: str
+    device: str
+    model: str
+    latency_ms: float
+    reason: Literal["endpoint", "flush", "stop", "max_length"] = "endpoint"
+    backend: str | None = None
+
+
+class VadMessage(_Message):
+    """Speech started or ended (from the detector or the engine's own VAD)."""
+
+    type: Literal["vad"] = "vad"
+    event: Literal["speech_start", "speech_end"]
+    t: float
+    source: str = "engine"
+    confirmed: bool | None = None
+    text: str | None = None
+
+
+class FailoverMessage(_Message):
+    """The gateway moved the session to another backend and replayed its audio."""
+
+    type: Literal["failover"] = "failover"
+    from_: str | None = Field(None, alias="from", serialization_alias="from")
+    to: str
+    replayed_ms: float
+    reason: str
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    def dumps(self) -> str:
+        """Serialise with the ``from`` key (a Python keyword)."""
+        return self.model_dump_json(exclude_none=True, by_alias=True)
+
+
+class ErrorMessage(_Message):
+    """An error; ``fatal`` says whether the server will close the socket after it."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    fatal: bool = False
+
+
+ServerMessage = Annotated[
+    ReadyMessage
+    | PartialMessage
+    | FinalMessage
+    | VadMessage
+    | FailoverMessage
+    | ErrorMessage,
+    Field(discriminator="type"),
+]
+SERVER_MESSAGE: TypeAdapter[Any] = TypeAdapter(ServerMessage)
+
+
+# ---------------------------------------------------------------- detector (seed format)
+
+
+class DetectionMessage(BaseModel):
+    """Seed detector output for a frame or group of frames."""
+
+    speech_detected: bool
+    probability: float
+    t: float
+
+
+class SpeechStartEvent(_Message):
+    """The detector saw speech begin at ``t``."""
+
+    type: Literal["speech_start"] = "speech_start"
+    t: float
+
+
+class SpeechEndEvent(_Message):
+    """Speech that began at ``start`` ended at ``t``; ``confirmed`` by Whisper tiny."""
+
+    type: Literal["speech_end"] = "speech_end"
+    t: float
+    start: float
+    confirmed: bool
+    text: str = ""
+
+
+class DetectorError(BaseModel):
+    """Seed-format error for bad detector input; the socket stays open."""
+
+    error: str
+    code: str = "bad_frame"

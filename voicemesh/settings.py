@@ -1,0 +1,95 @@
+"""Settings shared by every VoiceMesh service.
+
+Each service subclasses :class:`ServiceSettings` with its own env prefix
+(``VOICEMESH_GATEWAY_``, ``VOICEMESH_STT_CPU_``, ...) and field defaults.
+Values shared across services (Redis, model cache) also read the plain
+``VOICEMESH_`` prefix through :class:`CommonSettings`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+def default_home() -> Path:
+    """Folder for the model cache, run state and logs (``VOICEMESH_HOME`` overrides)."""
+    env = os.environ.get("VOICEMESH_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "voicemesh"
+
+
+class CommonSettings(BaseSettings):
+    """Values every process shares, read from ``VOICEMESH_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="VOICEMESH_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    """Root folder for caches, run state and logs."""
+    models_dir: Path | None = None
+    """Where prepared model files live (default: ``<home>/models``)."""
+    redis_url: str = "redis://127.0.0.1:6390/0"
+    """Redis holding the registry, the routing mode and stats."""
+
+    @property
+    def models_path(self) -> Path:
+        """The resolved model cache folder."""
+        return self.models_dir or self.home / "models"
+
+
+class ServiceSettings(BaseSettings):
+    """Base for one service's settings; subclasses set ``env_prefix`` and defaults."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    host: str = "127.0.0.1"
+    """Interface to bind."""
+    port: int = Field(8000, ge=1, le=65535)
+    """Port to bind."""
+    advertise_url: str | None = None
+    """URL other services use to reach this replica (default: from host and port)."""
+    instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    """Unique id of this replica in the registry."""
+    redis_url: str | None = None
+    """Redis URL; None falls back to ``VOICEMESH_REDIS_URL``; '' disables registration."""
+    registry_ttl_s: float = Field(10.0, gt=0)
+    """How long a registration lives without a heartbeat."""
+    heartbeat_interval_s: float = Field(2.0, gt=0)
+    """How often the replica refreshes its registration and load."""
+    log_level: LogLevel = "info"
+    """Logging level."""
+    max_frame_bytes: int = Field(1_048_576, ge=1024)
+    """Largest binary WebSocket frame accepted; larger ones get an error message."""
+
+    @field_validator("heartbeat_interval_s")
+    @classmethod
+    def _heartbeat_below_ttl(cls, value: float, info) -> float:  # type: ignore[no-untyped-def]
+        ttl = info.data.get("registry_ttl_s", 10.0)
+        if value >= ttl:
+            raise ValueError(f"heartbeat_interval_s ({value}) must be below registry_ttl_s ({ttl})")
+        return value
+
+    @property
+    def public_url(self) -> str:
+        """The URL this replica registers under."""
+        if self.advertise_url:
+            return self.advertise_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    def resolved_redis_url(self) -> str | None:
+        """This service's Redis URL, falling back to the shared one; None when disabled."""
+        if self.redis_url is None:
+            return CommonSettings().redis_url
+        return self.redis_url or None
