@@ -30,6 +30,10 @@ def default_home() -> Path:
     return base / "voicemesh"
 
 
+def _new_instance_id() -> str:
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
 class CommonSettings(BaseSettings):
     """Values every process shares, read from ``VOICEMESH_*``."""
 
@@ -59,7 +63,7 @@ class ServiceSettings(BaseSettings):
     """Port to bind."""
     advertise_url: str | None = None
     """URL other services use to reach this replica (default: from host and port)."""
-    instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    instance_id: str = Field(default_factory=_new_instance_id)
     """Unique id of this replica in the registry."""
     redis_url: str | None = None
     """Redis URL; None falls back to ``VOICEMESH_REDIS_URL``; '' disables registration."""

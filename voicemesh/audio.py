@@ -1,0 +1,331 @@
+"""Audio helpers shared by every service: PCM conversion, resampling, streaming and file decoding.
+
+Everything here hands out float32 mono arrays in [-1, 1] at :data:`SAMPLE_RATE` unless
+told otherwise. :class:`PcmStreamDecoder` sits on the WebSocket hot path, so it checks a
+frame completely before it touches any state: a rejected frame costs the session nothing.
+
+``soundfile`` and ``av`` (the ``codecs`` extra) are imported only when a file is decoded,
+so the streaming path needs nothing beyond numpy and soxr.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import soxr
+
+from voicemesh.errors import BadAudio, PayloadTooLarge
+
+_LOGGER = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+PcmEncoding = Literal["pcm_s16le", "pcm_f32le"]
+
+_BYTES_PER_SAMPLE: dict[str, int] = {"pcm_s16le": 2, "pcm_f32le": 4}
+_PCM16_SCALE = np.float32(1.0 / 32768.0)
+_RESAMPLE_QUALITY = "HQ"
+_SILENCE_DBFS = -120.0
+_EMPTY = np.zeros(0, dtype=np.float32)
+_EMPTY.flags.writeable = False
+
+
+def _empty() -> np.ndarray:
+    return np.zeros(0, dtype=np.float32)
+
+
+def _check_rate(rate: int, what: str) -> None:
+    if not isinstance(rate, int | np.integer) or rate <= 0:
+        raise BadAudio(
+            f"{what} must be a positive integer in Hz, got {rate!r}", code="bad_sample_rate"
+        )
+
+
+# ---------------------------------------------------------------- PCM conversion
+
+
+def pcm16_to_float32(data: bytes) -> np.ndarray:
+    """Convert little-endian 16-bit PCM bytes to float32 samples in [-1, 1)."""
+    if len(data) % 2:
+        raise BadAudio(
+            f"16-bit PCM needs an even number of bytes, got {len(data)}", code="odd_length_frame"
+        )
+    out = np.frombuffer(data, dtype="<i2").astype(np.float32)
+    out *= _PCM16_SCALE
+    return out
+
+
+def float32_to_pcm16(x: np.ndarray) -> bytes:
+    """Convert float samples to little-endian 16-bit PCM bytes, clipping to [-1, 1]."""
+    y = np.multiply(x, 32768.0, dtype=np.float32)
+    # NaN would turn into an arbitrary integer; silence is the least surprising sample.
+    np.nan_to_num(y, copy=False, nan=0.0, posinf=32767.0, neginf=-32768.0)
+    np.rint(y, out=y)
+    np.clip(y, -32768.0, 32767.0, out=y)
+    pcm: np.ndarray = y.astype("<i2")
+    return pcm.tobytes()
+
+
+def resample(x: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample a whole signal with soxr; returns float32 (unchanged when the rates match)."""
+    x = np.asarray(x, dtype=np.float32)
+    if from_rate == to_rate:
+        return x
+    _check_rate(from_rate, "from_rate")
+    _check_rate(to_rate, "to_rate")
+    out: np.ndarray = soxr.resample(x, from_rate, to_rate, quality=_RESAMPLE_QUALITY)
+    return out
+
+
+def rms_dbfs(x: np.ndarray) -> float:
+    """Root-mean-square level in dBFS of float samples; -120.0 for silence or no samples."""
+    flat = np.asarray(x, dtype=np.float64).ravel()
+    if flat.size == 0:
+        return _SILENCE_DBFS
+    mean_square = float(np.dot(flat, flat)) / flat.size
+    if not mean_square > 0.0:
+        return _SILENCE_DBFS
+    return max(_SILENCE_DBFS, 10.0 * math.log10(mean_square))
+
+
+# ---------------------------------------------------------------- streaming
+
+
+def _sum_channels(interleaved: np.ndarray) -> np.ndarray:
+    """Sum the columns of a (frames, channels) view into a new float32 array."""
+    # Adding strided columns is several times faster than a reduction over a short axis.
+    total = interleaved[:, 0].astype(np.float32)
+    for channel in range(1, interleaved.shape[1]):
+        total += interleaved[:, channel]
+    return total
+
+
+class PcmStreamDecoder:
+    """Turns one session's raw PCM frames into float32 mono at ``target_rate``, click-free."""
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = SAMPLE_RATE,
+        encoding: PcmEncoding = "pcm_s16le",
+        channels: int = 1,
+        target_rate: int = SAMPLE_RATE,
+        max_frame_bytes: int = 1_048_576,
+    ) -> None:
+        _check_rate(sample_rate, "sample_rate")
+        _check_rate(target_rate, "target_rate")
+        if encoding not in _BYTES_PER_SAMPLE:
+            raise BadAudio(
+                f"encoding must be one of {sorted(_BYTES_PER_SAMPLE)}, got {encoding!r}",
+                code="bad_encoding",
+            )
+        if channels < 1:
+            raise BadAudio(f"channels must be at least 1, got {channels}", code="bad_channels")
+        if max_frame_bytes <= 0:
+            raise ValueError(f"max_frame_bytes must be positive, got {max_frame_bytes}")
+        self.sample_rate = sample_rate
+        self.encoding: PcmEncoding = encoding
+        self.channels = channels
+        self.target_rate = target_rate
+        self.max_frame_bytes = max_frame_bytes
+        self._block_bytes = _BYTES_PER_SAMPLE[encoding] * channels
+        self._samples_in = 0
+        # One persistent stream keeps the filter history across frames, so frame
+        # boundaries leave no clicks and no gaps in the output.
+        self._resampler: soxr.ResampleStream | None = (
+            soxr.ResampleStream(
+                sample_rate, target_rate, 1, dtype="float32", quality=_RESAMPLE_QUALITY
+            )
+            if sample_rate != target_rate
+            else None
+        )
+
+    @property
+    def samples_in(self) -> int:
+        """Input samples per channel consumed so far."""
+        return self._samples_in
+
+    @property
+    def seconds_in(self) -> float:
+        """Seconds of input audio consumed so far."""
+        return self._samples_in / self.sample_rate
+
+    def _to_mono(self, frame: bytes) -> np.ndarray:
+        """Validate ``frame`` and convert it to float32 mono at the input rate; no state change."""
+        size = len(frame)
+        if size > self.max_frame_bytes:
+            raise PayloadTooLarge(
+                f"audio frame of {size} bytes is over the limit of {self.max_frame_bytes} bytes",
+                code="frame_too_large",
+            )
+        if size % self._block_bytes:
+            raise BadAudio(
+                f"{self.encoding} with {self.channels} channel(s) needs frames whose length "
+                f"is a multiple of {self._block_bytes} bytes, got {size}",
+                code="odd_length_frame",
+            )
+        if self.encoding == "pcm_s16le":
+            samples = np.frombuffer(frame, dtype="<i2")
+            scale = _PCM16_SCALE
+        else:
+            samples = np.frombuffer(frame, dtype="<f4")
+            scale = np.float32(1.0)
+            if not np.isfinite(samples).all():
+                raise BadAudio(
+                    "pcm_f32le frame contains NaN or infinite samples", code="bad_samples"
+                )
+        if self.channels == 1:
+            mono = samples.astype(np.float32)  # always a fresh, writable array
+        else:
+            mono = _sum_channels(samples.reshape(-1, self.channels))
+            scale = scale / np.float32(self.channels)
+        if scale != 1.0:
+            mono *= scale
+        return mono
+
+    def decode(self, frame: bytes) -> np.ndarray:
+        """Decode one binary frame into float32 mono at ``target_rate`` (may be shorter)."""
+        if not frame:
+            return _empty()
+        mono = self._to_mono(frame)
+        self._samples_in += mono.shape[0]
+        if self._resampler is None:
+            return mono
+        out: np.ndarray = self._resampler.resample_chunk(mono)
+        return out
+
+    def to_pcm16_16k(self, frame: bytes) -> bytes:
+        """Decode one frame and return it as 16-bit PCM bytes at ``target_rate``."""
+        return float32_to_pcm16(self.decode(frame))
+
+    def flush(self) -> np.ndarray:
+        """Return the resampler's buffered tail; later frames start a fresh resampler state."""
+        if self._resampler is None:
+            return _empty()
+        tail: np.ndarray = self._resampler.resample_chunk(_EMPTY, last=True)
+        self._resampler.clear()
+        return tail
+
+
+# ---------------------------------------------------------------- files
+
+
+def _undecodable(message: str) -> BadAudio:
+    return BadAudio(message, code="undecodable_audio")
+
+
+def _check_duration(frames: int, rate: int, max_seconds: float | None) -> None:
+    if max_seconds is not None and frames > max_seconds * rate:
+        raise PayloadTooLarge(
+            f"audio is {frames / rate:.1f} s long, over the limit of {max_seconds:g} s",
+            code="audio_too_long",
+        )
+
+
+def _read_with_soundfile(
+    source: str | os.PathLike[str] | io.BytesIO, max_seconds: float | None
+) -> tuple[np.ndarray, int] | None:
+    """Read WAV/FLAC/OGG and the rest libsndfile knows; None when it does not know the data."""
+    try:
+        import soundfile
+    except ImportError:
+        _LOGGER.debug("soundfile is not installed; decoding with PyAV only")
+        return None
+
+    try:
+        with soundfile.SoundFile(source) as handle:
+            rate = int(handle.samplerate)
+            _check_duration(handle.frames, rate, max_seconds)
+            data = handle.read(dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, ValueError, EOFError) as exc:
+        _LOGGER.debug("soundfile cannot read the audio (%s); trying PyAV", exc)
+        return None
+    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+    return np.ascontiguousarray(mono, dtype=np.float32), rate
+
+
+def _av_frames(container: Any, stream: Any) -> Iterator[Any]:
+    yield from container.decode(stream)
+    yield None  # tells the resampler to flush its tail
+
+
+def _read_with_av(
+    source: str | os.PathLike[str] | io.BytesIO,
+    rate: int | None,
+    max_seconds: float | None,
+) -> tuple[np.ndarray, int]:
+    """Decode anything FFmpeg knows (MP3, WebM/Opus, M4A/AAC, ...) to mono float32."""
+    try:
+        import av
+    except ImportError as exc:
+        raise _undecodable(
+            "audio is not WAV/FLAC/OGG and PyAV (the voicemesh[codecs] extra) is not installed"
+        ) from exc
+
+    chunks: list[np.ndarray] = []
+    try:
+        with av.open(source, mode="r") as container:
+            if not container.streams.audio:
+                raise _undecodable("the file has no audio stream")
+            stream = container.streams.audio[0]
+            out_rate = rate or int(stream.codec_context.sample_rate or stream.rate or 0)
+            if out_rate <= 0:
+                raise _undecodable("the audio stream does not declare a sample rate")
+            limit = None if max_seconds is None else max_seconds * out_rate
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=out_rate)
+            total = 0
+            for frame in _av_frames(container, stream):
+                for out in resampler.resample(frame):
+                    samples = out.to_ndarray().reshape(-1)
+                    total += samples.shape[0]
+                    # Stop early: a long upload is refused without decoding all of it.
+                    if limit is not None and total > limit:
+                        _check_duration(total, out_rate, max_seconds)
+                    chunks.append(samples)
+    except (av.error.FFmpegError, ValueError, OSError, EOFError) as exc:
+        detail = getattr(exc, "strerror", None) or str(exc)
+        _LOGGER.debug("PyAV cannot decode the audio: %s", exc)
+        raise _undecodable(
+            "the data is not audio in a format that can be decoded "
+            f"(WAV, FLAC, OGG, MP3, WebM, M4A, ...): {detail}"
+        ) from exc
+    if not chunks:
+        raise _undecodable("the file contains no audio samples")
+    return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32), out_rate
+
+
+def decode_audio_file(
+    data: bytes, *, target_rate: int = SAMPLE_RATE, max_seconds: float | None = None
+) -> np.ndarray:
+    """Decode an uploaded audio file (WAV, FLAC, OGG, MP3, WebM, M4A, ...) to float32 mono."""
+    _check_rate(target_rate, "target_rate")
+    if not data:
+        raise _undecodable("the uploaded audio file is empty")
+    found = _read_with_soundfile(io.BytesIO(data), max_seconds)
+    if found is None:
+        return _read_with_av(io.BytesIO(data), target_rate, max_seconds)[0]
+    samples, rate = found
+    if samples.size == 0:
+        raise _undecodable("the file contains no audio samples")
+    return resample(samples, rate, target_rate)
+
+
+def read_audio_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
+    """Read an audio file from disk as float32 mono at its own sample rate."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no audio file at {os.fspath(path)!r}")
+    found = _read_with_soundfile(path, None)
+    if found is None:
+        found = _read_with_av(os.fspath(path), None, None)
+    return found
+
+
+def load_clip_16k(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an audio file from disk as float32 mono at 16 kHz."""
+    samples, rate = read_audio_file(path)
+    return resample(samples, rate, SAMPLE_RATE)

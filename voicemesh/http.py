@@ -1,0 +1,64 @@
+"""HTTP plumbing every FastAPI service shares: request ids, JSON errors, /metrics."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from voicemesh.errors import VoiceMeshError
+from voicemesh.metrics import ServiceMetrics
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def error_body(code: str, message: str, request_id: str, **extra: Any) -> dict[str, Any]:
+    """The one JSON error shape: ``{"error": {"code", "message", "request_id"}}``."""
+    return {"error": {"code": code, "message": message, "request_id": request_id, **extra}}
+
+
+def _request_id(request: Request) -> str:
+    return getattr(request.state, "request_id", None) or uuid.uuid4().hex[:16]
+
+
+def install_http_basics(app: FastAPI, metrics: ServiceMetrics) -> None:
+    """Add request ids, the JSON error handlers and ``GET /metrics`` to ``app``."""
+
+    @app.middleware("http")
+    async def _with_request_id(request: Request, call_next):  # type: ignore[no-untyped-def]
+        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = request.state.request_id
+        return response
+
+    @app.exception_handler(VoiceMeshError)
+    async def _voicemesh_error(request: Request, exc: VoiceMeshError) -> JSONResponse:
+        rid = _request_id(request)
+        _LOGGER.warning("request %s failed: %s: %s", rid, exc.code, exc.message)
+        metrics.error(exc.code)
+        return JSONResponse(error_body(exc.code, exc.message, rid), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        rid = _request_id(request)
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        message = f"{where}: {first.get('msg', 'invalid request')}"
+        metrics.error("validation_error")
+        return JSONResponse(error_body("validation_error", message, rid), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        rid = _request_id(request)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail), rid), status_code=exc.status_code)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def _metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)

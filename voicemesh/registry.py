@@ -1,0 +1,299 @@
+"""The service registry in Redis: replicas register with a TTL and keep it alive.
+
+Each replica stores its :class:`ReplicaInfo` as JSON under
+``{prefix}:replica:{kind}:{instance_id}`` with a TTL, and a
+:class:`RegistryHeartbeat` rewrites it every few seconds with fresh load figures.
+A replica that stops heartbeating simply expires, so a snapshot never lists a
+dead one for longer than the TTL. The STT routing mode lives under
+``{prefix}:mode``.
+
+Every Redis failure leaves this module as :class:`~voicemesh.errors.RegistryUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal, TypeVar, get_args
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, Field, ValidationError
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from voicemesh.errors import BadRequest, RegistryUnavailable
+
+_LOGGER = logging.getLogger(__name__)
+
+RoutingMode = Literal["gpu", "cpu", "auto"]
+ROUTING_MODES: tuple[str, ...] = get_args(RoutingMode)
+
+_T = TypeVar("_T")
+_SCAN_BATCH = 200
+_GLOB_SPECIAL = "\\*?[]"
+
+
+class ReplicaLoad(BaseModel):
+    """How busy a replica is right now."""
+
+    active_sessions: int = 0
+    """Open streaming sessions."""
+    queue: int = 0
+    """Requests waiting for the engine."""
+    rtf: float | None = None
+    """Recent real-time factor (processing time / audio time); None before any work."""
+    max_sessions: int | None = None
+    """Session limit of the replica; None when unlimited."""
+
+
+class ReplicaInfo(BaseModel):
+    """One replica as the registry knows it."""
+
+    instance_id: str
+    """Unique id of the replica."""
+    kind: str
+    """Service name, e.g. ``stt_cpu_ws``."""
+    url: str
+    """Base URL, ``http://host:port``."""
+    device: str = "cpu"
+    """Device the engine runs on."""
+    model: str = ""
+    """Model the replica serves."""
+    engine: str = ""
+    """Engine library, e.g. ``faster-whisper``."""
+    capabilities: list[str] = Field(default_factory=list)
+    """What the replica can do, e.g. ``stream``, ``file``, ``detect``."""
+    load: ReplicaLoad = Field(default_factory=ReplicaLoad)
+    """Current load."""
+    draining: bool = False
+    """True while the replica finishes its sessions and takes no new ones."""
+    healthy: bool = True
+    """The replica's own view of its health."""
+    started_at: float
+    """Unix time the replica started."""
+    updated_at: float
+    """Unix time of the last write to the registry."""
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{char}" if char in _GLOB_SPECIAL else char for char in text)
+
+
+class RegistryClient:
+    """Async client for the replica registry and the routing mode in Redis."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        prefix: str = "voicemesh",
+        ttl_s: float = 10.0,
+        timeout_s: float = 1.0,
+    ) -> None:
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s must be positive, got {ttl_s}")
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        # One quick retry covers a pooled connection that died with a Redis restart;
+        # the library default (10 retries with backoff) would stall callers for seconds.
+        self._redis: Redis = Redis.from_url(
+            redis_url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
+            decode_responses=True,
+        )
+
+    @property
+    def display_url(self) -> str:
+        """The Redis URL without its password, for messages and logs."""
+        parts = urlsplit(self.redis_url)
+        if parts.password is None:
+            return self.redis_url
+        netloc = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"***@{netloc}"))
+
+    def replica_key(self, kind: str, instance_id: str) -> str:
+        """The Redis key holding one replica."""
+        return f"{self.prefix}:replica:{kind}:{instance_id}"
+
+    @property
+    def mode_key(self) -> str:
+        """The Redis key holding the STT routing mode."""
+        return f"{self.prefix}:mode"
+
+    async def _call(self, what: str, operation: Awaitable[_T]) -> _T:
+        try:
+            return await asyncio.wait_for(operation, timeout=self.timeout_s * 3)
+        except (RedisError, OSError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise RegistryUnavailable(
+                f"registry at {self.display_url} unavailable during {what}: {reason}"
+            ) from exc
+
+    async def _store(self, info: ReplicaInfo) -> ReplicaInfo:
+        stamped = info.model_copy(update={"updated_at": time.time()})
+        await self._call(
+            f"write of {info.kind}/{info.instance_id}",
+            self._redis.set(
+                self.replica_key(info.kind, info.instance_id),
+                stamped.model_dump_json(),
+                px=max(1, round(self.ttl_s * 1000)),
+            ),
+        )
+        return stamped
+
+    async def register(self, info: ReplicaInfo) -> ReplicaInfo:
+        """Store a replica with the TTL; returns what was stored (``updated_at`` set to now)."""
+        stored = await self._store(info)
+        _LOGGER.info("registered %s %s at %s", info.kind, info.instance_id, info.url)
+        return stored
+
+    async def heartbeat(self, info: ReplicaInfo) -> ReplicaInfo:
+        """Rewrite a replica with fresh load and a new TTL (re-creates it if it expired)."""
+        return await self._store(info)
+
+    async def deregister(self, kind: str, instance_id: str) -> None:
+        """Remove a replica now instead of waiting for its TTL."""
+        await self._call(
+            f"removal of {kind}/{instance_id}",
+            self._redis.delete(self.replica_key(kind, instance_id)),
+        )
+        _LOGGER.info("deregistered %s %s", kind, instance_id)
+
+    async def snapshot(self, kind: str | None = None) -> list[ReplicaInfo]:
+        """Every live replica (of one kind, or all), sorted by kind and instance id."""
+        pattern = f"{_glob_escape(self.prefix)}:replica:"
+        pattern += f"{_glob_escape(kind)}:*" if kind is not None else "*"
+
+        async def read() -> list[str | bytes | None]:
+            keys = [key async for key in self._redis.scan_iter(match=pattern, count=_SCAN_BATCH)]
+            if not keys:
+                return []
+            # A key can expire between SCAN and MGET; it then reads as None.
+            return list(await self._redis.mget(keys))
+
+        values = await self._call("snapshot", read())
+        replicas: list[ReplicaInfo] = []
+        for value in values:
+            if value is None:
+                continue
+            try:
+                replica = ReplicaInfo.model_validate_json(value)
+            except ValidationError as exc:
+                _LOGGER.warning("skipping malformed registry entry: %s", exc)
+                continue
+            if kind is None or replica.kind == kind:
+                replicas.append(replica)
+        replicas.sort(key=lambda replica: (replica.kind, replica.instance_id))
+        return replicas
+
+    async def ping(self) -> bool:
+        """True when Redis answers; never raises."""
+        try:
+            return bool(await self._call("ping", self._redis.ping()))
+        except RegistryUnavailable:
+            return False
+
+    async def get_mode(self, default: str) -> str:
+        """The STT routing mode, or ``default`` when unset or not a known mode."""
+        value = await self._call("read of the mode", self._redis.get(self.mode_key))
+        if value in ROUTING_MODES:
+            return str(value)
+        if value is not None:
+            _LOGGER.warning("ignoring unknown routing mode %r in Redis", value)
+        return default
+
+    async def set_mode(self, mode: str) -> None:
+        """Store the STT routing mode (``gpu``, ``cpu`` or ``auto``)."""
+        if mode not in ROUTING_MODES:
+            raise BadRequest(
+                f"mode must be one of {', '.join(ROUTING_MODES)}, got {mode!r}", code="bad_mode"
+            )
+        await self._call("write of the mode", self._redis.set(self.mode_key, mode))
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.aclose()
+
+
+class RegistryHeartbeat:
+    """Keeps one replica registered for the lifetime of a service, through Redis outages."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        info: Callable[[], ReplicaInfo],
+        interval_s: float = 2.0,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be positive, got {interval_s}")
+        self.client = client
+        self.info = info
+        self.interval_s = interval_s
+        self.connected = False
+        """True while the last write reached Redis."""
+        self.last_error: str | None = None
+        """Why the last write failed; None after a success."""
+        self._task: asyncio.Task[None] | None = None
+        self._last: ReplicaInfo | None = None
+
+    async def start(self) -> None:
+        """Register now (a failure is logged, not raised) and keep refreshing in the background."""
+        if self._task is not None:
+            return
+        await self._beat()
+        self._task = asyncio.create_task(self._run(), name="voicemesh-registry-heartbeat")
+
+    async def stop(self, deregister: bool = True) -> None:
+        """Stop refreshing and, by default, remove the registration."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if deregister and self._last is not None:
+            try:
+                await self.client.deregister(self._last.kind, self._last.instance_id)
+            except RegistryUnavailable as exc:
+                _LOGGER.warning("could not deregister %s: %s", self._last.instance_id, exc)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self._beat()
+
+    async def _beat(self) -> None:
+        try:
+            info = self.info()
+        except Exception:
+            _LOGGER.exception("replica info callback failed; registration not refreshed")
+            return
+        self._last = info
+        try:
+            if self.connected:
+                await self.client.heartbeat(info)
+            else:
+                # First write, or the first after an outage (Redis may have lost the key).
+                await self.client.register(info)
+        except RegistryUnavailable as exc:
+            if self.connected or self.last_error is None:
+                _LOGGER.warning(
+                    "registry unreachable, %s keeps retrying every %.1f s: %s",
+                    info.instance_id, self.interval_s, exc.message,
+                )
+            self.connected = False
+            self.last_error = exc.message
+            return
+        if self.last_error is not None:
+            _LOGGER.info("registry reachable again; %s re-registered", info.instance_id)
+        self.connected = True
+        self.last_error = None
