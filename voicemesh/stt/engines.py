@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Literal, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -23,6 +24,12 @@ _LOGGER = logging.getLogger(__name__)
 EngineName = Literal["faster-whisper", "openai-whisper"]
 Device = Literal["cpu", "cuda", "auto"]
 SAMPLE_RATE = 16000
+MAX_WINDOW_S = 30
+WINDOW_PAD_S = 6.0
+"""Silence appended to a short block instead of padding it to 30 s (see _transcribe_window)."""
+MAX_NEW_TOKENS = 220
+COMPRESSION_RATIO_LIMIT = 2.4
+LOGPROB_LIMIT = -1.0
 
 
 @dataclass
@@ -36,6 +43,24 @@ class TranscriptionResult:
     duration: float = 0.0
     no_speech_prob: float = 0.0
     avg_logprob: float = 0.0
+    compression_ratio: float = 1.0
+    """zlib ratio of the text; Whisper's repetition loops compress far better than speech."""
+
+
+def suspicious(result: TranscriptionResult) -> bool:
+    """Whisper's own signs of a bad decode: a repetition loop or very low confidence."""
+    return (
+        result.compression_ratio > COMPRESSION_RATIO_LIMIT
+        or result.avg_logprob < LOGPROB_LIMIT
+    )
+
+
+def compression_ratio(text: str) -> float:
+    """How well ``text`` compresses (Whisper's hallucination signal; speech is below ~2.4)."""
+    import zlib
+
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 1.0
 
 
 @runtime_checkable
@@ -54,8 +79,13 @@ class Transcriber(Protocol):
         prefix: str | None = None,
         word_timestamps: bool = False,
         beam_size: int | None = None,
+        quality_fallback: bool = True,
     ) -> TranscriptionResult:
-        """Decode ``audio``; ``prefix`` forces the start of the text (already committed)."""
+        """Decode ``audio``; ``prefix`` forces the start of the text.
+
+        ``quality_fallback`` lets an engine spend more time when a fast decode looks
+        like a hallucination (partials turn it off: they are revised anyway).
+        """
         ...
 
 
@@ -117,11 +147,13 @@ class FasterWhisperTranscriber:
         cpu_threads: int = 0,
         num_workers: int = 1,
         beam_size: int = 1,
+        window_pad_s: float = WINDOW_PAD_S,
     ) -> None:
         from faster_whisper import WhisperModel
 
         resolved = resolve_device(device)
-        self.device = resolved
+        self.device: str = resolved
+        self.window_pad_s = window_pad_s
         self.model_name = model_name or model_path
         self.compute_type = compute_type or default_compute_type(resolved)
         self.beam_size = beam_size
@@ -148,10 +180,30 @@ class FasterWhisperTranscriber:
         prefix: str | None = None,
         word_timestamps: bool = False,
         beam_size: int | None = None,
+        quality_fallback: bool = True,
     ) -> TranscriptionResult:
-        """Decode one block with greedy or beam search; no VAD, no previous-text context."""
+        """Decode one block with greedy or beam search; no VAD, no previous-text context.
+
+        Blocks that fit in a shortened window (the usual streaming utterance) take
+        the fast path; longer ones, and requests for word times, go through
+        faster-whisper's own long-form transcription.
+        """
         if not self.multilingual:
             language = "en"
+        seconds = len(audio) / SAMPLE_RATE
+        if not word_timestamps and self.window_pad_s > 0 and (
+            seconds + self.window_pad_s <= MAX_WINDOW_S
+        ):
+            samples = np.ascontiguousarray(audio, dtype=np.float32)
+            beam = beam_size or self.beam_size
+            result = self._transcribe_window(samples, language=language, prefix=prefix,
+                                             beam_size=beam, pad_s=self.window_pad_s)
+            if quality_fallback and suspicious(result):
+                # Short windows occasionally send Whisper into a loop on hard audio
+                # (quiet, far-field); the full 30 s window is the reference behaviour.
+                result = self._transcribe_window(samples, language=language, prefix=prefix,
+                                                 beam_size=beam, pad_s=None)
+            return result
         segments_iter, info = self._model.transcribe(
             np.ascontiguousarray(audio, dtype=np.float32),
             language=language,
@@ -194,6 +246,102 @@ class FasterWhisperTranscriber:
         )
 
 
+    def _transcribe_window(
+        self, audio: np.ndarray, *, language: str | None, prefix: str | None, beam_size: int,
+        pad_s: float | None,
+    ) -> TranscriptionResult:
+        """Encode only the audio plus ``window_pad_s`` of silence, not a padded 30 s.
+
+        Whisper's encoder costs the same for 2 s of speech as for 30 s when the input
+        is padded to 30 s. CTranslate2 accepts shorter inputs, and with a few seconds
+        of trailing silence the transcripts of the shared clips are the same as with
+        the full window, at about 40 % of the cost; with no padding at all Whisper
+        degrades badly, so the pad is kept.
+        """
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        model = self._model
+        features = model.feature_extractor(audio)
+        frames = features.shape[-1]
+        full = MAX_WINDOW_S * 100
+        target = full if pad_s is None else min(full, frames + int(pad_s * 100))
+        target += target % 2
+        features = np.pad(features, ((0, 0), (0, max(0, target - frames))))[:, :target]
+        encoder_output = model.encode(features)
+        language_probability = 1.0
+        if language is None:
+            detected = model.model.detect_language(encoder_output)[0][0]
+            language = detected[0][2:-2]
+            language_probability = float(detected[1])
+        tokenizer = Tokenizer(model.hf_tokenizer, self.multilingual, task="transcribe",
+                              language=language)
+        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        if prefix:
+            prompt += tokenizer.encode(" " + prefix.strip())
+        result = model.model.generate(
+            encoder_output,
+            [prompt],
+            beam_size=beam_size,
+            # Speech carries at most ~15 tokens a second; a longer output is a loop.
+            max_length=min(MAX_NEW_TOKENS, int(10 + 15 * len(audio) / SAMPLE_RATE)) + len(prompt),
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(tokenizer, (-1,)),
+        )[0]
+        tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+        text = tokenizer.decode(tokens)
+        if prefix:
+            text = prefix.strip() + text
+        text = " ".join(text.split())
+        seq_len = max(len(tokens), 1)
+        cum_logprob = (result.scores[0] if result.scores else 0.0) * seq_len
+        seconds = len(audio) / SAMPLE_RATE
+        return TranscriptionResult(
+            text=text,
+            segments=[Segment(start=0.0, end=round(seconds, 3), text=text)] if text else [],
+            language=language,
+            language_probability=language_probability,
+            duration=seconds,
+            no_speech_prob=float(result.no_speech_prob),
+            avg_logprob=cum_logprob / (seq_len + 1),
+            compression_ratio=compression_ratio(text),
+        )
+
+
 def _join_text(parts: list[str]) -> str:
     """Join Whisper segment texts, which carry their own leading spaces."""
     return " ".join("".join(parts).split())
+
+
+def load_transcriber(
+    model: str,
+    *,
+    engine: EngineName | None = None,
+    device: Device = "cpu",
+    compute_type: str | None = None,
+    cpu_threads: int = 0,
+    beam_size: int = 1,
+    models_dir: Path | None = None,
+) -> Transcriber:
+    """Build the engine for ``model``: a bundled name, a local path, a hub name or a .pt file."""
+    chosen = guess_engine(model, engine)
+    if chosen == "openai-whisper":
+        from voicemesh.stt.openai_engine import OpenAIWhisperTranscriber
+
+        return OpenAIWhisperTranscriber(model, device=device, beam_size=beam_size)
+    from voicemesh.assets import resolve_whisper_model
+
+    model_path = resolve_whisper_model(model, models_dir=models_dir)
+    _LOGGER.info("loading faster-whisper model %s from %s", model, model_path)
+    # cast: the class narrows ``device`` to Literal["cpu", "cuda"], which the Protocol's
+    # mutable ``device: str`` attribute does not accept as a structural match.
+    return cast(Transcriber, FasterWhisperTranscriber(
+        model_path,
+        model_name=model,
+        device=device,
+        compute_type=compute_type,
+        cpu_threads=cpu_threads,
+        beam_size=beam_size,
+    ))

@@ -1,0 +1,86 @@
+"""Pure pieces of streaming: agreement of hypotheses, endpointing, the replay buffer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gateway.stream import SessionBuffer, shift_times, ws_url
+from voicemesh.stt.engines import TranscriptionResult, compression_ratio
+from voicemesh.stt.streaming import StreamingConfig, looks_like_speech, stable_prefix
+from voicemesh.stt.vad import WINDOW_S, Endpointer, EndpointerConfig
+
+pytestmark = pytest.mark.unit
+
+
+def test_stable_prefix_keeps_agreed_words_and_holds_back_the_last() -> None:
+    assert stable_prefix("and so my fellow", "And so, my fellow Americans") == "And so, my fellow"
+    assert stable_prefix("and so my", "and so my") == "and so"
+    assert stable_prefix("", "hello there") == ""
+    assert stable_prefix("how do you", "had he married") == ""
+
+
+def test_whisper_no_speech_signal_rejects_blocks() -> None:
+    config = StreamingConfig()
+    assert looks_like_speech(TranscriptionResult(text="Hello."), config)
+    assert not looks_like_speech(TranscriptionResult(text=" ... "), config)
+    assert not looks_like_speech(
+        TranscriptionResult(text="Thank you.", no_speech_prob=0.9, avg_logprob=-1.5), config)
+    loop = "ddech, " * 40
+    assert not looks_like_speech(
+        TranscriptionResult(text=loop, compression_ratio=compression_ratio(loop)), config)
+
+
+def windows(seconds: float, p: float) -> np.ndarray:
+    return np.full(round(seconds / WINDOW_S), p, dtype=np.float32)
+
+
+def test_endpointer_fires_start_onset_and_end_in_order() -> None:
+    ep = Endpointer(EndpointerConfig(min_speech_s=0.1, silence_onset_s=0.1, min_silence_s=0.5))
+    events = ep.update(np.concatenate([windows(0.5, 0.0), windows(1.0, 0.9),
+                                       windows(0.7, 0.05)]))
+    kinds = [e.kind for e in events]
+    assert kinds == ["speech_start", "silence_onset", "speech_end"]
+    start, onset, end = events
+    assert start.t == pytest.approx(0.5, abs=0.04)
+    assert end.speech_end == pytest.approx(1.5, abs=0.04)
+    assert onset.t < end.t
+
+
+def test_short_pause_resumes_without_ending_the_utterance() -> None:
+    ep = Endpointer(EndpointerConfig(silence_onset_s=0.1, min_silence_s=0.5))
+    kinds = [e.kind for e in ep.update(np.concatenate(
+        [windows(0.5, 0.9), windows(0.3, 0.1), windows(0.5, 0.9)]))]
+    assert kinds == ["speech_start", "silence_onset", "speech_resume"]
+    assert ep.in_speech
+
+
+def test_blip_shorter_than_min_speech_is_ignored() -> None:
+    ep = Endpointer(EndpointerConfig(min_speech_s=0.2))
+    assert ep.update(np.concatenate([windows(0.064, 0.9), windows(1.0, 0.0)])) == []
+
+
+def test_session_buffer_drops_what_a_final_covered() -> None:
+    buf = SessionBuffer()
+    for _ in range(10):
+        buf.append(b"\x01\x00" * 1600)  # 10 x 100 ms
+    assert buf.pending_ms == pytest.approx(1000)
+    buf.drop_until(0.25)
+    assert buf.start_sample == 4000
+    assert len(buf.replay_since_last_final()) == (16000 - 4000) * 2
+    buf.drop_until(5.0)
+    assert buf.replay_since_last_final() == b"" and buf.pending_ms == 0
+
+
+def test_shift_times_moves_every_time_field() -> None:
+    message = {"type": "final", "start": 0.5, "end": 1.0,
+               "segments": [{"start": 0.5, "end": 1.0, "text": "x",
+                             "words": [{"word": "x", "start": 0.6, "end": 0.9}]}]}
+    shifted = shift_times(message, 2.0)
+    assert (shifted["start"], shifted["end"]) == (2.5, 3.0)
+    assert shifted["segments"][0]["words"][0]["start"] == 2.6
+
+
+def test_ws_url_from_http_url() -> None:
+    assert ws_url("http://h:1/", "/ws/x") == "ws://h:1/ws/x"
+    assert ws_url("https://h", "/ws/x") == "wss://h/ws/x"

@@ -1,0 +1,356 @@
+"""Streaming transcription of one session: endpointing, partials, finals.
+
+How a final can arrive sooner than a whole-utterance decode takes:
+
+* Silero VAD scores every 32 ms window as it arrives (:mod:`voicemesh.stt.vad`).
+* While speech goes on, the session decodes the utterance so far every
+  ``partial_interval_s`` of new audio. Words on which two consecutive hypotheses
+  agree become *stable*; each later decode is forced to start with the stable
+  text (Whisper's ``prefix``), so it only generates the still-open tail.
+* As soon as silence starts (``silence_onset_s``) a *speculative* final decode is
+  queued. If the silence lasts until the endpoint (``min_silence_s``) its result
+  is the final, already computed; if speech resumes it is discarded.
+
+Only one decode per session is in flight at any time, so a single stream never
+keeps both cores busy re-decoding, and finals outrank partials in the scheduler.
+Nothing is finalized unless the VAD heard speech, and Whisper's own no-speech
+signal is checked too, so silence and noise do not produce hallucinated finals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from voicemesh.protocol import FinalMessage, PartialMessage, Segment, VadMessage
+from voicemesh.stt.engines import SAMPLE_RATE, TranscriptionResult
+from voicemesh.stt.scheduler import DecodeScheduler, Priority
+from voicemesh.stt.vad import WINDOW, Endpointer, EndpointerConfig, StreamingVad, VadEvent
+
+_LOGGER = logging.getLogger(__name__)
+
+Emit = Callable[[FinalMessage | PartialMessage | VadMessage], Awaitable[None]]
+
+
+@dataclass
+class StreamingConfig:
+    """Tuning of one streaming session (times in seconds)."""
+
+    language: str | None = None
+    partial_interval_s: float = 0.8
+    """New audio between two partial decodes."""
+    first_partial_s: float = 0.25
+    """Speech needed before the first partial decode."""
+    preroll_s: float = 0.5
+    """Audio kept from before the detected speech start."""
+    max_utterance_s: float = 24.0
+    """An utterance longer than this is cut at its quietest point and finalized."""
+    min_speech_s: float = 0.2
+    """Less detected speech than this in an utterance gives no final."""
+    use_prefix: bool = False
+    """Force partial decodes to continue the stable text (steadier partials)."""
+    final_prefix: bool = False
+    """Force finals to continue the stable text too (locks in early mistakes)."""
+    final_beam_size: int = 5
+    """Beam width of finals; partials are greedy."""
+    no_speech_threshold: float = 0.6
+    compression_ratio_threshold: float = 2.4
+    logprob_threshold: float = -1.0
+    endpointer: EndpointerConfig = field(default_factory=EndpointerConfig)
+
+
+@dataclass
+class EngineLabel:
+    """What a final says served it."""
+
+    engine: str
+    device: str
+    model: str
+    backend: str | None = None
+
+
+_WORD_RE = re.compile(r"[\w']+", re.UNICODE)
+
+
+def _norm(word: str) -> str:
+    return "".join(_WORD_RE.findall(word.lower()))
+
+
+def stable_prefix(previous: str, current: str, *, margin: int = 1) -> str:
+    """Words of ``current`` that ``previous`` agrees with, minus ``margin`` trailing ones.
+
+    The margin holds back the last agreed word when it ends ``current``: it may be a
+    word cut off by the end of the audio decoded so far.
+    """
+    prev_words = previous.split()
+    cur_words = current.split()
+    n = 0
+    for a, b in zip(prev_words, cur_words, strict=False):
+        if _norm(a) != _norm(b) or not _norm(a):
+            break
+        n += 1
+    if n == len(cur_words):
+        n = max(0, n - margin)
+    return " ".join(cur_words[:n])
+
+
+def looks_like_speech(result: TranscriptionResult, config: StreamingConfig) -> bool:
+    """Whisper's own test: reject silent or noise-only blocks and empty text."""
+    if not _WORD_RE.search(result.text):
+        return False
+    if result.compression_ratio > config.compression_ratio_threshold:
+        return False
+    return not (
+        result.no_speech_prob > config.no_speech_threshold
+        and result.avg_logprob < config.logprob_threshold
+    )
+
+
+class StreamingSession:
+    """One client stream: feed it 16 kHz float32 audio; it emits partials and finals."""
+
+    def __init__(
+        self,
+        scheduler: DecodeScheduler,
+        emit: Emit,
+        label: EngineLabel,
+        config: StreamingConfig | None = None,
+        vad: StreamingVad | None = None,
+    ) -> None:
+        self.scheduler = scheduler
+        self.emit = emit
+        self.label = label
+        self.config = config or StreamingConfig()
+        self.vad = vad or StreamingVad()
+        self.endpointer = Endpointer(self.config.endpointer)
+        self.samples = 0  # samples received so far (the stream clock)
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf_start = 0  # stream sample index of _buf[0]
+        self._probs: list[float] = []  # VAD probability per window of _buf (aligned later)
+        self.utterance_id = 0
+        self.in_utterance = False
+        self._speech_samples = 0
+        self._stable = ""
+        self._last_hyp = ""
+        self._last_partial_at = 0
+        self._partial_task: asyncio.Task[None] | None = None
+        self._spec: tuple[int, asyncio.Task[TranscriptionResult]] | None = None
+        self._lock = asyncio.Lock()
+        self.finals = 0
+        self.closed = False
+
+    # ------------------------------------------------------------------ input
+
+    async def feed(self, audio: np.ndarray) -> None:
+        """Append audio, run the VAD on it, and act on speech events."""
+        if self.closed or audio.size == 0:
+            return
+        async with self._lock:
+            self._buf = np.concatenate([self._buf, audio])
+            self.samples += audio.size
+            probs = self.vad.process(audio)
+            events = self.endpointer.update(probs)
+            if self.endpointer.in_speech or self.in_utterance:
+                self._speech_samples += int(np.count_nonzero(probs >= 0.5)) * WINDOW
+            for event in events:
+                await self._on_event(event)
+            if not self.in_utterance:
+                self._trim_to_preroll()
+                return
+            if self._buf.size > self.config.max_utterance_s * SAMPLE_RATE:
+                await self._cut_long_utterance()
+            self._maybe_partial()
+
+    async def flush(self, reason: str = "flush") -> None:
+        """Finalize the current utterance now (``<flush>``, ``flush``, ``stop``)."""
+        async with self._lock:
+            if self.in_utterance or self._speech_samples > 0:
+                await self._finalize(reason, end_sample=self.samples)
+
+    async def close(self) -> None:
+        """Finalize what is pending and stop; later input is ignored."""
+        await self.flush("stop")
+        self.closed = True
+        self._cancel_partial()
+        self._drop_speculative()
+
+    # ------------------------------------------------------------------ events
+
+    async def _on_event(self, event: VadEvent) -> None:
+        if event.kind == "speech_start":
+            if not self.in_utterance:
+                self.in_utterance = True
+                self._last_partial_at = self.samples
+            await self.emit(VadMessage(event="speech_start", t=round(event.t, 3)))
+        elif event.kind == "silence_onset" and self.in_utterance:
+            self._start_speculative()
+        elif event.kind == "speech_resume":
+            self._drop_speculative()
+        elif event.kind == "speech_end" and self.in_utterance:
+            await self.emit(VadMessage(event="speech_end", t=round(event.speech_end, 3)))
+            await self._finalize("endpoint", end_sample=self.samples)
+
+    def _trim_to_preroll(self) -> None:
+        keep = int(self.config.preroll_s * SAMPLE_RATE)
+        if self._buf.size > keep:
+            drop = self._buf.size - keep
+            self._buf = self._buf[drop:]
+            self._buf_start += drop
+        self._speech_samples = 0
+
+    # ------------------------------------------------------------------ decoding
+
+    def _decode_kwargs(self, *, final: bool) -> dict[str, object]:
+        use_prefix = self.config.final_prefix if final else self.config.use_prefix
+        return {
+            "language": self.config.language,
+            "prefix": self._stable if use_prefix and self._stable else None,
+            "beam_size": self.config.final_beam_size if final else 1,
+            "quality_fallback": final,
+        }
+
+    def _maybe_partial(self) -> None:
+        if self._partial_task is not None or self._spec is not None:
+            return
+        if self.endpointer.in_silence:
+            # An endpoint may be coming: keep the worker free for the final.
+            return
+        new = self.samples - self._last_partial_at
+        needed = self.config.partial_interval_s if self._last_hyp else self.config.first_partial_s
+        if new < needed * SAMPLE_RATE:
+            return
+        audio = self._buf.copy()
+        self._partial_task = asyncio.create_task(
+            self._run_partial(audio, self.utterance_id, self._buf_start)
+        )
+
+    async def _run_partial(self, audio: np.ndarray, utterance_id: int, start: int) -> None:
+        try:
+            result = await self.scheduler.decode(
+                audio, Priority.PARTIAL, **self._decode_kwargs(final=False)
+            )
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            _LOGGER.exception("partial decode failed")
+            return
+        finally:
+            if self._partial_task is asyncio.current_task():
+                self._partial_task = None
+                # The next partial waits for new audio after this one finished, so
+                # partials never take more than about half of the engine's time.
+                self._last_partial_at = self.samples
+        if utterance_id != self.utterance_id or self.closed or not self.in_utterance:
+            return
+        if not looks_like_speech(result, self.config):
+            return
+        text = result.text
+        self._stable = stable_prefix(self._last_hyp, text) or self._stable
+        self._last_hyp = text
+        await self.emit(
+            PartialMessage(
+                utterance_id=utterance_id,
+                text=text,
+                stable_text=self._stable,
+                start=round(start / SAMPLE_RATE, 3),
+                end=round((start + audio.size) / SAMPLE_RATE, 3),
+            )
+        )
+
+    def _cancel_partial(self) -> None:
+        if self._partial_task is not None:
+            self._partial_task.cancel()
+            self._partial_task = None
+
+    def _start_speculative(self) -> None:
+        self._drop_speculative()
+        end = self.samples
+        audio = self._buf[: end - self._buf_start].copy()
+        task = asyncio.create_task(
+            self.scheduler.decode(audio, Priority.SPECULATIVE, **self._decode_kwargs(final=True))
+        )
+        self._spec = (end, task)
+
+    def _drop_speculative(self) -> None:
+        if self._spec is not None:
+            self._spec[1].cancel()
+            self._spec = None
+
+    async def _finalize(self, reason: str, *, end_sample: int) -> None:
+        """Decode (or take the speculative decode of) the utterance and emit its final."""
+        started = time.perf_counter()
+        audio = self._buf[: end_sample - self._buf_start]
+        start_s = self._buf_start / SAMPLE_RATE
+        enough_speech = self._speech_samples >= self.config.min_speech_s * SAMPLE_RATE
+        spec = self._spec
+        self._spec = None
+        self._cancel_partial()
+        result: TranscriptionResult | None = None
+        if enough_speech and audio.size:
+            if spec is not None and not spec[1].cancelled():
+                # The speculative decode covered everything up to silence onset; what
+                # came after it is silence by construction (no speech_resume).
+                result = await spec[1]
+            else:
+                result = await self.scheduler.decode(
+                    audio.copy(), Priority.FINAL, **self._decode_kwargs(final=True)
+                )
+        elif spec is not None:
+            spec[1].cancel()
+        utterance_id = self.utterance_id
+        self._reset_utterance(end_sample)
+        if result is None or not looks_like_speech(result, self.config):
+            _LOGGER.debug("utterance %d dropped: no speech", utterance_id)
+            return
+        segments = [
+            Segment(start=round(start_s + s.start, 3), end=round(start_s + s.end, 3),
+                    text=s.text, words=s.words)
+            for s in result.segments
+        ]
+        self.finals += 1
+        await self.emit(
+            FinalMessage(
+                utterance_id=utterance_id,
+                text=result.text,
+                segments=segments,
+                start=round(start_s, 3),
+                end=round(end_sample / SAMPLE_RATE, 3),
+                language=result.language,
+                engine=self.label.engine,
+                device=self.label.device,
+                model=self.label.model,
+                backend=self.label.backend,
+                latency_ms=round((time.perf_counter() - started) * 1000, 1),
+                reason=reason,  # type: ignore[arg-type]
+            )
+        )
+
+    def _reset_utterance(self, end_sample: int) -> None:
+        consumed = end_sample - self._buf_start
+        self._buf = self._buf[consumed:]
+        self._buf_start = end_sample
+        self.utterance_id += 1
+        self.in_utterance = self.endpointer.in_speech
+        self._speech_samples = 0
+        self._stable = ""
+        self._last_hyp = ""
+        self._last_partial_at = self.samples
+
+    async def _cut_long_utterance(self) -> None:
+        """Finalize a too-long utterance at its quietest recent point; speech goes on."""
+        window = 3 * SAMPLE_RATE
+        tail = self._buf[-window:]
+        frame = 400  # 25 ms energy frames
+        usable = tail.size // frame * frame
+        energy = np.square(tail[:usable].reshape(-1, frame)).mean(axis=1)
+        cut_in_tail = int(np.argmin(energy)) * frame + frame // 2
+        cut = self._buf_start + self._buf.size - tail.size + cut_in_tail
+        await self._finalize("max_length", end_sample=cut)
+        self.in_utterance = True
+        self._speech_samples = self._buf.size
