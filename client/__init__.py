@@ -1,0 +1,1 @@
+"""VoiceMesh clients: file streamer (and, later, the mic and benchmark clients)."""

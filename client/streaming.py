@@ -1,0 +1,104 @@
+"""Stream audio to ``/ws/transcribe`` and collect what comes back, with timings.
+
+Used by ``voicemesh-client stream``, by the benchmark and by the tests, so all
+three measure the same thing the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import websockets
+
+
+@dataclass
+class StreamResult:
+    """Everything a session returned, with receive times relative to the first frame."""
+
+    messages: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    sent_seconds: float = 0.0
+    t0: float = 0.0
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        """Messages of one ``type``."""
+        return [m for _, m in self.messages if m.get("type") == kind]
+
+    def timed(self, kind: str) -> list[tuple[float, dict[str, Any]]]:
+        """(receive time, message) pairs of one ``type``."""
+        return [(t, m) for t, m in self.messages if m.get("type") == kind]
+
+    @property
+    def transcript(self) -> str:
+        """All finals joined in order."""
+        return " ".join(m["text"] for m in self.of_type("final") if m.get("text")).strip()
+
+
+def to_bytes(audio: np.ndarray, encoding: Literal["pcm_s16le", "pcm_f32le"]) -> bytes:
+    """Float32 samples as wire bytes in ``encoding``."""
+    if encoding == "pcm_f32le":
+        return audio.astype("<f4").tobytes()
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+async def stream_audio(
+    url: str,
+    audio: np.ndarray,
+    *,
+    sample_rate: int = 16000,
+    encoding: Literal["pcm_s16le", "pcm_f32le"] = "pcm_s16le",
+    frame_ms: float = 40.0,
+    realtime: bool = True,
+    language: str | None = None,
+    send_start: bool = True,
+    trailing_silence_s: float = 1.5,
+    end: Literal["stop", "flush", "none"] = "stop",
+    timeout_s: float = 60.0,
+    extra_headers: dict[str, str] | None = None,
+) -> StreamResult:
+    """Stream ``audio`` (float32 at ``sample_rate``) in frames; return what came back.
+
+    At real-time pace a frame is sent when its audio would have been captured, as a
+    microphone would; ``trailing_silence_s`` of silence follows so the server can
+    endpoint the last utterance by itself before ``end`` is sent.
+    """
+    silence = np.zeros(int(trailing_silence_s * sample_rate), dtype=np.float32)
+    audio = np.concatenate([audio.astype(np.float32), silence])
+    step = max(1, int(sample_rate * frame_ms / 1000))
+    result = StreamResult()
+    async with websockets.connect(url, max_size=None, additional_headers=extra_headers) as ws:
+        ready = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
+        result.messages.append((0.0, ready))
+        if send_start:
+            await ws.send(json.dumps({"type": "start", "sample_rate": sample_rate,
+                                      "encoding": encoding, "language": language}))
+        t0 = time.perf_counter()
+        result.t0 = t0
+
+        async def receive() -> None:
+            async for raw in ws:
+                if isinstance(raw, str):
+                    result.messages.append((time.perf_counter() - t0, json.loads(raw)))
+
+        receiver = asyncio.create_task(receive())
+        for i in range(0, audio.size, step):
+            if realtime:
+                due = (i + step) / sample_rate
+                delay = due - (time.perf_counter() - t0)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await ws.send(to_bytes(audio[i:i + step], encoding))
+        result.sent_seconds = audio.size / sample_rate
+        if end == "stop":
+            await ws.send(json.dumps({"type": "stop"}))
+        elif end == "flush":
+            await ws.send("<flush>")
+        try:
+            await asyncio.wait_for(receiver, timeout_s if end == "stop" else 3.0)
+        except TimeoutError:
+            receiver.cancel()
+    return result

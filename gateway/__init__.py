@@ -1,0 +1,1 @@
+"""The VoiceMesh gateway: routing, sessions and (later) failover, auth and admin."""

@@ -1,0 +1,85 @@
+"""Entry point of the gateway: ``WS /ws/transcribe`` routed to an STT backend.
+
+Run: ``uvicorn --factory gateway.app:create_app``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse
+
+from gateway.registry_view import RegistryView, static_replicas
+from gateway.routing import choose_backends, choose_detector
+from gateway.settings import GatewaySettings, get_settings
+from gateway.stream import GatewayStream
+from voicemesh.http import install_http_basics
+from voicemesh.metrics import ServiceMetrics
+from voicemesh.registry import RegistryClient
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def build_view(settings: GatewaySettings) -> RegistryView:
+    """The registry view the settings describe (Redis, static URLs, or both)."""
+    url = settings.resolved_redis_url()
+    client = RegistryClient(url, ttl_s=settings.registry_ttl_s) if url else None
+    static = static_replicas("stt_cpu_ws", settings.backend_urls, ["transcribe", "stream"])
+    static += static_replicas("stt_tiny_ws", settings.detector_urls, ["detect"])
+    return RegistryView(client, default_mode=settings.default_mode,
+                        refresh_s=settings.registry_refresh_s, static=static)
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    """The gateway app; tests pass their own settings."""
+    settings = settings or get_settings()
+    metrics = ServiceMetrics("gateway")
+    started_at = time.time()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        view = build_view(settings)
+        app.state.view = view
+        await view.start()
+        try:
+            yield
+        finally:
+            await view.stop()
+
+    app = FastAPI(title="VoiceMesh gateway", lifespan=lifespan)
+    install_http_basics(app, metrics)
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        view: RegistryView = request.app.state.view
+        replicas = view.snapshot()
+        stt = choose_backends(view.mode, replicas)
+        detectors = choose_detector(replicas)
+        counts: dict[str, int] = {}
+        for replica in replicas:
+            counts[replica.kind] = counts.get(replica.kind, 0) + 1
+        status = "degraded" if view.degraded or not stt else "ok"
+        return JSONResponse({
+            "status": status,
+            "service": "gateway",
+            "mode": view.mode,
+            "redis": "disabled" if view.client is None else
+                     ("connected" if view.connected else "unreachable"),
+            "registry_error": view.last_error,
+            "replicas": counts,
+            "stt_route": [r.url for r in stt],
+            "detector": detectors[0].url if detectors else None,
+            "auth": "off",
+            "uptime_s": round(time.time() - started_at, 1),
+        })
+
+    @app.websocket("/ws/transcribe")
+    async def transcribe(ws: WebSocket) -> None:
+        await ws.accept()
+        await GatewayStream(ws, settings, ws.app.state.view, metrics).run()
+
+    return app

@@ -1,0 +1,108 @@
+"""The gateway's view of the registry: a snapshot refreshed in the background.
+
+Routing reads the last snapshot, never Redis directly, so a Redis outage does not
+stall sessions: the gateway keeps serving from what it saw last and its default
+mode, reports ``degraded`` in ``/health``, and picks up again when Redis returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from voicemesh.errors import RegistryUnavailable
+from voicemesh.registry import RegistryClient, ReplicaInfo
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def static_replicas(kind: str, urls: list[str], capabilities: list[str]) -> list[ReplicaInfo]:
+    """Replicas configured by URL (no Redis), e.g. for a fixed deployment."""
+    now = time.time()
+    return [
+        ReplicaInfo(instance_id=f"static-{kind}-{i}", kind=kind, url=url.rstrip("/"),
+                    capabilities=capabilities, started_at=now, updated_at=now)
+        for i, url in enumerate(urls)
+    ]
+
+
+class RegistryView:
+    """Last known replicas and routing mode, refreshed every ``refresh_s``."""
+
+    def __init__(
+        self,
+        client: RegistryClient | None,
+        *,
+        default_mode: str,
+        refresh_s: float = 1.0,
+        static: list[ReplicaInfo] | None = None,
+    ) -> None:
+        self.client = client
+        self.default_mode = default_mode
+        self.refresh_s = refresh_s
+        self.static = static or []
+        self.replicas: list[ReplicaInfo] = []
+        self.mode = default_mode
+        self.connected = False
+        self.last_error: str | None = None
+        self.refreshed_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._failed: dict[str, float] = {}
+
+    @property
+    def degraded(self) -> bool:
+        """True when Redis is configured but the last refresh failed."""
+        return self.client is not None and not self.connected
+
+    def snapshot(self) -> list[ReplicaInfo]:
+        """Registered replicas (or the static ones when none), minus recent failures."""
+        replicas = self.replicas or self.static
+        now = time.monotonic()
+        return [r for r in replicas if self._failed.get(r.instance_id, 0.0) < now]
+
+    def mark_failed(self, replica: ReplicaInfo, hold_s: float = 5.0) -> None:
+        """Keep a replica that just failed out of routing for a short while."""
+        self._failed[replica.instance_id] = time.monotonic() + hold_s
+
+    async def refresh(self) -> None:
+        """Read the registry and the mode once; keep the old view if Redis fails."""
+        if self.client is None:
+            return
+        try:
+            replicas = await self.client.snapshot()
+            mode = await self.client.get_mode(self.default_mode)
+        except RegistryUnavailable as exc:
+            if self.connected or self.last_error is None:
+                _LOGGER.warning("registry unavailable, serving from the last snapshot: %s",
+                                exc.message)
+            self.connected = False
+            self.last_error = exc.message
+            return
+        if not self.connected and self.last_error is not None:
+            _LOGGER.info("registry reachable again")
+        self.replicas = replicas
+        self.mode = mode
+        self.connected = True
+        self.last_error = None
+        self.refreshed_at = time.time()
+
+    async def start(self) -> None:
+        """First refresh now, then keep refreshing in the background."""
+        await self.refresh()
+        self._task = asyncio.create_task(self._run(), name="gateway-registry-view")
+
+    async def stop(self) -> None:
+        """Stop refreshing and close the Redis connection."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.client is not None:
+            await self.client.close()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            await self.refresh()

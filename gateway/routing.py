@@ -1,0 +1,68 @@
+"""Which backends a new session tries, in order: a pure function, unit-tested alone.
+
+Modes (from Redis, shared by every gateway replica):
+
+* ``gpu``  — GPU replicas first, CPU replicas as the fallback;
+* ``cpu``  — CPU replicas; GPU only when no CPU replica is up;
+* ``auto`` — GPU replicas while healthy and under the load limit, then CPU, then
+  loaded GPU replicas as a last resort.
+
+Within a group the least-loaded replica comes first. Draining and unhealthy
+replicas are never chosen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from voicemesh.registry import ReplicaInfo
+
+STT_KINDS = {"gpu": "stt_gpu_ws", "cpu": "stt_cpu_ws"}
+
+
+def load_share(replica: ReplicaInfo) -> float:
+    """Sessions and queued work as a share of the replica's session limit."""
+    load = replica.load
+    busy = load.active_sessions + load.queue * 0.5
+    limit = load.max_sessions or 32
+    return busy / max(limit, 1)
+
+
+def _usable(replicas: Iterable[ReplicaInfo], capability: str) -> list[ReplicaInfo]:
+    chosen = [
+        r for r in replicas
+        if r.healthy and not r.draining and (not r.capabilities or capability in r.capabilities)
+    ]
+    return sorted(chosen, key=lambda r: (load_share(r), r.instance_id))
+
+
+def is_gpu(replica: ReplicaInfo) -> bool:
+    """A replica that runs on a GPU (by kind or by the device it reports)."""
+    return replica.kind == STT_KINDS["gpu"] or replica.device.startswith("cuda")
+
+
+def choose_backends(
+    mode: str,
+    replicas: Iterable[ReplicaInfo],
+    *,
+    capability: str = "stream",
+    gpu_max_load: float = 0.9,
+) -> list[ReplicaInfo]:
+    """Order the STT replicas a session should try for ``mode``."""
+    usable = _usable(
+        (r for r in replicas if r.kind in STT_KINDS.values()), capability
+    )
+    gpu = [r for r in usable if is_gpu(r)]
+    cpu = [r for r in usable if not is_gpu(r)]
+    if mode == "gpu":
+        return gpu + cpu
+    if mode == "cpu":
+        return cpu + gpu
+    light = [r for r in gpu if load_share(r) < gpu_max_load]
+    heavy = [r for r in gpu if load_share(r) >= gpu_max_load]
+    return light + cpu + heavy
+
+
+def choose_detector(replicas: Iterable[ReplicaInfo]) -> list[ReplicaInfo]:
+    """Order the detector replicas, least loaded first."""
+    return _usable((r for r in replicas if r.kind == "stt_tiny_ws"), "detect")

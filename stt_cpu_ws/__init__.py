@@ -1,0 +1,1 @@
+"""Streaming Whisper base on CPU (faster-whisper int8)."""

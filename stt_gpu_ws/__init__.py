@@ -1,0 +1,1 @@
+"""Streaming Whisper base on CUDA (faster-whisper float16)."""
