@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -59,6 +60,7 @@ async def stream_audio(
     end: Literal["stop", "flush", "none"] = "stop",
     timeout_s: float = 60.0,
     extra_headers: dict[str, str] | None = None,
+    on_message: Callable[[float, dict[str, Any]], None] | None = None,
 ) -> StreamResult:
     """Stream ``audio`` (float32 at ``sample_rate``) in frames; return what came back.
 
@@ -82,7 +84,10 @@ async def stream_audio(
         async def receive() -> None:
             async for raw in ws:
                 if isinstance(raw, str):
-                    result.messages.append((time.perf_counter() - t0, json.loads(raw)))
+                    item = (time.perf_counter() - t0, json.loads(raw))
+                    result.messages.append(item)
+                    if on_message is not None:
+                        on_message(*item)
 
         receiver = asyncio.create_task(receive())
         for i in range(0, audio.size, step):

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from gateway.stream import SessionBuffer, shift_times, ws_url
-from voicemesh.stt.engines import TranscriptionResult, compression_ratio
+from voicemesh.stt.engines import (
+    TranscriptionResult,
+    compression_ratio,
+    has_repetition_loop,
+    suspicious,
+)
 from voicemesh.stt.streaming import StreamingConfig, looks_like_speech, stable_prefix
 from voicemesh.stt.vad import WINDOW_S, Endpointer, EndpointerConfig
 
@@ -84,3 +89,17 @@ def test_shift_times_moves_every_time_field() -> None:
 def test_ws_url_from_http_url() -> None:
     assert ws_url("http://h:1/", "/ws/x") == "ws://h:1/ws/x"
     assert ws_url("https://h", "/ws/x") == "wss://h/ws/x"
+
+
+@pytest.mark.parametrize(("text", "loop"), [
+    ("首先 上 上 上 上 上 上", True), ("ddech, ddech, ddech, ddech,", True),
+    ("that that that is", False), ("好 首先说一下", False), ("I said hello hello", False),
+])
+def test_repetition_loops_are_spotted(text: str, loop: bool) -> None:
+    assert has_repetition_loop(text) is loop
+    assert suspicious(TranscriptionResult(text=text, compression_ratio=1.0)) is loop
+
+
+def test_low_confidence_is_suspicious() -> None:
+    assert suspicious(TranscriptionResult(text="hello", avg_logprob=-1.5))
+    assert not suspicious(TranscriptionResult(text="hello", avg_logprob=-0.3))

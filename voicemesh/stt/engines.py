@@ -9,7 +9,9 @@ synchronous, thread-safe callable that is easy to test on its own.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, cast, runtime_checkable
@@ -28,6 +30,7 @@ MAX_WINDOW_S = 30
 WINDOW_PAD_S = 6.0
 """Silence appended to a short block instead of padding it to 30 s (see _transcribe_window)."""
 MAX_NEW_TOKENS = 220
+MAX_PROMPT_TOKENS = 120
 COMPRESSION_RATIO_LIMIT = 2.4
 LOGPROB_LIMIT = -1.0
 
@@ -48,11 +51,27 @@ class TranscriptionResult:
 
 
 def suspicious(result: TranscriptionResult) -> bool:
-    """Whisper's own signs of a bad decode: a repetition loop or very low confidence."""
+    """Signs of a bad decode: a repetition loop or very low confidence."""
     return (
         result.compression_ratio > COMPRESSION_RATIO_LIMIT
         or result.avg_logprob < LOGPROB_LIMIT
+        or has_repetition_loop(result.text)
     )
+
+
+def has_repetition_loop(text: str, repeats: int = 4) -> bool:
+    """True when a word (or a CJK character) comes ``repeats`` times in a row.
+
+    Short loops such as "上 上 上 上" compress too little for the compression ratio
+    to notice them.
+    """
+    units = [u for u in re.findall(r"[\u3400-\u9fff]|[^\W_]+", text.lower()) if u]
+    run = 1
+    for previous, current in itertools.pairwise(units):
+        run = run + 1 if current == previous else 1
+        if run >= repeats:
+            return True
+    return False
 
 
 def compression_ratio(text: str) -> float:
@@ -80,8 +99,12 @@ class Transcriber(Protocol):
         word_timestamps: bool = False,
         beam_size: int | None = None,
         quality_fallback: bool = True,
+        prompt: str | None = None,
     ) -> TranscriptionResult:
         """Decode ``audio``; ``prefix`` forces the start of the text.
+
+        ``prompt`` is text said just before (earlier finals): Whisper reads it as
+        context, as it does within a 30 s window offline.
 
         ``quality_fallback`` lets an engine spend more time when a fast decode looks
         like a hallucination (partials turn it off: they are revised anyway).
@@ -181,8 +204,9 @@ class FasterWhisperTranscriber:
         word_timestamps: bool = False,
         beam_size: int | None = None,
         quality_fallback: bool = True,
+        prompt: str | None = None,
     ) -> TranscriptionResult:
-        """Decode one block with greedy or beam search; no VAD, no previous-text context.
+        """Decode one block with greedy or beam search; no VAD; ``prompt`` as context.
 
         Blocks that fit in a shortened window (the usual streaming utterance) take
         the fast path; longer ones, and requests for word times, go through
@@ -197,18 +221,21 @@ class FasterWhisperTranscriber:
             samples = np.ascontiguousarray(audio, dtype=np.float32)
             beam = beam_size or self.beam_size
             result = self._transcribe_window(samples, language=language, prefix=prefix,
-                                             beam_size=beam, pad_s=self.window_pad_s)
+                                             beam_size=beam, pad_s=self.window_pad_s,
+                                             prompt=prompt)
             if quality_fallback and suspicious(result):
                 # Short windows occasionally send Whisper into a loop on hard audio
                 # (quiet, far-field); the full 30 s window is the reference behaviour.
+                # Like Whisper's own fallback, the retry drops the context prompt.
                 result = self._transcribe_window(samples, language=language, prefix=prefix,
-                                                 beam_size=beam, pad_s=None)
+                                                 beam_size=beam, pad_s=None, prompt=None)
             return result
         segments_iter, info = self._model.transcribe(
             np.ascontiguousarray(audio, dtype=np.float32),
             language=language,
             beam_size=beam_size or self.beam_size,
             prefix=prefix or None,
+            initial_prompt=prompt or None,
             word_timestamps=word_timestamps,
             condition_on_previous_text=False,
             vad_filter=False,
@@ -248,7 +275,7 @@ class FasterWhisperTranscriber:
 
     def _transcribe_window(
         self, audio: np.ndarray, *, language: str | None, prefix: str | None, beam_size: int,
-        pad_s: float | None,
+        pad_s: float | None, prompt: str | None = None,
     ) -> TranscriptionResult:
         """Encode only the audio plus ``window_pad_s`` of silence, not a padded 30 s.
 
@@ -276,15 +303,20 @@ class FasterWhisperTranscriber:
             language_probability = float(detected[1])
         tokenizer = Tokenizer(model.hf_tokenizer, self.multilingual, task="transcribe",
                               language=language)
-        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        tokens_in: list[int] = []
+        if prompt and prompt.strip():
+            context = tokenizer.encode(" " + prompt.strip())[-MAX_PROMPT_TOKENS:]
+            tokens_in = [tokenizer.sot_prev, *context]
+        tokens_in += [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         if prefix:
-            prompt += tokenizer.encode(" " + prefix.strip())
+            tokens_in += tokenizer.encode(" " + prefix.strip())
+        # Speech carries at most ~15 tokens a second; a longer output is a loop.
+        new_tokens = min(MAX_NEW_TOKENS, int(10 + 15 * len(audio) / SAMPLE_RATE))
         result = model.model.generate(
             encoder_output,
-            [prompt],
+            [tokens_in],
             beam_size=beam_size,
-            # Speech carries at most ~15 tokens a second; a longer output is a loop.
-            max_length=min(MAX_NEW_TOKENS, int(10 + 15 * len(audio) / SAMPLE_RATE)) + len(prompt),
+            max_length=new_tokens + len(tokens_in),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,

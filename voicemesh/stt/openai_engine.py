@@ -102,8 +102,9 @@ class OpenAIWhisperTranscriber:
         word_timestamps: bool = False,
         beam_size: int | None = None,
         quality_fallback: bool = True,
+        prompt: str | None = None,
     ) -> TranscriptionResult:
-        """Decode one block at temperature 0 with no previous-text context or VAD."""
+        """Decode one block at temperature 0, no VAD; ``prompt`` is earlier text as context."""
         samples = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
         duration = len(samples) / SAMPLE_RATE
         if not self.multilingual:
@@ -112,6 +113,7 @@ class OpenAIWhisperTranscriber:
         options: dict[str, Any] = {
             "language": language,
             "prefix": prefix or None,
+            "prompt": prompt or None,
             "fp16": self.device == "cuda",
             "task": "transcribe",
         }

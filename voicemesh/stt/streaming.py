@@ -59,6 +59,8 @@ class StreamingConfig:
     """Force finals to continue the stable text too (locks in early mistakes)."""
     final_beam_size: int = 5
     """Beam width of finals; partials are greedy."""
+    context_s: float = 30.0
+    """Finals that ended within this many seconds are given to Whisper as context."""
     no_speech_threshold: float = 0.6
     compression_ratio_threshold: float = 2.4
     logprob_threshold: float = -1.0
@@ -143,6 +145,7 @@ class StreamingSession:
         self._spec: tuple[int, asyncio.Task[TranscriptionResult]] | None = None
         self._lock = asyncio.Lock()
         self.finals = 0
+        self._context: list[tuple[float, str]] = []  # (end time, text) of recent finals
         self.closed = False
 
     # ------------------------------------------------------------------ input
@@ -213,7 +216,14 @@ class StreamingSession:
             "prefix": self._stable if use_prefix and self._stable else None,
             "beam_size": self.config.final_beam_size if final else 1,
             "quality_fallback": final,
+            "prompt": self._context_text(),
         }
+
+    def _context_text(self) -> str | None:
+        """Recent finals (within ``context_s`` of stream time), as Whisper's prompt."""
+        horizon = self.samples / SAMPLE_RATE - self.config.context_s
+        recent = [text for end, text in self._context if end >= horizon]
+        return " ".join(recent)[-400:] or None
 
     def _maybe_partial(self) -> None:
         if self._partial_task is not None or self._spec is not None:
@@ -314,6 +324,8 @@ class StreamingSession:
             for s in result.segments
         ]
         self.finals += 1
+        self._context.append((end_sample / SAMPLE_RATE, result.text))
+        del self._context[:-4]
         await self.emit(
             FinalMessage(
                 utterance_id=utterance_id,

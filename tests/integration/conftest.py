@@ -1,0 +1,64 @@
+"""The embedded mesh for integration tests: real Redis, real models, real services."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.conftest import RedisServer, free_port
+from tests.helpers import ServiceProcess
+
+
+@dataclass
+class Mesh:
+    """Running services and where to reach them."""
+
+    redis: RedisServer
+    detector: ServiceProcess
+    stt_cpu: ServiceProcess
+    gateway: ServiceProcess
+
+    @property
+    def ws_url(self) -> str:
+        """The gateway's streaming endpoint."""
+        return f"ws://127.0.0.1:{self.gateway.port}/ws/transcribe"
+
+
+def _wait_for_routes(gateway_url: str, timeout_s: float = 20.0) -> None:
+    """Wait until the gateway's registry view lists an STT backend and the detector."""
+    deadline = time.monotonic() + timeout_s
+    body: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        body = httpx.get(f"{gateway_url}/health", timeout=2).json()
+        if body.get("stt_route") and body.get("detector"):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"gateway never saw its backends: {body}")
+
+
+@pytest.fixture(scope="session")
+def mesh(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """Detector, CPU STT and gateway as separate processes on loopback, registered in Redis."""
+    logs = tmp_path_factory.mktemp("mesh-logs")
+    env = {"VOICEMESH_REDIS_URL": redis_server.url,
+           "VOICEMESH_HOME": str(tmp_path_factory.getbasetemp() / "vmhome"),
+           "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5"}
+    services = [
+        ServiceProcess("stt_tiny_ws", free_port(), env, logs),
+        ServiceProcess("stt_cpu_ws", free_port(), env, logs),
+        ServiceProcess("gateway", free_port(), env, logs),
+    ]
+    try:
+        for service in services:
+            service.start()
+        for service in services:
+            service.wait_healthy()
+        _wait_for_routes(services[-1].url)
+        yield Mesh(redis_server, *services)
+    finally:
+        for service in reversed(services):
+            service.stop()
