@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import RedisServer, free_port
 from tests.helpers import ServiceProcess
+from voicemesh.settings import default_home
 
 
 @dataclass
@@ -46,6 +47,8 @@ def mesh(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) ->
     logs = tmp_path_factory.mktemp("mesh-logs")
     env = {"VOICEMESH_REDIS_URL": redis_server.url,
            "VOICEMESH_HOME": str(tmp_path_factory.getbasetemp() / "vmhome"),
+           # Prepared models are a checksummed cache: share the user's, do not re-join.
+           "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
            "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5"}
     services = [
         ServiceProcess("stt_tiny_ws", free_port(), env, logs),
