@@ -58,6 +58,14 @@ def install_http_basics(app: FastAPI, metrics: ServiceMetrics) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail), rid), status_code=exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        rid = _request_id(request)
+        _LOGGER.exception("request %s failed unexpectedly", rid)
+        metrics.error("internal_error")
+        return JSONResponse(error_body("internal_error", "the service failed on this request",
+                                       rid), status_code=500)
+
     @app.get("/metrics", include_in_schema=False)
     async def _metrics() -> Response:
         body, content_type = metrics.render()

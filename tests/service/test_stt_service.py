@@ -209,6 +209,30 @@ def test_verbose_json_has_ordered_segments_within_the_duration(
     assert normalize(" ".join(s["text"] for s in segments)) == normalize(body["text"])
 
 
+def test_subtitles_get_real_segment_times(client: TestClient) -> None:
+    clip = _clip("lhotse-2412-153948-0000.wav")
+    response = _post(client, clip.path.read_bytes(), response_format="verbose_json")
+    segments = response.json()["segments"]
+    # Whisper's own timestamps, not one block spanning the whole file.
+    assert len(segments) >= 2, segments
+    assert 0 < segments[0]["end"] < clip.duration_s - 2, segments
+
+
+@pytest.mark.parametrize("language", ["xx", "klingon"])
+def test_unknown_language_is_a_400_json_error(
+    client: TestClient, jfk_wav: bytes, language: str
+) -> None:
+    body = _assert_error(_post(client, jfk_wav, language=language), 400, "bad_language")
+    assert language in body["message"]
+    assert client.get("/health").status_code == 200
+
+
+def test_language_code_is_case_insensitive(client: TestClient, jfk_wav: bytes) -> None:
+    response = _post(client, jfk_wav, language="EN")
+    assert response.status_code == 200, response.text
+    assert "fellow americans" in " ".join(normalize(response.json()["text"]))
+
+
 def test_word_timestamps_give_aligned_words(client: TestClient, jfk_wav: bytes) -> None:
     response = _post(client, jfk_wav, response_format="verbose_json", word_timestamps="true")
     assert response.status_code == 200, response.text
@@ -448,6 +472,23 @@ def test_start_after_audio_is_a_non_fatal_bad_message(client: TestClient) -> Non
     # The 16 kHz audio was still read as 16 kHz: the late 'start' changed nothing.
     finals = _finals(messages)
     assert error_rate(LIBRIVOX.text, _joined(finals)) <= 15, messages
+
+
+def test_start_with_unknown_language_is_refused_and_the_session_goes_on(
+    client: TestClient,
+) -> None:
+    pcm = _pcm16(LIBRIVOX.path)
+    with client.websocket_connect("/ws/transcribe") as ws:
+        _ready(ws)
+        ws.send_text(json.dumps({"type": "start", "language": "xx"}))
+        error = json.loads(_receive_within(ws)["text"])
+        assert (error["type"], error["code"], error["fatal"]) == ("error", "bad_language", False)
+        for frame in _frames(pcm):
+            ws.send_bytes(frame)
+        _stop(ws)
+        messages, close_code = _messages_until_close(ws)
+    assert close_code == 1000
+    assert error_rate(LIBRIVOX.text, _joined(_finals(messages))) <= 15, messages
 
 
 def test_odd_length_frame_is_a_non_fatal_error(client: TestClient) -> None:

@@ -100,16 +100,33 @@ class Transcriber(Protocol):
         beam_size: int | None = None,
         quality_fallback: bool = True,
         prompt: str | None = None,
+        segment_timestamps: bool = False,
     ) -> TranscriptionResult:
         """Decode ``audio``; ``prefix`` forces the start of the text.
 
         ``prompt`` is text said just before (earlier finals): Whisper reads it as
-        context, as it does within a 30 s window offline.
+        context, as it does within a 30 s window offline. ``segment_timestamps`` asks
+        for real segment times (subtitles) instead of one segment for the block.
 
         ``quality_fallback`` lets an engine spend more time when a fast decode looks
         like a hallucination (partials turn it off: they are revised anyway).
         """
         ...
+
+
+def check_language(transcriber: Transcriber, language: str | None) -> str | None:
+    """Normalise a language code and reject one the model cannot decode (400, not 500)."""
+    if language is None or not language.strip():
+        return None
+    code = language.strip().lower()
+    supported = getattr(transcriber, "languages", None)
+    if supported and code not in supported:
+        raise BadRequest(
+            f"language {language!r} is not one this model knows; use an ISO 639-1 code "
+            f"such as {', '.join(sorted(supported)[:8])}, ...",
+            code="bad_language",
+        )
+    return code
 
 
 def cuda_available() -> bool:
@@ -194,6 +211,10 @@ class FasterWhisperTranscriber:
                 code="model_load_failed",
             ) from exc
         self.multilingual = bool(self._model.model.is_multilingual)
+        self.languages: frozenset[str] = (
+            frozenset(self._model.supported_languages) if self.multilingual
+            else frozenset({"en"})
+        )
 
     def transcribe(
         self,
@@ -205,6 +226,7 @@ class FasterWhisperTranscriber:
         beam_size: int | None = None,
         quality_fallback: bool = True,
         prompt: str | None = None,
+        segment_timestamps: bool = False,
     ) -> TranscriptionResult:
         """Decode one block with greedy or beam search; no VAD; ``prompt`` as context.
 
@@ -215,7 +237,7 @@ class FasterWhisperTranscriber:
         if not self.multilingual:
             language = "en"
         seconds = len(audio) / SAMPLE_RATE
-        if not word_timestamps and self.window_pad_s > 0 and (
+        if not word_timestamps and not segment_timestamps and self.window_pad_s > 0 and (
             seconds + self.window_pad_s <= MAX_WINDOW_S
         ):
             samples = np.ascontiguousarray(audio, dtype=np.float32)

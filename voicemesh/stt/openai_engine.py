@@ -89,6 +89,11 @@ class OpenAIWhisperTranscriber:
                 code="model_load_failed",
             ) from exc
         self.multilingual = bool(self._model.is_multilingual)
+        from whisper.tokenizer import LANGUAGES
+
+        self.languages: frozenset[str] = (
+            frozenset(LANGUAGES) if self.multilingual else frozenset({"en"})
+        )
         # One torch model is not safe to run from several threads at once.
         self._lock = threading.Lock()
         _LOGGER.info("openai-whisper model %s loaded on %s", self.model_name, self.device)
@@ -103,6 +108,7 @@ class OpenAIWhisperTranscriber:
         beam_size: int | None = None,
         quality_fallback: bool = True,
         prompt: str | None = None,
+        segment_timestamps: bool = False,
     ) -> TranscriptionResult:
         """Decode one block at temperature 0, no VAD; ``prompt`` is earlier text as context."""
         samples = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)

@@ -37,7 +37,7 @@ from voicemesh.protocol import (
 )
 from voicemesh.registry import RegistryHeartbeat, ReplicaInfo, ReplicaLoad
 from voicemesh.settings import ServiceSettings
-from voicemesh.stt.engines import Device, EngineName, Transcriber
+from voicemesh.stt.engines import Device, EngineName, Transcriber, check_language
 from voicemesh.stt.scheduler import DecodeScheduler, Priority
 from voicemesh.stt.streaming import EngineLabel, StreamingConfig, StreamingSession
 from voicemesh.stt.vad import EndpointerConfig
@@ -232,10 +232,11 @@ def create_stt_app(settings: SttSettings, transcriber: Transcriber | None = None
         )
         if audio.size == 0:
             raise BadRequest("the file holds no audio samples", code="empty_audio")
+        language = check_language(state.transcriber, language or settings.language)
         started = time.perf_counter()
         result = await state.scheduler.decode(
-            audio, Priority.BATCH, language=language or settings.language,
-            word_timestamps=word_timestamps,
+            audio, Priority.BATCH, language=language, word_timestamps=word_timestamps,
+            segment_timestamps=True,
         )
         state.metrics.observe("transcribe_file", time.perf_counter() - started)
         state.metrics.count("transcribe_file", "ok")
@@ -375,9 +376,15 @@ class StreamHandler:
         if self.audio_seen:
             await self.error("bad_message", "'start' must come before the first audio frame")
             return
+        try:
+            language = check_language(self.state.transcriber,
+                                      start.language or self.settings.language)
+        except VoiceMeshError as exc:
+            await self.error(exc.code, exc.message)
+            return
         self.decoder = PcmStreamDecoder(
             sample_rate=start.sample_rate, encoding=start.encoding, channels=start.channels,
             max_frame_bytes=self.settings.max_frame_bytes,
         )
         assert self.session is not None
-        self.session.config.language = start.language or self.settings.language
+        self.session.config.language = language
