@@ -75,6 +75,8 @@ async def stream_audio(
     async with websockets.connect(url, max_size=None, additional_headers=extra_headers) as ws:
         ready = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
         result.messages.append((0.0, ready))
+        if on_message is not None:
+            on_message(0.0, ready)
         if send_start:
             await ws.send(json.dumps({"type": "start", "sample_rate": sample_rate,
                                       "encoding": encoding, "language": language}))

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from gateway.registry_view import RegistryView, static_replicas
 from gateway.routing import choose_backends, choose_detector
 from gateway.settings import GatewaySettings, get_settings
+from gateway.state import GatewayState
 from gateway.stream import GatewayStream
 from voicemesh.http import install_http_basics
 from voicemesh.metrics import ServiceMetrics
@@ -38,11 +39,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """The gateway app; tests pass their own settings."""
     settings = settings or get_settings()
     metrics = ServiceMetrics("gateway")
-    started_at = time.time()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         view = build_view(settings)
+        state = GatewayState(settings=settings, view=view, metrics=metrics)
+        app.state.gateway = state
         app.state.view = view
         await view.start()
         try:
@@ -55,7 +57,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
-        view: RegistryView = request.app.state.view
+        state: GatewayState = request.app.state.gateway
+        view = state.view
         replicas = view.snapshot()
         stt = choose_backends(view.mode, replicas)
         detectors = choose_detector(replicas)
@@ -74,12 +77,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             "stt_route": [r.url for r in stt],
             "detector": detectors[0].url if detectors else None,
             "auth": "off",
-            "uptime_s": round(time.time() - started_at, 1),
+            "uptime_s": round(time.time() - state.started_at, 1),
         })
 
     @app.websocket("/ws/transcribe")
     async def transcribe(ws: WebSocket) -> None:
         await ws.accept()
-        await GatewayStream(ws, settings, ws.app.state.view, metrics).run()
+        await GatewayStream(ws, ws.app.state.gateway).run()
 
     return app

@@ -50,6 +50,7 @@ class RegistryView:
         self.refreshed_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._failed: dict[str, float] = {}
+        self._assigned: dict[str, int] = {}
 
     @property
     def degraded(self) -> bool:
@@ -57,10 +58,37 @@ class RegistryView:
         return self.client is not None and not self.connected
 
     def snapshot(self) -> list[ReplicaInfo]:
-        """Registered replicas (or the static ones when none), minus recent failures."""
+        """Registered replicas (or the static ones when none), minus recent failures.
+
+        A replica's reported load lags by up to a heartbeat, so sessions this gateway
+        opened since count too: a burst of new sessions spreads instead of piling onto
+        the replica that looked idle a second ago.
+        """
         replicas = self.replicas or self.static
         now = time.monotonic()
-        return [r for r in replicas if self._failed.get(r.instance_id, 0.0) < now]
+        out = []
+        for replica in replicas:
+            if self._failed.get(replica.instance_id, 0.0) >= now:
+                continue
+            mine = self._assigned.get(replica.instance_id, 0)
+            if mine > replica.load.active_sessions:
+                load = replica.load.model_copy(update={"active_sessions": mine})
+                out.append(replica.model_copy(update={"load": load}))
+            else:
+                out.append(replica)
+        return out
+
+    def assign(self, replica: ReplicaInfo) -> None:
+        """Count a session this gateway routed to ``replica``."""
+        self._assigned[replica.instance_id] = self._assigned.get(replica.instance_id, 0) + 1
+
+    def release(self, replica: ReplicaInfo) -> None:
+        """The session routed to ``replica`` has ended or moved."""
+        left = self._assigned.get(replica.instance_id, 0) - 1
+        if left > 0:
+            self._assigned[replica.instance_id] = left
+        else:
+            self._assigned.pop(replica.instance_id, None)
 
     def mark_failed(self, replica: ReplicaInfo, hold_s: float = 5.0) -> None:
         """Keep a replica that just failed out of routing for a short while."""

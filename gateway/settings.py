@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from voicemesh.registry import RoutingMode
@@ -35,6 +36,26 @@ class GatewaySettings(ServiceSettings):
     """Static STT backends (http URLs) used when the registry lists none."""
     detector_urls: list[str] = []
     """Static detector backends used when the registry lists none."""
+    stall_timeout_s: float = Field(3.0, gt=0)
+    """A backend that sends nothing this long while audio is pending is failed over."""
+    api_keys: list[SecretStr] = []
+    """Client API keys; none configured means auth is off (the embedded default)."""
+    api_keys_file: Path | None = None
+    """A file with one API key per line (added to ``api_keys``)."""
+    admin_key: SecretStr | None = None
+    """Key for /v1/admin routes; without it admin routes accept any client key (or none)."""
+    max_sessions_per_key: int = Field(8, ge=1)
+    """Concurrent streaming sessions one key may hold."""
+    max_sessions_total: int = Field(64, ge=1)
+    """Concurrent streaming sessions on this gateway replica."""
+    requests_per_minute_per_key: int = Field(120, ge=1)
+    """HTTP requests and new sessions per minute for one key."""
+    requests_per_minute_total: int = Field(1200, ge=1)
+    """HTTP requests and new sessions per minute on this gateway replica."""
+    max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    """Largest file accepted by POST /v1/audio/transcriptions."""
+    request_timeout_s: float = Field(120.0, gt=0)
+    """Time a backend may take for one file transcription before failing over."""
 
 
 @lru_cache

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections import deque
 from typing import Any
@@ -22,12 +23,10 @@ import websockets
 from fastapi import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
 
-from gateway.registry_view import RegistryView
-from gateway.routing import choose_backends, choose_detector
-from gateway.settings import GatewaySettings
+from gateway.routing import choose_backends, choose_detector, is_gpu
+from gateway.state import GatewayState
 from voicemesh.audio import PcmStreamDecoder
 from voicemesh.errors import BackendClosed, BackendTimeout, EngineUnavailable, VoiceMeshError
-from voicemesh.metrics import ServiceMetrics
 from voicemesh.protocol import (
     ErrorMessage,
     FailoverMessage,
@@ -45,6 +44,7 @@ _LOGGER = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 BYTES_PER_SAMPLE = 2
 REPLAY_CHUNK_BYTES = SAMPLE_RATE * BYTES_PER_SAMPLE // 2  # 0.5 s per replayed frame
+STALL_CHECK_S = 0.25
 CLOSE_NORMAL = 1000
 CLOSE_TRY_AGAIN = 1013
 _TIME_KEYS = ("start", "end", "t")
@@ -128,19 +128,23 @@ class Backend:
 class GatewayStream:
     """Serves one ``/ws/transcribe`` client through an STT backend and the detector."""
 
-    def __init__(self, ws: WebSocket, settings: GatewaySettings, view: RegistryView,
-                 metrics: ServiceMetrics) -> None:
+    def __init__(self, ws: WebSocket, state: GatewayState) -> None:
         self.ws = ws
-        self.settings = settings
-        self.view = view
-        self.metrics = metrics
+        self.state = state
+        self.settings = state.settings
+        self.view = state.view
+        self.metrics = state.metrics
         self.session_id = uuid.uuid4().hex[:12]
-        self.decoder = PcmStreamDecoder(max_frame_bytes=settings.max_frame_bytes)
+        self.decoder = PcmStreamDecoder(max_frame_bytes=self.settings.max_frame_bytes)
         self.language: str | None = None
         self.buffer = SessionBuffer()
         self.backend: Backend | None = None
         self.detector: ClientConnection | None = None
-        self.tried: set[str] = set()
+        self.failed_backends: set[str] = set()
+        self._speech_since: float | None = None
+        self._last_backend_message = time.monotonic()
+        self.finals = 0
+        self.failovers = 0
         self.audio_seen = False
         self.stopping = False
         self.last_final_end = 0.0
@@ -195,8 +199,16 @@ class GatewayStream:
             self.client_open = self.client_open and not self.stopping
             for task in (backend_task, detector_task, *self._tasks):
                 task.cancel()
+            if self.backend is not None:
+                self.view.release(self.backend.replica)
             await self._close_backends()
             self.metrics.active_sessions.labels("gateway").dec()
+            self.state.stats.record("stream", ok=self.backend is not None)
+            self.state.events.publish(
+                "request_completed", kind="stream", session_id=self.session_id,
+                finals=self.finals, failovers=self.failovers,
+                audio_s=round(self.buffer.total_samples / SAMPLE_RATE, 2),
+                backend=self.backend.replica.url if self.backend else None)
             if self.stopping:
                 with contextlib.suppress(Exception):
                     await self.ws.close(CLOSE_NORMAL)
@@ -289,32 +301,47 @@ class GatewayStream:
         return StartMessage(sample_rate=SAMPLE_RATE, encoding="pcm_s16le",
                             language=self.language, session_id=self.session_id)
 
-    async def _open_backend(self, offset: float) -> Backend:
+    async def _open_backend(self, offset: float, *, exclude: set[str] | None = None) -> Backend:
         """Connect to the first candidate that accepts the session."""
+        skip = self.failed_backends | (exclude or set())
         candidates = [
             r for r in choose_backends(self.view.mode, self.view.snapshot(),
                                        gpu_max_load=self.settings.gpu_max_load)
-            if r.instance_id not in self.tried
+            if r.instance_id not in skip
         ]
         last_error = "no STT replica is registered"
         for replica in candidates:
-            self.tried.add(replica.instance_id)
+            # Reserve first: sessions opening at the same moment must see this one.
+            self.view.assign(replica)
             try:
-                return await self._connect(replica, offset)
+                backend = await self._connect(replica, offset)
             except EngineUnavailable as exc:
+                self.view.release(replica)
                 last_error = exc.message
+                self.failed_backends.add(replica.instance_id)
                 self.view.mark_failed(replica)
                 _LOGGER.warning("session %s: %s refused: %s", self.session_id, replica.url,
                                 exc.message)
+                continue
+            self._count_backend_choice(replica)
+            return backend
         raise EngineUnavailable(f"no STT backend could take the session: {last_error}",
                                 code="no_backend")
+
+    def _count_backend_choice(self, replica: ReplicaInfo) -> None:
+        choice = getattr(self.metrics, "backend_choice", None)
+        if choice is not None:
+            choice.labels(device=replica.device).inc()
 
     async def _connect(self, replica: ReplicaInfo, offset: float) -> Backend:
         url = ws_url(replica.url, "/ws/transcribe")
         timeout = self.settings.connect_timeout_s
         try:
+            # Pings catch a frozen or unplugged backend even while nobody speaks.
             ws = await asyncio.wait_for(
-                websockets.connect(url, max_size=None, open_timeout=timeout), timeout
+                websockets.connect(url, max_size=None, open_timeout=timeout,
+                                   ping_interval=1.0, ping_timeout=self.settings.stall_timeout_s),
+                timeout,
             )
         except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
             raise BackendClosed(f"cannot connect to {url}: {exc}") from exc
@@ -344,13 +371,29 @@ class GatewayStream:
                     with contextlib.suppress(Exception):
                         await self.ws.close(CLOSE_NORMAL)
                 return
-            if not await self._fail_over(backend, reason):
+            if not await self._switch_backend(backend, reason):
                 return
 
+    def _stalled(self) -> bool:
+        """Speech is pending and the backend has said nothing for the stall timeout."""
+        if self._speech_since is None:
+            return False
+        quiet = time.monotonic() - max(self._last_backend_message, self._speech_since)
+        return quiet > self.settings.stall_timeout_s
+
     async def _pump_backend(self, backend: Backend) -> str | None:
-        """Forward backend messages; return why it failed, or None on a clean end."""
+        """Forward backend messages; return why the session must move, or None when done."""
+        self._last_backend_message = time.monotonic()
         try:
-            async for raw in backend.ws:
+            while True:
+                try:
+                    raw = await asyncio.wait_for(backend.ws.recv(), STALL_CHECK_S)
+                except TimeoutError:
+                    if self._stalled():
+                        return (f"stalled: no message for {self.settings.stall_timeout_s:.0f} s "
+                                "while speech was pending")
+                    continue
+                self._last_backend_message = time.monotonic()
                 if isinstance(raw, bytes):
                     continue
                 message = shift_times(json.loads(raw), backend.offset)
@@ -359,26 +402,68 @@ class GatewayStream:
                     continue
                 if kind == "error" and message.get("fatal"):
                     return f"backend error: {message.get('message')}"
+                self._track_speech(message)
                 if kind == "final":
-                    self.last_final_end = float(message.get("end", 0.0))
-                    self.buffer.drop_until(self.last_final_end)
-                    message["backend"] = backend.replica.url
-                    self.metrics.count("final", "ok")
+                    self._on_final(message, backend)
                 await self.send(json.dumps(message))
+                if kind == "final" and self._mode_moved(backend):
+                    return "mode_change"
         except websockets.ConnectionClosedError as exc:
             return f"backend connection lost: {exc}"
         except websockets.ConnectionClosedOK:
             pass
         return None if self.stopping else "backend closed the session"
 
-    async def _fail_over(self, failed: Backend, reason: str) -> bool:
-        """Move the session to the next backend and replay the buffered audio."""
-        self.view.mark_failed(failed.replica)
+    def _track_speech(self, message: dict[str, Any]) -> None:
+        """Remember whether the backend owes us text (drives stall detection)."""
+        kind = message.get("type")
+        if kind == "partial" or (kind == "vad" and message.get("event") == "speech_start"):
+            if self._speech_since is None:
+                self._speech_since = time.monotonic()
+        elif kind == "final" or (kind == "vad" and message.get("event") == "speech_end"):
+            self._speech_since = None
+
+    def _on_final(self, message: dict[str, Any], backend: Backend) -> None:
+        self.last_final_end = float(message.get("end", 0.0))
+        self.buffer.drop_until(self.last_final_end)
+        message["backend"] = backend.replica.url
+        self.finals += 1
+        self.metrics.count("final", "ok")
+        latency = message.get("latency_ms")
+        self.state.stats.record("final", ok=True, latency_ms=latency)
+        histogram = getattr(self.metrics, "final_latency", None)
+        if histogram is not None and isinstance(latency, int | float):
+            histogram.observe(latency / 1000)
+
+    def _mode_moved(self, backend: Backend) -> bool:
+        """After a final: does the routing mode now prefer the other kind of device?"""
+        preferred = choose_backends(self.view.mode, self.view.snapshot(),
+                                    gpu_max_load=self.settings.gpu_max_load)
+        return bool(preferred) and is_gpu(preferred[0]) != is_gpu(backend.replica)
+
+    async def _switch_backend(self, old: Backend, reason: str) -> bool:
+        """Move the session to the next backend and replay the audio since the last final.
+
+        ``reason`` ``mode_change`` is a planned move at an utterance boundary; anything
+        else is a failure, and the old backend is kept out of routing for a while.
+        """
+        planned = reason == "mode_change"
+        if not planned:
+            self.failed_backends.add(old.replica.instance_id)
+            self.view.mark_failed(old.replica)
+            # A frozen backend stops reading: a send to it may be blocked on TCP
+            # backpressure while holding the backend lock. Cutting the connection
+            # releases it (the frame is already in the session buffer).
+            old.ws.transport.abort()
+        self.view.release(old.replica)
         async with self._backend_lock:
             offset = self.buffer.start_sample / SAMPLE_RATE
             try:
-                backend = await self._open_backend(offset)
+                backend = await self._open_backend(offset, exclude={old.replica.instance_id})
             except EngineUnavailable as exc:
+                if planned:
+                    self.view.assign(old.replica)
+                    return True  # nowhere better to go: stay where we are
                 self.backend = None
                 await self.error("no_backend", f"{reason}; {exc.message}", fatal=True)
                 self.client_open = False
@@ -391,12 +476,23 @@ class GatewayStream:
             if self.stopping:
                 await backend.ws.send(StopMessage().dumps())
             self.backend = backend
+            self._speech_since = time.monotonic() if audio else None
         with contextlib.suppress(Exception):
-            await failed.ws.close()
-        self.metrics.count("failover", "ok")
-        await self.send(FailoverMessage(**{"from": failed.replica.url}, to=backend.replica.url,
-                                        replayed_ms=round(len(audio) / 32.0, 1),
-                                        reason=reason).dumps())
+            await old.ws.close()
+        replayed_ms = round(len(audio) / (SAMPLE_RATE * BYTES_PER_SAMPLE / 1000), 1)
+        self.failovers += 0 if planned else 1
+        label = "mode_change" if planned else reason.split(":", maxsplit=1)[0]
+        self.metrics.count("failover", label)
+        counter = getattr(self.metrics, "failovers", None)
+        if counter is not None:
+            counter.labels(reason=label).inc()
+        self.state.events.publish("failover", session_id=self.session_id,
+                                  **{"from": old.replica.url}, to=backend.replica.url,
+                                  reason=reason, replayed_ms=replayed_ms)
+        _LOGGER.warning("session %s: %s -> %s (%s), replayed %.0f ms", self.session_id,
+                        old.replica.url, backend.replica.url, reason, replayed_ms)
+        await self.send(FailoverMessage(**{"from": old.replica.url}, to=backend.replica.url,
+                                        replayed_ms=replayed_ms, reason=reason).dumps())
         return True
 
     # ------------------------------------------------------------------ detector

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -21,7 +22,7 @@ SPEECH_DIR = next(
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Clip:
     """One shared speech clip and its reference transcript."""
 
@@ -130,3 +131,25 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=5)
+
+
+@functools.lru_cache(maxsize=1)
+def _offline_model():  # type: ignore[no-untyped-def]
+    from faster_whisper import WhisperModel
+
+    from voicemesh.assets import resolve_whisper_model
+
+    return WhisperModel(resolve_whisper_model("base"), device="cpu", compute_type="int8",
+                        cpu_threads=2)
+
+
+@functools.lru_cache(maxsize=64)
+def offline_transcript(clip: Clip) -> str:
+    """faster-whisper's own offline transcription (default decoding) of the clip."""
+    segments, _ = _offline_model().transcribe(str(clip.path), language=clip.language)
+    return " ".join(s.text.strip() for s in segments)
+
+
+def clip_named(name: str) -> Clip:
+    """The manifest entry of one clip."""
+    return next(c for c in load_manifest() if c.file == name)

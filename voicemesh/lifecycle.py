@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+import os
+import signal
+from collections.abc import Awaitable, Callable
 
 from voicemesh.registry import RegistryClient, RegistryHeartbeat, ReplicaInfo
 from voicemesh.settings import ServiceSettings
@@ -38,3 +41,42 @@ def registry_status(heartbeat: RegistryHeartbeat | None) -> str:
     if heartbeat is None:
         return "disabled"
     return "connected" if heartbeat.connected else "disconnected"
+
+
+def drain_on_sigterm(
+    is_idle: Callable[[], bool],
+    start_draining: Callable[[], Awaitable[None]],
+    *,
+    max_drain_s: float,
+) -> None:
+    """On SIGTERM: stop taking sessions, let live ones finish, then shut down.
+
+    uvicorn alone closes live WebSockets on SIGTERM; a replica being scaled down or
+    redeployed should instead finish what it serves. ``start_draining`` marks the
+    replica draining (health and registry say so at once, so gateways route new
+    sessions elsewhere); when ``is_idle`` or after ``max_drain_s``, SIGINT asks
+    uvicorn for its normal graceful shutdown.
+    """
+    loop = asyncio.get_running_loop()
+
+    async def drain() -> None:
+        _LOGGER.info("SIGTERM: draining (at most %.0f s)", max_drain_s)
+        await start_draining()
+        for _ in range(int(max_drain_s / _DRAIN_POLL_S)):
+            if is_idle():
+                break
+            await asyncio.sleep(_DRAIN_POLL_S)
+        _LOGGER.info("drained: shutting down")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def on_sigterm() -> None:
+        loop.remove_signal_handler(signal.SIGTERM)
+        task = loop.create_task(drain())
+        _DRAINS.add(task)
+        task.add_done_callback(_DRAINS.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+
+
+_DRAINS: set[asyncio.Task[None]] = set()
+_DRAIN_POLL_S = 0.2

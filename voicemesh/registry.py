@@ -266,6 +266,10 @@ class RegistryHeartbeat:
             except RegistryUnavailable as exc:
                 _LOGGER.warning("could not deregister %s: %s", self._last.instance_id, exc)
 
+    async def beat_now(self) -> None:
+        """Publish the current info at once (e.g. draining), without waiting a period."""
+        await self._beat()
+
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)

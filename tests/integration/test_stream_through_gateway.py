@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from functools import lru_cache
 
 import numpy as np
 import pytest
 import websockets
 
 from client.streaming import stream_audio, to_bytes
-from tests.helpers import Clip, error_rate, load_manifest
+from tests.helpers import error_rate, load_manifest, offline_transcript
 from voicemesh.audio import load_clip_16k, resample
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -19,22 +18,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 CLIPS = load_manifest()
 FRAME_MS = (20, 32, 50, 100)
 WER_MARGIN = 1.0  # points above offline faster-whisper with the same model
-
-
-@lru_cache(maxsize=1)
-def _offline_model():  # type: ignore[no-untyped-def]
-    from faster_whisper import WhisperModel
-
-    from voicemesh.assets import resolve_whisper_model
-
-    return WhisperModel(resolve_whisper_model("base"), device="cpu", compute_type="int8",
-                        cpu_threads=2)
-
-
-def offline_transcript(clip: Clip) -> str:
-    """faster-whisper's own offline transcription (default decoding) of the clip."""
-    segments, _ = _offline_model().transcribe(str(clip.path), language=clip.language)
-    return " ".join(s.text.strip() for s in segments)
 
 
 @pytest.mark.parametrize("index", range(len(CLIPS)), ids=[c.file for c in CLIPS])

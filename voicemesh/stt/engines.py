@@ -330,8 +330,8 @@ class FasterWhisperTranscriber:
             context = tokenizer.encode(" " + prompt.strip())[-MAX_PROMPT_TOKENS:]
             tokens_in = [tokenizer.sot_prev, *context]
         tokens_in += [*tokenizer.sot_sequence, tokenizer.no_timestamps]
-        if prefix:
-            tokens_in += tokenizer.encode(" " + prefix.strip())
+        prefix_tokens = tokenizer.encode(" " + prefix.strip()) if prefix else []
+        tokens_in += prefix_tokens
         # Speech carries at most ~15 tokens a second; a longer output is a loop.
         new_tokens = min(MAX_NEW_TOKENS, int(10 + 15 * len(audio) / SAMPLE_RATE))
         result = model.model.generate(
@@ -344,7 +344,8 @@ class FasterWhisperTranscriber:
             suppress_blank=True,
             suppress_tokens=get_suppressed_tokens(tokenizer, (-1,)),
         )[0]
-        tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+        # The result repeats the forced prefix before the generated tokens.
+        tokens = [t for t in result.sequences_ids[0][len(prefix_tokens):] if t < tokenizer.eot]
         text = tokenizer.decode(tokens)
         if prefix:
             text = prefix.strip() + text

@@ -22,7 +22,12 @@ from pydantic import Field
 from voicemesh.audio import PcmStreamDecoder, decode_audio_file
 from voicemesh.errors import BadRequest, PayloadTooLarge, VoiceMeshError
 from voicemesh.http import install_http_basics
-from voicemesh.lifecycle import registry_status, start_heartbeat, stop_heartbeat
+from voicemesh.lifecycle import (
+    drain_on_sigterm,
+    registry_status,
+    start_heartbeat,
+    stop_heartbeat,
+)
 from voicemesh.metrics import ServiceMetrics
 from voicemesh.protocol import (
     ErrorMessage,
@@ -91,6 +96,8 @@ class SttSettings(ServiceSettings):
     """Sessions beyond this are refused (the gateway then tries another replica)."""
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024)
     """Largest file accepted by POST /v1/transcribe."""
+    max_drain_s: float = Field(300.0, ge=0)
+    """On SIGTERM, how long live sessions may take to finish before the replica exits."""
     max_upload_seconds: float = Field(3600.0, gt=0)
     """Longest audio accepted by POST /v1/transcribe."""
 
@@ -179,6 +186,14 @@ def create_stt_app(settings: SttSettings, transcriber: Transcriber | None = None
         app.state.stt = state
         await asyncio.to_thread(_warm_up, state)
         state.heartbeat = await start_heartbeat(settings, state.replica_info)
+
+        async def start_draining() -> None:
+            state.draining = True
+            if state.heartbeat is not None:
+                await state.heartbeat.beat_now()
+
+        drain_on_sigterm(lambda: not state.sessions, start_draining,
+                         max_drain_s=settings.max_drain_s)
         _LOGGER.info("%s ready: %s %s on %s", settings.kind, engine.engine, settings.model,
                      engine.device)
         try:

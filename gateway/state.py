@@ -1,0 +1,99 @@
+"""What one gateway replica holds while it runs, shared by its routers.
+
+Routers reach it as ``request.app.state.gateway`` (or ``websocket.app.state.gateway``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gateway.registry_view import RegistryView
+from gateway.settings import GatewaySettings
+from voicemesh.metrics import ServiceMetrics
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class EventBus:
+    """In-process pub/sub of gateway events for ``WS /v1/ws/status`` followers.
+
+    Each subscriber gets its own bounded queue; a slow follower loses its oldest
+    events instead of slowing the gateway down.
+    """
+
+    def __init__(self, max_queue: int = 256) -> None:
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._max_queue = max_queue
+
+    def publish(self, event: str, **data: Any) -> None:
+        """Send ``{"type": event, "ts": ..., **data}`` to every follower."""
+        message = {"type": event, "ts": round(time.time(), 3), **data}
+        for queue in list(self._subscribers):
+            if queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+            queue.put_nowait(message)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        """A queue of events for as long as the context is open."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._max_queue)
+        self._subscribers.add(queue)
+        try:
+            yield queue
+        finally:
+            self._subscribers.discard(queue)
+
+
+@dataclass
+class RequestStats:
+    """Counters and recent latencies per kind of request (stream, transcription, ...)."""
+
+    totals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    latencies_ms: dict[str, deque[float]] = field(
+        default_factory=lambda: defaultdict(lambda: deque(maxlen=500)))
+
+    def record(self, kind: str, *, ok: bool, latency_ms: float | None = None) -> None:
+        """Count one request of ``kind`` and remember its latency."""
+        self.totals[kind] += 1
+        if not ok:
+            self.errors[kind] += 1
+        if latency_ms is not None:
+            self.latencies_ms[kind].append(latency_ms)
+
+    def summary(self) -> dict[str, Any]:
+        """Totals, error rate, mean and p95 latency per kind."""
+        out: dict[str, Any] = {}
+        for kind, total in self.totals.items():
+            lat = list(self.latencies_ms.get(kind, ()))
+            out[kind] = {
+                "total": total,
+                "errors": self.errors.get(kind, 0),
+                "error_rate": round(self.errors.get(kind, 0) / total, 4) if total else 0.0,
+                "latency_ms_avg": round(float(np.mean(lat)), 1) if lat else None,
+                "latency_ms_p95": round(float(np.percentile(lat, 95)), 1) if lat else None,
+            }
+        return out
+
+
+@dataclass
+class GatewayState:
+    """Everything the gateway's routes share."""
+
+    settings: GatewaySettings
+    view: RegistryView
+    metrics: ServiceMetrics
+    events: EventBus = field(default_factory=EventBus)
+    stats: RequestStats = field(default_factory=RequestStats)
+    started_at: float = field(default_factory=time.time)
+    active_sessions: int = 0

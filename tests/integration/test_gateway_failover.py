@@ -1,0 +1,297 @@
+"""A stream keeps going whatever happens behind the gateway.
+
+Real processes on loopback: a Redis server of this module's own, two CPU STT
+replicas, the GPU STT service (run on the CPU here, there being no CUDA: it
+registers as ``stt_gpu_ws`` and routing treats it as the GPU replica), a
+detector and a gateway. Replicas are SIGKILLed, SIGSTOPped, SIGTERMed; Redis is
+stopped; the routing mode is flipped under live sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from client.streaming import StreamResult, stream_audio
+from tests.conftest import RedisServer, free_port
+from tests.helpers import ServiceProcess, clip_named, error_rate, offline_transcript
+from voicemesh.audio import load_clip_16k
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+JFK = clip_named("whisper-jfk.wav")
+LJ = clip_named("coqui-tts-LJ001-0001.wav")
+WER_MARGIN = 1.0
+
+
+@dataclass
+class HaMesh:
+    """The services of this module, by role."""
+
+    redis: RedisServer
+    cpu: list[ServiceProcess]
+    gpu: ServiceProcess
+    detector: ServiceProcess
+    gateway: ServiceProcess
+
+    @property
+    def ws_url(self) -> str:
+        """The gateway's streaming endpoint."""
+        return f"ws://127.0.0.1:{self.gateway.port}/ws/transcribe"
+
+    def by_url(self, url: str) -> ServiceProcess:
+        """The STT process serving ``url``."""
+        return next(p for p in [*self.cpu, self.gpu] if p.url == url.rstrip("/"))
+
+    def set_mode(self, mode: str) -> None:
+        """Write the routing mode the way the admin API does."""
+        redis.Redis.from_url(self.redis.url).set("voicemesh:mode", mode)
+
+    def ensure_running(self) -> None:
+        """Restart any STT replica a test killed or stopped, and wait for routes."""
+        for process in [*self.cpu, self.gpu, self.detector]:
+            if process.process is not None and process.process.poll() is not None:
+                process.start()
+            process.wait_healthy()
+        wait_for_replicas(self.gateway.url, 3)
+
+
+def wait_for_replicas(gateway_url: str, count: int, timeout_s: float = 30.0) -> dict[str, Any]:
+    """Wait until the gateway routes to ``count`` STT replicas."""
+    deadline = time.monotonic() + timeout_s
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = httpx.get(f"{gateway_url}/health", timeout=2).json()
+        if len(body.get("stt_route") or []) >= count:
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"gateway did not see {count} replicas: {body}")
+
+
+def wait_for_mode(gateway_url: str, mode: str, timeout_s: float = 5.0) -> None:
+    """Wait until the gateway has read ``mode`` from Redis."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if httpx.get(f"{gateway_url}/health", timeout=2).json().get("mode") == mode:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"gateway never switched to mode {mode}")
+
+
+@pytest.fixture(scope="module")
+def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaMesh]:
+    """Two CPU replicas, the GPU service on CPU, a detector and a gateway."""
+    logs = tmp_path_factory.mktemp("ha-logs")
+    server = RedisServer(tmp_path_factory.mktemp("ha-redis"))
+    server.start()
+    from voicemesh.settings import default_home
+
+    env = {
+        "VOICEMESH_REDIS_URL": server.url,
+        "VOICEMESH_HOME": str(tmp_path_factory.mktemp("ha-home")),
+        "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
+        "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.3",
+        "VOICEMESH_STT_CPU_HEARTBEAT_INTERVAL_S": "0.5",
+        "VOICEMESH_STT_GPU_HEARTBEAT_INTERVAL_S": "0.5",
+        "VOICEMESH_STT_GPU_DEVICE": "cpu",
+        "VOICEMESH_STT_GPU_WORKERS": "1",
+        "VOICEMESH_STT_CPU_CPU_THREADS": "2",
+    }
+    cpu = [ServiceProcess("stt_cpu_ws", free_port(), env, logs) for _ in range(2)]
+    gpu = ServiceProcess("stt_gpu_ws", free_port(), env, logs)
+    detector = ServiceProcess("stt_tiny_ws", free_port(), env, logs)
+    gateway = ServiceProcess("gateway", free_port(), env, logs)
+    processes = [*cpu, gpu, detector, gateway]
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.wait_healthy()
+        mesh = HaMesh(server, cpu, gpu, detector, gateway)
+        wait_for_replicas(gateway.url, 3)
+        yield mesh
+    finally:
+        for process in reversed(processes):
+            if process.process is not None and process.process.poll() is None:
+                os.kill(process.process.pid, signal.SIGCONT)
+            process.stop()
+        server.stop()
+
+
+@pytest.fixture
+def mesh(ha: HaMesh) -> Iterator[HaMesh]:
+    """The HA mesh in cpu mode with every replica up, before and after each test."""
+    if not ha.redis.running:
+        ha.redis.start()
+    ha.set_mode("cpu")
+    ha.ensure_running()
+    wait_for_mode(ha.gateway.url, "cpu")
+    yield ha
+    if not ha.redis.running:
+        ha.redis.start()
+    ha.set_mode("cpu")
+
+
+def first_ready(result: StreamResult) -> dict[str, Any]:
+    return result.messages[0][1]
+
+
+def assert_whole_clip(result: StreamResult, clip: Any) -> None:
+    """Every word reached a final, within the WER bound; finals in time order."""
+    streamed = error_rate(clip.text, result.transcript)
+    offline = error_rate(clip.text, offline_transcript(clip))
+    assert streamed <= offline + WER_MARGIN, (result.transcript, streamed, offline)
+    starts = [f["start"] for f in result.of_type("final")]
+    assert starts == sorted(starts), starts
+
+
+async def stream_with_action(url: str, clip: Any, when: str, action) -> StreamResult:  # type: ignore[no-untyped-def]
+    """Stream ``clip`` at real-time pace; call ``action(ready, message)`` once on ``when``."""
+    done = False
+    ready: dict[str, Any] = {}
+
+    def on_message(t: float, message: dict[str, Any]) -> None:
+        nonlocal done
+        if message.get("type") == "ready":
+            ready.update(message)
+        if not done and message.get("type") == when:
+            done = True
+            action(ready, message, t)
+
+    result = await stream_audio(url, load_clip_16k(clip.path), language="en",
+                                on_message=on_message, frame_ms=40)
+    assert done, f"no {when} message arrived: {result.messages}"
+    return result
+
+
+async def test_sigkill_mid_utterance_fails_over_without_losing_words(mesh: HaMesh) -> None:
+    killed: dict[str, Any] = {}
+
+    def kill(ready: dict[str, Any], message: dict[str, Any], t: float) -> None:
+        process = mesh.by_url(ready["backend"])
+        assert process.process is not None
+        killed.update(url=process.url, t=t)
+        os.kill(process.process.pid, signal.SIGKILL)
+
+    result = await stream_with_action(mesh.ws_url, LJ, "partial", kill)
+    failovers = result.timed("failover")
+    assert len(failovers) == 1, result.messages
+    t_failover, failover = failovers[0]
+    assert failover["from"] == killed["url"] and failover["to"] != killed["url"]
+    assert failover["replayed_ms"] > 0
+    assert_whole_clip(result, LJ)
+    after = [t for t, m in result.messages if m.get("type") in ("partial", "final")
+             and t > t_failover]
+    gap = (after[0] if after else float("nan")) - killed["t"]
+    print(f"SIGKILL failover: message {t_failover - killed['t']:.2f} s after the kill, "
+          f"next transcript message {gap:.2f} s after it; replayed {failover['replayed_ms']} ms")
+
+
+async def test_stalled_backend_is_failed_over(mesh: HaMesh) -> None:
+    stopped: dict[str, Any] = {}
+
+    def freeze(ready: dict[str, Any], message: dict[str, Any], t: float) -> None:
+        process = mesh.by_url(ready["backend"])
+        assert process.process is not None
+        stopped.update(pid=process.process.pid, url=process.url, t=t)
+        os.kill(process.process.pid, signal.SIGSTOP)
+
+    try:
+        result = await stream_with_action(mesh.ws_url, LJ, "partial", freeze)
+    finally:
+        if stopped:
+            os.kill(stopped["pid"], signal.SIGCONT)
+    failovers = result.timed("failover")
+    assert len(failovers) == 1, result.messages
+    t_failover, failover = failovers[0]
+    assert failover["from"] == stopped["url"]
+    # default stall timeout 3 s (pings time out after the same)
+    assert t_failover - stopped["t"] < 5.0, t_failover - stopped["t"]
+    assert_whole_clip(result, LJ)
+
+
+async def test_sigterm_drains_live_sessions_and_takes_no_new_ones(mesh: HaMesh) -> None:
+    drained: dict[str, Any] = {}
+
+    def terminate(ready: dict[str, Any], message: dict[str, Any], t: float) -> None:
+        process = mesh.by_url(ready["backend"])
+        assert process.process is not None
+        drained.update(process=process, url=process.url)
+        os.kill(process.process.pid, signal.SIGTERM)
+
+    async def second_session() -> StreamResult:
+        await asyncio.sleep(2.5)  # after the SIGTERM, while the first still streams
+        return await stream_audio(mesh.ws_url, load_clip_16k(JFK.path)[:48000], language="en",
+                                  realtime=False, trailing_silence_s=1.0)
+
+    first, second = await asyncio.gather(
+        stream_with_action(mesh.ws_url, LJ, "partial", terminate), second_session())
+    assert first.of_type("failover") == [], first.messages
+    assert_whole_clip(first, LJ)
+    assert first_ready(second)["backend"] != drained["url"]
+    process: ServiceProcess = drained["process"]
+    assert process.process is not None
+    process.process.wait(timeout=20)  # it exits by itself once its session ended
+
+
+async def test_mode_change_moves_a_live_session_at_an_utterance_boundary(
+    mesh: HaMesh,
+) -> None:
+    def flip(ready: dict[str, Any], message: dict[str, Any], t: float) -> None:
+        assert ready["backend"] != mesh.gpu.url
+        mesh.set_mode("gpu")
+
+    result = await stream_with_action(mesh.ws_url, JFK, "final", flip)
+    moves = result.of_type("failover")
+    assert len(moves) == 1 and moves[0]["reason"] == "mode_change", result.messages
+    assert moves[0]["to"] == mesh.gpu.url
+    finals = result.of_type("final")
+    assert finals[-1]["backend"] == mesh.gpu.url
+    assert_whole_clip(result, JFK)
+
+
+async def test_new_sessions_spread_over_the_least_loaded_replicas(mesh: HaMesh) -> None:
+    audio = load_clip_16k(JFK.path)[:32000]
+    results = await asyncio.gather(*[
+        stream_audio(mesh.ws_url, audio, language="en", trailing_silence_s=0.5)
+        for _ in range(2)])
+    backends = {first_ready(r)["backend"] for r in results}
+    assert backends == {p.url for p in mesh.cpu}, backends
+
+
+async def test_redis_outage_under_a_live_session(mesh: HaMesh) -> None:
+    async def outage() -> None:
+        await asyncio.sleep(1.5)
+        mesh.redis.stop()
+        await asyncio.sleep(3.0)
+        async with httpx.AsyncClient() as http:
+            health = (await http.get(f"{mesh.gateway.url}/health")).json()
+        assert health["status"] == "degraded" and health["redis"] == "unreachable"
+        mesh.redis.start()
+
+    result, _ = await asyncio.gather(
+        stream_audio(mesh.ws_url, load_clip_16k(LJ.path), language="en"), outage())
+    assert result.of_type("error") == []
+    assert_whole_clip(result, LJ)
+    # Replicas re-register on their next heartbeat; the gateway recovers by itself.
+    body = await asyncio.to_thread(wait_for_replicas, mesh.gateway.url, 3)
+    assert body["status"] == "ok" and body["redis"] == "connected"
+
+
+async def test_session_goes_on_when_the_detector_dies(mesh: HaMesh) -> None:
+    def kill_detector(ready: dict[str, Any], message: dict[str, Any], t: float) -> None:
+        assert mesh.detector.process is not None
+        os.kill(mesh.detector.process.pid, signal.SIGKILL)
+
+    result = await stream_with_action(mesh.ws_url, LJ, "partial", kill_detector)
+    assert result.of_type("error") == [] and result.of_type("failover") == []
+    assert_whole_clip(result, LJ)
