@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from voicemesh.errors import BadRequest
 
 Encoding = Literal["pcm_s16le", "pcm_f32le"]
+FinalReason = Literal["endpoint", "flush", "stop", "max_length"]
 FLUSH_TEXT = "<flush>"
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
@@ -152,7 +153,7 @@ class FinalMessage(_Message):
     device: str
     model: str
     latency_ms: float
-    reason: Literal["endpoint", "flush", "stop", "max_length"] = "endpoint"
+    reason: FinalReason = "endpoint"
     backend: str | None = None
 
 

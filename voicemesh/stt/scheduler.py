@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
@@ -35,14 +35,16 @@ class Priority(IntEnum):
     BATCH = 3
 
 
-@dataclass(order=True)
+@dataclass
 class _Job:
-    priority: int
-    seq: int
-    audio: np.ndarray = field(compare=False)
-    kwargs: dict[str, Any] = field(compare=False)
-    future: asyncio.Future[TranscriptionResult] = field(compare=False)
-    loop: asyncio.AbstractEventLoop = field(compare=False)
+    audio: np.ndarray
+    kwargs: dict[str, Any]
+    future: asyncio.Future[TranscriptionResult]
+    loop: asyncio.AbstractEventLoop
+
+
+# (priority, submission order, job); None as the job stops a worker.
+_Entry = tuple[int, int, _Job | None]
 
 
 class DecodeScheduler:
@@ -50,7 +52,7 @@ class DecodeScheduler:
 
     def __init__(self, transcriber: Transcriber, workers: int = 1) -> None:
         self.transcriber = transcriber
-        self._queue: queue.PriorityQueue[_Job | None] = queue.PriorityQueue()
+        self._queue: queue.PriorityQueue[_Entry] = queue.PriorityQueue()
         self._seq = itertools.count()
         self._threads = [
             threading.Thread(target=self._work, name=f"decode-{i}", daemon=True)
@@ -84,17 +86,17 @@ class DecodeScheduler:
         """Queue one block and wait for its result; cancelling drops it if not started."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[TranscriptionResult] = loop.create_future()
-        self._queue.put(_Job(int(priority), next(self._seq), audio, kwargs, future, loop))
+        self._queue.put((int(priority), next(self._seq), _Job(audio, kwargs, future, loop)))
         return await future
 
     def close(self) -> None:
         """Stop the workers after the jobs already queued."""
         for _ in self._threads:
-            self._queue.put(None)
+            self._queue.put((int(Priority.BATCH) + 1, next(self._seq), None))
 
     def _work(self) -> None:
         while True:
-            job = self._queue.get()
+            _, _, job = self._queue.get()
             if job is None:
                 return
             if job.future.cancelled():

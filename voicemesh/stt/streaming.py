@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from voicemesh.protocol import FinalMessage, PartialMessage, Segment, VadMessage
+from voicemesh.protocol import FinalMessage, FinalReason, PartialMessage, Segment, VadMessage
 from voicemesh.stt.engines import SAMPLE_RATE, TranscriptionResult
 from voicemesh.stt.scheduler import DecodeScheduler, Priority
 from voicemesh.stt.vad import WINDOW, Endpointer, EndpointerConfig, StreamingVad, VadEvent
@@ -170,7 +170,7 @@ class StreamingSession:
                 await self._cut_long_utterance()
             self._maybe_partial()
 
-    async def flush(self, reason: str = "flush") -> None:
+    async def flush(self, reason: FinalReason = "flush") -> None:
         """Finalize the current utterance now (``<flush>``, ``flush``, ``stop``)."""
         async with self._lock:
             if self.in_utterance or self._speech_samples > 0:
@@ -292,7 +292,7 @@ class StreamingSession:
             self._spec[1].cancel()
             self._spec = None
 
-    async def _finalize(self, reason: str, *, end_sample: int) -> None:
+    async def _finalize(self, reason: FinalReason, *, end_sample: int) -> None:
         """Decode (or take the speculative decode of) the utterance and emit its final."""
         started = time.perf_counter()
         audio = self._buf[: end_sample - self._buf_start]
@@ -339,7 +339,7 @@ class StreamingSession:
                 model=self.label.model,
                 backend=self.label.backend,
                 latency_ms=round((time.perf_counter() - started) * 1000, 1),
-                reason=reason,  # type: ignore[arg-type]
+                reason=reason,
             )
         )
 
