@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse
 
+from gateway import transcriptions
 from gateway.registry_view import RegistryView, static_replicas
 from gateway.routing import choose_backends, choose_detector
 from gateway.settings import GatewaySettings, get_settings
@@ -54,6 +55,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app = FastAPI(title="VoiceMesh gateway", lifespan=lifespan)
     install_http_basics(app, metrics)
+    app.include_router(transcriptions.router)
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:

@@ -75,7 +75,12 @@ def drain_on_sigterm(
         _DRAINS.add(task)
         task.add_done_callback(_DRAINS.discard)
 
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    except (RuntimeError, ValueError, NotImplementedError) as exc:
+        # Not the main thread (an in-process test client) or no signals here: the
+        # server's own SIGTERM handling stays in place.
+        _LOGGER.debug("SIGTERM drain not installed: %s", exc)
 
 
 _DRAINS: set[asyncio.Task[None]] = set()

@@ -181,7 +181,10 @@ def create_stt_app(settings: SttSettings, transcriber: Transcriber | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = transcriber or await asyncio.to_thread(load_engine, settings)
+        engine: Transcriber = (
+            transcriber if transcriber is not None
+            else await asyncio.to_thread(load_engine, settings)
+        )
         state = SttState(settings, engine, metrics)
         app.state.stt = state
         await asyncio.to_thread(_warm_up, state)
@@ -228,10 +231,12 @@ def create_stt_app(settings: SttSettings, transcriber: Transcriber | None = None
     @app.post("/v1/transcribe", response_model=None)
     async def transcribe_file(
         request: Request,
+        *,
         file: Annotated[UploadFile, File(description="audio: wav, flac, mp3, ogg, webm, ...")],
         response_format: Annotated[ResponseFormat, Form()] = "json",
         language: Annotated[str | None, Form()] = None,
         word_timestamps: Annotated[bool, Form()] = False,
+        prompt: Annotated[str | None, Form()] = None,
     ) -> JSONResponse | PlainTextResponse:
         from voicemesh.stt.formats import render_transcript
 
@@ -251,7 +256,7 @@ def create_stt_app(settings: SttSettings, transcriber: Transcriber | None = None
         started = time.perf_counter()
         result = await state.scheduler.decode(
             audio, Priority.BATCH, language=language, word_timestamps=word_timestamps,
-            segment_timestamps=True,
+            segment_timestamps=True, prompt=prompt or None,
         )
         state.metrics.observe("transcribe_file", time.perf_counter() - started)
         state.metrics.count("transcribe_file", "ok")
