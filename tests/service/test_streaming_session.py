@@ -1,0 +1,81 @@
+"""The streaming session on the real Whisper base model, without any server around it."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.helpers import clip_named, error_rate
+from voicemesh.audio import load_clip_16k
+from voicemesh.stt.engines import load_transcriber
+from voicemesh.stt.scheduler import DecodeScheduler
+from voicemesh.stt.streaming import EngineLabel, StreamingConfig, StreamingSession
+
+pytestmark = pytest.mark.service
+
+LABEL = EngineLabel(engine="faster-whisper", device="cpu", model="base")
+
+
+@pytest.fixture(scope="module")
+def scheduler() -> DecodeScheduler:
+    return DecodeScheduler(load_transcriber("base", cpu_threads=2))
+
+
+async def run(scheduler: DecodeScheduler, audio: np.ndarray, config: StreamingConfig,
+              frame: int = 640) -> list[Any]:
+    out: list[Any] = []
+
+    async def emit(message: Any) -> None:
+        out.append(message)
+
+    session = StreamingSession(scheduler, emit, LABEL, config)
+    for i in range(0, audio.size, frame):
+        await session.feed(audio[i:i + frame])
+    await session.close()
+    return out
+
+
+async def test_a_long_utterance_is_cut_at_a_quiet_point_and_nothing_is_lost(
+    scheduler: DecodeScheduler,
+) -> None:
+    clip = clip_named("coqui-tts-LJ001-0001.wav")
+    out = await run(scheduler, load_clip_16k(clip.path),
+                    StreamingConfig(language="en", max_utterance_s=4.0))
+    finals = [m for m in out if m.type == "final"]
+    assert any(f.reason == "max_length" for f in finals), [f.reason for f in finals]
+    assert all(f.end - f.start <= 4.0 + 0.1 for f in finals if f.reason == "max_length")
+    assert error_rate(clip.text, " ".join(f.text for f in finals)) <= 15
+    # utterances tile the stream: each starts where the previous one ended
+    for previous, current in itertools.pairwise(finals):
+        assert current.start == pytest.approx(previous.end, abs=0.01)
+
+
+async def test_flush_without_speech_gives_nothing(scheduler: DecodeScheduler) -> None:
+    out: list[Any] = []
+
+    async def emit(message: Any) -> None:
+        out.append(message)
+
+    session = StreamingSession(scheduler, emit, LABEL, StreamingConfig(language="en"))
+    await session.feed(np.zeros(16000, np.float32))
+    await session.flush()
+    assert out == []
+
+
+async def test_finals_carry_engine_device_and_stream_times(scheduler: DecodeScheduler) -> None:
+    clip = clip_named("pocketsphinx-librivox-0880.wav")
+    silence = np.zeros(8000, np.float32)
+    audio = np.concatenate([silence, load_clip_16k(clip.path), silence, silence])
+    out = await run(scheduler, audio, StreamingConfig(language="en"))
+    finals = [m for m in out if m.type == "final"]
+    assert len(finals) == 1
+    final = finals[0]
+    assert (final.engine, final.device, final.model) == ("faster-whisper", "cpu", "base")
+    assert final.reason == "endpoint"
+    assert 0.0 <= final.start < 0.6 and final.end > 0.5 + clip.duration_s - 0.5
+    assert error_rate(clip.text, final.text) <= 15
+    kinds = [m.type for m in out]
+    assert kinds.index("vad") < kinds.index("final")
