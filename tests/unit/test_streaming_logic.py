@@ -100,6 +100,7 @@ def test_repetition_loops_are_spotted(text: str, loop: bool) -> None:
     assert suspicious(TranscriptionResult(text=text, compression_ratio=1.0)) is loop
 
 
-def test_low_confidence_is_suspicious() -> None:
-    assert suspicious(TranscriptionResult(text="hello", avg_logprob=-1.5))
-    assert not suspicious(TranscriptionResult(text="hello", avg_logprob=-0.3))
+def test_loops_are_retried_but_low_confidence_alone_is_not() -> None:
+    assert not suspicious(TranscriptionResult(text="hello", avg_logprob=-1.5))
+    loop = "ddech, " * 40
+    assert suspicious(TranscriptionResult(text=loop, compression_ratio=compression_ratio(loop)))
