@@ -10,17 +10,17 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request, WebSocket
+from fastapi import Depends, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse
 
-from gateway import transcriptions
+from gateway import admin, auth, transcriptions
 from gateway.registry_view import RegistryView, static_replicas
 from gateway.routing import choose_backends, choose_detector
 from gateway.settings import GatewaySettings, get_settings
 from gateway.state import GatewayState
 from gateway.stream import GatewayStream
 from voicemesh.http import install_http_basics
-from voicemesh.metrics import ServiceMetrics
+from voicemesh.metrics import GatewayMetrics
 from voicemesh.registry import RegistryClient
 
 _LOGGER = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def build_view(settings: GatewaySettings) -> RegistryView:
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """The gateway app; tests pass their own settings."""
     settings = settings or get_settings()
-    metrics = ServiceMetrics("gateway")
+    metrics = GatewayMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,15 +47,24 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         state = GatewayState(settings=settings, view=view, metrics=metrics)
         app.state.gateway = state
         app.state.view = view
+        monitor = admin.StatusMonitor(state)
+        app.state.status_monitor = monitor
         await view.start()
+        await monitor.start()
         try:
             yield
         finally:
+            await monitor.stop()
             await view.stop()
 
-    app = FastAPI(title="VoiceMesh gateway", lifespan=lifespan)
+    # Every HTTP route but the probes needs a client key (see gateway.auth).
+    app = FastAPI(title="VoiceMesh gateway", lifespan=lifespan,
+                  dependencies=[Depends(auth.guard_http)])
     install_http_basics(app, metrics)
+    auth.install_access_errors(app)
+    admin.count_requests(app, metrics)
     app.include_router(transcriptions.router)
+    app.include_router(admin.router)
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
@@ -78,13 +87,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             "replicas": counts,
             "stt_route": [r.url for r in stt],
             "detector": detectors[0].url if detectors else None,
-            "auth": "off",
+            "auth": "on" if state.keys.enabled else "off",
             "uptime_s": round(time.time() - state.started_at, 1),
         })
 
     @app.websocket("/ws/transcribe")
     async def transcribe(ws: WebSocket) -> None:
         await ws.accept()
-        await GatewayStream(ws, ws.app.state.gateway).run()
+        slot = await auth.claim_session(ws)
+        if slot is None:
+            return  # refused: the client got an error message and a close code
+        async with slot:
+            await GatewayStream(ws, ws.app.state.gateway).run()
 
     return app

@@ -51,6 +51,7 @@ class RegistryView:
         self._task: asyncio.Task[None] | None = None
         self._failed: dict[str, float] = {}
         self._assigned: dict[str, int] = {}
+        self._mode_epoch = 0
 
     @property
     def degraded(self) -> bool:
@@ -78,6 +79,11 @@ class RegistryView:
                 out.append(replica)
         return out
 
+    def set_mode(self, mode: str) -> None:
+        """Adopt a mode this gateway just wrote to Redis (no waiting for a refresh)."""
+        self._mode_epoch += 1
+        self.mode = mode
+
     def assign(self, replica: ReplicaInfo) -> None:
         """Count a session this gateway routed to ``replica``."""
         self._assigned[replica.instance_id] = self._assigned.get(replica.instance_id, 0) + 1
@@ -98,6 +104,7 @@ class RegistryView:
         """Read the registry and the mode once; keep the old view if Redis fails."""
         if self.client is None:
             return
+        epoch = self._mode_epoch
         try:
             replicas = await self.client.snapshot()
             mode = await self.client.get_mode(self.default_mode)
@@ -111,7 +118,9 @@ class RegistryView:
         if not self.connected and self.last_error is not None:
             _LOGGER.info("registry reachable again")
         self.replicas = replicas
-        self.mode = mode
+        if epoch == self._mode_epoch:
+            # A mode set locally while this read was in flight is newer than it.
+            self.mode = mode
         self.connected = True
         self.last_error = None
         self.refreshed_at = time.time()

@@ -30,7 +30,7 @@ class GatewaySettings(ServiceSettings):
     """Time to open a backend WebSocket and get its ready message."""
     use_detector: bool = True
     """Run the speech detector alongside each session (events and endpointing backstop)."""
-    endpoint_grace_s: float = Field(1.2, ge=0)
+    endpoint_grace_s: float = Field(2.0, ge=0)
     """After the detector's confirmed speech_end, flush the engine if it has not finalized."""
     backend_urls: list[str] = []
     """Static STT backends (http URLs) used when the registry lists none."""
@@ -56,6 +56,10 @@ class GatewaySettings(ServiceSettings):
     """Largest file accepted by POST /v1/audio/transcriptions."""
     request_timeout_s: float = Field(120.0, gt=0)
     """Time a backend may take for one file transcription before failing over."""
+    busy_retry_after_s: int = Field(2, ge=1)
+    """``retry_after`` told to a client refused a session slot (when one frees is unknown)."""
+    status_interval_s: float = Field(1.0, gt=0, le=60)
+    """How often ``WS /v1/ws/status`` sends a ``status_update``."""
 
 
 @lru_cache

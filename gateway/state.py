@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from gateway.auth import KeyRing
+from gateway.limits import GatewayLimits
 from gateway.registry_view import RegistryView
 from gateway.settings import GatewaySettings
 from voicemesh.metrics import ServiceMetrics
@@ -97,3 +99,17 @@ class GatewayState:
     stats: RequestStats = field(default_factory=RequestStats)
     started_at: float = field(default_factory=time.time)
     active_sessions: int = 0
+    keys: KeyRing = field(init=False)
+    """Client and admin API keys (:mod:`gateway.auth`)."""
+    limits: GatewayLimits = field(init=False)
+    """Request-rate and session limits of this replica (:mod:`gateway.limits`)."""
+
+    def __post_init__(self) -> None:
+        self.keys = KeyRing.from_settings(self.settings)
+        self.limits = GatewayLimits(
+            requests_per_key=self.settings.requests_per_minute_per_key,
+            requests_total=self.settings.requests_per_minute_total,
+            sessions_per_key=self.settings.max_sessions_per_key,
+            sessions_total=self.settings.max_sessions_total,
+            busy_retry_after_s=self.settings.busy_retry_after_s,
+        )

@@ -142,6 +142,7 @@ class GatewayStream:
         self.detector: ClientConnection | None = None
         self.failed_backends: set[str] = set()
         self._speech_since: float | None = None
+        self._heard_speech_at: float | None = None
         self._last_backend_message = time.monotonic()
         self.finals = 0
         self.failovers = 0
@@ -417,6 +418,13 @@ class GatewayStream:
     def _track_speech(self, message: dict[str, Any]) -> None:
         """Remember whether the backend owes us text (drives stall detection)."""
         kind = message.get("type")
+        if kind == "vad" and message.get("event") == "speech_start":
+            self._heard_speech_at = time.monotonic()
+        elif kind == "partial" and self._heard_speech_at is not None:
+            histogram = getattr(self.metrics, "first_partial_latency", None)
+            if histogram is not None:
+                histogram.observe(time.monotonic() - self._heard_speech_at)
+            self._heard_speech_at = None
         if kind == "partial" or (kind == "vad" and message.get("event") == "speech_start"):
             if self._speech_since is None:
                 self._speech_since = time.monotonic()
@@ -543,7 +551,10 @@ class GatewayStream:
             if self.last_final_end < speech_end and not self.stopping:
                 _LOGGER.info("session %s: detector endpoint at %.2f s, flushing engine",
                              self.session_id, speech_end)
-                await self._to_backend(FlushMessage(reason="detector").dumps())
+                # ``until`` in the backend's clock: a flush that arrives after the
+                # next utterance began must not cut it.
+                until = round(speech_end - (self.backend.offset if self.backend else 0.0), 3)
+                await self._to_backend(FlushMessage(reason="detector", until=until).dumps())
 
         task = asyncio.create_task(backstop())
         self._tasks.add(task)

@@ -46,3 +46,33 @@ class ServiceMetrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class GatewayMetrics(ServiceMetrics):
+    """The common metrics plus what only the gateway measures."""
+
+    def __init__(self, service: str = "gateway") -> None:
+        super().__init__(service)
+        self.http_requests = Counter(
+            "voicemesh_gateway_requests", "Requests by route template and status code "
+            "(WebSockets: 101 when admitted, else the close code)", ["route", "status"],
+            registry=self.registry,
+        )
+        self.failovers = Counter(
+            "voicemesh_gateway_failovers", "Sessions and requests moved to another backend",
+            ["reason"], registry=self.registry,
+        )
+        self.backend_choice = Counter(
+            "voicemesh_gateway_backend_choice", "Backends chosen for sessions, by device",
+            ["device"], registry=self.registry,
+        )
+        self.first_partial_latency = Histogram(
+            "voicemesh_gateway_first_partial_latency_seconds",
+            "Time from an utterance's first audio to its first partial at the client",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.final_latency = Histogram(
+            "voicemesh_gateway_final_latency_seconds",
+            "Final latency the engine reports (end of speech to final)",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )

@@ -58,6 +58,8 @@ class FlushMessage(_Message):
 
     type: Literal["flush"] = "flush"
     reason: str | None = None
+    until: float | None = None
+    """Only finalize an utterance that began before this stream time (seconds)."""
 
 
 class StopMessage(_Message):

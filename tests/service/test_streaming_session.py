@@ -79,3 +79,30 @@ async def test_finals_carry_engine_device_and_stream_times(scheduler: DecodeSche
     assert error_rate(clip.text, final.text) <= 15
     kinds = [m.type for m in out]
     assert kinds.index("vad") < kinds.index("final")
+
+
+async def test_a_whole_utterance_in_one_frame_is_not_lost(scheduler: DecodeScheduler) -> None:
+    audio = load_clip_16k(clip_named("whisper-jfk.wav").path)[:48000]  # speech, then silence
+    out = await run(scheduler, audio, StreamingConfig(language="en"), frame=audio.size)
+    finals = [m for m in out if m.type == "final"]
+    assert len(finals) == 1 and "fellow" in finals[0].text.lower(), out
+
+
+async def test_a_flush_for_earlier_speech_does_not_cut_the_next_utterance(
+    scheduler: DecodeScheduler,
+) -> None:
+    out: list[Any] = []
+
+    async def emit(message: Any) -> None:
+        out.append(message)
+
+    clip = clip_named("pocketsphinx-librivox-0880.wav")
+    audio = np.concatenate([np.zeros(32000, np.float32), load_clip_16k(clip.path)[:24000]])
+    session = StreamingSession(scheduler, emit, LABEL, StreamingConfig(language="en"))
+    for i in range(0, audio.size, 640):
+        await session.feed(audio[i:i + 640])
+    assert session.in_utterance
+    await session.flush("flush", until=1.0)  # meant for speech that ended at 1 s
+    assert [m for m in out if m.type == "final"] == []
+    await session.flush("flush", until=None)
+    assert len([m for m in out if m.type == "final"]) == 1

@@ -384,7 +384,7 @@ class StreamHandler:
                 await self._start(control)
             elif isinstance(control, FlushMessage):
                 await self.session.feed(self.decoder.flush())
-                await self.session.flush("flush")
+                await self.session.flush("flush", until=control.until)
             elif isinstance(control, StopMessage):
                 await self.session.feed(self.decoder.flush())
                 await self.session.close()

@@ -159,8 +159,10 @@ class StreamingSession:
             self.samples += audio.size
             probs = self.vad.process(audio)
             events = self.endpointer.update(probs)
-            if self.endpointer.in_speech or self.in_utterance:
-                self._speech_samples += int(np.count_nonzero(probs >= 0.5)) * WINDOW
+            # Counted before the events: one large frame can hold a whole utterance,
+            # start and end included. Outside an utterance the count is reset below.
+            threshold = self.endpointer.config.threshold
+            self._speech_samples += int(np.count_nonzero(probs >= threshold)) * WINDOW
             for event in events:
                 await self._on_event(event)
             if not self.in_utterance:
@@ -170,9 +172,15 @@ class StreamingSession:
                 await self._cut_long_utterance()
             self._maybe_partial()
 
-    async def flush(self, reason: FinalReason = "flush") -> None:
-        """Finalize the current utterance now (``<flush>``, ``flush``, ``stop``)."""
+    async def flush(self, reason: FinalReason = "flush", *, until: float | None = None) -> None:
+        """Finalize the current utterance now (``<flush>``, ``flush``, ``stop``).
+
+        ``until`` (stream seconds) limits the flush to an utterance that began before
+        it: a flush meant for speech that has ended must not cut the next utterance.
+        """
         async with self._lock:
+            if until is not None and self._buf_start / SAMPLE_RATE >= until:
+                return
             if self.in_utterance or self._speech_samples > 0:
                 await self._finalize(reason, end_sample=self.samples)
 
