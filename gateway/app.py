@@ -33,7 +33,8 @@ def build_view(settings: GatewaySettings) -> RegistryView:
     static = static_replicas("stt_cpu_ws", settings.backend_urls, ["transcribe", "stream"])
     static += static_replicas("stt_tiny_ws", settings.detector_urls, ["detect"])
     return RegistryView(client, default_mode=settings.default_mode,
-                        refresh_s=settings.registry_refresh_s, static=static)
+                        refresh_s=settings.registry_refresh_s, static=static,
+                        probe_interval_s=settings.probe_interval_s)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:

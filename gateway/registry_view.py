@@ -12,6 +12,8 @@ import contextlib
 import logging
 import time
 
+import httpx
+
 from voicemesh.errors import RegistryUnavailable
 from voicemesh.registry import RegistryClient, ReplicaInfo
 
@@ -38,6 +40,7 @@ class RegistryView:
         default_mode: str,
         refresh_s: float = 1.0,
         static: list[ReplicaInfo] | None = None,
+        probe_interval_s: float = 0.0,
     ) -> None:
         self.client = client
         self.default_mode = default_mode
@@ -52,6 +55,8 @@ class RegistryView:
         self._failed: dict[str, float] = {}
         self._assigned: dict[str, int] = {}
         self._mode_epoch = 0
+        self.probe_interval_s = probe_interval_s
+        self._probe_task: asyncio.Task[None] | None = None
 
     @property
     def degraded(self) -> bool:
@@ -129,13 +134,16 @@ class RegistryView:
         """First refresh now, then keep refreshing in the background."""
         await self.refresh()
         self._task = asyncio.create_task(self._run(), name="gateway-registry-view")
+        if self.probe_interval_s > 0:
+            self._probe_task = asyncio.create_task(self._probe_loop(), name="gateway-probes")
 
     async def stop(self) -> None:
         """Stop refreshing and close the Redis connection."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._probe_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.client is not None:
             await self.client.close()
 
@@ -143,3 +151,28 @@ class RegistryView:
         while True:
             await asyncio.sleep(self.refresh_s)
             await self.refresh()
+
+    async def probe(self, client: httpx.AsyncClient) -> list[ReplicaInfo]:
+        """GET every replica's /health once; keep the ones that fail out of routing.
+
+        A replica can keep heartbeating while it cannot serve (its engine wedged, its
+        port unreachable from here); the probe catches what the TTL cannot.
+        """
+        replicas = self.replicas or self.static
+        results = await asyncio.gather(
+            *(client.get(f"{r.url}/health") for r in replicas), return_exceptions=True)
+        failed = []
+        for replica, result in zip(replicas, results, strict=True):
+            if isinstance(result, BaseException) or result.status_code != 200:
+                failed.append(replica)
+                self.mark_failed(replica, hold_s=self.probe_interval_s * 2)
+        if failed:
+            _LOGGER.warning("health probe failed: %s", ", ".join(r.url for r in failed))
+        return failed
+
+    async def _probe_loop(self) -> None:
+        async with httpx.AsyncClient(timeout=min(2.0, self.probe_interval_s),
+                                     trust_env=False) as client:
+            while True:
+                await asyncio.sleep(self.probe_interval_s)
+                await self.probe(client)

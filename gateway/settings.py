@@ -36,6 +36,8 @@ class GatewaySettings(ServiceSettings):
     """Static STT backends (http URLs) used when the registry lists none."""
     detector_urls: list[str] = []
     """Static detector backends used when the registry lists none."""
+    probe_interval_s: float = Field(5.0, ge=0)
+    """How often every replica's /health is probed (0: never); failures leave routing."""
     stall_timeout_s: float = Field(3.0, gt=0)
     """A backend that sends nothing this long while audio is pending is failed over."""
     api_keys: list[SecretStr] = []

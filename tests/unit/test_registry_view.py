@@ -1,0 +1,71 @@
+"""The gateway's registry view: health probes and local session accounting."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from gateway.registry_view import RegistryView, static_replicas
+
+pytestmark = pytest.mark.unit
+
+
+def view() -> RegistryView:
+    replicas = static_replicas("stt_cpu_ws", ["http://ok", "http://sick", "http://gone"],
+                               ["transcribe", "stream"])
+    return RegistryView(None, default_mode="auto", static=replicas, probe_interval_s=5.0)
+
+
+async def test_replicas_failing_their_probe_leave_routing() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "gone":
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200 if request.url.host == "ok" else 503)
+
+    v = view()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        failed = await v.probe(client)
+    assert sorted(r.url for r in failed) == ["http://gone", "http://sick"]
+    assert [r.url for r in v.snapshot()] == ["http://ok"]
+
+
+def test_sessions_opened_here_count_before_replicas_report_them() -> None:
+    v = view()
+    ok = v.snapshot()[0]
+    v.assign(ok)
+    v.assign(ok)
+    assert v.snapshot()[0].load.active_sessions == 2
+    v.release(ok)
+    v.release(ok)
+    assert v.snapshot()[0].load.active_sessions == 0
+
+
+class SlowRegistry:
+    """Answers like RegistryClient, but holds get_mode until told (a read in flight)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.release = asyncio.Event()
+
+    async def snapshot(self) -> list[object]:
+        return []
+
+    async def get_mode(self, default: str) -> str:
+        await self.release.wait()
+        return self.mode
+
+
+async def test_a_local_mode_change_is_not_undone_by_a_read_in_flight() -> None:
+    registry = SlowRegistry("gpu")
+    v = RegistryView(registry, default_mode="auto")  # type: ignore[arg-type]
+    read = asyncio.create_task(v.refresh())
+    await asyncio.sleep(0.01)  # the read has started and will return the old "gpu"
+    v.set_mode("cpu")
+    registry.release.set()
+    await read
+    assert v.mode == "cpu" and v.connected
+    registry.mode = "auto"  # a later read adopts what Redis says
+    await v.refresh()
+    assert v.mode == "auto"
