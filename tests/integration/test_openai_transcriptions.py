@@ -46,6 +46,8 @@ def client(mesh: Mesh) -> Iterator[openai.OpenAI]:
 def start_static_gateway(backend_urls: list[str], log_dir: Path) -> ServiceProcess:
     """A gateway of its own that knows only ``backend_urls`` (no Redis)."""
     env = {"VOICEMESH_REDIS_URL": "",
+           # No health probes: the request itself must discover the dead backend.
+           "VOICEMESH_GATEWAY_PROBE_INTERVAL_S": "0",
            "VOICEMESH_GATEWAY_BACKEND_URLS": json.dumps(backend_urls)}
     gateway = ServiceProcess("gateway", free_port(), env, log_dir).start()
     try:
