@@ -19,6 +19,8 @@ from voicemesh.registry import RegistryClient, ReplicaInfo
 
 _LOGGER = logging.getLogger(__name__)
 
+PROBE_MISSES = 2
+
 
 def static_replicas(kind: str, urls: list[str], capabilities: list[str]) -> list[ReplicaInfo]:
     """Replicas configured by URL (no Redis), e.g. for a fixed deployment."""
@@ -57,6 +59,7 @@ class RegistryView:
         self._mode_epoch = 0
         self.probe_interval_s = probe_interval_s
         self._probe_task: asyncio.Task[None] | None = None
+        self._probe_misses: dict[str, int] = {}
 
     @property
     def degraded(self) -> bool:
@@ -163,7 +166,13 @@ class RegistryView:
             *(client.get(f"{r.url}/health") for r in replicas), return_exceptions=True)
         failed = []
         for replica, result in zip(replicas, results, strict=True):
-            if isinstance(result, BaseException) or result.status_code != 200:
+            if not isinstance(result, BaseException) and result.status_code == 200:
+                self._probe_misses.pop(replica.instance_id, None)
+                continue
+            misses = self._probe_misses.get(replica.instance_id, 0) + 1
+            self._probe_misses[replica.instance_id] = misses
+            # Two misses in a row: one slow answer from a busy replica is not a failure.
+            if misses >= PROBE_MISSES:
                 failed.append(replica)
                 self.mark_failed(replica, hold_s=self.probe_interval_s * 2)
         if failed:
@@ -171,7 +180,7 @@ class RegistryView:
         return failed
 
     async def _probe_loop(self) -> None:
-        async with httpx.AsyncClient(timeout=min(2.0, self.probe_interval_s),
+        async with httpx.AsyncClient(timeout=min(3.0, self.probe_interval_s),
                                      trust_env=False) as client:
             while True:
                 await asyncio.sleep(self.probe_interval_s)

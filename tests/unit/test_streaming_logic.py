@@ -94,6 +94,7 @@ def test_ws_url_from_http_url() -> None:
 @pytest.mark.parametrize(("text", "loop"), [
     ("首先 上 上 上 上 上 上", True), ("ddech, ddech, ddech, ddech,", True),
     ("that that that is", False), ("好 首先说一下", False), ("I said hello hello", False),
+    ("您您您", True), ("谢谢", False),
 ])
 def test_repetition_loops_are_spotted(text: str, loop: bool) -> None:
     assert has_repetition_loop(text) is loop

@@ -50,25 +50,28 @@ class TranscriptionResult:
 
 
 def suspicious(result: TranscriptionResult) -> bool:
-    """A decode stuck in a repetition loop (low confidence alone is not retried:
+    """A decode stuck in a loop or cut inside a character (low confidence alone is not retried:
     on the shared clips a full-window retry of such blocks changed nothing but cost
     a second decode)."""
-    return result.compression_ratio > COMPRESSION_RATIO_LIMIT or has_repetition_loop(
-        result.text
+    return (
+        result.compression_ratio > COMPRESSION_RATIO_LIMIT
+        or has_repetition_loop(result.text)
+        or "\ufffd" in result.text  # stopped inside a character: a broken decode
     )
 
 
-def has_repetition_loop(text: str, repeats: int = 4) -> bool:
-    """True when a word (or a CJK character) comes ``repeats`` times in a row.
+def has_repetition_loop(text: str, repeats: int = 4, cjk_repeats: int = 3) -> bool:
+    """True when a word comes ``repeats`` times in a row (a CJK character ``cjk_repeats``).
 
-    Short loops such as "上 上 上 上" compress too little for the compression ratio
-    to notice them.
+    Short loops such as "上 上 上 上" or "您您您" compress too little for the
+    compression ratio to notice them.
     """
     units = [u for u in re.findall(r"[\u3400-\u9fff]|[^\W_]+", text.lower()) if u]
     run = 1
     for previous, current in itertools.pairwise(units):
         run = run + 1 if current == previous else 1
-        if run >= repeats:
+        limit = cjk_repeats if re.fullmatch(r"[\u3400-\u9fff]", current) else repeats
+        if run >= limit:
             return True
     return False
 
