@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -66,18 +67,19 @@ class RegistryView:
         """True when Redis is configured but the last refresh failed."""
         return self.client is not None and not self.connected
 
-    def snapshot(self) -> list[ReplicaInfo]:
+    def snapshot(self, *, include_held: bool = False) -> list[ReplicaInfo]:
         """Registered replicas (or the static ones when none), minus recent failures.
 
         A replica's reported load lags by up to a heartbeat, so sessions this gateway
         opened since count too: a burst of new sessions spreads instead of piling onto
-        the replica that looked idle a second ago.
+        the replica that looked idle a second ago. ``include_held`` keeps the replicas
+        that failed a probe or a connection a moment ago.
         """
         replicas = self.replicas or self.static
         now = time.monotonic()
         out = []
         for replica in replicas:
-            if self._failed.get(replica.instance_id, 0.0) >= now:
+            if not include_held and self._failed.get(replica.instance_id, 0.0) >= now:
                 continue
             mine = self._assigned.get(replica.instance_id, 0)
             if mine > replica.load.active_sessions:
@@ -86,6 +88,20 @@ class RegistryView:
             else:
                 out.append(replica)
         return out
+
+    def route(
+        self, choose: Callable[[list[ReplicaInfo]], list[ReplicaInfo]]
+    ) -> list[ReplicaInfo]:
+        """The replicas ``choose`` orders, then the held-out ones it would take.
+
+        A replica held out after a missed probe or a refused connection is tried last
+        rather than never: a busy machine can miss a probe, and refusing a client while
+        a replica that may well be alive is registered loses more than one slow try.
+        """
+        chosen = choose(self.snapshot())
+        seen = {r.instance_id for r in chosen}
+        held = [r for r in choose(self.snapshot(include_held=True)) if r.instance_id not in seen]
+        return chosen + held
 
     def set_mode(self, mode: str) -> None:
         """Adopt a mode this gateway just wrote to Redis (no waiting for a refresh)."""

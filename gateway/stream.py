@@ -305,9 +305,10 @@ class GatewayStream:
     async def _open_backend(self, offset: float, *, exclude: set[str] | None = None) -> Backend:
         """Connect to the first candidate that accepts the session."""
         skip = self.failed_backends | (exclude or set())
+        mode, gpu_max_load = self.view.mode, self.settings.gpu_max_load
         candidates = [
-            r for r in choose_backends(self.view.mode, self.view.snapshot(),
-                                       gpu_max_load=self.settings.gpu_max_load)
+            r for r in self.view.route(
+                lambda replicas: choose_backends(mode, replicas, gpu_max_load=gpu_max_load))
             if r.instance_id not in skip
         ]
         last_error = "no STT replica is registered"

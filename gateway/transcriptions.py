@@ -157,9 +157,10 @@ async def create_transcription(
                            prompt=prompt, granularities=timestamp_granularities or []),
             request_id,
         )
-        candidates = choose_backends(state.view.mode, state.view.snapshot(),
-                                     capability="transcribe",
-                                     gpu_max_load=settings.gpu_max_load)
+        mode = state.view.mode
+        candidates = state.view.route(
+            lambda replicas: choose_backends(mode, replicas, capability="transcribe",
+                                             gpu_max_load=settings.gpu_max_load))
         timeout = httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s)
         last_error = "no STT replica is registered"
         response: httpx.Response | None = None

@@ -71,3 +71,22 @@ async def test_a_local_mode_change_is_not_undone_by_a_read_in_flight() -> None:
     registry.mode = "auto"  # a later read adopts what Redis says
     await v.refresh()
     assert v.mode == "auto"
+
+
+async def test_held_out_replicas_are_tried_last_not_never() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200 if request.url.host == "ok" else 503)
+
+    def by_url(replicas: list) -> list:  # type: ignore[type-arg]
+        return sorted(replicas, key=lambda r: r.url)
+
+    v = view()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        await v.probe(client)
+        await v.probe(client)
+    assert [r.url for r in v.route(by_url)] == ["http://ok", "http://gone", "http://sick"]
+    only_sick = static_replicas("stt_cpu_ws", ["http://sick"], ["stream"])
+    lone = RegistryView(None, default_mode="auto", static=only_sick, probe_interval_s=5.0)
+    lone.mark_failed(lone.snapshot()[0])
+    assert lone.snapshot() == []
+    assert [r.url for r in lone.route(by_url)] == ["http://sick"]
