@@ -4,11 +4,11 @@
 when a :class:`SherpaSynthesizer` is built, never at module import, so code that only
 needs the types (the gateway, unit tests) does not load a model library.
 
-Piper voices: sherpa-onnx 2.x has no espeak-ng of its own, so the text is phonemised
-here with the espeak-ng that ``piper-tts`` ships (exactly the phonemes Piper itself
-would use) and handed to sherpa-onnx as phoneme code points, one list per sentence.
-Other VITS models (the Chinese ones with a lexicon), Kokoro and Matcha use
-sherpa-onnx's own text front end.
+Piper voices (and any model whose files name an ``espeak_voice``: Kokoro, Matcha):
+sherpa-onnx 2.x has no espeak-ng of its own, so the text is phonemised here with the
+espeak-ng that ``piper-tts`` ships (exactly the phonemes Piper itself would use) and
+handed to sherpa-onnx as phoneme code points, one list per sentence. Lexicon models
+(the Chinese VITS ones) use sherpa-onnx's own text front end.
 """
 
 from __future__ import annotations
@@ -178,8 +178,8 @@ def _sherpa_config(files: TtsModelFiles, num_threads: int, provider: str) -> Any
         model_kw["vits"] = sherpa_onnx.OfflineTtsVitsModelConfig(
             model=str(files.model), tokens=str(files.tokens), lexicon=s(files.lexicon),
             dict_dir=s(files.dict_dir),
-            # Piper text is phonemised here; sherpa-onnx only maps code points to ids.
-            data_dir="" if files.family == "piper" else s(files.data_dir),
+            # espeak text is phonemised here; sherpa-onnx only maps code points to ids.
+            data_dir="" if files.espeak_voice else s(files.data_dir),
             noise_scale=files.noise_scale, noise_scale_w=files.noise_scale_w,
             length_scale=files.length_scale,
         )
@@ -231,9 +231,9 @@ class SherpaSynthesizer:
             raise ModelAssetError(
                 "text-to-speech needs the PyPI package sherpa-onnx; pip install sherpa-onnx"
             ) from exc
-        if files.family == "piper":
-            if not files.espeak_voice:
-                raise ModelAssetError(f"Piper model {files.model} has no espeak voice set")
+        if files.family == "piper" and not files.espeak_voice:
+            raise ModelAssetError(f"Piper model {files.model} has no espeak voice set")
+        if files.espeak_voice:
             phonemize_piper("warm up", files.espeak_voice)
         self.files = files
         self.language = language
@@ -288,8 +288,7 @@ class SherpaSynthesizer:
         config = sherpa_onnx.GenerationConfig()
         config.sid = speaker_id
         config.speed = speed
-        if self.files.family == "piper":
-            assert self.files.espeak_voice is not None
+        if self.files.espeak_voice:
             codepoints = phonemize_piper(text, self.files.espeak_voice)
             if not codepoints:
                 return np.zeros(0, dtype=np.float32)
