@@ -312,6 +312,7 @@ function onMicMessage(message) {
       const felt = Math.max(0, now - mic.t0 - message.end * 1000);
       const line = document.createElement("div");
       line.className = "final";
+      Object.assign(line.dataset, { text: message.text, start: message.start, end: message.end });
       line.innerHTML = `${esc(message.text)}<span class="lat">${message.start.toFixed(1)}–${message.end.toFixed(1)} s · server ${Math.round(message.latency_ms)} ms · felt ${Math.round(felt)} ms · ${esc(message.reason || "")}</span>`;
       $("mic-finals").append(line);
       $("mic-partial").textContent = "";
