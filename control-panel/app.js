@@ -369,8 +369,9 @@ async function loadVoices() {
   const body = $("voices").tBodies[0];
   body.innerHTML = '<tr><td colspan="5" class="note">loading…</td></tr>';
   try {
-    const answer = await api("/v1/tts/voices", { what: "TTS voices" });
+    const answer = await api("/v1/tts/voices?limit=500", { what: "TTS voices" });
     panel.voices = Array.isArray(answer) ? answer : answer.voices || answer.data || [];
+    panel.defaultVoice = answer.default_voice || null;
   } catch (exc) {
     panel.voices = [];
     body.innerHTML = `<tr><td colspan="5" class="voices-error" style="color:var(--bad)">${esc(exc.message)}</td></tr>`;
@@ -378,10 +379,14 @@ async function loadVoices() {
   }
   fillFilter("voice-language", panel.voices.map((v) => v.language));
   fillFilter("voice-gender", panel.voices.map((v) => v.gender));
+  const usable = panel.voices.filter((v) => v.installed !== false);
   for (const id of ["tts-voice", "ab-a", "ab-b"]) {
-    $(id).innerHTML = panel.voices.map((v) => `<option value="${esc(voiceId(v))}">${esc(voiceLabel(v))}</option>`).join("");
+    $(id).innerHTML = usable.map((v) => `<option value="${esc(voiceId(v))}">${esc(voiceLabel(v))}</option>`).join("");
   }
-  if (panel.voices.length > 1) $("ab-b").selectedIndex = 1;
+  if (panel.defaultVoice && usable.some((v) => voiceId(v) === panel.defaultVoice)) {
+    $("tts-voice").value = panel.defaultVoice; $("ab-a").value = panel.defaultVoice;
+  }
+  if (usable.length > 1) $("ab-b").selectedIndex = 1;
   renderVoices();
 }
 
@@ -397,13 +402,16 @@ function renderVoices() {
   const language = $("voice-language").value;
   const gender = $("voice-gender").value;
   const search = $("voice-search").value.trim().toLowerCase();
+  const installedOnly = $("voice-installed").checked;
   const shown = panel.voices.filter((v) =>
     (!language || v.language === language) && (!gender || v.gender === gender) &&
+    (!installedOnly || v.installed !== false) &&
     (!search || `${voiceId(v)} ${v.name || ""} ${v.description || ""}`.toLowerCase().includes(search)));
   $("voices").tBodies[0].innerHTML = shown.map((v) => `<tr data-voice="${esc(voiceId(v))}">
       <td>${esc(voiceLabel(v))}</td><td>${esc(v.language || "?")}</td><td>${esc(v.gender || "–")}</td>
-      <td>${esc(v.engine || v.model || "")}</td>
-      <td><button class="play-voice" data-voice="${esc(voiceId(v))}">Play</button></td></tr>`).join("") ||
+      <td>${esc(v.family || v.engine || v.model || "")}</td>
+      <td>${v.installed === false ? '<span class="note">not installed</span>'
+        : `<button class="play-voice" data-voice="${esc(voiceId(v))}">Play</button>`}</td></tr>`).join("") ||
     `<tr><td colspan="5" class="note">${panel.voices.length ? "no voice matches the filters" : "the TTS service lists no voice"}</td></tr>`;
 }
 
@@ -438,8 +446,14 @@ async function play(audioId, result) {
   try { await audio.play(); } catch (_) { /* autoplay may be blocked; the controls remain */ }
 }
 
+/** The volume slider is a linear gain; the service takes decibels. */
+function volumeDb() {
+  const gain = Number($("tts-volume").value);
+  return gain <= 0.001 ? -60 : Math.max(-60, Math.min(20, 20 * Math.log10(gain)));
+}
+
 function ttsPayload(text, voice) {
-  return { text, input: text, voice, speed: Number($("tts-speed").value), volume: Number($("tts-volume").value) };
+  return { text, voice, speed: Number($("tts-speed").value), volume_db: volumeDb(), format: "wav" };
 }
 
 async function runTts() {
@@ -477,17 +491,20 @@ async function runCompare() {
   const voices = [$("ab-a").value, $("ab-b").value];
   show("ab-a-info", "…"); show("ab-b-info", "…");
   try {
+    const speed = Number($("tts-speed").value);
     const answer = await api("/v1/tts/compare", { method: "POST", what: "A/B compare",
-      json: { text, voices, speed: Number($("tts-speed").value), volume: Number($("tts-volume").value) } });
-    const items = answer.results || answer.items || answer;
+      json: { text, candidates: voices.map((voice) => ({ voice, speed })), format: "wav" } });
+    const items = answer.candidates || answer.results || [];
+    const best = answer.recommendation ? answer.recommendation.index : null;
     ["a", "b"].forEach((side, i) => {
       const item = items[i] || {};
       const b64 = item.audio_base64 || item.audio;
       if (!b64) { show(`ab-${side}-info`, item.error ? item.error.message || String(item.error) : "no audio", true); return; }
       const url = URL.createObjectURL(base64Blob(b64, item.content_type || "audio/wav"));
       $(`ab-${side}-audio`).src = url;
-      const ms = item.latency_ms !== undefined ? ` · ${Math.round(item.latency_ms)} ms` : "";
-      show(`ab-${side}-info`, `${item.voice || voices[i]}${item.engine ? ` · ${item.engine}` : ""}${ms}`);
+      const rtf = item.rtf !== undefined ? ` · RTF ${item.rtf}` : "";
+      const length = item.duration_s !== undefined ? ` · ${item.duration_s} s` : "";
+      show(`ab-${side}-info`, `${item.voice || voices[i]}${item.engine ? ` · ${item.engine}` : ""}${length}${rtf}${best === i ? " · recommended" : ""}`);
     });
   } catch (exc) {
     show("ab-a-info", exc.message, true); show("ab-b-info", "", false);
@@ -579,7 +596,7 @@ function wire() {
   $("mic-start").addEventListener("click", startMic);
   $("mic-stop").addEventListener("click", stopMic);
   $("voices-reload").addEventListener("click", loadVoices);
-  ["voice-language", "voice-gender", "voice-search"].forEach((id) => $(id).addEventListener("input", renderVoices));
+  ["voice-language", "voice-gender", "voice-search", "voice-installed"].forEach((id) => $(id).addEventListener("input", renderVoices));
   $("voices").addEventListener("click", (event) => {
     const button = event.target.closest(".play-voice");
     if (button) playVoice(button.dataset.voice);
