@@ -532,8 +532,10 @@ async function uploadReference(event) {
   if (!file) { out.className = "validation bad"; out.textContent = "Choose a reference audio file."; return; }
   const form = new FormData();
   form.append("name", $("clone-name").value.trim());
-  form.append("file", file);
-  if ($("clone-ref-text").value.trim()) form.append("reference_text", $("clone-ref-text").value.trim());
+  form.append("audio", file);
+  if ($("clone-ref-text").value.trim()) form.append("prompt_text", $("clone-ref-text").value.trim());
+  if ($("clone-language").value) form.append("language", $("clone-language").value);
+  form.append("consent", $("clone-consent").checked ? "true" : "false");
   out.className = "validation"; out.textContent = "uploading and validating…";
   try {
     const answer = await api("/v1/clone/voices", { method: "POST", form, what: "Reference upload" });
@@ -549,9 +551,18 @@ async function uploadReference(event) {
   }
 }
 
+/** The service's verdict on a reference: the profile it made, or why it refused. */
 function formatValidation(answer) {
-  const validation = answer.validation || answer.checks || answer;
-  return Object.entries(validation).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join("\n");
+  const lines = [];
+  if (answer.voice_id) lines.push(`accepted as ${answer.voice_id} "${answer.name}"`);
+  for (const key of ["language", "duration_s", "prompt_text", "prompt_source", "code", "message"]) {
+    if (answer[key] !== undefined && answer[key] !== null) lines.push(`${key}: ${answer[key]}`);
+  }
+  const quality = answer.quality || answer.validation || answer.details;
+  if (quality && typeof quality === "object") {
+    for (const [k, v] of Object.entries(quality)) lines.push(`  ${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`);
+  }
+  return lines.join("\n");
 }
 
 async function runClone() {
@@ -560,7 +571,7 @@ async function runClone() {
   if (!voice) { show("clone-info", "Upload or pick a cloned voice first.", true); return; }
   show("clone-info", "synthesizing…");
   try {
-    const result = await synthesize("/v1/clone/synthesize", { text, voice, voice_id: voice }, "Clone");
+    const result = await synthesize("/v1/clone/synthesize", { text, voice_id: voice, format: "wav" }, "Clone");
     await play("clone-audio", result);
     show("clone-info", result.info);
   } catch (exc) {
