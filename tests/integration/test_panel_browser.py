@@ -242,3 +242,96 @@ def test_panel_fits_a_phone_screen(mesh: Any, browser: Any) -> None:
         phone.screenshot(path=str(SHOTS / "phone-dashboard.png"), full_page=True)
     finally:
         phone.close()
+
+
+def test_tts_request_plays_in_the_page(mesh: Any, page: Any) -> None:
+    open_panel(page, mesh.gateway.url)
+    page.click("button[data-tab='tts']")
+    page.wait_for_selector("#voices tr[data-voice] .play-voice", timeout=20000)
+    listed = page.eval_on_selector_all("#voices tr[data-voice]", "rows => rows.length")
+    assert listed >= 1
+    # The language filter narrows the list to matching voices only.
+    language = page.eval_on_selector("#voices tr[data-voice] td:nth-child(2)",
+                                     "cell => cell.textContent")
+    page.select_option("#voice-language", language)
+    languages = page.eval_on_selector_all("#voices tr[data-voice] td:nth-child(2)",
+                                          "cells => cells.map(c => c.textContent)")
+    assert languages and set(languages) == {language}
+    page.fill("#tts-text", "The control panel speaks.")
+    page.click("#tts-go")
+    page.wait_for_function(
+        "() => { const a = document.getElementById('tts-audio');"
+        " return a.src.startsWith('blob:') && a.duration > 0.3; }", timeout=60000)
+    info = page.inner_text("#tts-info")
+    assert "KiB" in info, info
+    duration = page.evaluate("document.getElementById('tts-audio').duration")
+    assert 0.5 < duration < 10, duration
+    page.screenshot(path=str(SHOTS / "tts.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def two_replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServiceProcess]]:
+    """A Redis of its own, two CPU STT replicas and a gateway (no detector): one may die."""
+    redis_server = RedisServer(tmp_path_factory.mktemp("redis-failover"))
+    redis_server.start()
+    logs = tmp_path_factory.mktemp("failover-logs")
+    env = {"VOICEMESH_REDIS_URL": redis_server.url,
+           "VOICEMESH_HOME": str(tmp_path_factory.getbasetemp() / "vmhome-failover"),
+           "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
+           "VOICEMESH_GATEWAY_USE_DETECTOR": "false",
+           "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5"}
+    services = [ServiceProcess("stt_cpu_ws", free_port(), env, logs) for _ in range(2)]
+    services.append(ServiceProcess("gateway", free_port(), env, logs))
+    try:
+        for service in services:
+            service.start()
+        for service in services:
+            service.wait_healthy()
+        yield services
+    finally:
+        for service in reversed(services):
+            service.stop()
+        redis_server.stop()
+
+
+def test_failover_shows_up_on_the_dashboard_as_it_happens(two_replicas: list[ServiceProcess],
+                                                          page: Any) -> None:
+    import asyncio
+    import os
+    import signal
+    import threading
+
+    from client.streaming import StreamResult, stream_audio
+
+    *replicas, gateway = two_replicas
+    open_panel(page, gateway.url)
+    page.wait_for_function(
+        "() => document.querySelectorAll(\"#services tr[data-kind='stt_cpu_ws']\").length === 2",
+        timeout=20000)
+    killed: dict[str, Any] = {}
+    results: list[StreamResult] = []
+
+    def on_message(t: float, message: dict[str, Any]) -> None:
+        if message.get("type") == "ready":
+            killed["url"] = message["backend"]
+        if message.get("type") == "partial" and "pid" not in killed:
+            victim = next(r for r in replicas if r.url == killed["url"])
+            assert victim.process is not None
+            killed["pid"] = victim.process.pid
+            os.kill(victim.process.pid, signal.SIGKILL)
+
+    ws_url = gateway.url.replace("http://", "ws://") + "/ws/transcribe"
+    session = threading.Thread(target=lambda: results.append(asyncio.run(stream_audio(
+        ws_url, load_clip_16k(MIC_CLIP.path), language="en", on_message=on_message))))
+    session.start()
+    try:
+        page.wait_for_selector("#events li.ev-failover", timeout=30000)
+        event = page.inner_text("#events li.ev-failover")
+        assert f"{killed['url']} →" in event and "replayed" in event, event
+        assert page.inner_text("#t-failovers") == "1"
+        page.screenshot(path=str(SHOTS / "failover.png"), full_page=True)
+    finally:
+        session.join(timeout=60)
+    assert results and len(results[0].of_type("failover")) == 1
+    # The dead replica leaves the table's healthy rows once its registration lapses.
+    page.wait_for_selector("#events li.ev-service_down", timeout=30000)
