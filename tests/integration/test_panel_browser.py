@@ -294,8 +294,8 @@ def two_replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Serv
         redis_server.stop()
 
 
-def test_failover_shows_up_on_the_dashboard_as_it_happens(two_replicas: list[ServiceProcess],
-                                                          page: Any) -> None:
+def test_opus_session_failover_shows_up_on_the_dashboard_as_it_happens(
+        two_replicas: list[ServiceProcess], page: Any) -> None:
     import asyncio
     import os
     import signal
@@ -322,7 +322,8 @@ def test_failover_shows_up_on_the_dashboard_as_it_happens(two_replicas: list[Ser
 
     ws_url = gateway.url.replace("http://", "ws://") + "/ws/transcribe"
     session = threading.Thread(target=lambda: results.append(asyncio.run(stream_audio(
-        ws_url, load_clip_16k(MIC_CLIP.path), language="en", on_message=on_message))))
+        ws_url, load_clip_16k(MIC_CLIP.path), language="en", encoding="opus",
+        on_message=on_message))))
     session.start()
     try:
         page.wait_for_selector("#events li.ev-failover", timeout=30000)
@@ -333,5 +334,9 @@ def test_failover_shows_up_on_the_dashboard_as_it_happens(two_replicas: list[Ser
     finally:
         session.join(timeout=60)
     assert results and len(results[0].of_type("failover")) == 1
+    # The gateway replays decoded audio, so an Opus session loses no words either.
+    streamed = error_rate(MIC_CLIP.text, results[0].transcript)
+    assert streamed <= error_rate(MIC_CLIP.text, offline_transcript(MIC_CLIP)) + WER_MARGIN, \
+        results[0].transcript
     # The dead replica leaves the table's healthy rows once its registration lapses.
     page.wait_for_selector("#events li.ev-service_down", timeout=30000)
