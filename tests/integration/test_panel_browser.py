@@ -239,6 +239,7 @@ def test_panel_fits_a_phone_screen(mesh: Any, browser: Any) -> None:
             assert overflow <= 1, (tab, overflow)
         phone.click("button[data-tab='dashboard']")
         phone.wait_for_selector("#services tr[data-kind='stt_cpu_ws']", timeout=10000)
+        phone.wait_for_timeout(2000)  # a few status updates for the charts
         phone.screenshot(path=str(SHOTS / "phone-dashboard.png"), full_page=True)
     finally:
         phone.close()
