@@ -253,6 +253,11 @@ async function startMic() {
   $("mic-finals").innerHTML = "";
   $("mic-partial").textContent = "";
   show("mic-info", "");
+  if (!window.isSecureContext || !navigator.mediaDevices) {
+    show("mic-info", "The browser allows the microphone only on https:// pages or on localhost.", true);
+    $("mic-start").disabled = false;
+    return;
+  }
   try {
     mic.stream = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
