@@ -443,12 +443,13 @@ function base64Blob(b64, type) {
   return new Blob([bytes], { type });
 }
 
-async function play(audioId, result) {
+function play(audioId, result) {
   const audio = $(audioId);
   if (audio.dataset.url) URL.revokeObjectURL(audio.dataset.url);
   audio.dataset.url = result.url;
   audio.src = result.url;
-  try { await audio.play(); } catch (_) { /* autoplay may be blocked; the controls remain */ }
+  // Not awaited: play() settles only once sound starts, which the caller need not wait for.
+  audio.play().catch(() => { /* autoplay may be blocked; the controls remain */ });
 }
 
 /** The volume slider is a linear gain; the service takes decibels. */
@@ -469,7 +470,7 @@ async function runTts() {
   const started = performance.now();
   try {
     const result = await synthesize("/v1/tts/synthesize", ttsPayload(text, $("tts-voice").value), "TTS");
-    await play("tts-audio", result);
+    play("tts-audio", result);
     show("tts-info", `${result.info} · ${Math.round(performance.now() - started)} ms`);
   } catch (exc) {
     show("tts-info", exc.message, true);
@@ -484,7 +485,7 @@ async function playVoice(voice) {
   try {
     const text = "Hello, this is how I sound.";
     const result = await synthesize("/v1/tts/synthesize", ttsPayload(text, voice), `Voice ${voice}`);
-    await play("tts-audio", result);
+    play("tts-audio", result);
     show("tts-info", `${voice}: ${result.info}`);
   } catch (exc) {
     show("tts-info", exc.message, true);
@@ -577,7 +578,7 @@ async function runClone() {
   show("clone-info", "synthesizing…");
   try {
     const result = await synthesize("/v1/clone/synthesize", { text, voice_id: voice, format: "wav" }, "Clone");
-    await play("clone-audio", result);
+    play("clone-audio", result);
     show("clone-info", result.info);
   } catch (exc) {
     show("clone-info", exc.message, true);

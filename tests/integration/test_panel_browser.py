@@ -267,6 +267,12 @@ def test_tts_request_plays_in_the_page(mesh: Any, page: Any) -> None:
     assert "KiB" in info, info
     duration = page.evaluate("document.getElementById('tts-audio').duration")
     assert 0.5 < duration < 10, duration
+    page.click("#ab-go")
+    page.wait_for_function(
+        "() => ['ab-a-audio', 'ab-b-audio'].every(id =>"
+        " document.getElementById(id).src.startsWith('blob:'))", timeout=60000)
+    sides = page.inner_text("#ab-a-info") + " | " + page.inner_text("#ab-b-info")
+    assert "RTF" in sides and sides.count("recommended") == 1, sides
     page.screenshot(path=str(SHOTS / "tts.png"), full_page=True)
 
 
