@@ -222,6 +222,11 @@ def test_wrong_key_and_missing_services_get_clear_messages(locked_gateway: Servi
     page.click("#mic-start")
     page.wait_for_function("document.getElementById('mic-info').textContent"
                            ".includes('no STT service could take the session')", timeout=15000)
+    page.click("button[data-tab='tts']")
+    page.wait_for_function("document.querySelector('#voices tbody').textContent"
+                           ".includes('TTS voices: the service is down or unreachable')",
+                           timeout=15000)
+    page.click("button[data-tab='mic']")
     page.screenshot(path=str(SHOTS / "no-service.png"), full_page=True)
     stored = page.evaluate("localStorage.getItem('voicemesh.apiKey')")
     assert stored == CLIENT_KEY
