@@ -274,6 +274,7 @@ async function startMic() {
   source.connect(mic.node);
   mic.sentSamples = 0;
   mic.finals = 0;
+  mic.t0 = 0;
   setMicState("connecting", "warn");
   const socket = new WebSocket(wsUrl("/ws/transcribe", apiKey()));
   socket.binaryType = "arraybuffer";
@@ -345,7 +346,7 @@ function stopMic() {
 function stopCapture() {
   if (mic.stream) mic.stream.getTracks().forEach((t) => t.stop());
   if (mic.context) mic.context.close();
-  mic.stream = null; mic.context = null; mic.t0 = 0;
+  mic.stream = null; mic.context = null; // t0 stays: finals after a stop still get their latency
   $("mic-start").disabled = false;
   $("mic-stop").disabled = true;
 }
