@@ -267,7 +267,11 @@ async function startMic() {
     $("mic-start").disabled = false;
     return;
   }
-  mic.context = new AudioContext({ sampleRate: 16000 });
+  try {
+    mic.context = new AudioContext({ sampleRate: 16000 });
+  } catch (_) {
+    mic.context = new AudioContext(); // the worklet downsamples from the device rate
+  }
   await mic.context.audioWorklet.addModule("pcm-worklet.js");
   const source = mic.context.createMediaStreamSource(mic.stream);
   mic.node = new AudioWorkletNode(mic.context, "pcm16-downsampler");
