@@ -150,6 +150,7 @@ function setConn(text, kind) {
 function onStatus(status) {
   panel.status = status;
   setMode(status.mode);
+  $("mode-source").textContent = `as gateway ${status.instance_id || "?"} reports it`;
   const requests = status.requests || {};
   let total = 0, errors = 0, avg = null, p95 = null;
   for (const stats of Object.values(requests)) {
