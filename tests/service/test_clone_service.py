@@ -255,25 +255,33 @@ def test_fallback_when_the_registered_backend_is_down(
     settings = make_settings(redis_server, tmp_path, registry_ttl_s=30.0)
     dead = f"http://127.0.0.1:{free_port()}"
 
-    async def register() -> None:
-        registry = RegistryClient(redis_server.url, prefix=settings.key_prefix, ttl_s=30)
+    instance = f"gsv-dead-{free_port()}"
+
+    async def register(on: bool) -> None:
+        registry = RegistryClient(redis_server.url, ttl_s=30)
         now = time.time()
-        await registry.register(ReplicaInfo(instance_id="gsv-dead", kind="gpt_sovits", url=dead,
-                                            started_at=now, updated_at=now))
+        if on:
+            await registry.register(ReplicaInfo(instance_id=instance, kind="gpt_sovits",
+                                                url=dead, started_at=now, updated_at=now))
+        else:
+            await registry.deregister("gpt_sovits", instance)
         await registry.close()
 
-    asyncio.run(register())
-    with TestClient(create_clone_app(settings, cpu_engine=cpu_engine), headers=ALICE) as client:
-        assert client.get("/health").json()["gpt_sovits_backends"] == [dead]
-        voice = upload(client, reference_bytes())[1]["voice_id"]
-        response = client.post("/v1/synthesize", json={"text": "Hello there.",
-                                                       "voice_id": voice})
-        assert response.status_code == 200, response.text
-        assert response.headers["x-voicemesh-engine"] == "world_vits"
-        assert response.headers["x-voicemesh-fallback"] == "backend_closed"
-        assert response.headers["x-voicemesh-approximate"] == "true"
-        assert client.get("/health").json()["fallbacks"] == 1
-        assert 'route="fallback"' in client.get("/metrics").text
+    asyncio.run(register(True))
+    try:
+        with TestClient(create_clone_app(settings, cpu_engine=cpu_engine), headers=ALICE) as client:
+            assert client.get("/health").json()["gpt_sovits_backends"] == [dead]
+            voice = upload(client, reference_bytes())[1]["voice_id"]
+            response = client.post("/v1/synthesize", json={"text": "Hello there.",
+                                                           "voice_id": voice})
+            assert response.status_code == 200, response.text
+            assert response.headers["x-voicemesh-engine"] == "world_vits"
+            assert response.headers["x-voicemesh-fallback"] == "backend_closed"
+            assert response.headers["x-voicemesh-approximate"] == "true"
+            assert client.get("/health").json()["fallbacks"] == 1
+            assert 'route="fallback"' in client.get("/metrics").text
+    finally:
+        asyncio.run(register(False))
 
 
 def test_without_the_fallback_a_dead_backend_is_503(

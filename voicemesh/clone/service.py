@@ -78,7 +78,7 @@ class CloneSettings(ServiceSettings):
     cache_max_bytes: int = Field(512 * 1024 * 1024, ge=0)
     """Size bound of the result cache; least recently used results go first (0: no cache)."""
     key_prefix: str = "voicemesh"
-    """Prefix of the Redis keys for profiles and the cache index."""
+    """Prefix of the Redis keys for profiles and the cache index (the registry's is fixed)."""
     gptsovits_urls: list[str] = []
     """GPT-SoVITS api_v2 backends this replica registers (kind ``gptsovits_kind``)."""
     gptsovits_kind: str = "gpt_sovits"
@@ -174,8 +174,9 @@ class CloneState:
         self.store = ProfileStore(redis, settings.voices_path, settings.key_prefix)
         self.cache = ResultCache(redis, settings.cache_path, max_bytes=settings.cache_max_bytes,
                                  prefix=settings.key_prefix)
+        # The registry is the mesh's own (default prefix): STT replicas and backends live there.
         self.registry = RegistryClient(str(settings.resolved_redis_url()),
-                                       prefix=settings.key_prefix, ttl_s=settings.registry_ttl_s)
+                                       ttl_s=settings.registry_ttl_s)
         self.backend_urls: list[str] = []
         self.gpt = GptSovitsCloner(
             lambda: list(self.backend_urls),

@@ -27,7 +27,7 @@ _LOGGER = logging.getLogger(__name__)
 FRAME_PERIOD_MS = 5.0
 GRID_HZ = np.linspace(0.0, 8000.0, 321)
 """Common frequency axis on which speakers' envelopes are compared (25 Hz steps)."""
-_WARP_CANDIDATES = np.linspace(0.80, 1.25, 46)
+_WARP_CANDIDATES = np.linspace(0.87, 1.15, 29)
 _FIT_BAND_HZ = (150.0, 5000.0)
 _LIFTER = 24
 _MAX_GAIN_DB = 12.0
