@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
-import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import httpx
 import numpy as np
@@ -56,14 +54,19 @@ from voicemesh.lifecycle import registry_status, start_heartbeat, stop_heartbeat
 from voicemesh.metrics import ServiceMetrics
 from voicemesh.registry import RegistryClient, RegistryHeartbeat, ReplicaInfo, ReplicaLoad
 from voicemesh.settings import CommonSettings, ServiceSettings
+from voicemesh.tts.encoding import (
+    AudioEncoder,
+    AudioFormat,
+    encode_audio,
+    media_type,
+    output_rate,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
 OWNER_HEADER = "X-VoiceMesh-Key-Id"
 """Header the gateway sets to the caller's key identity."""
 ANONYMOUS = "anonymous"
-AudioFormat = Literal["wav", "pcm", "flac"]
-MEDIA_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac"}
 
 class CloneSettings(ServiceSettings):
     """Settings of the cloning service (``tts_clone`` sets the env prefix and port)."""
@@ -153,9 +156,11 @@ class SynthesizeBody(BaseModel):
     speed: float = Field(1.0, ge=0.5, le=2.0)
     """Speaking rate."""
     format: AudioFormat = "wav"
-    """wav, pcm (16-bit little-endian mono) or flac."""
+    """wav, pcm (16-bit little-endian mono), flac, mp3 or opus."""
+    sample_rate: int | None = Field(None, ge=8000, le=48000)
+    """Output rate (default: the engine's; mp3 and opus take the next rate they support)."""
     stream: bool = False
-    """Send audio as the engine produces it (wav and pcm only)."""
+    """Send audio as the engine produces it."""
 
 def load_cpu_engine(settings: CloneSettings) -> WorldAdaptedVits:
     """The WORLD-adapted VITS engine on the shared TTS engine's stock voice."""
@@ -275,25 +280,6 @@ async def transcribe_reference(state: CloneState, audio_16k: np.ndarray, languag
                 break
     raise EngineUnavailable(f"could not transcribe the reference: {last}",
                             code="transcription_failed")
-
-def wav_header(sample_rate: int, data_bytes: int | None) -> bytes:
-    """A 44-byte 16-bit mono WAV header (``None``: size unknown, for streaming)."""
-    size = 0xFFFFFFFF - 36 if data_bytes is None else data_bytes
-    return (b"RIFF" + struct.pack("<I", (36 + size) & 0xFFFFFFFF) + b"WAVEfmt "
-            + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
-            + b"data" + struct.pack("<I", size & 0xFFFFFFFF))
-
-def encode(pcm: bytes, sample_rate: int, fmt: str) -> bytes:
-    """A whole result in the requested format."""
-    if fmt == "pcm":
-        return pcm
-    if fmt == "wav":
-        return wav_header(sample_rate, len(pcm)) + pcm
-    import soundfile
-
-    buffer = io.BytesIO()
-    soundfile.write(buffer, pcm16_to_float32(pcm), sample_rate, format="FLAC")
-    return buffer.getvalue()
 
 def _owner(request: Request) -> str:
     return request.headers.get(OWNER_HEADER, "").strip() or ANONYMOUS
@@ -427,8 +413,6 @@ def create_clone_app(settings: CloneSettings, cpu_engine: WorldAdaptedVits | Non
         if len(body.text) > settings.max_text_chars:
             raise BadRequest(f"text is longer than {settings.max_text_chars} characters",
                              code="text_too_long")
-        if body.stream and body.format == "flac":
-            raise BadRequest("streaming is available for wav and pcm", code="bad_format")
         profile = await state.store.get(body.voice_id, _owner(request))
         return await Synthesis(state, profile, body, request.state.request_id).respond()
 
@@ -466,7 +450,8 @@ class Synthesis:
         r = self.clone_request
         return cache_key(voice_sha256=r.reference_sha256, text=r.text,
                          params={"language": r.language, "speed": r.speed,
-                                 "format": self.body.format, "prompt": r.prompt_text},
+                                 "format": self.body.format, "rate": self.body.sample_rate,
+                                 "prompt": r.prompt_text},
                          engine=engine.name, model_version=engine.model_version)
 
     def headers(self, engine: str, approximate: bool, cache: str,
@@ -515,7 +500,8 @@ class Synthesis:
     async def _serve(self, engine: VoiceCloner, stream: SynthesisStream, key: str) -> Response:
         fmt = self.body.format
         state = self.state
-        headers = self.headers(engine.name, engine.approximate, "miss", stream.sample_rate)
+        rate = output_rate(fmt, self.body.sample_rate or stream.sample_rate)
+        headers = self.headers(engine.name, engine.approximate, "miss", rate)
         state.metrics.count("synthesize", engine.name)
         if not self.body.stream:
             state.active += 1
@@ -523,30 +509,46 @@ class Synthesis:
                 pcm = b"".join([chunk async for chunk in stream.chunks()])
             finally:
                 state.active -= 1
-            data = await asyncio.to_thread(encode, pcm, stream.sample_rate, fmt)
-            await self._store(key, data, engine)
-            return Response(data, media_type=MEDIA_TYPES[fmt], headers=headers)
-        return StreamingResponse(self._relay(engine, stream, key), media_type=MEDIA_TYPES[fmt],
-                                 headers=headers)
+            data = await asyncio.to_thread(self._encode, pcm, stream.sample_rate, rate)
+            await self._store(key, data, engine, rate)
+            return Response(data, media_type=media_type(fmt, rate), headers=headers)
+        headers["X-VoiceMesh-Stream"] = "true"
+        return StreamingResponse(self._relay(engine, stream, key, rate),
+                                 media_type=media_type(fmt, rate), headers=headers)
 
-    async def _relay(self, engine: VoiceCloner, stream: SynthesisStream,
-                     key: str) -> AsyncIterator[bytes]:
+    def _encode(self, pcm: bytes, from_rate: int, rate: int) -> bytes:
+        """A whole result in the requested format and rate."""
+        audio = pcm16_to_float32(pcm)
+        return encode_audio(resample(audio, from_rate, rate), rate, self.body.format)
+
+    async def _relay(self, engine: VoiceCloner, stream: SynthesisStream, key: str,
+                     rate: int) -> AsyncIterator[bytes]:
         """Pass chunks through as they come; cache the whole result when it completes."""
-        fmt = self.body.format
-        if fmt == "wav":
-            yield wav_header(stream.sample_rate, None)
+        import soxr
+
+        encoder = AudioEncoder(self.body.format, rate, streaming=True)
+        resampler = (soxr.ResampleStream(stream.sample_rate, rate, 1, dtype="float32")
+                     if rate != stream.sample_rate else None)
         parts: list[bytes] = []
         self.state.active += 1
         try:
             async for chunk in stream.chunks():
                 parts.append(chunk)
-                yield chunk
+                audio = pcm16_to_float32(chunk)
+                if resampler is not None:
+                    audio = resampler.resample_chunk(audio)
+                data = encoder.feed(audio) if audio.size else b""
+                if data:
+                    yield data
+            tail = (resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+                    if resampler is not None else np.zeros(0, dtype=np.float32))
+            yield (encoder.feed(tail) if tail.size else b"") + encoder.close()
         finally:
             self.state.active -= 1
-        pcm = b"".join(parts)
-        await self._store(key, encode(pcm, stream.sample_rate, fmt), engine)
+        data = await asyncio.to_thread(self._encode, b"".join(parts), stream.sample_rate, rate)
+        await self._store(key, data, engine, rate)
 
-    async def _store(self, key: str, data: bytes, engine: VoiceCloner) -> None:
+    async def _store(self, key: str, data: bytes, engine: VoiceCloner, rate: int) -> None:
         state = self.state
         elapsed = time.perf_counter() - self.started
         state.metrics.observe(f"synthesize_{engine.name}", elapsed)
@@ -554,5 +556,5 @@ class Synthesis:
                      engine.name, len(data), elapsed * 1000,
                      f" (fallback: {self.fallback_reason})" if self.fallback_reason else "")
         if state.settings.cache_max_bytes:
-            await state.cache.put(key, data, media_type=MEDIA_TYPES[self.body.format],
+            await state.cache.put(key, data, media_type=media_type(self.body.format, rate),
                                   engine=engine.name, approximate=engine.approximate)
