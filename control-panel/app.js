@@ -431,6 +431,7 @@ async function synthesize(path, payload, what) {
   const response = await api(path, { method: "POST", json: payload, raw: true, what });
   const type = response.headers.get("content-type") || "";
   const engine = response.headers.get("x-voicemesh-engine");
+  const approximate = response.headers.get("x-voicemesh-approximate") === "true";
   let blob;
   if (type.startsWith("audio/") || type === "application/octet-stream") {
     blob = await response.blob();
@@ -441,7 +442,8 @@ async function synthesize(path, payload, what) {
     blob = base64Blob(b64, body.content_type || "audio/wav");
   }
   if (!blob.size) throw new Error(`${what}: the service returned empty audio`);
-  return { url: URL.createObjectURL(blob), info: `${(blob.size / 1024).toFixed(0)} KiB${engine ? ` · ${engine}` : ""}` };
+  const info = `${(blob.size / 1024).toFixed(0)} KiB${engine ? ` · ${engine}` : ""}${approximate ? " (an approximation of the voice)" : ""}`;
+  return { url: URL.createObjectURL(blob), info };
 }
 
 function base64Blob(b64, type) {
@@ -525,10 +527,12 @@ async function runCompare() {
 
 // ------------------------------------------------------------------ Clone
 
-async function loadClonedVoices() {
+async function loadClonedVoices(created = null) {
   try {
     const answer = await api("/v1/clone/voices", { what: "Cloned voices" });
     const voices = Array.isArray(answer) ? answer : answer.voices || answer.data || [];
+    // A profile made a moment ago may not be listed yet: keep it in the list anyway.
+    if (created && !voices.some((v) => voiceId(v) === voiceId(created))) voices.push(created);
     $("clone-voice").innerHTML = voices.map((v) => `<option value="${esc(voiceId(v))}">${esc(voiceLabel(v))}</option>`).join("");
     show("clone-info", voices.length ? "" : "No cloned voice yet: upload a reference above.");
   } catch (exc) {
@@ -553,7 +557,7 @@ async function uploadReference(event) {
     const answer = await api("/v1/clone/voices", { method: "POST", form, what: "Reference upload" });
     out.className = "validation ok";
     out.textContent = formatValidation(answer);
-    await loadClonedVoices();
+    await loadClonedVoices(answer.voice || answer);
     const id = voiceId(answer.voice || answer);
     if (id) $("clone-voice").value = id;
   } catch (exc) {
@@ -631,7 +635,7 @@ function wire() {
   $("ab-go").addEventListener("click", runCompare);
   $("clone-form").addEventListener("submit", uploadReference);
   $("clone-go").addEventListener("click", runClone);
-  $("clone-reload").addEventListener("click", loadClonedVoices);
+  $("clone-reload").addEventListener("click", () => loadClonedVoices());
   window.addEventListener("resize", () => Object.values(charts).forEach((c) => c.draw()));
   connectStatus();
 }

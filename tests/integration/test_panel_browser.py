@@ -352,3 +352,72 @@ def test_opus_session_failover_shows_up_on_the_dashboard_as_it_happens(
         results[0].transcript
     # The dead replica leaves the table's healthy rows once its registration lapses.
     page.wait_for_selector("#events li.ev-service_down", timeout=30000)
+
+
+@pytest.fixture(scope="module")
+def clone_gateway(redis_server: RedisServer,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """``tts_clone`` and a gateway with a client key (profiles belong to a key)."""
+    logs = tmp_path_factory.mktemp("panel-clone-logs")
+    env = {"VOICEMESH_REDIS_URL": redis_server.url,
+           "VOICEMESH_HOME": str(tmp_path_factory.mktemp("panel-clone-home")),
+           "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
+           "VOICEMESH_TTS_CLONE_KEY_PREFIX": f"panel{free_port()}",
+           "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5",
+           "VOICEMESH_GATEWAY_API_KEYS": json.dumps([CLIENT_KEY])}
+    clone = ServiceProcess("tts_clone", free_port(), env, logs)
+    gateway = ServiceProcess("gateway", free_port(), env, logs)
+    try:
+        for service in (clone, gateway):
+            service.start()
+        for service in (clone, gateway):
+            service.wait_healthy()
+        import httpx
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            replicas = httpx.get(f"{gateway.url}/health", timeout=2).json().get("replicas", {})
+            if replicas.get("tts_clone"):
+                break
+            time.sleep(0.2)
+        yield gateway
+    finally:
+        gateway.stop()
+        clone.stop()
+
+
+def test_clone_tab_validates_a_reference_and_speaks_in_it(clone_gateway: ServiceProcess,
+                                                          page: Any, tmp_path: Path) -> None:
+    page.goto(clone_gateway.url)
+    save_keys(page, CLIENT_KEY, "")
+    page.click("button[data-tab='clone']")
+    page.wait_for_function("document.getElementById('clone-info').textContent"
+                           ".includes('No cloned voice yet')", timeout=15000)
+    # Not audio: refused, with the service's reason.
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"this is not audio at all " * 64)
+    page.fill("#clone-name", "junk")
+    page.set_input_files("#clone-file", str(junk))
+    page.check("#clone-consent")
+    page.click("#clone-form button[type='submit']")
+    page.wait_for_selector("#clone-validation.bad", timeout=30000)
+    assert "error 4" in page.inner_text("#clone-validation") or \
+        "code:" in page.inner_text("#clone-validation")
+    # A real reference: accepted, with its quality report, and spoken in.
+    page.fill("#clone-name", "librivox reader")
+    page.set_input_files("#clone-file", str(MIC_CLIP.path))
+    page.fill("#clone-ref-text", MIC_CLIP.text)
+    page.select_option("#clone-language", "en")
+    page.click("#clone-form button[type='submit']")
+    page.wait_for_selector("#clone-validation.ok", timeout=60000)
+    validation = page.inner_text("#clone-validation")
+    assert "accepted as v_" in validation and "duration_s:" in validation, validation
+    voice = page.eval_on_selector("#clone-voice", "s => s.value")
+    assert voice.startswith("v_"), page.inner_text("#clone-info")
+    page.fill("#clone-text", "The panel speaks in a cloned voice.")
+    page.click("#clone-go")
+    page.wait_for_function(
+        "() => { const a = document.getElementById('clone-audio');"
+        " return a.src.startsWith('blob:') && a.duration > 0.3; }", timeout=120000)
+    assert "KiB" in page.inner_text("#clone-info")
+    page.screenshot(path=str(SHOTS / "clone.png"), full_page=True)
