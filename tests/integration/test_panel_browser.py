@@ -20,6 +20,8 @@ import soundfile
 
 from tests.conftest import RedisServer, free_port
 from tests.helpers import REPO, ServiceProcess, clip_named, error_rate, offline_transcript
+from tests.integration.test_clone_gateway import KEY_A as CLONE_KEY
+from tests.integration.test_clone_gateway import CloneMesh, clone_mesh  # noqa: F401 - fixture
 from voicemesh.audio import load_clip_16k, resample
 from voicemesh.registry import RegistryClient
 from voicemesh.settings import default_home
@@ -354,42 +356,12 @@ def test_opus_session_failover_shows_up_on_the_dashboard_as_it_happens(
     page.wait_for_selector("#events li.ev-service_down", timeout=30000)
 
 
-@pytest.fixture(scope="module")
-def clone_gateway(redis_server: RedisServer,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    """``tts_clone`` and a gateway with a client key (profiles belong to a key)."""
-    logs = tmp_path_factory.mktemp("panel-clone-logs")
-    env = {"VOICEMESH_REDIS_URL": redis_server.url,
-           "VOICEMESH_HOME": str(tmp_path_factory.mktemp("panel-clone-home")),
-           "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
-           "VOICEMESH_TTS_CLONE_KEY_PREFIX": f"panel{free_port()}",
-           "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5",
-           "VOICEMESH_GATEWAY_API_KEYS": json.dumps([CLIENT_KEY])}
-    clone = ServiceProcess("tts_clone", free_port(), env, logs)
-    gateway = ServiceProcess("gateway", free_port(), env, logs)
-    try:
-        for service in (clone, gateway):
-            service.start()
-        for service in (clone, gateway):
-            service.wait_healthy()
-        import httpx
-
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            replicas = httpx.get(f"{gateway.url}/health", timeout=2).json().get("replicas", {})
-            if replicas.get("tts_clone"):
-                break
-            time.sleep(0.2)
-        yield gateway
-    finally:
-        gateway.stop()
-        clone.stop()
-
-
-def test_clone_tab_validates_a_reference_and_speaks_in_it(clone_gateway: ServiceProcess,
+def test_clone_tab_validates_a_reference_and_speaks_in_it(request: pytest.FixtureRequest,
                                                           page: Any, tmp_path: Path) -> None:
-    page.goto(clone_gateway.url)
-    save_keys(page, CLIENT_KEY, "")
+    # tts_clone and a keyed gateway: the clone tests' own fixture, shared, not copied.
+    cloning: CloneMesh = request.getfixturevalue("clone_mesh")
+    page.goto(cloning.gateway.url)
+    save_keys(page, CLONE_KEY, "")
     page.click("button[data-tab='clone']")
     page.wait_for_function("document.getElementById('clone-info').textContent"
                            ".includes('No cloned voice yet')", timeout=15000)
@@ -412,8 +384,9 @@ def test_clone_tab_validates_a_reference_and_speaks_in_it(clone_gateway: Service
     page.wait_for_selector("#clone-validation.ok", timeout=60000)
     validation = page.inner_text("#clone-validation")
     assert "accepted as v_" in validation and "duration_s:" in validation, validation
-    voice = page.eval_on_selector("#clone-voice", "s => s.value")
-    assert voice.startswith("v_"), page.inner_text("#clone-info")
+    voice_id = validation.split("accepted as ", 1)[1].split()[0]
+    page.wait_for_function("id => document.getElementById('clone-voice').value === id",
+                           arg=voice_id, timeout=15000)
     page.fill("#clone-text", "The panel speaks in a cloned voice.")
     page.click("#clone-go")
     page.wait_for_function(
