@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse
 
-from gateway import admin, auth, transcriptions, tts
+from gateway import admin, auth, clone, transcriptions, tts
+from gateway.panel import mount_control_panel
 from gateway.registry_view import RegistryView, static_replicas
 from gateway.routing import choose_backends, choose_detector
 from gateway.settings import GatewaySettings, get_settings
@@ -66,6 +67,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     admin.count_requests(app, metrics)
     app.include_router(transcriptions.router)
     app.include_router(tts.router)
+    app.include_router(clone.router)
     app.include_router(admin.router)
 
     @app.get("/health")
@@ -102,4 +104,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         async with slot:
             await GatewayStream(ws, ws.app.state.gateway).run()
 
+    # Last: the panel's catch-all mount at / must come after every route.
+    mount_control_panel(app, settings.control_panel_dir)
     return app

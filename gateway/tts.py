@@ -72,7 +72,8 @@ OPENAI_VOICES: dict[str, tuple[str, ...]] = {
 _PASSED_HEADERS = ("content-type", "x-voicemesh-engine", "x-voicemesh-voice",
                    "x-voicemesh-model", "x-voicemesh-sample-rate", "x-voicemesh-format",
                    "x-voicemesh-duration", "x-voicemesh-synthesis-time", "x-voicemesh-rtf",
-                   "x-voicemesh-stream")
+                   "x-voicemesh-stream", "x-voicemesh-cache", "x-voicemesh-approximate",
+                   "x-voicemesh-fallback")
 
 
 class OpenAISpeechRequest(BaseModel):
@@ -91,13 +92,13 @@ class OpenAISpeechRequest(BaseModel):
 
 
 async def backend_kind_for_voice(state: GatewayState, voice: str | None) -> str:
-    """The service kind that serves ``voice``: every catalogue voice is ``tts_vits``.
-
-    The one place to route other voices elsewhere (e.g. cloned-voice profiles, looked up
-    through ``state``, to ``tts_clone``).
+    """The service kind that serves ``voice``: cloned-voice profile ids go to ``tts_clone``,
+    every catalogue voice to ``tts_vits``.
     """
-    del state, voice
-    return TTS_VITS
+    from gateway.clone import TTS_CLONE, is_profile_id
+
+    del state
+    return TTS_CLONE if voice is not None and is_profile_id(voice) else TTS_VITS
 
 
 @dataclass
@@ -110,6 +111,11 @@ class BackendCall:
     json: dict[str, Any] | None = None
     params: dict[str, str] | None = None
     stream: bool = False
+    headers: dict[str, str] | None = None
+    """Extra headers (e.g. the caller's key identity for ``tts_clone``)."""
+    files: dict[str, tuple[str, bytes, str]] | None = None
+    """Multipart files (the form fields go in ``data``)."""
+    data: dict[str, str] | None = None
 
 
 async def _send(client: httpx.AsyncClient, replica: ReplicaInfo,
@@ -117,7 +123,9 @@ async def _send(client: httpx.AsyncClient, replica: ReplicaInfo,
     """Send ``call`` to ``replica``; EngineUnavailable when it cannot serve (fail over)."""
     url = f"{replica.url}{call.path}"
     request = client.build_request(call.method, url, json=call.json, params=call.params,
-                                   headers={"X-Request-ID": call.request_id})
+                                   files=call.files, data=call.data,
+                                   headers={**(call.headers or {}),
+                                            "X-Request-ID": call.request_id})
     try:
         response = await client.send(request, stream=call.stream)
     except httpx.TimeoutException as exc:
@@ -220,14 +228,17 @@ async def _respond(routed: Routed) -> Response:
 
 
 async def _forward(request: Request, what: str, call: BackendCall, *, voice: str | None,
-                   capability: str) -> Response:
-    """Route one TTS call and account for it (stats, metrics, events, log)."""
+                   capability: str, kind: str | None = None) -> Response:
+    """Route one TTS call and account for it (stats, metrics, events, log).
+
+    The service is ``kind`` when given, else the one that serves ``voice``.
+    """
     state: GatewayState = request.app.state.gateway
     started = time.perf_counter()
     status_code = 500
     routed: Routed | None = None
     try:
-        kind = await backend_kind_for_voice(state, voice)
+        kind = kind or await backend_kind_for_voice(state, voice)
         routed = await route(state, kind, call, capability=capability)
         status_code = routed.response.status_code
         return await _respond(routed)
@@ -299,6 +310,12 @@ async def create_speech(request: Request, body: OpenAISpeechRequest) -> Response
     requested = body.voice.get("id", "") if isinstance(body.voice, dict) else body.voice
     if not isinstance(requested, str) or not requested:
         raise BadRequest("voice must be a voice name or id", code="bad_voice")
+    from gateway.clone import is_profile_id, speech_call
+
+    if is_profile_id(requested):
+        # A cloned voice: tts_clone speaks it, for the caller's key only.
+        return await _forward(request, "speech", speech_call(request, body, OPENAI_PCM_RATE),
+                              voice=requested, capability="synthesize")
     voice = requested
     if requested.lower() in OPENAI_VOICES:
         voice = map_openai_voice(requested, await installed_voices(request))
