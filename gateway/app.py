@@ -14,6 +14,7 @@ from fastapi import Depends, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse
 
 from gateway import admin, auth, transcriptions
+from gateway.panel import mount_control_panel
 from gateway.registry_view import RegistryView, static_replicas
 from gateway.routing import choose_backends, choose_detector
 from gateway.settings import GatewaySettings, get_settings
@@ -101,4 +102,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         async with slot:
             await GatewayStream(ws, ws.app.state.gateway).run()
 
+    # Last: the panel's catch-all mount at / must come after every route.
+    mount_control_panel(app, settings.control_panel_dir)
     return app

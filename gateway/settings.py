@@ -11,6 +11,8 @@ from pydantic_settings import SettingsConfigDict
 from voicemesh.registry import RoutingMode
 from voicemesh.settings import ServiceSettings
 
+DEFAULT_PANEL_DIR = Path(__file__).resolve().parent.parent / "control-panel"
+
 
 class GatewaySettings(ServiceSettings):
     """``VOICEMESH_GATEWAY_*``: how the gateway routes and forwards sessions."""
@@ -62,6 +64,8 @@ class GatewaySettings(ServiceSettings):
     """``retry_after`` told to a client refused a session slot (when one frees is unknown)."""
     status_interval_s: float = Field(1.0, gt=0, le=60)
     """How often ``WS /v1/ws/status`` sends a ``status_update``."""
+    control_panel_dir: Path | None = DEFAULT_PANEL_DIR
+    """Folder of the control panel served at ``/`` (public; its API calls carry keys); None: off."""
 
 
 @lru_cache
