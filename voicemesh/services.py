@@ -36,6 +36,7 @@ SERVICES: dict[str, ServiceSpec] = {
         ServiceSpec("stt_cpu_ws", "stt_cpu_ws.app:create_app", "VOICEMESH_STT_CPU_", 8092),
         ServiceSpec("stt_gpu_ws", "stt_gpu_ws.app:create_app", "VOICEMESH_STT_GPU_", 8093,
                     needs_cuda=True),
+        ServiceSpec("tts_vits", "tts_vits.app:create_app", "VOICEMESH_TTS_VITS_", 8094),
         ServiceSpec("gateway", "gateway.app:create_app", "VOICEMESH_GATEWAY_", 8080,
                     scalable=False),
     )

@@ -1,0 +1,1 @@
+"""VITS text-to-speech service (sherpa-onnx); see ``tts_vits.app``."""

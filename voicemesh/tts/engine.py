@@ -1,0 +1,341 @@
+"""The ``Synthesizer`` interface and the sherpa-onnx engine (VITS, Piper, Kokoro, Matcha).
+
+``sherpa_onnx`` (and, for Piper voices, ``piper``'s espeak-ng bridge) are imported only
+when a :class:`SherpaSynthesizer` is built, never at module import, so code that only
+needs the types (the gateway, unit tests) does not load a model library.
+
+Piper voices (and any model whose files name an ``espeak_voice``: Kokoro, Matcha):
+sherpa-onnx 2.x has no espeak-ng of its own, so the text is phonemised here with the
+espeak-ng that ``piper-tts`` ships (exactly the phonemes Piper itself would use) and
+handed to sherpa-onnx as phoneme code points, one list per sentence. Lexicon models
+(the Chinese VITS ones) use sherpa-onnx's own text front end.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from voicemesh.errors import BadRequest, EngineUnavailable, ModelAssetError
+from voicemesh.tts.text import (
+    SENTENCE_END_CHARS,
+    normalize_text,
+    split_for_streaming,
+    split_sentences,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+ModelFamily = Literal["piper", "vits", "kokoro", "matcha"]
+MIN_SPEED = 0.25
+MAX_SPEED = 4.0
+SENTENCE_PAUSE_S = 0.12
+"""Silence after each sentence (scaled by 1/speed); none after a clause or the last one."""
+
+# espeak-ng keeps one global voice and state per process: phonemise one text at a time.
+_ESPEAK_LOCK = threading.Lock()
+_ESPEAK: Any = None
+
+
+@dataclass(frozen=True)
+class SynthesisChunk:
+    """Audio of one piece of text (a sentence, or the first clause when streaming)."""
+
+    audio: np.ndarray
+    """float32 mono samples in [-1, 1]."""
+    sample_rate: int
+    text: str
+    index: int
+    synthesis_s: float
+    """Wall time spent synthesising this chunk (including waiting for a free engine)."""
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the chunk's audio in seconds."""
+        return len(self.audio) / self.sample_rate
+
+
+@dataclass
+class SynthesisResult:
+    """Audio of a whole text plus how long it took."""
+
+    audio: np.ndarray
+    """float32 mono samples in [-1, 1]."""
+    sample_rate: int
+    synthesis_s: float
+    first_chunk_s: float
+    """Time until the first sentence's audio was ready."""
+    sentences: list[str] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the audio in seconds."""
+        return len(self.audio) / self.sample_rate
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: synthesis time over audio duration (lower is faster)."""
+        return self.synthesis_s / self.duration_s if len(self.audio) else 0.0
+
+
+@runtime_checkable
+class Synthesizer(Protocol):
+    """Text to speech: one voice model, maybe several speakers."""
+
+    @property
+    def sample_rate(self) -> int:
+        """Native sample rate of the model's audio."""
+        ...
+
+    @property
+    def num_speakers(self) -> int:
+        """How many speaker ids the model accepts (0 .. num_speakers-1)."""
+        ...
+
+    def synthesize(self, text: str, *, speaker_id: int = 0, speed: float = 1.0) -> SynthesisResult:
+        """The whole text as one block of audio."""
+        ...
+
+    def synthesize_chunks(
+        self, text: str, *, speaker_id: int = 0, speed: float = 1.0
+    ) -> Iterator[SynthesisChunk]:
+        """The text piece by piece (first clause, then sentences), each as soon as it is ready."""
+        ...
+
+
+@dataclass(frozen=True)
+class TtsModelFiles:
+    """Where one sherpa-onnx TTS model's files are, and how to feed it text."""
+
+    family: ModelFamily
+    model: Path
+    """The ONNX model (for Matcha: the acoustic model)."""
+    tokens: Path
+    espeak_voice: str | None = None
+    """espeak-ng voice for Piper models (e.g. ``en-us``)."""
+    data_dir: Path | None = None
+    """espeak-ng data folder (Piper: phonemised here; Kokoro/Matcha: given to sherpa-onnx)."""
+    lexicon: Path | None = None
+    dict_dir: Path | None = None
+    rule_fsts: tuple[Path, ...] = ()
+    voices: Path | None = None
+    """Kokoro's voices.bin."""
+    vocoder: Path | None = None
+    """Matcha's vocoder ONNX."""
+    noise_scale: float = 0.667
+    noise_scale_w: float = 0.8
+    length_scale: float = 1.0
+
+    def missing(self) -> list[Path]:
+        """The files this model needs that are not on disk."""
+        needed = [self.model, self.tokens]
+        needed += [p for p in (self.lexicon, self.voices, self.vocoder) if p is not None]
+        needed += list(self.rule_fsts)
+        dirs = [p for p in (self.data_dir, self.dict_dir) if p is not None]
+        return [p for p in needed if not p.is_file()] + [d for d in dirs if not d.is_dir()]
+
+
+def _espeak() -> Any:
+    """piper's espeak-ng phonemiser, initialised once per process (call under the lock)."""
+    global _ESPEAK  # noqa: PLW0603 - espeak-ng itself is process-global
+    if _ESPEAK is None:
+        try:
+            from piper.phonemize_espeak import EspeakPhonemizer
+        except ImportError as exc:
+            raise ModelAssetError(
+                "Piper voices need espeak-ng from the PyPI package piper-tts; "
+                "pip install piper-tts"
+            ) from exc
+        _ESPEAK = EspeakPhonemizer()
+    return _ESPEAK
+
+
+def phonemize_piper(text: str, voice: str) -> list[list[int]]:
+    """espeak-ng phonemes of ``text`` as code points, one list per sentence (Piper's way)."""
+    with _ESPEAK_LOCK:
+        sentences = _espeak().phonemize(voice, text)
+    return [[ord(ch) for ph in sentence for ch in ph] for sentence in sentences if sentence]
+
+
+def _sherpa_config(files: TtsModelFiles, num_threads: int, provider: str) -> Any:
+    """The sherpa-onnx OfflineTtsConfig for ``files``."""
+    import sherpa_onnx
+
+    def s(path: Path | None) -> str:
+        return str(path) if path is not None else ""
+
+    fsts = ",".join(str(p) for p in files.rule_fsts)
+    model_kw: dict[str, Any] = {"num_threads": num_threads, "provider": provider, "debug": False}
+    if files.family in ("piper", "vits"):
+        model_kw["vits"] = sherpa_onnx.OfflineTtsVitsModelConfig(
+            model=str(files.model), tokens=str(files.tokens), lexicon=s(files.lexicon),
+            dict_dir=s(files.dict_dir),
+            # espeak text is phonemised here; sherpa-onnx only maps code points to ids.
+            data_dir="" if files.espeak_voice else s(files.data_dir),
+            noise_scale=files.noise_scale, noise_scale_w=files.noise_scale_w,
+            length_scale=files.length_scale,
+        )
+    elif files.family == "kokoro":
+        model_kw["kokoro"] = sherpa_onnx.OfflineTtsKokoroModelConfig(
+            model=str(files.model), voices=s(files.voices), tokens=str(files.tokens),
+            data_dir=s(files.data_dir), lexicon=s(files.lexicon),
+            length_scale=files.length_scale,
+        )
+    else:
+        model_kw["matcha"] = sherpa_onnx.OfflineTtsMatchaModelConfig(
+            acoustic_model=str(files.model), vocoder=s(files.vocoder), tokens=str(files.tokens),
+            lexicon=s(files.lexicon), data_dir=s(files.data_dir), dict_dir=s(files.dict_dir),
+            noise_scale=files.noise_scale, length_scale=files.length_scale,
+        )
+    return sherpa_onnx.OfflineTtsConfig(
+        model=sherpa_onnx.OfflineTtsModelConfig(**model_kw),
+        rule_fsts=fsts,
+        max_num_sentences=1,
+    )
+
+
+class SherpaSynthesizer:
+    """A sherpa-onnx OfflineTts model behind a pool of instances (thread-safe).
+
+    One OfflineTts must not run two generations at once, so each call borrows an
+    instance from a pool of ``pool_size`` and gives it back: concurrent callers never
+    share an instance, and at most ``pool_size`` generations run in parallel.
+    """
+
+    def __init__(
+        self,
+        files: TtsModelFiles,
+        *,
+        language: str = "en",
+        num_threads: int = 2,
+        pool_size: int = 1,
+        provider: str = "cpu",
+        acquire_timeout_s: float | None = None,
+    ) -> None:
+        missing = files.missing()
+        if missing:
+            raise ModelAssetError(
+                f"{files.family} model files are missing: {', '.join(map(str, missing))}"
+            )
+        try:
+            import sherpa_onnx
+        except ImportError as exc:
+            raise ModelAssetError(
+                "text-to-speech needs the PyPI package sherpa-onnx; pip install sherpa-onnx"
+            ) from exc
+        if files.family == "piper" and not files.espeak_voice:
+            raise ModelAssetError(f"Piper model {files.model} has no espeak voice set")
+        if files.espeak_voice:
+            phonemize_piper("warm up", files.espeak_voice)
+        self.files = files
+        self.language = language
+        self.acquire_timeout_s = acquire_timeout_s
+        config = _sherpa_config(files, num_threads, provider)
+        if not config.validate():
+            raise ModelAssetError(f"sherpa-onnx rejected the config for {files.model}")
+        started = time.monotonic()
+        self._pool: queue.Queue[Any] = queue.Queue()
+        first = sherpa_onnx.OfflineTts(config)
+        self._pool.put(first)
+        for _ in range(pool_size - 1):
+            self._pool.put(sherpa_onnx.OfflineTts(config))
+        self._sample_rate = int(first.sample_rate)
+        self._num_speakers = max(1, int(first.num_speakers))
+        _LOGGER.info(
+            "loaded %s model %s (%d Hz, %d speakers, pool %d x %d threads) in %.1f s",
+            files.family, files.model, self._sample_rate, self._num_speakers, pool_size,
+            num_threads, time.monotonic() - started,
+        )
+
+    @property
+    def sample_rate(self) -> int:
+        """Native sample rate of the model's audio."""
+        return self._sample_rate
+
+    @property
+    def num_speakers(self) -> int:
+        """How many speaker ids the model accepts."""
+        return self._num_speakers
+
+    def _check(self, text: str, speaker_id: int, speed: float) -> str:
+        """Normalised text, or BadRequest for empty text, a bad speaker or speed."""
+        if not MIN_SPEED <= speed <= MAX_SPEED:
+            raise BadRequest(f"speed must be between {MIN_SPEED} and {MAX_SPEED}, got {speed}",
+                             code="bad_speed")
+        if not 0 <= speaker_id < self._num_speakers:
+            raise BadRequest(
+                f"speaker id {speaker_id} is out of range: this model has "
+                f"{self._num_speakers} speaker(s), ids 0..{self._num_speakers - 1}",
+                code="bad_speaker",
+            )
+        clean = normalize_text(text, self.language)
+        if not clean:
+            raise BadRequest("text is empty", code="empty_text")
+        return clean
+
+    def _generate(self, text: str, speaker_id: int, speed: float) -> np.ndarray:
+        """Audio of one piece of text, on a borrowed engine instance."""
+        import sherpa_onnx
+
+        config = sherpa_onnx.GenerationConfig()
+        config.sid = speaker_id
+        config.speed = speed
+        if self.files.espeak_voice:
+            codepoints = phonemize_piper(text, self.files.espeak_voice)
+            if not codepoints:
+                return np.zeros(0, dtype=np.float32)
+            config.phoneme_codepoints = codepoints
+        try:
+            tts = self._pool.get(timeout=self.acquire_timeout_s)
+        except queue.Empty as exc:
+            raise EngineUnavailable("every synthesis engine stayed busy", code="busy") from exc
+        try:
+            generated = tts.generate(text, config)
+        finally:
+            self._pool.put(tts)
+        return np.asarray(generated.samples, dtype=np.float32)
+
+    def _pieces(self, pieces: list[str], speaker_id: int, speed: float) -> Iterator[SynthesisChunk]:
+        pause = np.zeros(int(self._sample_rate * SENTENCE_PAUSE_S / speed), dtype=np.float32)
+        for index, piece in enumerate(pieces):
+            started = time.monotonic()
+            audio = self._generate(piece, speaker_id, speed)
+            if index < len(pieces) - 1 and piece[-1:] in SENTENCE_END_CHARS:
+                audio = np.concatenate([audio, pause])
+            yield SynthesisChunk(audio=audio, sample_rate=self._sample_rate, text=piece,
+                                 index=index, synthesis_s=time.monotonic() - started)
+
+    def synthesize_chunks(
+        self, text: str, *, speaker_id: int = 0, speed: float = 1.0
+    ) -> Iterator[SynthesisChunk]:
+        """The text piece by piece: the first clause alone (when long enough), then sentences."""
+        clean = self._check(text, speaker_id, speed)
+        return self._pieces(split_for_streaming(clean), speaker_id, speed)
+
+    def synthesize(self, text: str, *, speaker_id: int = 0, speed: float = 1.0) -> SynthesisResult:
+        """The whole text, sentence by sentence, joined into one block of audio."""
+        clean = self._check(text, speaker_id, speed)
+        sentences = split_sentences(clean)
+        started = time.monotonic()
+        first = 0.0
+        parts: list[np.ndarray] = []
+        for chunk in self._pieces(sentences, speaker_id, speed):
+            if not parts:
+                first = time.monotonic() - started
+            parts.append(chunk.audio)
+        audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        return SynthesisResult(audio=audio, sample_rate=self._sample_rate,
+                               synthesis_s=time.monotonic() - started, first_chunk_s=first,
+                               sentences=sentences)
+
+
+VitsSynthesizer = SherpaSynthesizer
+"""The name other code uses for the VITS engine (Piper voices are VITS)."""
