@@ -128,7 +128,7 @@ def gateway_body_limit() -> int:
 def nginx_binary(settings: NginxSettings) -> str | None:
     """The nginx executable to run, or None when none is installed."""
     if settings.binary:
-        return settings.binary
+        return shutil.which(settings.binary)
     found = shutil.which("nginx")
     if found:
         return found

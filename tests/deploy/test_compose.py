@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.files import ENV_EXAMPLE, COMPOSE_FILE, docker_compose, resolved_compose
+from tests.deploy.files import COMPOSE_FILE, ENV_EXAMPLE, docker_compose, resolved_compose
 from voicemesh.services import SERVICES, ServiceSpec
 
 pytestmark = pytest.mark.deploy
