@@ -18,6 +18,8 @@ import yaml
 from tests.helpers import REPO
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
+COMPOSE_SCHEMA = REPO / ".deploy-tools/node_modules/dclint/schemas/compose.schema.json"
+"""The current Compose Specification schema (scripts/setup-deploy fetches it)."""
 ENV_EXAMPLE = REPO / ".env.example"
 K8S = REPO / "deploy" / "k8s"
 VENV_BIN = Path(sys.executable).parent
@@ -50,6 +52,44 @@ def resolved_compose(profile: str | None = None) -> dict[str, Any]:
     args = ["--profile", profile] if profile else []
     out = docker_compose(*args, "config").stdout
     return dict(yaml.safe_load(out))
+
+
+def env_example() -> dict[str, str]:
+    """The variables of ``.env.example``."""
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values
+
+
+_VARIABLE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def _substitute(text: str, values: dict[str, str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name, operator, argument = match.group(1), match.group(2), match.group(3)
+        value = values.get(name)
+        if operator and operator.endswith("-"):
+            return value if value else argument
+        if operator and operator.endswith("?") and not value:
+            raise ValueError(f"{name}: {argument}")
+        return value or ""
+
+    return _VARIABLE.sub(replace, text)
+
+
+def interpolate(document: Any, values: dict[str, str]) -> Any:
+    """Compose's ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}`` on every parsed string
+    (after YAML parsing, as Compose does: a value that looks like a list stays a string)."""
+    if isinstance(document, str):
+        return _substitute(document, values)
+    if isinstance(document, list):
+        return [interpolate(item, values) for item in document]
+    if isinstance(document, dict):
+        return {key: interpolate(item, values) for key, item in document.items()}
+    return document
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,23 @@ resolves: health, start order, networks, GPU profile, volumes, secrets, one sour
 from __future__ import annotations
 
 import graphlib
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.deploy.files import COMPOSE_FILE, ENV_EXAMPLE, docker_compose, resolved_compose
+from tests.deploy.files import (
+    COMPOSE_FILE,
+    COMPOSE_SCHEMA,
+    ENV_EXAMPLE,
+    docker_compose,
+    env_example,
+    interpolate,
+    resolved_compose,
+)
 from voicemesh.services import SERVICES, ServiceSpec
 
 pytestmark = pytest.mark.deploy
@@ -41,6 +51,24 @@ def test_an_unknown_key_fails_validation(tmp_path: Path) -> None:
     result = docker_compose("-f", str(broken), "config", check=False)
     assert result.returncode != 0
     assert "start_perod" in result.stderr
+
+
+def _schema_errors(text: str) -> list[str]:
+    import jsonschema
+
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    document = interpolate(yaml.safe_load(text), env_example())
+    validator = jsonschema.Draft7Validator(schema)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in validator.iter_errors(document)]
+
+
+def test_compose_matches_the_current_compose_specification_schema() -> None:
+    # docker-compose 1.29 knows the 2021 spec; Compose v2 validates against this one.
+    assert COMPOSE_SCHEMA.is_file(), "run scripts/setup-deploy"
+    assert _schema_errors(COMPOSE_FILE.read_text()) == []
+    broken = COMPOSE_FILE.read_text().replace("start_period: 5s", "start_perod: 5s", 1)
+    assert any("start_perod" in error for error in _schema_errors(broken))
 
 
 def test_required_secrets_must_be_set(tmp_path: Path) -> None:
