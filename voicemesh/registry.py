@@ -49,6 +49,8 @@ class ReplicaLoad(BaseModel):
     """Recent real-time factor (processing time / audio time); None before any work."""
     max_sessions: int | None = None
     """Session limit of the replica; None when unlimited."""
+    cache_hit_rate: float | None = None
+    """Share of lookups its result cache answered (services with a cache); None otherwise."""
 
 
 class ReplicaInfo(BaseModel):

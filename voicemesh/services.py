@@ -37,6 +37,7 @@ SERVICES: dict[str, ServiceSpec] = {
         ServiceSpec("stt_gpu_ws", "stt_gpu_ws.app:create_app", "VOICEMESH_STT_GPU_", 8093,
                     needs_cuda=True),
         ServiceSpec("tts_vits", "tts_vits.app:create_app", "VOICEMESH_TTS_VITS_", 8094),
+        ServiceSpec("tts_clone", "tts_clone.app:create_app", "VOICEMESH_TTS_CLONE_", 8095),
         ServiceSpec("gateway", "gateway.app:create_app", "VOICEMESH_GATEWAY_", 8080,
                     scalable=False),
     )

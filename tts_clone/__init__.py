@@ -1,0 +1,1 @@
+"""The zero-shot voice cloning service (see ``voicemesh.clone``)."""

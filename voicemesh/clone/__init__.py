@@ -1,0 +1,1 @@
+"""Zero-shot voice cloning: reference checks, voice profiles, engines, result cache."""

@@ -1,0 +1,44 @@
+"""The stock VITS voice the CPU fallback adapts: the shared TTS engine (``voicemesh.tts``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from voicemesh.errors import UnknownModel
+
+if TYPE_CHECKING:
+    from voicemesh.tts.engine import Synthesizer
+
+_LOGGER = logging.getLogger(__name__)
+
+BUNDLED_VOICE = "en_US-joe-medium"
+
+
+class VitsBaseVoice:
+    """A shared-engine synthesizer seen as a :class:`~voicemesh.clone.engines.BaseVoice`."""
+
+    def __init__(self, synthesizer: Synthesizer) -> None:
+        self.synthesizer = synthesizer
+        self.sample_rate = int(synthesizer.sample_rate)
+
+    def synthesize(self, text: str, speed: float = 1.0) -> np.ndarray:
+        """Float32 mono samples at ``sample_rate``."""
+        result = self.synthesizer.synthesize(text, speed=speed)
+        audio: np.ndarray = np.asarray(result.audio, dtype=np.float32)
+        return audio
+
+
+def load_base_voice(name: str, num_threads: int = 2) -> VitsBaseVoice:
+    """Load the bundled Piper voice of the shared TTS engine (prepared into the model cache)."""
+    from voicemesh.tts.engine import SherpaSynthesizer
+    from voicemesh.tts.prepare import default_voice_files
+
+    if name not in (BUNDLED_VOICE, "joe"):
+        raise UnknownModel(f"the CPU cloning engine adapts the voice {BUNDLED_VOICE}, "
+                           f"not {name!r}")
+    synthesizer = SherpaSynthesizer(default_voice_files(), num_threads=num_threads)
+    _LOGGER.info("CPU cloning engine adapts %s (%d Hz)", name, synthesizer.sample_rate)
+    return VitsBaseVoice(synthesizer)
