@@ -187,9 +187,13 @@ def test_volumes_for_redis_models_and_voices() -> None:
     assert all(v.endswith(":ro") for v in resolved["stt_cpu_ws"]["volumes"])
     for name in ("stt_tiny_ws", "stt_cpu_ws", "stt_gpu_ws", "tts_vits", "tts_clone"):
         assert ("models", "/models") in mounts[name], name
-    assert ("voices", "/data/voices") in mounts["tts_clone"]
-    assert resolved["tts_clone"]["environment"]["VOICEMESH_TTS_CLONE_VOICES_DIR"] == "/data/voices"
-    assert {target for _, target in mounts["gpt-sovits"]} == {"/data"}
+    clone = resolved["tts_clone"]["environment"]
+    assert ("voices", clone["VOICEMESH_TTS_CLONE_VOICES_DIR"]) in mounts["tts_clone"]
+    assert ("clone-cache", clone["VOICEMESH_TTS_CLONE_CACHE_DIR"]) in mounts["tts_clone"]
+    # GPT-SoVITS reads references by path: the same volume where tts_clone says it is.
+    assert ("voices", clone["VOICEMESH_TTS_CLONE_GPTSOVITS_VOICES_DIR"]) in mounts["gpt-sovits"]
+    assert json.loads(clone["VOICEMESH_TTS_CLONE_GPTSOVITS_URLS"]) == ["http://gpt-sovits:9880"]
+    assert {target for _, target in mounts["gpt-sovits"]} == {"/data", "/voices"}
 
 
 def test_no_secret_has_a_default() -> None:

@@ -163,3 +163,18 @@ def test_the_gpu_overlay_patches_the_gateway_mode() -> None:
         return str(next(e["value"] for e in env if e["name"] == "VOICEMESH_GATEWAY_DEFAULT_MODE"))
 
     assert (mode("base"), mode("gpu")) == ("cpu", "auto")
+
+
+def test_the_clone_backend_reads_references_from_the_shared_voices_volume() -> None:
+    deployments = objects("gpu", "Deployment")
+    clone_env = {e["name"]: e.get("value") for e in container(deployments["tts-clone"])["env"]}
+    backend = deployments["gpt-sovits"]["spec"]["template"]["spec"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in backend["volumes"]}
+    mounts = {m["mountPath"]: claims[m["name"]] for m in container(deployments["gpt-sovits"])[
+        "volumeMounts"]}
+    assert mounts[clone_env["VOICEMESH_TTS_CLONE_GPTSOVITS_VOICES_DIR"]] == "voices"
+    assert clone_env["VOICEMESH_TTS_CLONE_GPTSOVITS_URLS"] == '["http://gpt-sovits:9880"]'
+    pvc = objects("gpu", "PersistentVolumeClaim")["voices"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    base_env = {e["name"] for e in container(objects("base", "Deployment")["tts-clone"])["env"]}
+    assert "VOICEMESH_TTS_CLONE_GPTSOVITS_URLS" not in base_env
