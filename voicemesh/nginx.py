@@ -172,7 +172,8 @@ def render_nginx_conf(
             "PID_FILE": "/tmp/nginx.pid",
             "ERROR_LOG": "/dev/stderr",
             "ACCESS_LOG": "/dev/stdout",
-            "TEMP_DIR": "/tmp/nginx",
+            # nginx creates only the last folder of a temp path: /tmp exists in the image.
+            "TEMP_DIR": "/tmp",
             "MIME_TYPES": "/etc/nginx/mime.types",
             "LISTEN": "8080",
             "STATIC_DIR": "/usr/share/nginx/html",
