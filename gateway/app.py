@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse
 
-from gateway import admin, auth, transcriptions
+from gateway import admin, auth, transcriptions, tts
 from gateway.panel import mount_control_panel
 from gateway.registry_view import RegistryView, static_replicas
 from gateway.routing import choose_backends, choose_detector
@@ -66,6 +66,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     auth.install_access_errors(app)
     admin.count_requests(app, metrics)
     app.include_router(transcriptions.router)
+    app.include_router(tts.router)
     app.include_router(admin.router)
 
     @app.get("/health")

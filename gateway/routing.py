@@ -66,3 +66,9 @@ def choose_backends(
 def choose_detector(replicas: Iterable[ReplicaInfo]) -> list[ReplicaInfo]:
     """Order the detector replicas, least loaded first."""
     return _usable((r for r in replicas if r.kind == "stt_tiny_ws"), "detect")
+
+
+def choose_service(kind: str, replicas: Iterable[ReplicaInfo], *,
+                   capability: str) -> list[ReplicaInfo]:
+    """Order the replicas of one service kind (e.g. ``tts_vits``), least loaded first."""
+    return _usable((r for r in replicas if r.kind == kind), capability)

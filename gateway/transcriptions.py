@@ -206,13 +206,14 @@ async def create_transcription(
 
 
 def _count_failover(state: GatewayState, request_id: str, failed: ReplicaInfo,
-                    following: ReplicaInfo, exc: EngineUnavailable) -> None:
+                    following: ReplicaInfo, exc: EngineUnavailable, *,
+                    kind: str = "transcription") -> None:
     """Make a failover visible: a metric by reason and a ``failover`` event."""
     state.metrics.count("failover", exc.code)
     counter = getattr(state.metrics, "failovers", None)
     if counter is not None:
         counter.labels(reason=exc.code).inc()
-    state.events.publish("failover", kind="transcription", request_id=request_id,
+    state.events.publish("failover", kind=kind, request_id=request_id,
                          **{"from": failed.url}, to=following.url, reason=exc.code)
 
 

@@ -673,7 +673,21 @@ def cli_list() -> int:
         print(f"{status.name:<{width}}  {status.kind:<19}  {state:<12}  "
               f"{status.path or '-'}")
         print(f"{'':<{width}}  from {', '.join(status.packages)}: {status.detail}")
+    _print_tts_catalogue(root)
     return 0
+
+
+def _print_tts_catalogue(root: Path) -> None:
+    """The TTS catalogue's models and whether their files are in the model cache."""
+    from voicemesh.tts.catalogue import VoiceCatalogue, model_folder
+
+    catalogue = VoiceCatalogue.load(root)
+    print("text-to-speech models (voicemesh/tts/voices.json):")
+    for model, missing in catalogue.model_status():
+        voices = len(catalogue.filter(model=model.id))
+        state = "installed" if not missing else f"not installed ({len(missing)} files missing)"
+        print(f"  {model.id:<30}  {model.family:<7}  {voices:>3} voices  {state}  "
+              f"{model_folder(model, root)}")
 
 
 def cli_prepare(names: list[str], force: bool) -> int:

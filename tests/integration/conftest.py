@@ -22,6 +22,7 @@ class Mesh:
     detector: ServiceProcess
     stt_cpu: ServiceProcess
     gateway: ServiceProcess
+    tts_vits: ServiceProcess
 
     @property
     def ws_url(self) -> str:
@@ -30,12 +31,14 @@ class Mesh:
 
 
 def _wait_for_routes(gateway_url: str, timeout_s: float = 20.0) -> None:
-    """Wait until the gateway's registry view lists an STT backend and the detector."""
+    """Wait until the gateway's registry view lists an STT backend, the detector and TTS."""
     deadline = time.monotonic() + timeout_s
     body: dict[str, object] = {}
     while time.monotonic() < deadline:
         body = httpx.get(f"{gateway_url}/health", timeout=2).json()
-        if body.get("stt_route") and body.get("detector"):
+        replicas = body.get("replicas")
+        has_tts = isinstance(replicas, dict) and bool(replicas.get("tts_vits"))
+        if body.get("stt_route") and body.get("detector") and has_tts:
             return
         time.sleep(0.2)
     raise RuntimeError(f"gateway never saw its backends: {body}")
@@ -43,25 +46,25 @@ def _wait_for_routes(gateway_url: str, timeout_s: float = 20.0) -> None:
 
 @pytest.fixture(scope="session")
 def mesh(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    """Detector, CPU STT and gateway as separate processes on loopback, registered in Redis."""
+    """Detector, CPU STT, VITS TTS and gateway as processes on loopback, registered in Redis."""
     logs = tmp_path_factory.mktemp("mesh-logs")
     env = {"VOICEMESH_REDIS_URL": redis_server.url,
            "VOICEMESH_HOME": str(tmp_path_factory.getbasetemp() / "vmhome"),
            # Prepared models are a checksummed cache: share the user's, do not re-join.
            "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
            "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5"}
-    services = [
-        ServiceProcess("stt_tiny_ws", free_port(), env, logs),
-        ServiceProcess("stt_cpu_ws", free_port(), env, logs),
-        ServiceProcess("gateway", free_port(), env, logs),
-    ]
+    detector = ServiceProcess("stt_tiny_ws", free_port(), env, logs)
+    stt_cpu = ServiceProcess("stt_cpu_ws", free_port(), env, logs)
+    tts_vits = ServiceProcess("tts_vits", free_port(), env, logs)
+    gateway = ServiceProcess("gateway", free_port(), env, logs)
+    services = [detector, stt_cpu, tts_vits, gateway]
     try:
         for service in services:
             service.start()
         for service in services:
             service.wait_healthy()
-        _wait_for_routes(services[-1].url)
-        yield Mesh(redis_server, *services)
+        _wait_for_routes(gateway.url)
+        yield Mesh(redis_server, detector, stt_cpu, gateway, tts_vits)
     finally:
         for service in reversed(services):
             service.stop()

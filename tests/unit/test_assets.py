@@ -256,7 +256,8 @@ def test_models_dir_follows_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
 
 def test_unknown_model_name_is_rejected(tmp_path: Path) -> None:
-    with pytest.raises(UnknownModel, match=re.escape("bundled models: tiny.en, base, silero-vad")):
+    known = "bundled models: tiny.en, base, silero-vad, en_US-joe-medium"
+    with pytest.raises(UnknownModel, match=re.escape(known)):
         assets.prepare_model("large-v9", models_dir=tmp_path)
 
 
@@ -264,6 +265,7 @@ def test_cli_list_and_verify_on_a_prepared_cache(
     prepared_base: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("VOICEMESH_MODELS_DIR", str(prepared_base))
+    assets.prepare_model("en_US-joe-medium", models_dir=prepared_base, progress=False)
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
     assert f"model cache: {prepared_base}" in out
@@ -277,6 +279,7 @@ def test_cli_list_and_verify_on_a_prepared_cache(
     assert f"base: OK {prepared_base / assets.BASE_FOLDER}" in out
     assert PINNED_SHA256 in out
     assert "tiny.en: OK" in out and "silero-vad: OK" in out
+    assert "en_US-joe-medium: OK" in out
 
     assert main(["models", "prepare", "base"]) == 0
     assert "base: ready at" in capsys.readouterr().out

@@ -41,6 +41,11 @@ _MONEY_RE = re.compile(r"([$€£])\s?(\d[\d,]*)(?:\.(\d{1,2}))?\b")
 _PERCENT_RE = re.compile(r"(\d)\s?%")
 _THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}\b)")
 _SPACE_RE = re.compile(r"\s+")
+_WORD_RE = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
+SHOUTED_SHARE = 0.7
+"""Text whose letters are at least this share capitals is read as ordinary text..."""
+SHOUTED_MIN_WORDS = 3
+"""...when it has this many words (a lone "NASA" or "OK" keeps its spelling)."""
 
 # A sentence ends at . ! ? (or their CJK forms) followed by space or the end, or at a
 # CJK terminator directly; a clause at , ; : (and CJK forms).
@@ -76,11 +81,24 @@ def _abbreviation(match: re.Match[str]) -> str:
     return _ABBREVIATIONS[word]
 
 
+def _unshout(text: str) -> str:
+    """All-caps text in ordinary case: espeak spells short capitalised words ("IT" = "I T")."""
+    letters = [c for c in text if c.isalpha() and c.isascii()]
+    words = _WORD_RE.findall(text)
+    if len(words) < SHOUTED_MIN_WORDS or not letters:
+        return text
+    upper = sum(c.isupper() for c in letters)
+    if upper / len(letters) < SHOUTED_SHARE:
+        return text
+    return _WORD_RE.sub(lambda m: "I" if m.group(0) == "I" else m.group(0).lower(), text)
+
+
 def normalize_text(text: str, language: str = "en") -> str:
-    """Text made easier to read aloud: abbreviations, currency and percent spelled out."""
+    """Text made easier to read aloud: shouting, abbreviations, currency, percent."""
     text = _SPACE_RE.sub(" ", text.replace("\u00a0", " ")).strip()
     if not language.lower().startswith("en"):
         return text
+    text = _unshout(text)
     for pattern, words in _LATIN:
         text = pattern.sub(words, text)
     text = _ABBREV_RE.sub(_abbreviation, text)

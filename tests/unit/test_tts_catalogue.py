@@ -1,0 +1,134 @@
+"""The voice catalogue data file, installed state from files on disk, and audio encoding."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from voicemesh.audio import decode_audio_file
+from voicemesh.errors import ModelAssetError, UnknownModel
+from voicemesh.tts.catalogue import CATALOGUE_FILE, VoiceCatalogue, read_catalogue
+from voicemesh.tts.encoding import (
+    AUDIO_FORMATS,
+    AudioEncoder,
+    apply_volume,
+    encode_audio,
+    output_rate,
+    wav_header,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def _install(models_dir: Path, folder: str, names: list[str]) -> None:
+    for name in names:
+        path = models_dir / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+
+
+def test_shipped_catalogue_lists_every_model_family_and_expands_speakers(tmp_path: Path) -> None:
+    catalogue = VoiceCatalogue.load(tmp_path)
+    families = {m.family for m in catalogue.models.values()}
+    assert families == {"piper", "vits", "kokoro", "matcha"}
+    fanchen = catalogue.filter(model="vits-zh-hf-fanchen-C")
+    assert len(fanchen) == 187
+    assert {v.entry.speaker_id for v in fanchen} == set(range(187))
+    assert len(catalogue.filter(model="vits-zh-aishell3")) == 174
+    joe = catalogue.voice("en_US-joe-medium")
+    assert joe.describe() | {"installed": None} == {
+        "id": "en_US-joe-medium", "name": "Joe", "model": "piper-en_US-joe-medium",
+        "speaker_id": 0, "language": "en-US", "gender": "male",
+        "tags": ["neutral", "calm", "narration", "default"], "family": "piper",
+        "sample_rate": 22050, "installed": None,
+    }
+    # Nothing is in an empty models folder.
+    assert catalogue.installed_models == set()
+    assert catalogue.filter(installed=True) == []
+
+
+def test_a_model_is_installed_exactly_when_all_its_files_are_there(tmp_path: Path) -> None:
+    _install(tmp_path, "kokoro-en-v0_19", ["model.onnx", "tokens.txt"])
+    assert "kokoro-en-v0_19" not in VoiceCatalogue.load(tmp_path).installed_models
+    _install(tmp_path, "kokoro-en-v0_19", ["voices.bin"])
+    catalogue = VoiceCatalogue.load(tmp_path)
+    assert catalogue.installed_models == {"kokoro-en-v0_19"}
+    assert catalogue.installed_voice("kokoro-bf_emma").entry.speaker_id == 7
+    with pytest.raises(UnknownModel) as missing:
+        catalogue.installed_voice("en_US-joe-medium")
+    assert missing.value.code == "voice_not_installed"
+    assert "model.onnx" in missing.value.message
+    with pytest.raises(UnknownModel) as unknown:
+        catalogue.voice("nobody")
+    assert unknown.value.code == "unknown_voice"
+    assert unknown.value.status_code == 404
+
+
+def test_filters_combine_and_language_matches_by_prefix(tmp_path: Path) -> None:
+    catalogue = VoiceCatalogue.load(tmp_path)
+    british = catalogue.filter(language="en-GB")
+    assert {v.id for v in british} == {"kokoro-bf_emma", "kokoro-bf_isabella",
+                                       "kokoro-bm_george", "kokoro-bm_lewis"}
+    english_men = catalogue.filter(language="en", gender="male")
+    assert "en_US-joe-medium" in {v.id for v in english_men}
+    assert all(v.entry.gender == "male" for v in english_men)
+    assert {v.id for v in catalogue.filter(tag="DEEP")} == {"kokoro-am_adam",
+                                                           "kokoro-bm_george"}
+    assert len(catalogue.filter(language="zh")) == 187 + 174
+
+
+def test_a_broken_catalogue_file_is_a_clear_error(tmp_path: Path) -> None:
+    data = json.loads(CATALOGUE_FILE.read_text(encoding="utf-8"))
+    data["voices"].append({"id": "ghost", "name": "Ghost", "model": "nope", "language": "en"})
+    bad = tmp_path / "voices.json"
+    bad.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ModelAssetError, match="ghost"):
+        read_catalogue(bad)
+    bad.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ModelAssetError, match="unreadable"):
+        read_catalogue(bad)
+
+
+def _tone(rate: int, seconds: float) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt", AUDIO_FORMATS)
+def test_every_format_decodes_whole_and_streamed(fmt: str) -> None:
+    rate = output_rate(fmt, 22050)  # type: ignore[arg-type]
+    audio = _tone(rate, 2.0)
+    whole = encode_audio(audio, rate, fmt)  # type: ignore[arg-type]
+    encoder = AudioEncoder(fmt, rate, streaming=True)  # type: ignore[arg-type]
+    pieces = [encoder.feed(part) for part in np.array_split(audio, 4)] + [encoder.close()]
+    streamed = b"".join(pieces)
+    for data in (whole, streamed):
+        if fmt == "pcm":
+            decoded = np.frombuffer(data, "<i2").astype(np.float32) / 32768
+            decoded_rate = rate
+        else:
+            decoded = decode_audio_file(data, target_rate=rate)
+            decoded_rate = rate
+        assert abs(len(decoded) / decoded_rate - 2.0) < 0.08, (fmt, len(decoded))
+        assert 0.15 < float(np.abs(decoded).max()) < 0.4
+    if fmt in ("wav", "flac"):
+        info = soundfile.info(io.BytesIO(whole))
+        assert (info.samplerate, info.channels) == (rate, 1)
+
+
+def test_codec_rates_and_volume() -> None:
+    assert output_rate("opus", 22050) == 24000
+    assert output_rate("opus", 48000) == 48000
+    assert output_rate("mp3", 22050) == 22050
+    assert output_rate("mp3", 23000) == 24000
+    assert output_rate("wav", 12345) == 12345
+    loud = apply_volume(np.full(4, 0.5, dtype=np.float32), 6.0)
+    assert np.allclose(loud, 0.5 * 10 ** (6 / 20))
+    assert apply_volume(np.full(2, 0.9, dtype=np.float32), 12.0).max() == 1.0
+    assert wav_header(16000, 100)[40:44] == (100).to_bytes(4, "little")
+    assert wav_header(16000, None)[40:44] == b"\xff\xff\xff\xff"

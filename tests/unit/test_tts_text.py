@@ -1,0 +1,95 @@
+"""Text normalisation, sentence splitting, the compare rule and the OpenAI voice mapping."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.routing import choose_service
+from gateway.tts import OPENAI_VOICES, backend_kind_for_voice, map_openai_voice
+from voicemesh.registry import ReplicaInfo, ReplicaLoad
+from voicemesh.tts.compare import CandidateMeasure, recommend
+from voicemesh.tts.text import normalize_text, split_for_streaming, split_sentences
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(("text", "spoken"), [
+    ("Dr. Smith met Mr. Jones.", "Doctor Smith met Mister Jones."),
+    ("It costs $42.50 today.", "It costs 42 dollars and 50 cents today."),
+    ("It costs $1 now.", "It costs 1 dollar now."),
+    ("Only £3.05 left.", "Only 3 pounds and 5 pence left."),
+    ("A 15% rise in 1,200 homes", "A 15 percent rise in 1200 homes"),
+    ("Fruit, e.g. apples, i.e. food", "Fruit, for example apples, that is food"),
+    ("See No. 5 and say no.", "See number 5 and say no."),
+    ("IT WAS THE FIRST GREAT SORROW", "it was the first great sorrow"),
+    ("NASA launched it", "NASA launched it"),
+    ("  spaced\u00a0 out\ttext ", "spaced out text"),
+])
+def test_normalize_text_reads_abbreviations_money_and_shouting(text: str, spoken: str) -> None:
+    assert normalize_text(text) == spoken
+
+
+def test_normalize_text_leaves_other_languages_alone() -> None:
+    assert normalize_text("Dr. 你好 $5", language="zh-CN") == "Dr. 你好 $5"
+
+
+def test_split_sentences_keeps_abbreviation_free_sentences_and_quotes() -> None:
+    assert split_sentences('One here. "Two there." Three? (Four.) five') == [
+        "One here.", '"Two there."', "Three?", "(Four.)", "five"]
+    cjk = "你好。今天很好！走吧"  # noqa: RUF001 - CJK sentence ends
+    assert split_sentences(cjk) == [cjk[:3], cjk[3:8], cjk[8:]]
+    assert split_sentences("   ") == []
+
+
+def test_split_sentences_cuts_long_text_at_clauses_then_words() -> None:
+    long = ", ".join(["word " * 10] * 10).strip()
+    pieces = split_sentences(long, max_chars=120)
+    assert all(len(p) <= 120 for p in pieces)
+    assert " ".join(pieces).split() == long.split()
+    assert split_sentences("x" * 250, max_chars=100) == ["x" * 100, "x" * 100, "x" * 50]
+
+
+def test_split_for_streaming_sends_a_long_first_clause_alone() -> None:
+    text = "The quick brown fox jumps over, the lazy dog today. Second one."
+    assert split_for_streaming(text) == [
+        "The quick brown fox jumps over,", "the lazy dog today.", "Second one."]
+    # A short first clause is not worth its own chunk.
+    assert split_for_streaming("Yes, it is. Fine.") == ["Yes, it is.", "Fine."]
+
+
+def test_recommend_prefers_the_fastest_candidate_of_ordinary_length() -> None:
+    candidates = [
+        CandidateMeasure(duration_s=3.0, speed=1.0, rtf=0.20),
+        CandidateMeasure(duration_s=1.5, speed=2.0, rtf=0.15),  # same length at its speed
+        CandidateMeasure(duration_s=0.5, speed=1.0, rtf=0.01),  # cut short: not eligible
+    ]
+    assert recommend(candidates) == 1
+    assert recommend([CandidateMeasure(2.0, 1.0, 0.1), CandidateMeasure(2.0, 1.0, 0.1)]) == 0
+    assert recommend([]) is None
+
+
+def test_openai_voices_map_to_the_first_installed_choice() -> None:
+    assert map_openai_voice("alloy", {"en_US-joe-medium"}) == "en_US-joe-medium"
+    assert map_openai_voice("Nova", {"en_US-joe-medium", "matcha-ljspeech"}) == "matcha-ljspeech"
+    assert map_openai_voice("onyx", {"kokoro-am_adam", "en_US-joe-medium"}) == "kokoro-am_adam"
+    assert map_openai_voice("zh-fanchen-C-3", set()) == "zh-fanchen-C-3"
+    # Every OpenAI name ends with the bundled voice, so it always speaks.
+    assert all(choices[-1] == "en_US-joe-medium" for choices in OPENAI_VOICES.values())
+    assert backend_kind_for_voice("en_US-joe-medium") == "tts_vits"
+
+
+def _replica(iid: str, kind: str, active: int, **extra: object) -> ReplicaInfo:
+    return ReplicaInfo(instance_id=iid, kind=kind, url=f"http://{iid}", started_at=0,
+                       updated_at=0, capabilities=["synthesize", "voices"],
+                       load=ReplicaLoad(active_sessions=active, max_sessions=10), **extra)
+
+
+def test_choose_service_orders_one_kind_by_load_and_skips_draining() -> None:
+    replicas = [
+        _replica("a", "tts_vits", 5), _replica("b", "tts_vits", 1),
+        _replica("c", "tts_vits", 0, draining=True), _replica("d", "stt_cpu_ws", 0),
+        _replica("e", "tts_vits", 0, healthy=False),
+    ]
+    chosen = choose_service("tts_vits", replicas, capability="synthesize")
+    assert [r.instance_id for r in chosen] == ["b", "a"]
+    assert choose_service("tts_vits", replicas, capability="compare") == []
