@@ -1,9 +1,9 @@
 """``voicemesh up --with-nginx``: real nginx in front of the real embedded mesh.
 
 Everything goes through nginx on its own loopback port: a shared clip streamed over
-the WebSocket upgrade, the live status feed, the OpenAI upload route, the control
-panel, the body limit (413) and the per-address rate limit (429), both of which nginx
-answers in the gateway's JSON error shape.
+the WebSocket upgrade, the live status feed, the OpenAI upload route, OpenAI speech
+(streamed, then transcribed back), the control panel, the body limit (413) and the
+per-address rate limit (429), both of which nginx answers in the gateway's JSON error shape.
 """
 
 from __future__ import annotations
@@ -108,6 +108,26 @@ def test_upload_within_the_limit_is_transcribed(front_door: FrontDoorMesh) -> No
     assert error_rate(JFK.text, response.json()["text"]) <= 15
     # The request id nginx made travels to the gateway and back.
     assert len(response.headers["x-request-id"]) == 32
+
+
+def test_speech_streams_through_nginx_and_transcribes_back(front_door: FrontDoorMesh) -> None:
+    text = "Hello from the front door of the voice mesh."
+    with httpx.stream("POST", f"{front_door.front}/v1/audio/speech", timeout=120,
+                      json={"model": "tts-1", "input": text, "voice": "alloy",
+                            "response_format": "wav"}) as response:
+        assert response.status_code == 200, response.read()
+        # Streamed as it is made: chunked, no Content-Length to wait for.
+        assert response.headers.get("transfer-encoding") == "chunked"
+        assert "content-length" not in response.headers
+        assert response.headers["content-type"].startswith("audio/wav")
+        audio = b"".join(response.iter_bytes())
+    assert audio[:4] == b"RIFF" and len(audio) > 16000
+    # The same front door transcribes it back: the words survive the round trip.
+    heard = httpx.post(f"{front_door.front}/v1/audio/transcriptions", timeout=120,
+                       files={"file": ("speech.wav", audio, "audio/wav")},
+                       data={"model": "whisper-1", "language": "en"})
+    assert heard.status_code == 200, heard.text
+    assert error_rate(text, heard.json()["text"]) <= 25, heard.json()["text"]
 
 
 def test_oversized_upload_gets_413_from_nginx(front_door: FrontDoorMesh) -> None:
