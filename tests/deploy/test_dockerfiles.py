@@ -181,3 +181,21 @@ def test_models_are_prepared_at_build_time_by_their_known_names(dockerfile: Path
     assert names, f"{dockerfile} prepares no model"
     for name in names:
         assert find_model(name).name == name
+
+
+def test_the_root_ignore_file_serves_every_root_context_build() -> None:
+    # The classic builder reads only <context>/.dockerignore: it must deny all and still let
+    # every COPY source of every image built from the repository root through.
+    root = DockerIgnore(REPO / ".dockerignore")
+    assert root.denies_all_first
+    files = tracked_files(REPO)
+    assert not root.included(".venv/bin/python") and not root.included("tests/conftest.py")
+    for dockerfile in DOCKERFILES:
+        context, _ = build_context(dockerfile)
+        if context != REPO.resolve():
+            continue
+        for step in dockerfile_instructions(REPO / dockerfile):
+            for source in copy_sources(step) if step.keyword == "COPY" else []:
+                inside = [f for f in files if f == source or f.startswith(source + "/")]
+                sent = [f for f in inside if root.included(f)]
+                assert sent, f"{dockerfile}: the root .dockerignore keeps out {source}"
