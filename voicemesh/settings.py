@@ -34,7 +34,14 @@ def default_home() -> Path:
 @functools.lru_cache(maxsize=1)
 def own_address() -> str:
     """This host's address as its own name resolves (a container's or a pod's IP)."""
-    return socket.gethostbyname(socket.gethostname())
+    name = socket.gethostname()
+    try:
+        return socket.gethostbyname(name)
+    except OSError as exc:
+        raise ValueError(
+            f"advertise_host=auto: this host's name {name!r} does not resolve ({exc}); "
+            "set ADVERTISE_HOST to an address or ADVERTISE_URL to a URL"
+        ) from exc
 
 
 def _new_instance_id() -> str:

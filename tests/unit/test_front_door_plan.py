@@ -133,3 +133,18 @@ def test_replicas_advertise_their_own_address(monkeypatch: pytest.MonkeyPatch) -
     both = ServiceSettings(port=8092, advertise_host="10.1.2.3",
                            advertise_url="http://stt.example:80/")
     assert both.public_url == "http://stt.example:80"
+
+
+def test_an_unresolvable_own_name_fails_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_such_host(_name: str) -> str:
+        raise socket.gaierror(-2, "Name or service not known")
+
+    own_address.cache_clear()
+    monkeypatch.setattr(socket, "gethostbyname", no_such_host)
+    try:
+        with pytest.raises(ValueError, match="ADVERTISE_HOST"):
+            _ = ServiceSettings(port=8092, advertise_host="auto").public_url
+    finally:
+        own_address.cache_clear()
