@@ -90,13 +90,13 @@ class OpenAISpeechRequest(BaseModel):
     stream_format: Literal["audio", "sse"] | None = None
 
 
-def backend_kind_for_voice(voice: str | None) -> str:
+async def backend_kind_for_voice(state: GatewayState, voice: str | None) -> str:
     """The service kind that serves ``voice``: every catalogue voice is ``tts_vits``.
 
-    The one place to route other voices elsewhere (e.g. cloned-voice profiles to
-    ``tts_clone``).
+    The one place to route other voices elsewhere (e.g. cloned-voice profiles, looked up
+    through ``state``, to ``tts_clone``).
     """
-    del voice
+    del state, voice
     return TTS_VITS
 
 
@@ -227,7 +227,8 @@ async def _forward(request: Request, what: str, call: BackendCall, *, voice: str
     status_code = 500
     routed: Routed | None = None
     try:
-        routed = await route(state, backend_kind_for_voice(voice), call, capability=capability)
+        kind = await backend_kind_for_voice(state, voice)
+        routed = await route(state, kind, call, capability=capability)
         status_code = routed.response.status_code
         return await _respond(routed)
     except VoiceMeshError as exc:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from gateway.routing import choose_service
+from gateway.state import GatewayState
 from gateway.tts import OPENAI_VOICES, backend_kind_for_voice, map_openai_voice
 from voicemesh.registry import ReplicaInfo, ReplicaLoad
 from voicemesh.tts.compare import CandidateMeasure, recommend
@@ -75,7 +78,12 @@ def test_openai_voices_map_to_the_first_installed_choice() -> None:
     assert map_openai_voice("zh-fanchen-C-3", set()) == "zh-fanchen-C-3"
     # Every OpenAI name ends with the bundled voice, so it always speaks.
     assert all(choices[-1] == "en_US-joe-medium" for choices in OPENAI_VOICES.values())
-    assert backend_kind_for_voice("en_US-joe-medium") == "tts_vits"
+
+
+async def test_catalogue_voices_are_served_by_tts_vits() -> None:
+    state = cast(GatewayState, object())  # tts_vits voices need nothing from the state
+    assert await backend_kind_for_voice(state, "en_US-joe-medium") == "tts_vits"
+    assert await backend_kind_for_voice(state, None) == "tts_vits"
 
 
 def _replica(iid: str, kind: str, active: int, **extra: object) -> ReplicaInfo:

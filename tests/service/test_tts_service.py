@@ -1,0 +1,262 @@
+"""``tts_vits`` on loopback with the real Piper voice: catalogue, formats, streaming, limits.
+
+One real uvicorn process (no Redis) serves the module; a second one with a tiny
+queue shows how excess requests are refused. Intelligibility (Whisper round trip)
+and the gateway are in ``tests/integration/test_tts.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile
+
+from tests.conftest import free_port
+from tests.helpers import ServiceProcess
+from voicemesh.audio import decode_audio_file
+from voicemesh.settings import default_home
+
+pytestmark = pytest.mark.service
+
+THREE_SENTENCES = ("The first sentence is here, and it goes on for a little while. "
+                   "Then comes the second one. And a third sentence closes the text.")
+SHORT = "Hello there. How are you today?"
+
+
+def _start(log_dir: Path, **settings: str) -> ServiceProcess:
+    env = {"VOICEMESH_REDIS_URL": "", "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
+           **{f"VOICEMESH_TTS_VITS_{k.upper()}": v for k, v in settings.items()}}
+    service = ServiceProcess("tts_vits", free_port(), env, log_dir).start()
+    try:
+        service.wait_healthy(timeout_s=120)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+@pytest.fixture(scope="module")
+def tts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """A client for one tts_vits replica with default settings."""
+    service = _start(tmp_path_factory.mktemp("tts-logs"))
+    try:
+        with httpx.Client(base_url=service.url, timeout=120) as client:
+            yield client
+    finally:
+        service.stop()
+
+
+def _decode(data: bytes, fmt: str, rate: int) -> np.ndarray:
+    if fmt == "pcm":
+        return np.frombuffer(data, "<i2").astype(np.float32) / 32768
+    return decode_audio_file(data, target_rate=rate)
+
+
+def test_health_and_registry_off(tts: httpx.Client) -> None:
+    body = tts.get("/health").json()
+    assert body["status"] == "ok"
+    assert body["service"] == "tts_vits"
+    assert body["models_loaded"] == ["piper-en_US-joe-medium"]
+    assert body["registry"] == "disabled"
+
+
+def test_voice_list_filters_and_pages(tts: httpx.Client) -> None:
+    everything = tts.get("/v1/voices", params={"limit": 500}).json()
+    assert everything["total"] == len(everything["voices"]) > 370
+    installed = tts.get("/v1/voices", params={"installed": "true"}).json()
+    assert [v["id"] for v in installed["voices"]] == ["en_US-joe-medium"]
+    assert installed["voices"][0]["installed"] is True
+    page1 = tts.get("/v1/voices", params={"language": "zh", "limit": 100}).json()
+    page2 = tts.get("/v1/voices", params={"language": "zh", "limit": 100,
+                                          "offset": page1["next_offset"]}).json()
+    assert page1["total"] == 361 and page1["next_offset"] == 100
+    assert not {v["id"] for v in page1["voices"]} & {v["id"] for v in page2["voices"]}
+    assert all(v["language"] == "zh-CN" for v in page1["voices"])
+    british = tts.get("/v1/voices", params={"language": "en-GB", "gender": "male"}).json()
+    assert {v["id"] for v in british["voices"]} == {"kokoro-bm_george", "kokoro-bm_lewis"}
+    assert all(not v["installed"] for v in british["voices"])
+    bad = tts.get("/v1/voices", params={"limit": 0})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_error"
+
+
+def test_voice_detail_carries_a_playable_sample(tts: httpx.Client) -> None:
+    body = tts.get("/v1/voices/en_US-joe-medium").json()
+    sample = body["sample"]
+    audio, rate = soundfile.read(io.BytesIO(base64.b64decode(sample["audio_base64"])))
+    assert rate == sample["sample_rate"] == 22050
+    assert abs(len(audio) / rate - sample["duration_s"]) < 0.01
+    assert 1.5 < sample["duration_s"] < 8
+    missing = tts.get("/v1/voices/kokoro-af").json()
+    assert missing["installed"] is False and missing["sample"] is None
+    unknown = tts.get("/v1/voices/nobody")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_voice"
+
+
+@pytest.mark.parametrize(("fmt", "wanted", "stated"), [
+    ("wav", None, 22050), ("wav", 16000, 16000), ("pcm", 8000, 8000), ("flac", 44100, 44100),
+    ("mp3", None, 22050), ("mp3", 16000, 16000), ("opus", None, 24000), ("opus", 48000, 48000),
+])
+def test_every_format_has_the_stated_rate_and_duration(tts: httpx.Client, fmt: str,
+                                                       wanted: int | None, stated: int) -> None:
+    body: dict[str, object] = {"text": SHORT, "format": fmt}
+    if wanted:
+        body["sample_rate"] = wanted
+    response = tts.post("/v1/synthesize", json=body)
+    assert response.status_code == 200, response.text
+    headers = response.headers
+    assert int(headers["x-voicemesh-sample-rate"]) == stated
+    assert headers["x-voicemesh-engine"] == "sherpa-onnx/piper"
+    assert headers["x-voicemesh-voice"] == "en_US-joe-medium"
+    if fmt in ("wav", "flac"):
+        info = soundfile.info(io.BytesIO(response.content))
+        assert (info.samplerate, info.channels) == (stated, 1)
+    if fmt == "pcm":
+        assert headers["content-type"].startswith(f"audio/L16;rate={stated}")
+    audio = _decode(response.content, fmt, stated)
+    stated_s = float(headers["x-voicemesh-duration"])
+    # MP3 frames pad the end by up to one frame (~26 ms at 22 kHz, 72 ms at 16 kHz).
+    assert abs(len(audio) / stated - stated_s) < 0.08, (len(audio) / stated, stated_s)
+    assert 1.2 < stated_s < 4.0
+    assert float(np.sqrt(np.mean(audio**2))) > 0.02  # speech, not silence
+
+
+def test_streaming_sends_chunks_early_and_matches_the_whole(tts: httpx.Client) -> None:
+    whole = tts.post("/v1/synthesize", json={"text": THREE_SENTENCES, "format": "pcm"})
+    whole_s = len(whole.content) / 2 / 22050
+    arrivals: list[tuple[float, int]] = []
+    started = time.monotonic()
+    with tts.stream("POST", "/v1/synthesize",
+                    json={"text": THREE_SENTENCES, "format": "pcm", "stream": True}) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["x-voicemesh-stream"] == "sentences"
+        for chunk in resp.iter_raw():
+            arrivals.append((time.monotonic() - started, len(chunk)))
+    streamed_s = sum(n for _, n in arrivals) / 2 / 22050
+    assert len(arrivals) > 1, arrivals
+    assert abs(streamed_s - whole_s) / whole_s < 0.05, (streamed_s, whole_s)
+    # The first audio is there well before the last.
+    assert arrivals[0][0] < arrivals[-1][0]
+
+
+def test_streamed_wav_and_mp3_decode(tts: httpx.Client) -> None:
+    for fmt in ("wav", "mp3", "opus", "flac"):
+        with tts.stream("POST", "/v1/synthesize",
+                        json={"text": THREE_SENTENCES, "format": fmt, "stream": True}) as resp:
+            data = resp.read()
+            rate = int(resp.headers["x-voicemesh-sample-rate"])
+        seconds = len(decode_audio_file(data, target_rate=rate)) / rate
+        assert 5.0 < seconds < 10.0, (fmt, seconds)
+
+
+def test_speed_and_volume_change_the_audio(tts: httpx.Client) -> None:
+    def synth(**extra: object) -> np.ndarray:
+        response = tts.post("/v1/synthesize", json={"text": THREE_SENTENCES, "format": "pcm",
+                                                    **extra})
+        assert response.status_code == 200, response.text
+        return np.frombuffer(response.content, "<i2").astype(np.float32) / 32768
+
+    normal, fast, slow = synth(), synth(speed=2.0), synth(speed=0.5)
+    assert len(fast) < 0.7 * len(normal) < 0.7 * len(slow)
+    quiet = synth(volume_db=-20)
+    ratio = np.sqrt(np.mean(quiet**2)) / np.sqrt(np.mean(normal**2))
+    assert 0.06 < ratio < 0.16, ratio
+
+
+@pytest.mark.parametrize(("body", "status", "code"), [
+    ({"text": ""}, 422, "empty_text"),
+    ({"text": "   \n "}, 422, "empty_text"),
+    ({"text": "word " * 1001}, 413, "text_too_long"),
+    ({"text": "Hi.", "voice": "nobody"}, 404, "unknown_voice"),
+    ({"text": "Hi.", "voice": "kokoro-af"}, 404, "voice_not_installed"),
+    ({"text": "Hi.", "speed": 2.5}, 422, "validation_error"),
+    ({"text": "Hi.", "speed": 0.1}, 422, "validation_error"),
+    ({"text": "Hi.", "format": "aac"}, 422, "validation_error"),
+    ({"text": "Hi.", "sample_rate": 100}, 422, "validation_error"),
+    ({"voice": "en_US-joe-medium"}, 422, "validation_error"),
+    ({"text": "Hi.", "stream": True, "voice": "nobody"}, 404, "unknown_voice"),
+])
+def test_bad_requests_get_clear_errors(tts: httpx.Client, body: dict[str, object], status: int,
+                                       code: str) -> None:
+    response = tts.post("/v1/synthesize", json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["message"] and error["request_id"]
+    if code == "text_too_long":
+        assert "5000" in error["message"]
+    assert tts.get("/health").status_code == 200
+
+
+def test_text_with_numbers_and_non_ascii_is_spoken(tts: httpx.Client) -> None:
+    response = tts.post("/v1/synthesize", json={
+        "text": "Dr. Müller paid $42.50 on 3 May — naïve café prices!", "format": "wav"})
+    assert response.status_code == 200
+    assert float(response.headers["x-voicemesh-duration"]) > 2.5
+
+
+def test_compare_returns_every_candidate_and_a_stated_rule(tts: httpx.Client) -> None:
+    response = tts.post("/v1/compare", json={
+        "text": "Compare how these two settings sound.",
+        "candidates": [{"voice": "en_US-joe-medium"},
+                       {"voice": "en_US-joe-medium", "speed": 1.5}],
+        "format": "mp3",
+    })
+    assert response.status_code == 200, response.text
+    body = response.json()
+    first, second = body["candidates"]
+    assert second["duration_s"] < first["duration_s"]
+    for candidate in (first, second):
+        audio = decode_audio_file(base64.b64decode(candidate["audio_base64"]),
+                                  target_rate=candidate["sample_rate"])
+        assert abs(len(audio) / candidate["sample_rate"] - candidate["duration_s"]) < 0.1
+        assert candidate["rtf"] == pytest.approx(
+            candidate["synthesis_s"] / candidate["duration_s"], rel=0.02)
+    assert body["recommendation"]["index"] in (0, 1)
+    assert "real-time factor" in body["recommendation"]["rule"]
+    bad = tts.post("/v1/compare", json={"text": "x", "candidates": [{"voice": "nobody"}]})
+    assert bad.status_code == 404
+    empty = tts.post("/v1/compare", json={"text": "x", "candidates": []})
+    assert empty.status_code == 422
+
+
+def test_metrics_report_synthesis_time_first_chunk_and_chars_per_second(
+        tts: httpx.Client) -> None:
+    tts.post("/v1/synthesize", json={"text": SHORT})
+    text = tts.get("/metrics").text
+    for name in ("voicemesh_tts_synthesis_seconds_count", "voicemesh_tts_first_chunk_seconds_count",
+                 "voicemesh_tts_chars_per_second_count", "voicemesh_tts_rtf_count"):
+        line = next(line for line in text.splitlines() if line.startswith(name))
+        assert float(line.rsplit(" ", 1)[1]) >= 1
+
+
+def test_excess_requests_are_refused_busy_and_the_service_stays_up(
+        tmp_path: Path) -> None:
+    service = _start(tmp_path, max_concurrent="1", max_queue="1", queue_timeout_s="0.5",
+                     pool_size="1")
+    try:
+        def one(_: int) -> httpx.Response:
+            return httpx.post(f"{service.url}/v1/synthesize",
+                              json={"text": THREE_SENTENCES * 2}, timeout=120)
+
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(one, range(6)))
+        codes = sorted(r.status_code for r in responses)
+        assert codes.count(200) >= 1 and codes.count(503) >= 3, codes
+        for response in responses:
+            if response.status_code == 503:
+                assert response.json()["error"]["code"] == "busy"
+            else:
+                assert soundfile.info(io.BytesIO(response.content)).duration > 8
+        assert httpx.get(f"{service.url}/health").json()["status"] == "ok"
+        after = httpx.post(f"{service.url}/v1/synthesize", json={"text": SHORT}, timeout=60)
+        assert after.status_code == 200
+    finally:
+        service.stop()
