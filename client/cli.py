@@ -1,18 +1,38 @@
-"""``voicemesh-client``: stream a file to the gateway and print the transcript live."""
+"""``voicemesh-client``: stream a file or a microphone to the gateway, or benchmark it.
+
+* ``stream FILE``: one file, real-time pace or ``--fast``; transcript and latencies;
+* ``mic``: a microphone (or ``--from-file`` as a stand-in), live partials and finals,
+  reconnecting with backoff; ``--list-devices`` shows the inputs;
+* ``bench --clients N``: concurrent sessions, per-session and summary statistics,
+  JSON files and PNG plots under ``outputs/bench/<run>/``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from client.streaming import stream_audio
 
 DEFAULT_URL = "ws://127.0.0.1:8080/ws/transcribe"
+ENCODINGS = ("pcm", "pcm_s16le", "pcm_f32le", "opus")
 
 
-def _printer(show_partials: bool):  # type: ignore[no-untyped-def]
+def _encoding(name: str) -> Any:
+    return "pcm_s16le" if name == "pcm" else name
+
+
+def _headers(args: argparse.Namespace) -> dict[str, str] | None:
+    return {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
+
+
+def _printer(show_partials: bool) -> Callable[[float, dict[str, Any]], None]:
     def show(t: float, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "partial" and show_partials:
@@ -21,13 +41,25 @@ def _printer(show_partials: bool):  # type: ignore[no-untyped-def]
             print(f"\r\033[K[{message['start']:7.2f}-{message['end']:7.2f}] {message['text']}"
                   f"   ({message['latency_ms']:.0f} ms, {message['engine']}/{message['device']})",
                   flush=True)
-        elif kind in ("error", "failover"):
+        elif kind in ("error", "failover", "reconnecting"):
             print(f"\r\033[K{kind}: {message}", file=sys.stderr, flush=True)
     return show
 
 
+def _print_latencies(stats: dict[str, Any]) -> None:
+    def ms(value: float | None) -> str:
+        return "n/a" if value is None else f"{value * 1000:.0f} ms"
+
+    chunk = stats["chunk_latency_s"]
+    print(f"first token: {ms(stats['first_token_latency_s'])}, "
+          f"end of speech -> final: {ms(stats['end_to_end_latency_s'])}, "
+          f"chunk latency median {ms(chunk['median'])} p95 {ms(chunk['p95'])}, "
+          f"RTF {stats['rtf']}, real time: {'yes' if stats['is_real_time'] else 'no'}")
+
+
 def cmd_stream(args: argparse.Namespace) -> int:
     """Stream one audio file (any format) as a microphone would, or as fast as possible."""
+    from client.stats import session_stats
     from voicemesh.audio import read_audio_file
     from voicemesh.errors import VoiceMeshError
 
@@ -39,30 +71,165 @@ def cmd_stream(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(stream_audio(
             args.url, audio, sample_rate=rate, frame_ms=args.frame_ms,
-            realtime=not args.fast, language=args.language,
-            on_message=_printer(not args.no_partials),
+            encoding=_encoding(args.encoding), realtime=not args.fast, language=args.language,
+            extra_headers=_headers(args), on_message=_printer(not args.no_partials),
         ))
     except OSError as exc:
         print(f"voicemesh-client: cannot reach {args.url}: {exc} (is `voicemesh up` running?)",
               file=sys.stderr)
         return 1
+    stats = session_stats(result, realtime=not args.fast)
     print(f"\ntranscript: {result.transcript}")
-    return 0
+    _print_latencies(stats)
+    if args.json:
+        Path(args.json).write_text(json.dumps(stats, indent=1))
+    return 0 if not result.of_type("error") else 3
+
+
+def cmd_mic(args: argparse.Namespace) -> int:
+    """Capture from a microphone (or a file stand-in) and print the transcript live."""
+    from client.mic import (
+        Backoff,
+        CaptureSource,
+        FileCaptureSource,
+        MicStreamer,
+        SoundDeviceSource,
+        list_input_devices,
+    )
+    from client.stats import session_stats
+
+    if args.list_devices:
+        devices = list_input_devices()
+        for device in devices:
+            print(f"{device['index']:3d}  {device['name']}  ({device['channels']} ch, "
+                  f"{device['default_samplerate']:.0f} Hz)")
+        if not devices:
+            print("no input device found (PortAudio sees no microphone)")
+        return 0
+
+    async def main() -> int:
+        source: CaptureSource
+        if args.from_file:
+            source = FileCaptureSource(args.from_file, args.block_ms)
+        else:
+            import sounddevice
+
+            try:
+                source = SoundDeviceSource(args.device, args.block_ms)
+            except (ValueError, OSError, sounddevice.PortAudioError) as exc:
+                print(f"voicemesh-client: no microphone: {exc} (see --list-devices, or "
+                      "--from-file FILE)", file=sys.stderr)
+                return 2
+        streamer = MicStreamer(
+            args.url, source, encoding=_encoding(args.encoding), language=args.language,
+            buffer_s=args.buffer_s, headers=_headers(args), on_message=_printer(True),
+            backoff=Backoff(args.backoff_s, args.backoff_max_s, args.reconnects))
+        try:
+            report = await streamer.run()
+        except ConnectionError as exc:
+            print(f"voicemesh-client: {exc}", file=sys.stderr)
+            return 1
+        print(f"\ntranscript: {report.result.transcript}")
+        print(f"reconnects: {report.reconnects}, replayed: {report.replayed_s} s")
+        _print_latencies(session_stats(report.result, realtime=True))
+        return 0
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run N concurrent sessions and write per-client results, a summary and plots."""
+    from client.bench import BenchConfig, format_summary, run_bench
+    from voicemesh.audio import read_audio_file
+
+    audio, rate = read_audio_file(args.file)
+    run = args.run or time.strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(args.output) / run
+    config = BenchConfig(
+        url=args.url, clients=args.clients, delay_s=args.delay, max_workers=args.max_workers,
+        timeout_s=args.timeout, chunk_ms=args.chunk_ms, encoding=_encoding(args.encoding),
+        realtime=not args.fast, language=args.language, slack_s=args.slack,
+        headers=_headers(args))
+    summary = run_bench(config, audio, rate, out_dir, progress=not args.no_progress)
+    print(format_summary(summary))
+    print(f"files: {out_dir}/ ({', '.join(summary['files'])})")
+    return 0 if summary["completed"] else 1
+
+
+def _default_clip() -> str | None:
+    here = Path(__file__).resolve().parent.parent
+    for base in (here / "shared", here.parent / "shared"):
+        clip = base / "testdata" / "speech" / "whisper-jfk.wav"
+        if clip.is_file():
+            return str(clip)
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``voicemesh-client`` argument parser."""
+    parser = argparse.ArgumentParser(prog="voicemesh-client", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", default=DEFAULT_URL, help=f"gateway WebSocket ({DEFAULT_URL})")
+        p.add_argument("--api-key", help="gateway API key (when auth is on)")
+        p.add_argument("--language", help="language code, e.g. en (default: detect)")
+        p.add_argument("--encoding", choices=ENCODINGS, default="pcm",
+                       help="wire encoding: pcm (16-bit) or opus (20 ms packets)")
+
+    stream = sub.add_parser("stream", help="stream an audio file to /ws/transcribe")
+    stream.add_argument("file", help="wav, flac, mp3, ogg, webm, ...")
+    common(stream)
+    stream.add_argument("--frame-ms", type=float, default=40.0, help="audio per frame")
+    stream.add_argument("--fast", action="store_true", help="send as fast as possible")
+    stream.add_argument("--no-partials", action="store_true", help="print finals only")
+    stream.add_argument("--json", help="also write the session's statistics to this file")
+    stream.set_defaults(func=cmd_stream)
+
+    mic = sub.add_parser("mic", help="stream a microphone live")
+    common(mic)
+    mic.add_argument("--list-devices", action="store_true", help="list input devices and exit")
+    mic.add_argument("--device", help="input device index or name (default: the system's)")
+    mic.add_argument("--from-file", help="capture from this file instead, at real-time pace")
+    mic.add_argument("--block-ms", type=float, default=40.0, help="audio per captured block")
+    mic.add_argument("--buffer-s", type=float, default=30.0,
+                     help="sliding buffer kept for replay after a reconnect")
+    mic.add_argument("--reconnects", type=int, default=8, help="reconnect attempts")
+    mic.add_argument("--backoff-s", type=float, default=0.5, help="first reconnect delay")
+    mic.add_argument("--backoff-max-s", type=float, default=8.0, help="longest reconnect delay")
+    mic.set_defaults(func=cmd_mic)
+
+    bench = sub.add_parser("bench", help="concurrent sessions and their latencies")
+    common(bench)
+    clip = _default_clip()
+    bench.add_argument("--file", default=clip, required=clip is None,
+                       help=f"audio each client streams (default: {clip})")
+    bench.add_argument("--clients", type=int, default=4, help="concurrent sessions")
+    bench.add_argument("--delay", type=float, default=0.5, help="seconds between starts")
+    bench.add_argument("--max-workers", type=int, help="sessions at once (default: all)")
+    bench.add_argument("--timeout", type=float, default=120.0, help="per-session timeout, s")
+    bench.add_argument("--chunk-ms", type=float, default=40.0, help="audio per frame")
+    bench.add_argument("--fast", action="store_true", help="not real time: as fast as possible")
+    bench.add_argument("--slack", type=float, default=2.0,
+                       help="real time: last final at most this long after the last frame")
+    bench.add_argument("--output", default="outputs/bench", help="folder for the run folders")
+    bench.add_argument("--run", help="run folder name (default: a timestamp)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.set_defaults(func=cmd_bench)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``voicemesh-client``."""
-    parser = argparse.ArgumentParser(prog="voicemesh-client", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    stream = sub.add_parser("stream", help="stream an audio file to /ws/transcribe")
-    stream.add_argument("file", help="wav, flac, mp3, ogg, webm, ...")
-    stream.add_argument("--url", default=DEFAULT_URL, help=f"gateway WebSocket ({DEFAULT_URL})")
-    stream.add_argument("--language", help="language code, e.g. en (default: detect)")
-    stream.add_argument("--frame-ms", type=float, default=40.0, help="audio per frame")
-    stream.add_argument("--fast", action="store_true", help="send as fast as possible")
-    stream.add_argument("--no-partials", action="store_true", help="print finals only")
-    args = parser.parse_args(argv)
-    return cmd_stream(args)
+    args = build_parser().parse_args(argv)
+    if getattr(args, "device", None) is not None and args.device.isdigit():
+        args.device = int(args.device)
+    result: int = args.func(args)
+    return result
 
 
 if __name__ == "__main__":

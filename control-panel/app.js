@@ -253,6 +253,11 @@ async function startMic() {
   $("mic-finals").innerHTML = "";
   $("mic-partial").textContent = "";
   show("mic-info", "");
+  if (!window.isSecureContext || !navigator.mediaDevices) {
+    show("mic-info", "The browser allows the microphone only on https:// pages or on localhost.", true);
+    $("mic-start").disabled = false;
+    return;
+  }
   try {
     mic.stream = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
@@ -312,6 +317,7 @@ function onMicMessage(message) {
       const felt = Math.max(0, now - mic.t0 - message.end * 1000);
       const line = document.createElement("div");
       line.className = "final";
+      Object.assign(line.dataset, { text: message.text, start: message.start, end: message.end });
       line.innerHTML = `${esc(message.text)}<span class="lat">${message.start.toFixed(1)}–${message.end.toFixed(1)} s · server ${Math.round(message.latency_ms)} ms · felt ${Math.round(felt)} ms · ${esc(message.reason || "")}</span>`;
       $("mic-finals").append(line);
       $("mic-partial").textContent = "";
@@ -368,8 +374,9 @@ async function loadVoices() {
   const body = $("voices").tBodies[0];
   body.innerHTML = '<tr><td colspan="5" class="note">loading…</td></tr>';
   try {
-    const answer = await api("/v1/tts/voices", { what: "TTS voices" });
+    const answer = await api("/v1/tts/voices?limit=500", { what: "TTS voices" });
     panel.voices = Array.isArray(answer) ? answer : answer.voices || answer.data || [];
+    panel.defaultVoice = answer.default_voice || null;
   } catch (exc) {
     panel.voices = [];
     body.innerHTML = `<tr><td colspan="5" class="voices-error" style="color:var(--bad)">${esc(exc.message)}</td></tr>`;
@@ -377,10 +384,14 @@ async function loadVoices() {
   }
   fillFilter("voice-language", panel.voices.map((v) => v.language));
   fillFilter("voice-gender", panel.voices.map((v) => v.gender));
+  const usable = panel.voices.filter((v) => v.installed !== false);
   for (const id of ["tts-voice", "ab-a", "ab-b"]) {
-    $(id).innerHTML = panel.voices.map((v) => `<option value="${esc(voiceId(v))}">${esc(voiceLabel(v))}</option>`).join("");
+    $(id).innerHTML = usable.map((v) => `<option value="${esc(voiceId(v))}">${esc(voiceLabel(v))}</option>`).join("");
   }
-  if (panel.voices.length > 1) $("ab-b").selectedIndex = 1;
+  if (panel.defaultVoice && usable.some((v) => voiceId(v) === panel.defaultVoice)) {
+    $("tts-voice").value = panel.defaultVoice; $("ab-a").value = panel.defaultVoice;
+  }
+  if (usable.length > 1) $("ab-b").selectedIndex = 1;
   renderVoices();
 }
 
@@ -396,13 +407,16 @@ function renderVoices() {
   const language = $("voice-language").value;
   const gender = $("voice-gender").value;
   const search = $("voice-search").value.trim().toLowerCase();
+  const installedOnly = $("voice-installed").checked;
   const shown = panel.voices.filter((v) =>
     (!language || v.language === language) && (!gender || v.gender === gender) &&
+    (!installedOnly || v.installed !== false) &&
     (!search || `${voiceId(v)} ${v.name || ""} ${v.description || ""}`.toLowerCase().includes(search)));
   $("voices").tBodies[0].innerHTML = shown.map((v) => `<tr data-voice="${esc(voiceId(v))}">
       <td>${esc(voiceLabel(v))}</td><td>${esc(v.language || "?")}</td><td>${esc(v.gender || "–")}</td>
-      <td>${esc(v.engine || v.model || "")}</td>
-      <td><button class="play-voice" data-voice="${esc(voiceId(v))}">Play</button></td></tr>`).join("") ||
+      <td>${esc(v.family || v.engine || v.model || "")}</td>
+      <td>${v.installed === false ? '<span class="note">not installed</span>'
+        : `<button class="play-voice" data-voice="${esc(voiceId(v))}">Play</button>`}</td></tr>`).join("") ||
     `<tr><td colspan="5" class="note">${panel.voices.length ? "no voice matches the filters" : "the TTS service lists no voice"}</td></tr>`;
 }
 
@@ -429,16 +443,23 @@ function base64Blob(b64, type) {
   return new Blob([bytes], { type });
 }
 
-async function play(audioId, result) {
+function play(audioId, result) {
   const audio = $(audioId);
   if (audio.dataset.url) URL.revokeObjectURL(audio.dataset.url);
   audio.dataset.url = result.url;
   audio.src = result.url;
-  try { await audio.play(); } catch (_) { /* autoplay may be blocked; the controls remain */ }
+  // Not awaited: play() settles only once sound starts, which the caller need not wait for.
+  audio.play().catch(() => { /* autoplay may be blocked; the controls remain */ });
+}
+
+/** The volume slider is a linear gain; the service takes decibels. */
+function volumeDb() {
+  const gain = Number($("tts-volume").value);
+  return gain <= 0.001 ? -60 : Math.max(-60, Math.min(20, 20 * Math.log10(gain)));
 }
 
 function ttsPayload(text, voice) {
-  return { text, input: text, voice, speed: Number($("tts-speed").value), volume: Number($("tts-volume").value) };
+  return { text, voice, speed: Number($("tts-speed").value), volume_db: volumeDb(), format: "wav" };
 }
 
 async function runTts() {
@@ -449,7 +470,7 @@ async function runTts() {
   const started = performance.now();
   try {
     const result = await synthesize("/v1/tts/synthesize", ttsPayload(text, $("tts-voice").value), "TTS");
-    await play("tts-audio", result);
+    play("tts-audio", result);
     show("tts-info", `${result.info} · ${Math.round(performance.now() - started)} ms`);
   } catch (exc) {
     show("tts-info", exc.message, true);
@@ -464,7 +485,7 @@ async function playVoice(voice) {
   try {
     const text = "Hello, this is how I sound.";
     const result = await synthesize("/v1/tts/synthesize", ttsPayload(text, voice), `Voice ${voice}`);
-    await play("tts-audio", result);
+    play("tts-audio", result);
     show("tts-info", `${voice}: ${result.info}`);
   } catch (exc) {
     show("tts-info", exc.message, true);
@@ -476,17 +497,20 @@ async function runCompare() {
   const voices = [$("ab-a").value, $("ab-b").value];
   show("ab-a-info", "…"); show("ab-b-info", "…");
   try {
+    const speed = Number($("tts-speed").value);
     const answer = await api("/v1/tts/compare", { method: "POST", what: "A/B compare",
-      json: { text, voices, speed: Number($("tts-speed").value), volume: Number($("tts-volume").value) } });
-    const items = answer.results || answer.items || answer;
+      json: { text, candidates: voices.map((voice) => ({ voice, speed })), format: "wav" } });
+    const items = answer.candidates || answer.results || [];
+    const best = answer.recommendation ? answer.recommendation.index : null;
     ["a", "b"].forEach((side, i) => {
       const item = items[i] || {};
       const b64 = item.audio_base64 || item.audio;
       if (!b64) { show(`ab-${side}-info`, item.error ? item.error.message || String(item.error) : "no audio", true); return; }
       const url = URL.createObjectURL(base64Blob(b64, item.content_type || "audio/wav"));
       $(`ab-${side}-audio`).src = url;
-      const ms = item.latency_ms !== undefined ? ` · ${Math.round(item.latency_ms)} ms` : "";
-      show(`ab-${side}-info`, `${item.voice || voices[i]}${item.engine ? ` · ${item.engine}` : ""}${ms}`);
+      const rtf = item.rtf !== undefined ? ` · RTF ${item.rtf}` : "";
+      const length = item.duration_s !== undefined ? ` · ${item.duration_s} s` : "";
+      show(`ab-${side}-info`, `${item.voice || voices[i]}${item.engine ? ` · ${item.engine}` : ""}${length}${rtf}${best === i ? " · recommended" : ""}`);
     });
   } catch (exc) {
     show("ab-a-info", exc.message, true); show("ab-b-info", "", false);
@@ -514,8 +538,10 @@ async function uploadReference(event) {
   if (!file) { out.className = "validation bad"; out.textContent = "Choose a reference audio file."; return; }
   const form = new FormData();
   form.append("name", $("clone-name").value.trim());
-  form.append("file", file);
-  if ($("clone-ref-text").value.trim()) form.append("reference_text", $("clone-ref-text").value.trim());
+  form.append("audio", file);
+  if ($("clone-ref-text").value.trim()) form.append("prompt_text", $("clone-ref-text").value.trim());
+  if ($("clone-language").value) form.append("language", $("clone-language").value);
+  form.append("consent", $("clone-consent").checked ? "true" : "false");
   out.className = "validation"; out.textContent = "uploading and validating…";
   try {
     const answer = await api("/v1/clone/voices", { method: "POST", form, what: "Reference upload" });
@@ -531,9 +557,18 @@ async function uploadReference(event) {
   }
 }
 
+/** The service's verdict on a reference: the profile it made, or why it refused. */
 function formatValidation(answer) {
-  const validation = answer.validation || answer.checks || answer;
-  return Object.entries(validation).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join("\n");
+  const lines = [];
+  if (answer.voice_id) lines.push(`accepted as ${answer.voice_id} "${answer.name}"`);
+  for (const key of ["language", "duration_s", "prompt_text", "prompt_source", "code", "message"]) {
+    if (answer[key] !== undefined && answer[key] !== null) lines.push(`${key}: ${answer[key]}`);
+  }
+  const quality = answer.quality || answer.validation || answer.details;
+  if (quality && typeof quality === "object") {
+    for (const [k, v] of Object.entries(quality)) lines.push(`  ${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`);
+  }
+  return lines.join("\n");
 }
 
 async function runClone() {
@@ -542,8 +577,8 @@ async function runClone() {
   if (!voice) { show("clone-info", "Upload or pick a cloned voice first.", true); return; }
   show("clone-info", "synthesizing…");
   try {
-    const result = await synthesize("/v1/clone/synthesize", { text, voice, voice_id: voice }, "Clone");
-    await play("clone-audio", result);
+    const result = await synthesize("/v1/clone/synthesize", { text, voice_id: voice, format: "wav" }, "Clone");
+    play("clone-audio", result);
     show("clone-info", result.info);
   } catch (exc) {
     show("clone-info", exc.message, true);
@@ -578,7 +613,7 @@ function wire() {
   $("mic-start").addEventListener("click", startMic);
   $("mic-stop").addEventListener("click", stopMic);
   $("voices-reload").addEventListener("click", loadVoices);
-  ["voice-language", "voice-gender", "voice-search"].forEach((id) => $(id).addEventListener("input", renderVoices));
+  ["voice-language", "voice-gender", "voice-search", "voice-installed"].forEach((id) => $(id).addEventListener("input", renderVoices));
   $("voices").addEventListener("click", (event) => {
     const button = event.target.closest(".play-voice");
     if (button) playVoice(button.dataset.voice);

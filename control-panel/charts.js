@@ -56,6 +56,11 @@ class LiveChart {
       });
       ctx.stroke();
       ctx.fillStyle = s.color;
+      // Dots as well as lines: a lone sample between gaps still shows.
+      s.values.forEach((v, i) => {
+        if (v === null) return;
+        ctx.fillRect(left + (offset + i) * step - 1.5, bottom - ((bottom - up) * v) / top - 1.5, 3, 3);
+      });
       ctx.fillText(s.label, left + 6 + index * 70, height - 3);
     });
   }

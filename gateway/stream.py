@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection
 
 from gateway.routing import choose_backends, choose_detector, is_gpu
 from gateway.state import GatewayState
-from voicemesh.audio import PcmStreamDecoder
+from voicemesh.audio import AudioStreamDecoder, PcmStreamDecoder, stream_decoder
 from voicemesh.errors import BackendClosed, BackendTimeout, EngineUnavailable, VoiceMeshError
 from voicemesh.protocol import (
     ErrorMessage,
@@ -135,7 +135,8 @@ class GatewayStream:
         self.view = state.view
         self.metrics = state.metrics
         self.session_id = uuid.uuid4().hex[:12]
-        self.decoder = PcmStreamDecoder(max_frame_bytes=self.settings.max_frame_bytes)
+        self.decoder: AudioStreamDecoder = PcmStreamDecoder(
+            max_frame_bytes=self.settings.max_frame_bytes)
         self.language: str | None = None
         self.buffer = SessionBuffer()
         self.backend: Backend | None = None
@@ -247,7 +248,7 @@ class GatewayStream:
             await self.error("bad_message", "'start' must come before the first audio frame")
             return
         try:
-            self.decoder = PcmStreamDecoder(
+            self.decoder = stream_decoder(
                 sample_rate=start.sample_rate, encoding=start.encoding, channels=start.channels,
                 max_frame_bytes=self.settings.max_frame_bytes)
         except VoiceMeshError as exc:

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from voicemesh.audio import PcmStreamDecoder
+from voicemesh.audio import AudioStreamDecoder, PcmStreamDecoder, stream_decoder
 from voicemesh.errors import VoiceMeshError
 from voicemesh.http import install_http_basics
 from voicemesh.lifecycle import registry_status, start_heartbeat, stop_heartbeat
@@ -169,7 +169,7 @@ class DetectSession:
         self.ws = ws
         self.state = state
         s = state.settings
-        self.decoder = PcmStreamDecoder(max_frame_bytes=s.max_frame_bytes)
+        self.decoder: AudioStreamDecoder = PcmStreamDecoder(max_frame_bytes=s.max_frame_bytes)
         self.vad = StreamingVad()
         self.endpointer = Endpointer(EndpointerConfig(
             threshold=s.threshold, neg_threshold=max(0.01, s.threshold - 0.15),
@@ -203,7 +203,7 @@ class DetectSession:
                                 .model_dump_json())
                 continue
             if isinstance(control, StartMessage):
-                self.decoder = PcmStreamDecoder(
+                self.decoder = stream_decoder(
                     sample_rate=control.sample_rate, encoding=control.encoding,
                     channels=control.channels,
                     max_frame_bytes=self.state.settings.max_frame_bytes)

@@ -3,6 +3,9 @@
 Everything here hands out float32 mono arrays in [-1, 1] at :data:`SAMPLE_RATE` unless
 told otherwise. :class:`PcmStreamDecoder` sits on the WebSocket hot path, so it checks a
 frame completely before it touches any state: a rejected frame costs the session nothing.
+:class:`OpusStreamDecoder` does the same job for Opus: each binary frame is exactly one
+raw Opus packet (no Ogg or WebM container; clients send 20 ms packets), decoded with
+libopus through PyAV. :func:`stream_decoder` picks one from a ``start`` message.
 
 ``soundfile`` and ``av`` (the ``codecs`` extra) are imported only when a file is decoded,
 so the streaming path needs nothing beyond numpy and soxr.
@@ -15,7 +18,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import soxr
@@ -26,6 +29,9 @@ _LOGGER = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 PcmEncoding = Literal["pcm_s16le", "pcm_f32le"]
+StreamEncoding = Literal["pcm_s16le", "pcm_f32le", "opus"]
+OPUS_DECODE_RATE = 48000
+"""libopus decodes every packet at 48 kHz whatever rate the encoder was given."""
 
 _BYTES_PER_SAMPLE: dict[str, int] = {"pcm_s16le": 2, "pcm_f32le": 4}
 _PCM16_SCALE = np.float32(1.0 / 32768.0)
@@ -210,6 +216,195 @@ class PcmStreamDecoder:
         tail: np.ndarray = self._resampler.resample_chunk(_EMPTY, last=True)
         self._resampler.clear()
         return tail
+
+
+class AudioStreamDecoder(Protocol):
+    """What a WebSocket session needs from its decoder, whatever the wire encoding."""
+
+    @property
+    def seconds_in(self) -> float:
+        """Seconds of input audio consumed so far."""
+        ...
+
+    def decode(self, frame: bytes) -> np.ndarray:
+        """Decode one binary frame into float32 mono at the target rate."""
+        ...
+
+    def to_pcm16_16k(self, frame: bytes) -> bytes:
+        """Decode one frame and return it as 16-bit PCM bytes at the target rate."""
+        ...
+
+    def flush(self) -> np.ndarray:
+        """Return the buffered tail."""
+        ...
+
+
+def _bad_opus(message: str) -> BadAudio:
+    return BadAudio(message, code="bad_opus_packet")
+
+
+class OpusStreamDecoder:
+    """Turns one session's Opus packets (one raw packet per frame) into float32 mono."""
+
+    def __init__(
+        self,
+        *,
+        channels: int = 1,
+        target_rate: int = SAMPLE_RATE,
+        max_frame_bytes: int = 1_048_576,
+    ) -> None:
+        _check_rate(target_rate, "target_rate")
+        if channels not in (1, 2):
+            raise BadAudio(f"opus streams have 1 or 2 channels, got {channels}",
+                           code="bad_channels")
+        try:
+            import av
+        except ImportError as exc:
+            raise BadAudio("encoding 'opus' needs PyAV (the voicemesh[codecs] extra)",
+                           code="bad_encoding") from exc
+        self._av = av
+        name = "libopus" if "libopus" in av.codecs_available else "opus"
+        codec = av.CodecContext.create(name, "r")
+        if not isinstance(codec, av.AudioCodecContext):
+            raise BadAudio(f"PyAV's {name} is not an audio codec", code="bad_encoding")
+        self._codec = codec
+        self._codec.sample_rate = OPUS_DECODE_RATE
+        self._codec.layout = "mono" if channels == 1 else "stereo"
+        self.channels = channels
+        self.target_rate = target_rate
+        self.max_frame_bytes = max_frame_bytes
+        self._samples_in = 0
+        self._resampler = soxr.ResampleStream(
+            OPUS_DECODE_RATE, target_rate, 1, dtype="float32", quality=_RESAMPLE_QUALITY)
+
+    @property
+    def seconds_in(self) -> float:
+        """Seconds of decoded audio so far."""
+        return self._samples_in / OPUS_DECODE_RATE
+
+    def _packet_to_mono(self, frame: bytes) -> np.ndarray:
+        if len(frame) > self.max_frame_bytes:
+            raise PayloadTooLarge(
+                f"opus packet of {len(frame)} bytes is over the limit of "
+                f"{self.max_frame_bytes} bytes", code="frame_too_large")
+        try:
+            frames = self._codec.decode(self._av.Packet(frame))
+        except (self._av.error.FFmpegError, ValueError) as exc:
+            raise _bad_opus(
+                f"binary frame is not one valid Opus packet ({len(frame)} bytes): {exc}"
+            ) from exc
+        chunks = []
+        for decoded in frames:
+            if decoded.sample_rate != OPUS_DECODE_RATE:
+                raise _bad_opus(f"opus decoded at {decoded.sample_rate} Hz, expected 48000")
+            samples = decoded.to_ndarray()
+            if decoded.format.is_planar:
+                mono = samples.mean(axis=0, dtype=np.float32) if samples.shape[0] > 1 \
+                    else samples[0].astype(np.float32)
+            else:
+                mono = _sum_channels(samples.reshape(-1, self.channels)) / np.float32(
+                    self.channels)
+            if samples.dtype == np.int16:
+                mono = mono * _PCM16_SCALE
+            chunks.append(mono.astype(np.float32, copy=False))
+        return np.concatenate(chunks) if chunks else _empty()
+
+    def decode(self, frame: bytes) -> np.ndarray:
+        """Decode one Opus packet into float32 mono at ``target_rate`` (may be shorter)."""
+        if not frame:
+            return _empty()
+        mono = self._packet_to_mono(frame)
+        self._samples_in += mono.shape[0]
+        out: np.ndarray = self._resampler.resample_chunk(mono)
+        return out
+
+    def to_pcm16_16k(self, frame: bytes) -> bytes:
+        """Decode one packet and return it as 16-bit PCM bytes at ``target_rate``."""
+        return float32_to_pcm16(self.decode(frame))
+
+    def flush(self) -> np.ndarray:
+        """Return the resampler's buffered tail; later packets start a fresh resampler."""
+        tail: np.ndarray = self._resampler.resample_chunk(_EMPTY, last=True)
+        self._resampler.clear()
+        return tail
+
+
+class OpusStreamEncoder:
+    """Float32 mono at 16 kHz -> raw Opus packets of ``frame_ms`` (the client side of ``opus``)."""
+
+    def __init__(self, *, sample_rate: int = SAMPLE_RATE, frame_ms: int = 20,
+                 bitrate: int = 32000) -> None:
+        if sample_rate not in (8000, 12000, 16000, 24000, 48000):
+            raise BadAudio(f"opus encodes 8, 12, 16, 24 or 48 kHz, got {sample_rate}",
+                           code="bad_sample_rate")
+        if frame_ms not in (10, 20, 40, 60):
+            raise ValueError(f"frame_ms must be 10, 20, 40 or 60, got {frame_ms}")
+        import av
+
+        codec = av.CodecContext.create("libopus", "w")
+        if not isinstance(codec, av.AudioCodecContext):
+            raise BadAudio("PyAV's libopus is not an audio codec", code="bad_encoding")
+        codec.sample_rate = sample_rate
+        codec.layout = "mono"
+        codec.format = "s16"
+        codec.bit_rate = bitrate
+        codec.options = {"application": "voip", "frame_duration": str(frame_ms)}
+        codec.open()
+        self._av = av
+        self._codec = codec
+        self.sample_rate = sample_rate
+        self.frame_samples = sample_rate * frame_ms // 1000
+        self._pending = _empty()
+        self._pts = 0
+
+    def _encode_frame(self, samples: np.ndarray) -> list[bytes]:
+        pcm = np.frombuffer(float32_to_pcm16(samples), dtype="<i2").reshape(1, -1)
+        frame = self._av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = self.sample_rate
+        frame.pts = self._pts
+        self._pts += pcm.shape[1]
+        return [bytes(packet) for packet in self._codec.encode(frame)]
+
+    def encode(self, samples: np.ndarray) -> list[bytes]:
+        """Encode what whole frames ``samples`` completes; the rest waits for more."""
+        pending = np.concatenate([self._pending, np.asarray(samples, dtype=np.float32)])
+        packets: list[bytes] = []
+        whole = pending.size - pending.size % self.frame_samples
+        for start in range(0, whole, self.frame_samples):
+            packets += self._encode_frame(pending[start:start + self.frame_samples])
+        self._pending = pending[whole:]
+        return packets
+
+    def flush(self) -> list[bytes]:
+        """Pad the last partial frame with silence and drain the encoder."""
+        packets: list[bytes] = []
+        if self._pending.size:
+            pad = np.zeros(self.frame_samples - self._pending.size, dtype=np.float32)
+            packets += self._encode_frame(np.concatenate([self._pending, pad]))
+            self._pending = _empty()
+        packets += [bytes(packet) for packet in self._codec.encode(None)]
+        return packets
+
+
+def stream_decoder(
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    encoding: str = "pcm_s16le",
+    channels: int = 1,
+    target_rate: int = SAMPLE_RATE,
+    max_frame_bytes: int = 1_048_576,
+) -> AudioStreamDecoder:
+    """The decoder a ``start`` message asks for (``sample_rate`` is unused for Opus)."""
+    if encoding == "opus":
+        return OpusStreamDecoder(channels=channels, target_rate=target_rate,
+                                 max_frame_bytes=max_frame_bytes)
+    if encoding not in _BYTES_PER_SAMPLE:
+        raise BadAudio(
+            f"encoding must be one of {[*sorted(_BYTES_PER_SAMPLE), 'opus']}, got {encoding!r}",
+            code="bad_encoding")
+    pcm: PcmEncoding = "pcm_s16le" if encoding == "pcm_s16le" else "pcm_f32le"
+    return PcmStreamDecoder(sample_rate=sample_rate, encoding=pcm, channels=channels,
+                            target_rate=target_rate, max_frame_bytes=max_frame_bytes)
 
 
 # ---------------------------------------------------------------- files

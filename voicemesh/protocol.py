@@ -2,7 +2,7 @@
 
 Client -> STT (gateway or engine), over ``WS /ws/transcribe``:
   * optional first text message :class:`StartMessage`;
-  * binary audio frames in the declared encoding;
+  * binary audio frames in the declared encoding (``opus``: one raw Opus packet each);
   * ``<flush>`` (the seed protocol) or :class:`FlushMessage`; :class:`StopMessage`.
 
 STT -> client: :class:`ReadyMessage`, :class:`PartialMessage`, :class:`FinalMessage`,
@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from voicemesh.errors import BadRequest
 
-Encoding = Literal["pcm_s16le", "pcm_f32le"]
+Encoding = Literal["pcm_s16le", "pcm_f32le", "opus"]
 FinalReason = Literal["endpoint", "flush", "stop", "max_length"]
 FLUSH_TEXT = "<flush>"
 MIN_SAMPLE_RATE = 8000

@@ -767,6 +767,7 @@ def _print_urls(state: MeshState) -> None:
         ws = gateway.url.replace("http://", "ws://", 1)
         _say(f"  {'gateway':<{width}}  {gateway.url}")
         _say(f"  {'streaming':<{width}}  {ws}/ws/transcribe")
+        _say(f"  {'panel':<{width}}  {gateway.url}/")
     for item in state.services:
         if item.name != GATEWAY and item.kind != "nginx":
             _say(f"  {item.label:<{width}}  {item.url}")

@@ -19,7 +19,12 @@ from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket, WebSock
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import Field
 
-from voicemesh.audio import PcmStreamDecoder, decode_audio_file
+from voicemesh.audio import (
+    AudioStreamDecoder,
+    PcmStreamDecoder,
+    decode_audio_file,
+    stream_decoder,
+)
 from voicemesh.errors import BadRequest, PayloadTooLarge, VoiceMeshError
 from voicemesh.http import install_http_basics
 from voicemesh.lifecycle import (
@@ -294,7 +299,8 @@ class StreamHandler:
         self.state = state
         self.settings = state.settings
         self.session_id = uuid.uuid4().hex[:12]
-        self.decoder = PcmStreamDecoder(max_frame_bytes=self.settings.max_frame_bytes)
+        self.decoder: AudioStreamDecoder = PcmStreamDecoder(
+            max_frame_bytes=self.settings.max_frame_bytes)
         self.session: StreamingSession | None = None
         self.audio_seen = False
         self._send_lock = asyncio.Lock()
@@ -402,9 +408,13 @@ class StreamHandler:
         except VoiceMeshError as exc:
             await self.error(exc.code, exc.message)
             return
-        self.decoder = PcmStreamDecoder(
-            sample_rate=start.sample_rate, encoding=start.encoding, channels=start.channels,
-            max_frame_bytes=self.settings.max_frame_bytes,
-        )
+        try:
+            self.decoder = stream_decoder(
+                sample_rate=start.sample_rate, encoding=start.encoding, channels=start.channels,
+                max_frame_bytes=self.settings.max_frame_bytes,
+            )
+        except VoiceMeshError as exc:
+            await self.error(exc.code, exc.message)
+            return
         assert self.session is not None
         self.session.config.language = language
