@@ -1,0 +1,319 @@
+"""``tts_clone`` in-process with real Redis and the real CPU engine (VITS + WORLD).
+
+Profiles: validation of uploads, ownership by key identity. Synthesis: the CPU
+engine, the result cache, and the fallback when a registered GPT-SoVITS backend is
+down.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from fastapi.testclient import TestClient
+
+from tests.conftest import RedisServer, free_port
+from tests.helpers import SPEECH_DIR, clip_named
+from voicemesh.audio import read_audio_file
+from voicemesh.clone.engines import WorldAdaptedVits
+from voicemesh.clone.service import OWNER_HEADER, CloneSettings, create_clone_app
+
+pytestmark = pytest.mark.service
+
+REFERENCE = "pocketsphinx-librivox-0870.wav"
+ALICE = {OWNER_HEADER: "key-aaaaaaaa"}
+BOB = {OWNER_HEADER: "key-bbbbbbbb"}
+
+
+@pytest.fixture(scope="session")
+def cpu_engine() -> WorldAdaptedVits:
+    """The real CPU cloning engine on the bundled Piper voice (loaded once)."""
+    from voicemesh.clone.vits import load_base_voice
+
+    engine = WorldAdaptedVits(load_base_voice("en_US-joe-medium"), "en_US-joe-medium")
+    assert engine.source.f0_hz > 0
+    return engine
+
+
+def make_settings(redis: RedisServer, home: Path, **overrides: object) -> CloneSettings:
+    values: dict[str, object] = {
+        "port": free_port(), "redis_url": redis.url, "key_prefix": f"t{free_port()}",
+        "voices_dir": home / "voices", "cache_dir": home / "cache",
+        "backend_refresh_s": 0.2, "heartbeat_interval_s": 0.5, **overrides}
+    return CloneSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def client(redis_server: RedisServer, tmp_path: Path,
+           cpu_engine: WorldAdaptedVits) -> Iterator[TestClient]:
+    with TestClient(create_clone_app(make_settings(redis_server, tmp_path),
+                                     cpu_engine=cpu_engine), headers=ALICE) as test_client:
+        yield test_client
+
+
+def wav_of(samples: np.ndarray, rate: int = 16000) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def upload(client: TestClient, data: bytes, headers: dict[str, str] | None = None,
+           **fields: str) -> tuple[int, dict[str, object]]:
+    form = {"name": "me", "language": "en", "consent": "true",
+            "prompt_text": clip_named(REFERENCE).text, **fields}
+    response = client.post("/v1/voices", files={"audio": ("ref.wav", data, "audio/wav")},
+                           data=form, headers=headers)
+    body: dict[str, object] = response.json()
+    return response.status_code, body
+
+
+def reference_bytes(name: str = REFERENCE) -> bytes:
+    return (SPEECH_DIR / name).read_bytes()
+
+
+def error_code(body: dict[str, object]) -> str:
+    error = body["error"]
+    assert isinstance(error, dict)
+    assert error["message"]
+    return str(error["code"])
+
+
+# ---------------------------------------------------------------- profiles
+
+
+def test_upload_stores_audio_by_hash_and_metadata(client: TestClient, tmp_path: Path) -> None:
+    status, body = upload(client, reference_bytes())
+    assert status == 201, body
+    assert str(body["voice_id"]).startswith("v_")
+    assert "owner" not in body
+    digest = str(body["audio_sha256"])
+    stored = tmp_path / "voices" / f"{digest}.wav"
+    assert stored.is_file()
+    import hashlib
+
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest
+    audio, rate = read_audio_file(stored)
+    assert rate == 32000
+    assert 3.0 <= audio.size / rate <= 10.0
+    quality = body["quality"]
+    assert isinstance(quality, dict) and quality["snr_db"] > 12  # type: ignore[operator]
+    assert client.get(f"/v1/voices/{body['voice_id']}", headers=ALICE).json() == body
+
+
+def test_too_short_is_422(client: TestClient) -> None:
+    status, body = upload(client, reference_bytes("pocketsphinx-goforward.wav"))
+    assert status == 422
+    assert error_code(body) == "reference_too_short"
+
+
+def test_too_long_keeps_ten_seconds_and_says_so(client: TestClient) -> None:
+    a, rate = read_audio_file(SPEECH_DIR / REFERENCE)
+    b, _ = read_audio_file(SPEECH_DIR / "pocketsphinx-librivox-0890.wav")
+    status, body = upload(client, wav_of(np.concatenate([a, b]), rate))
+    assert status == 201, body
+    assert body["duration_s"] == pytest.approx(10.0, abs=0.05)
+    quality = body["quality"]
+    assert isinstance(quality, dict)
+    assert "best 10 s window" in quality["warnings"][0]
+
+
+def test_silent_is_422(client: TestClient) -> None:
+    status, body = upload(client, wav_of(np.zeros(16000 * 5, dtype=np.float32)))
+    assert status == 422
+    assert error_code(body) == "silent_reference"
+
+
+def test_clipped_is_422(client: TestClient) -> None:
+    audio, rate = read_audio_file(SPEECH_DIR / REFERENCE)
+    loud = np.clip(audio * 20.0, -1.0, 1.0)
+    status, body = upload(client, wav_of(loud, rate))
+    assert status == 422
+    assert error_code(body) == "reference_clipped"
+
+
+def test_corrupt_file_is_400_and_the_service_stays_up(client: TestClient) -> None:
+    status, body = upload(client, b"RIFF\x00\x00garbage" + bytes(range(256)) * 40)
+    assert status == 400
+    assert error_code(body) == "undecodable_audio"
+    assert client.get("/health").status_code == 200
+    assert upload(client, reference_bytes())[0] == 201
+
+
+def test_consent_is_required(client: TestClient) -> None:
+    status, body = upload(client, reference_bytes(), consent="false")
+    assert status == 400
+    assert error_code(body) == "consent_required"
+
+
+def test_another_key_gets_404_everywhere(client: TestClient) -> None:
+    status, body = upload(client, reference_bytes())
+    assert status == 201
+    voice = body["voice_id"]
+    assert client.get(f"/v1/voices/{voice}", headers=BOB).status_code == 404
+    assert client.get("/v1/voices", headers=BOB).json() == {"voices": []}
+    response = client.post("/v1/synthesize", json={"text": "hi", "voice_id": voice},
+                           headers=BOB)
+    assert response.status_code == 404
+    assert error_code(response.json()) == "voice_not_found"
+    assert client.delete(f"/v1/voices/{voice}", headers=BOB).status_code == 404
+    # Still there for its owner.
+    listed = client.get("/v1/voices", headers=ALICE).json()["voices"]
+    assert [v["voice_id"] for v in listed] == [voice]
+
+
+def test_delete_removes_the_file_with_the_last_profile(client: TestClient,
+                                                       tmp_path: Path) -> None:
+    first = upload(client, reference_bytes())[1]
+    second = upload(client, reference_bytes())[1]
+    assert first["audio_sha256"] == second["audio_sha256"]
+    path = tmp_path / "voices" / f"{first['audio_sha256']}.wav"
+    assert client.delete(f"/v1/voices/{first['voice_id']}", headers=ALICE).status_code == 200
+    assert path.is_file()  # the second profile still uses it
+    assert client.delete(f"/v1/voices/{second['voice_id']}", headers=ALICE).status_code == 200
+    assert not path.exists()
+    assert client.get(f"/v1/voices/{first['voice_id']}", headers=ALICE).status_code == 404
+
+
+# ---------------------------------------------------------------- synthesis and cache
+
+
+def test_cpu_engine_synthesis_is_labelled_approximate(client: TestClient) -> None:
+    voice = upload(client, reference_bytes())[1]["voice_id"]
+    response = client.post("/v1/synthesize", json={
+        "text": "Take one tablet with water after breakfast.", "voice_id": voice})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-voicemesh-engine"] == "world_vits"
+    assert response.headers["x-voicemesh-approximate"] == "true"
+    assert response.headers["x-voicemesh-cache"] == "miss"
+    audio, rate = soundfile.read(io.BytesIO(response.content))
+    assert rate == 22050
+    assert 1.5 < audio.size / rate < 6.0
+
+
+def test_cache_miss_then_hit_with_the_same_bytes(client: TestClient) -> None:
+    voice = upload(client, reference_bytes())[1]["voice_id"]
+    request = {"text": "Good morning, it is time for your medicine.", "voice_id": voice}
+    first = client.post("/v1/synthesize", json=request)
+    assert first.headers["x-voicemesh-cache"] == "miss"
+    started = time.perf_counter()
+    second = client.post("/v1/synthesize", json=request)
+    hit_s = time.perf_counter() - started
+    assert second.headers["x-voicemesh-cache"] == "hit"
+    assert second.headers["x-voicemesh-engine"] == "world_vits"
+    assert second.headers["x-voicemesh-approximate"] == "true"
+    assert second.content == first.content
+    assert hit_s < 1.0  # a synthesis takes seconds here; the benchmark measures the p50
+    other = client.post("/v1/synthesize", json={**request, "speed": 1.2})
+    assert other.headers["x-voicemesh-cache"] == "miss"
+    health = client.get("/health").json()
+    assert health["cache"]["hits"] == 1
+    assert health["cache"]["misses"] == 2
+    metrics = client.get("/metrics").text
+    hits = 'voicemesh_requests_total{outcome="hit",route="cache",service="tts_clone"} 1.0'
+    assert hits in metrics
+    assert 'voicemesh_clone_cache_hit_ratio' in metrics
+
+
+def test_streaming_passes_pcm_through(client: TestClient) -> None:
+    voice = upload(client, reference_bytes())[1]["voice_id"]
+    with client.stream("POST", "/v1/synthesize", json={
+            "text": "One more sentence to stream.", "voice_id": voice, "format": "pcm",
+            "stream": True}) as response:
+        assert response.status_code == 200
+        assert response.headers["x-voicemesh-sample-rate"] == "22050"
+        data = b"".join(response.iter_bytes())
+    assert len(data) % 2 == 0
+    assert 1.0 < len(data) / 2 / 22050 < 5.0
+
+
+def test_bad_requests_are_clear(client: TestClient) -> None:
+    voice = upload(client, reference_bytes())[1]["voice_id"]
+    response = client.post("/v1/synthesize", json={"text": "", "voice_id": voice})
+    assert response.status_code == 422
+    response = client.post("/v1/synthesize", json={"text": "x", "voice_id": voice,
+                                                   "format": "flac", "stream": True})
+    assert response.status_code == 400
+    assert error_code(response.json()) == "bad_format"
+    response = client.post("/v1/synthesize", json={"text": "x", "voice_id": voice,
+                                                   "speed": 9})
+    assert response.status_code == 422
+
+
+def test_fallback_when_the_registered_backend_is_down(
+    redis_server: RedisServer, tmp_path: Path, cpu_engine: WorldAdaptedVits
+) -> None:
+    """A GPT-SoVITS backend registered, then died (its registration has not expired yet)."""
+    import asyncio
+
+    from voicemesh.registry import RegistryClient, ReplicaInfo
+
+    settings = make_settings(redis_server, tmp_path, registry_ttl_s=30.0)
+    dead = f"http://127.0.0.1:{free_port()}"
+
+    async def register() -> None:
+        registry = RegistryClient(redis_server.url, prefix=settings.key_prefix, ttl_s=30)
+        now = time.time()
+        await registry.register(ReplicaInfo(instance_id="gsv-dead", kind="gpt_sovits", url=dead,
+                                            started_at=now, updated_at=now))
+        await registry.close()
+
+    asyncio.run(register())
+    with TestClient(create_clone_app(settings, cpu_engine=cpu_engine), headers=ALICE) as client:
+        assert client.get("/health").json()["gpt_sovits_backends"] == [dead]
+        voice = upload(client, reference_bytes())[1]["voice_id"]
+        response = client.post("/v1/synthesize", json={"text": "Hello there.",
+                                                       "voice_id": voice})
+        assert response.status_code == 200, response.text
+        assert response.headers["x-voicemesh-engine"] == "world_vits"
+        assert response.headers["x-voicemesh-fallback"] == "backend_closed"
+        assert response.headers["x-voicemesh-approximate"] == "true"
+        assert client.get("/health").json()["fallbacks"] == 1
+        assert 'route="fallback"' in client.get("/metrics").text
+
+
+def test_without_the_fallback_a_dead_backend_is_503(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    settings = make_settings(redis_server, tmp_path, cpu_engine=False,
+                             gptsovits_urls=[f"http://127.0.0.1:{free_port()}"])
+    with TestClient(create_clone_app(settings), headers=ALICE) as client:
+        voice = upload(client, reference_bytes())[1]["voice_id"]
+        response = client.post("/v1/synthesize", json={"text": "Hello.", "voice_id": voice})
+        assert response.status_code == 503
+        assert error_code(response.json()) == "no_engine"
+        assert client.get("/health").json()["status"] == "degraded"
+
+
+def test_cache_evicts_least_recently_used_past_its_bound(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from voicemesh.clone.cache import ResultCache
+
+    async def scenario() -> None:
+        redis = Redis.from_url(redis_server.url, decode_responses=True)
+        cache = ResultCache(redis, tmp_path / "cache", max_bytes=250, prefix=f"e{free_port()}")
+        for key in ("a", "b"):
+            await cache.put(key, bytes(100), media_type="audio/wav", engine="e",
+                            approximate=True)
+            await asyncio.sleep(0.01)
+        assert await cache.get("a") is not None  # "a" is now the most recently used
+        await cache.put("c", bytes(100), media_type="audio/wav", engine="e", approximate=True)
+        assert await cache.get("b") is None
+        assert not (tmp_path / "cache" / "b").exists()
+        hit = await cache.get("a")
+        assert hit is not None and hit.approximate and hit.data == bytes(100)
+        assert await cache.get("c") is not None
+        assert await cache.size_bytes() == 200
+        assert cache.hit_rate == pytest.approx(3 / 4)
+        await redis.aclose()
+
+    asyncio.run(scenario())
