@@ -17,6 +17,45 @@ def _parse_scale(values: list[str]) -> dict[str, int]:
     return scale
 
 
+def _nginx_render(target: str, output: str | None) -> int:
+    from voicemesh import nginx
+
+    if target == "compose":
+        text = nginx.render_compose_conf()
+    else:
+        from voicemesh.runner import MeshPaths, nginx_layout
+
+        settings = nginx.get_settings()
+        from gateway.settings import get_settings as gateway_settings
+
+        gateway = gateway_settings()
+        text = nginx.render_nginx_conf(
+            settings, target="embedded", upstreams=[f"127.0.0.1:{gateway.port}"],
+            layout=nginx_layout(MeshPaths.from_settings(), settings.port),
+        )
+    if output:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _probe(url: str, timeout: float) -> int:
+    """0 when ``url`` answers 200, else 1 (a healthcheck that needs no curl in the image)."""
+    import httpx
+
+    try:
+        response = httpx.get(url, timeout=timeout, trust_env=False)
+    except httpx.HTTPError as exc:
+        print(f"probe {url}: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        print(f"probe {url}: HTTP {response.status_code}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``voicemesh``."""
     parser = argparse.ArgumentParser(prog="voicemesh", description=__doc__)
@@ -43,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stay attached; Ctrl-C stops the mesh")
     up.add_argument("--timeout", type=float, default=300.0,
                     help="seconds to wait for every service to be healthy")
+    up.add_argument("--with-nginx", action="store_true",
+                    help="put nginx (the front door: control panel, limits) before the gateway")
+    up.add_argument("--nginx-port", type=int, default=None,
+                    help="nginx port (default: VOICEMESH_NGINX_PORT or 8000)")
+
+    nginx = sub.add_parser("nginx", help="the nginx front door's config")
+    nginx_sub = nginx.add_subparsers(dest="nginx_command", required=True)
+    render = nginx_sub.add_parser("render", help="print the config rendered from settings")
+    render.add_argument("--target", choices=["compose", "embedded"], default="compose")
+    render.add_argument("--output", default=None, help="write here instead of stdout")
+
+    probe = sub.add_parser("probe", help="exit 0 when URL answers 200 (container healthchecks)")
+    probe.add_argument("url")
+    probe.add_argument("--timeout", type=float, default=3.0)
 
     sub.add_parser("status", help="show each service, pid, health and port")
     down = sub.add_parser("down", help="stop the embedded mesh")
@@ -66,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             return assets.cli_prepare(args.names, force=args.force)
         return assets.cli_verify(args.names)
 
+    if args.command == "nginx":
+        return _nginx_render(args.target, args.output)
+    if args.command == "probe":
+        return _probe(args.url, args.timeout)
+
     from voicemesh import runner
 
     if args.command == "up":
@@ -74,9 +132,16 @@ def main(argv: list[str] | None = None) -> int:
         except argparse.ArgumentTypeError as exc:
             print(f"voicemesh up: {exc}", file=sys.stderr)
             return 2
+        nginx = None
+        if args.with_nginx:
+            from voicemesh.nginx import NginxSettings
+
+            nginx = NginxSettings()
+            if args.nginx_port is not None:
+                nginx = nginx.model_copy(update={"port": args.nginx_port})
         return runner.cmd_up(
             host=args.host, port=args.port, redis_url=args.redis_url, scale=scale,
-            no_gpu=args.no_gpu, foreground=args.foreground, timeout=args.timeout,
+            no_gpu=args.no_gpu, foreground=args.foreground, timeout=args.timeout, nginx=nginx,
         )
     if args.command == "status":
         return runner.cmd_status()

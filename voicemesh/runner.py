@@ -14,6 +14,7 @@ Everything lives under ``CommonSettings().home``::
     run/state.json     what runs now (written by the supervisor, atomically)
     logs/<service>[-<i>].log, logs/redis.log, logs/supervisor.log
     redis/             data of the bundled Redis
+    run/nginx-<port>/  config, pid, logs and temp files of the front door (--with-nginx)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from voicemesh.nginx import NginxLayout, NginxSettings, embedded_argv, write_embedded_conf
 from voicemesh.services import SERVICES, ServiceSpec
 from voicemesh.settings import CommonSettings
 
@@ -45,6 +47,8 @@ _LOGGER = logging.getLogger(__name__)
 
 GATEWAY = "gateway"
 """The service that takes the ``--port`` of ``voicemesh up``."""
+NGINX = "nginx"
+"""The front door that ``voicemesh up --with-nginx`` puts before the gateway."""
 BUNDLED_REDIS_PORT = urlsplit(CommonSettings.model_fields["redis_url"].default).port or 6390
 """Port of the bundled Redis: the one the shared settings expect by default."""
 STOP_GRACE_S = 10.0
@@ -119,7 +123,7 @@ class ProcessPlan(BaseModel):
     """Service name, or ``redis``."""
     replica: int = 1
     """1-based replica number."""
-    kind: Literal["redis", "service"] = "service"
+    kind: Literal["redis", "service", "nginx"] = "service"
     argv: list[str]
     env: dict[str, str] = {}
     """Variables set on top of the supervisor's environment."""
@@ -151,7 +155,7 @@ class ProcessState(BaseModel):
 
     name: str
     replica: int
-    kind: Literal["redis", "service"]
+    kind: Literal["redis", "service", "nginx"]
     pid: int | None
     """None while the process waits for its restart."""
     host: str
@@ -373,6 +377,7 @@ def build_plan(
     scale: dict[str, int],
     redis_port: int = BUNDLED_REDIS_PORT,
     notes: list[str] | None = None,
+    nginx: NginxSettings | None = None,
 ) -> MeshPlan:
     """Decide every process, port and environment of a mesh (starts nothing)."""
     notes = notes if notes is not None else []
@@ -434,10 +439,49 @@ def build_plan(
             ))
     if not services:
         raise PlanError("nothing to start: every service is scaled to 0")
+    if nginx is not None:
+        services.append(_nginx_plan(nginx, paths, services, used))
     return MeshPlan(
         home=str(paths.home), cwd=os.getcwd(), redis_url=redis_url, redis=redis,
         services=services,
     )
+
+
+def nginx_layout(paths: MeshPaths, port: int) -> NginxLayout:
+    """Where the front door on ``port`` keeps its files (the port names the folder)."""
+    return NginxLayout(paths.run_dir / f"nginx-{port}")
+
+
+def _nginx_plan(
+    settings: NginxSettings, paths: MeshPaths, services: Sequence[ProcessPlan], used: set[int]
+) -> ProcessPlan:
+    """The nginx process in front of the planned gateway."""
+    if not any(item.name == GATEWAY for item in services):
+        raise PlanError("--with-nginx needs the gateway, which is scaled to 0")
+    if settings.port in used or not port_is_free(settings.host, settings.port):
+        raise PlanError(f"nginx port {settings.port} on {settings.host} is in use; "
+                        "pick another with --nginx-port")
+    used.add(settings.port)
+    layout = nginx_layout(paths, settings.port)
+    try:
+        argv = embedded_argv(settings, layout)
+    except FileNotFoundError as exc:
+        raise PlanError(str(exc)) from exc
+    return ProcessPlan(
+        name=NGINX, kind="nginx", argv=argv, host=settings.host, port=settings.port,
+        url=f"http://{_url_host(settings.host)}:{settings.port}",
+        log=str(paths.logs / "nginx.log"),
+    )
+
+
+def write_nginx_conf(plan: MeshPlan, paths: MeshPaths, settings: NginxSettings) -> None:
+    """Render the front door's config for the plan's gateway (no-op without nginx)."""
+    front = next((item for item in plan.services if item.kind == "nginx"), None)
+    if front is None:
+        return
+    gateway = next(item for item in plan.services if item.name == GATEWAY)
+    write_embedded_conf(settings, nginx_layout(paths, front.port),
+                        [f"{_url_host(gateway.host)}:{gateway.port}"])
 
 
 # ----------------------------------------------------------------------------- health
@@ -715,14 +759,17 @@ def _complain(text: str) -> None:
 
 def _print_urls(state: MeshState) -> None:
     gateway = next((item for item in state.services if item.name == GATEWAY), None)
-    width = max([len(item.label) for item in state.processes()] + [9])
+    front = next((item for item in state.services if item.kind == "nginx"), None)
+    width = max([len(item.label) for item in state.processes()] + [10])
+    if front is not None:
+        _say(f"  {'front door':<{width}}  {front.url}  (nginx: control panel, /v1, /ws)")
     if gateway is not None:
         ws = gateway.url.replace("http://", "ws://", 1)
         _say(f"  {'gateway':<{width}}  {gateway.url}")
         _say(f"  {'streaming':<{width}}  {ws}/ws/transcribe")
         _say(f"  {'panel':<{width}}  {gateway.url}/")
     for item in state.services:
-        if item.name != GATEWAY:
+        if item.name != GATEWAY and item.kind != "nginx":
             _say(f"  {item.label:<{width}}  {item.url}")
     _say(f"  {'redis':<{width}}  {state.redis_url}")
     _say(f"Logs: {state.logs_dir}")
@@ -849,6 +896,7 @@ def cmd_up(
     timeout: float,
     services: Sequence[ServiceSpec] | None = None,
     redis_port: int = BUNDLED_REDIS_PORT,
+    nginx: NginxSettings | None = None,
 ) -> int:
     """Start the embedded mesh (or report the running one); 0 once every service is healthy."""
     paths = MeshPaths.from_settings()
@@ -869,9 +917,11 @@ def cmd_up(
         notes += skipped
         plan = build_plan(
             chosen, paths=paths, host=host, port=port, redis_url=external_redis_url(redis_url),
-            scale=scale, redis_port=redis_port, notes=notes,
+            scale=scale, redis_port=redis_port, notes=notes, nginx=nginx,
         )
-    except PlanError as exc:
+        if nginx is not None:
+            write_nginx_conf(plan, paths, nginx)
+    except (PlanError, OSError, ValueError) as exc:
         _complain(f"voicemesh up: {exc}")
         return 2
     for note in notes:

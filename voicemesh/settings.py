@@ -8,6 +8,7 @@ Values shared across services (Redis, model cache) also read the plain
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import uuid
@@ -28,6 +29,19 @@ def default_home() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "voicemesh"
+
+
+@functools.lru_cache(maxsize=1)
+def own_address() -> str:
+    """This host's address as its own name resolves (a container's or a pod's IP)."""
+    name = socket.gethostname()
+    try:
+        return socket.gethostbyname(name)
+    except OSError as exc:
+        raise ValueError(
+            f"advertise_host=auto: this host's name {name!r} does not resolve ({exc}); "
+            "set ADVERTISE_HOST to an address or ADVERTISE_URL to a URL"
+        ) from exc
 
 
 def _new_instance_id() -> str:
@@ -63,6 +77,9 @@ class ServiceSettings(BaseSettings):
     """Port to bind."""
     advertise_url: str | None = None
     """URL other services use to reach this replica (default: from host and port)."""
+    advertise_host: str | None = None
+    """Host (with ``port``) others reach this replica by when ``advertise_url`` is unset;
+    ``auto``: this host's own address, so each container replica registers its own IP."""
     instance_id: str = Field(default_factory=_new_instance_id)
     """Unique id of this replica in the registry."""
     redis_url: str | None = None
@@ -89,7 +106,12 @@ class ServiceSettings(BaseSettings):
         """The URL this replica registers under."""
         if self.advertise_url:
             return self.advertise_url.rstrip("/")
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        if self.advertise_host:
+            host = own_address() if self.advertise_host == "auto" else self.advertise_host
+        else:
+            host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
     def resolved_redis_url(self) -> str | None:

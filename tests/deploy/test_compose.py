@@ -1,0 +1,202 @@
+"""``docker-compose.yml`` checked without a Docker engine: docker-compose 1.29's own schema
+validation and interpolation (``config``), then the rules of the deployment on the model it
+resolves: health, start order, networks, GPU profile, volumes, secrets, one source of truth."""
+
+from __future__ import annotations
+
+import graphlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.files import (
+    COMPOSE_FILE,
+    COMPOSE_SCHEMA,
+    ENV_EXAMPLE,
+    docker_compose,
+    env_example,
+    interpolate,
+    resolved_compose,
+)
+from voicemesh.services import SERVICES, ServiceSpec
+
+pytestmark = pytest.mark.deploy
+
+GPU_ONLY = {"stt_gpu_ws", "gpt-sovits"}
+PYTHON_SERVICES = {"gateway", "stt_tiny_ws", "stt_cpu_ws", "stt_gpu_ws", "tts_vits", "tts_clone"}
+EVERY_SERVICE = PYTHON_SERVICES | {"nginx", "redis", "gpt-sovits"}
+
+
+def services(profile: str | None = "gpu") -> dict[str, dict[str, Any]]:
+    """Resolved services (with the gpu profile: all of them)."""
+    return dict(resolved_compose(profile)["services"])
+
+
+def test_compose_validates_with_and_without_the_gpu_profile() -> None:
+    # docker-compose 1.29 lists every service in `config`; the profile decides what starts.
+    for profile in (None, "gpu"):
+        assert set(services(profile)) == EVERY_SERVICE
+    default = {name for name, s in services(None).items() if not s.get("profiles")}
+    assert default == EVERY_SERVICE - GPU_ONLY
+
+
+def test_an_unknown_key_fails_validation(tmp_path: Path) -> None:
+    # The validator bites: the same file with one misspelt healthcheck key is refused.
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(COMPOSE_FILE.read_text().replace("start_period: 5s", "start_perod: 5s", 1))
+    result = docker_compose("-f", str(broken), "config", check=False)
+    assert result.returncode != 0
+    assert "start_perod" in result.stderr
+
+
+def _schema_errors(text: str) -> list[str]:
+    import jsonschema
+
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    document = interpolate(yaml.safe_load(text), env_example())
+    validator = jsonschema.Draft7Validator(schema)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in validator.iter_errors(document)]
+
+
+def test_compose_matches_the_current_compose_specification_schema() -> None:
+    # docker-compose 1.29 knows the 2021 spec; Compose v2 validates against this one.
+    assert COMPOSE_SCHEMA.is_file(), "run scripts/setup-deploy"
+    assert _schema_errors(COMPOSE_FILE.read_text()) == []
+    broken = COMPOSE_FILE.read_text().replace("start_period: 5s", "start_perod: 5s", 1)
+    assert any("start_perod" in error for error in _schema_errors(broken))
+
+
+def test_required_secrets_must_be_set(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    result = docker_compose("config", env_file=empty, check=False)
+    assert result.returncode != 0
+    assert "API_KEYS" in result.stderr or "ADMIN_KEY" in result.stderr
+
+
+def test_env_example_names_every_variable_compose_reads() -> None:
+    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", COMPOSE_FILE.read_text()))
+    documented = {line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines()
+                  if "=" in line and not line.startswith("#")}
+    assert used <= documented, used - documented
+    gateway = services()["gateway"]["environment"]
+    assert gateway["VOICEMESH_GATEWAY_API_KEYS"] == '["change-me-client-key"]'
+
+
+@pytest.mark.parametrize("name", sorted(EVERY_SERVICE))
+def test_every_service_has_a_healthcheck(name: str) -> None:
+    check = services()[name].get("healthcheck")
+    assert check and check["test"][0] in ("CMD", "CMD-SHELL"), check
+    assert check.get("start_period") and check.get("interval")
+
+
+def test_dependencies_wait_for_health_and_have_no_cycle() -> None:
+    resolved = services()
+    graph: dict[str, set[str]] = {}
+    for name, service in resolved.items():
+        depends = service.get("depends_on") or {}
+        assert isinstance(depends, dict), f"{name}: depends_on needs conditions"
+        for target, rule in depends.items():
+            assert target in resolved, f"{name} depends on unknown {target}"
+            assert rule["condition"] == "service_healthy", (name, target)
+            # A service always started must not wait for one only the gpu profile starts.
+            assert not (target in GPU_ONLY and name not in GPU_ONLY), (name, target)
+        graph[name] = set(depends)
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises on a cycle
+    assert order.index("redis") < order.index("gateway") < order.index("nginx")
+
+
+def test_only_nginx_is_published_and_on_the_front_network() -> None:
+    compose = resolved_compose("gpu")
+    for name, service in compose["services"].items():
+        networks = set(service.get("networks") or {})
+        if name == "nginx":
+            assert networks == {"front", "back"}
+            assert [p["target"] for p in service["ports"]] == [8080]
+        else:
+            assert networks == {"back"}, name
+            assert "ports" not in service, name
+    assert compose["networks"]["back"].get("internal") is True
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
+def test_replicas_can_scale_without_clashing(name: str) -> None:
+    service = services()[name]
+    assert "container_name" not in service and "ports" not in service
+    prefix = _prefix(name)
+    # Each replica registers the address its own container has on the back network.
+    assert service["environment"][f"{prefix}ADVERTISE_HOST"] == "auto"
+    assert service["environment"][f"{prefix}HOST"] == "0.0.0.0"
+
+
+def _prefix(name: str) -> str:
+    """The env prefix from the table, or the one its settings use while it is not there."""
+    spec = SERVICES.get(name)
+    if spec is not None:
+        return spec.env_prefix
+    return {"tts_vits": "VOICEMESH_TTS_VITS_", "tts_clone": "VOICEMESH_TTS_CLONE_"}[name]
+
+
+@pytest.mark.parametrize("spec", list(SERVICES.values()), ids=list(SERVICES))
+def test_commands_are_the_ones_the_runner_uses(spec: ServiceSpec) -> None:
+    service = services()[spec.name]
+    assert service["command"] == ["python", "-m", *spec.uvicorn_args("0.0.0.0",
+                                                                     spec.default_port)]
+    assert service["environment"][f"{spec.env_prefix}PORT"] == str(spec.default_port)
+    assert service["healthcheck"]["test"][-1] == f"http://127.0.0.1:{spec.default_port}/health"
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
+def test_every_python_service_runs_its_own_factory_like_the_runner(name: str) -> None:
+    service = services()[name]
+    command = service["command"]
+    port = int(command[command.index("--port") + 1])
+    like_runner = ServiceSpec(name, f"{name}.app:create_app", _prefix(name), port)
+    assert command == ["python", "-m", *like_runner.uvicorn_args("0.0.0.0", port)]
+    assert service["build"]["dockerfile"] == f"{name}/Dockerfile"
+    assert Path(service["build"]["context"]).resolve() == COMPOSE_FILE.parent.resolve()
+
+
+def test_gpu_services_reserve_an_nvidia_device_under_the_gpu_profile() -> None:
+    resolved = services()
+    for name, service in resolved.items():
+        devices = (service.get("deploy", {}).get("resources", {}).get("reservations", {})
+                   .get("devices"))
+        if name in GPU_ONLY:
+            assert service["profiles"] == ["gpu"]
+            assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+        else:
+            assert not service.get("profiles") and not devices, name
+    assert "x-gpu" in COMPOSE_FILE.read_text()
+
+
+def test_volumes_for_redis_models_and_voices() -> None:
+    resolved = services()
+    redis = resolved["redis"]
+    assert "--appendonly" in redis["command"]
+    assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    mounts = {name: {tuple(v.split(":")[:2]) for v in s.get("volumes", [])}
+              for name, s in resolved.items()}
+    assert ("redis-data", "/data") in mounts["redis"]
+    assert all(v.endswith(":ro") for v in resolved["stt_cpu_ws"]["volumes"])
+    for name in ("stt_tiny_ws", "stt_cpu_ws", "stt_gpu_ws", "tts_vits", "tts_clone"):
+        assert ("models", "/models") in mounts[name], name
+    clone = resolved["tts_clone"]["environment"]
+    assert ("voices", clone["VOICEMESH_TTS_CLONE_VOICES_DIR"]) in mounts["tts_clone"]
+    assert ("clone-cache", clone["VOICEMESH_TTS_CLONE_CACHE_DIR"]) in mounts["tts_clone"]
+    # GPT-SoVITS reads references by path: the same volume where tts_clone says it is.
+    assert ("voices", clone["VOICEMESH_TTS_CLONE_GPTSOVITS_VOICES_DIR"]) in mounts["gpt-sovits"]
+    assert json.loads(clone["VOICEMESH_TTS_CLONE_GPTSOVITS_URLS"]) == ["http://gpt-sovits:9880"]
+    assert {target for _, target in mounts["gpt-sovits"]} == {"/data", "/voices"}
+
+
+def test_no_secret_has_a_default() -> None:
+    text = COMPOSE_FILE.read_text()
+    for variable in ("API_KEYS", "ADMIN_KEY"):
+        assert re.search(r"\$\{" + variable + r":\?", text), variable
