@@ -83,13 +83,13 @@ def test_wav_reader_refuses_what_it_cannot_pass_on(data: bytes) -> None:
 def test_queue_serves_one_request_per_backend_and_times_out() -> None:
     async def scenario() -> None:
         queue = BackendQueue(queue_timeout_s=0.1)
-        async with queue.claim(["http://a", "http://b"]) as first:
-            async with queue.claim(["http://a", "http://b"]) as second:
-                assert {first, second} == {"http://a", "http://b"}
-                assert queue.busy("http://a") and queue.busy("http://b")
-                with pytest.raises(BackendTimeout):
-                    async with queue.claim(["http://a", "http://b"]):
-                        pass
+        both = ["http://a", "http://b"]
+        async with queue.claim(both) as first, queue.claim(both) as second:
+            assert {first, second} == set(both)
+            assert queue.busy("http://a") and queue.busy("http://b")
+            with pytest.raises(BackendTimeout):
+                async with queue.claim(both):
+                    pass
         assert queue.depth() == 0
         with pytest.raises(EngineUnavailable):
             async with queue.claim([]):
