@@ -52,14 +52,12 @@ def first_chunk_s(client: httpx.Client, text: str) -> float:
     with client.stream("POST", "/v1/synthesize",
                        json={"text": text, "format": "pcm", "stream": True}) as response:
         response.raise_for_status()
+        first: float | None = None
         for chunk in response.iter_raw():
-            if chunk:
+            if chunk and first is None:
                 first = time.perf_counter() - started
-                break
-        else:
-            raise RuntimeError("the stream carried no audio")
-        for _ in response.iter_raw():
-            pass
+    if first is None:
+        raise RuntimeError("the stream carried no audio")
     return first
 
 

@@ -258,5 +258,13 @@ def test_excess_requests_are_refused_busy_and_the_service_stays_up(
         assert httpx.get(f"{service.url}/health").json()["status"] == "ok"
         after = httpx.post(f"{service.url}/v1/synthesize", json={"text": SHORT}, timeout=60)
         assert after.status_code == 200
+        # A client that walks away mid-stream gives its slot back at once.
+        with httpx.Client(base_url=service.url, timeout=60) as client:
+            with client.stream("POST", "/v1/synthesize", json={
+                    "text": THREE_SENTENCES * 6, "stream": True, "format": "pcm"}) as resp:
+                next(resp.iter_raw())
+            again = client.post("/v1/synthesize", json={"text": SHORT})
+            assert again.status_code == 200
+            assert client.get("/health").json()["active"] == 0
     finally:
         service.stop()
