@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -230,7 +231,9 @@ class CloneState:
             if not self.gpt.queue.busy(url) and not await probe_gptsovits(client, url):
                 continue
             now = time.time()
-            info = ReplicaInfo(instance_id=f"{s.gptsovits_kind}-{abs(hash(url)) % 10**8:08d}",
+            # Named by the URL, so every tts_clone replica refreshes the same entry.
+            digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+            info = ReplicaInfo(instance_id=f"{s.gptsovits_kind}-{digest}",
                                kind=s.gptsovits_kind, url=url, engine="gpt-sovits",
                                model=s.gptsovits_model_version, capabilities=["clone"],
                                started_at=now, updated_at=now)
