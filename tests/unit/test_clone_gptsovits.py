@@ -106,3 +106,22 @@ def test_cache_key_changes_with_everything_that_changes_the_audio() -> None:
     for field, value in (("voice_sha256", "b"), ("text", "ho"), ("params", {"speed": 1.1}),
                          ("engine", "f"), ("model_version", "n")):
         assert cache_key(**{**base, field: value}) != key  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("gpt", "cpu", "fallback", "expected"), [
+    (True, True, True, ["gpt_sovits", "world_vits"]),
+    (True, True, False, ["gpt_sovits"]),
+    (False, True, False, ["world_vits"]),
+    (False, True, True, ["world_vits"]),
+    (True, False, True, ["gpt_sovits"]),
+    (False, False, True, []),
+])
+def test_engine_order(gpt: bool, cpu: bool, fallback: bool, expected: list[str]) -> None:
+    from types import SimpleNamespace
+
+    from voicemesh.clone.service import engine_order
+
+    gpt_engine = SimpleNamespace(name="gpt_sovits") if gpt else None
+    cpu_engine = SimpleNamespace(name="world_vits") if cpu else None
+    order = engine_order(gpt_engine, cpu_engine, fallback=fallback)  # type: ignore[arg-type]
+    assert [engine.name for engine in order] == expected

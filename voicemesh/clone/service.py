@@ -169,6 +169,16 @@ def load_cpu_engine(settings: CloneSettings) -> WorldAdaptedVits:
 
     return WorldAdaptedVits(load_base_voice(settings.vits_voice), settings.vits_voice)
 
+def engine_order(gpt: VoiceCloner | None, cpu: VoiceCloner | None, *,
+                 fallback: bool) -> list[VoiceCloner]:
+    """Engines a request tries, in order: GPT-SoVITS when a backend is known, then the CPU
+    engine (as the fallback when ``fallback`` is on, alone when there is no backend)."""
+    order: list[VoiceCloner] = [gpt] if gpt is not None else []
+    if cpu is not None and (fallback or not order):
+        order.append(cpu)
+    return order
+
+
 class CloneState:
     """What the app holds while it runs."""
 
@@ -202,13 +212,9 @@ class CloneState:
                                registry=metrics.registry)
 
     def engines(self) -> list[VoiceCloner]:
-        """Engines to try, in order: GPT-SoVITS when a backend is known, then the CPU engine."""
-        order: list[VoiceCloner] = []
-        if self.backend_urls:
-            order.append(self.gpt)
-        if self.cpu is not None and (self.settings.fallback or not order):
-            order.append(self.cpu)
-        return order
+        """Engines to try, in order (see :func:`engine_order`)."""
+        return engine_order(self.gpt if self.backend_urls else None, self.cpu,
+                            fallback=self.settings.fallback)
 
     def replica_info(self) -> ReplicaInfo:
         """This replica as the registry shows it (with the cache hit rate)."""
