@@ -254,6 +254,11 @@ def test_bad_requests_are_clear(client: TestClient) -> None:
     response = client.post("/v1/synthesize", json={"text": "x", "voice_id": voice,
                                                    "speed": 9})
     assert response.status_code == 422
+    response = client.post("/v1/synthesize", json={"text": "你好", "voice_id": voice,
+                                                   "language": "zh"})
+    assert response.status_code == 400
+    assert error_code(response.json()) == "unsupported_language"
+    assert client.get("/health").status_code == 200
 
 
 def test_fallback_when_the_registered_backend_is_down(

@@ -24,6 +24,7 @@ import numpy as np
 
 from voicemesh.audio import float32_to_pcm16, read_audio_file
 from voicemesh.clone.world import AdaptStrength, SpeakerStats, adapt_toward, analyze_speaker
+from voicemesh.errors import BadRequest
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class WorldAdaptedVits:
 
     name = "world_vits"
     approximate = True
+    languages: tuple[str, ...] = ("en",)
+    """What the stock voice can speak (the bundled Piper voice is English)."""
 
     def __init__(self, voice: BaseVoice, voice_name: str,
                  strength: AdaptStrength | None = None, max_cached_speakers: int = 256) -> None:
@@ -153,6 +156,11 @@ class WorldAdaptedVits:
 
     async def start(self, request: CloneRequest, streaming: bool) -> SynthesisStream:
         """Render the whole utterance in a worker thread; streamed in chunks afterwards."""
+        if request.language.split("-")[0].lower() not in self.languages:
+            raise BadRequest(
+                f"the CPU cloning engine speaks {', '.join(self.languages)} only, not "
+                f"{request.language!r}; other languages need a GPT-SoVITS backend",
+                code="unsupported_language")
         audio = await asyncio.to_thread(self.render, request.text, request.speed,
                                         request.reference_path, request.reference_sha256)
         return _WholeStream(self.sample_rate, float32_to_pcm16(audio))

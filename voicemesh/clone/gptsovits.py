@@ -252,21 +252,17 @@ class GptSovitsCloner:
         """Send the request to a free backend and read up to the first audio."""
         payload = tts_payload(request, self.reference_path(request.reference_sha256),
                               streaming=streaming)
-        claim = self.queue.claim(self.backends())
-        url = await claim.__aenter__()
-        response: httpx.Response | None = None
-
-        async def close() -> None:
-            if response is not None:
-                await response.aclose()
-            await claim.__aexit__(None, None, None)
-
+        # The backend stays claimed until the reply is read to the end (or abandoned):
+        # the stack is handed to the stream, which closes it.
+        stack = contextlib.AsyncExitStack()
+        url = await stack.enter_async_context(self.queue.claim(self.backends()))
         try:
             target = f"{url}{TTS_PATH}"
             try:
                 req = self.client.build_request("POST", target, json=payload,
                                                 headers={"X-Request-ID": request.request_id})
                 response = await self.client.send(req, stream=True)
+                stack.push_async_callback(response.aclose)
             except httpx.TimeoutException as exc:
                 raise BackendTimeout(f"{target} timed out: {exc!r}") from exc
             except httpx.TransportError as exc:
@@ -290,9 +286,9 @@ class GptSovitsCloner:
                 first += reader.feed(raw)
             _LOGGER.info("request %s: GPT-SoVITS %s answering at %d Hz", request.request_id,
                          url, reader.sample_rate)
-            return GptSovitsStream(reader.sample_rate, first, reader, body, close)
+            return GptSovitsStream(reader.sample_rate, first, reader, body, stack.aclose)
         except BaseException:
-            await close()
+            await stack.aclose()
             raise
 
 

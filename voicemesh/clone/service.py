@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -168,6 +169,16 @@ def load_cpu_engine(settings: CloneSettings) -> WorldAdaptedVits:
 
     return WorldAdaptedVits(load_base_voice(settings.vits_voice), settings.vits_voice)
 
+def engine_order(gpt: VoiceCloner | None, cpu: VoiceCloner | None, *,
+                 fallback: bool) -> list[VoiceCloner]:
+    """Engines a request tries, in order: GPT-SoVITS when a backend is known, then the CPU
+    engine (as the fallback when ``fallback`` is on, alone when there is no backend)."""
+    order: list[VoiceCloner] = [gpt] if gpt is not None else []
+    if cpu is not None and (fallback or not order):
+        order.append(cpu)
+    return order
+
+
 class CloneState:
     """What the app holds while it runs."""
 
@@ -201,13 +212,9 @@ class CloneState:
                                registry=metrics.registry)
 
     def engines(self) -> list[VoiceCloner]:
-        """Engines to try, in order: GPT-SoVITS when a backend is known, then the CPU engine."""
-        order: list[VoiceCloner] = []
-        if self.backend_urls:
-            order.append(self.gpt)
-        if self.cpu is not None and (self.settings.fallback or not order):
-            order.append(self.cpu)
-        return order
+        """Engines to try, in order (see :func:`engine_order`)."""
+        return engine_order(self.gpt if self.backend_urls else None, self.cpu,
+                            fallback=self.settings.fallback)
 
     def replica_info(self) -> ReplicaInfo:
         """This replica as the registry shows it (with the cache hit rate)."""
@@ -230,7 +237,9 @@ class CloneState:
             if not self.gpt.queue.busy(url) and not await probe_gptsovits(client, url):
                 continue
             now = time.time()
-            info = ReplicaInfo(instance_id=f"{s.gptsovits_kind}-{abs(hash(url)) % 10**8:08d}",
+            # Named by the URL, so every tts_clone replica refreshes the same entry.
+            digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+            info = ReplicaInfo(instance_id=f"{s.gptsovits_kind}-{digest}",
                                kind=s.gptsovits_kind, url=url, engine="gpt-sovits",
                                model=s.gptsovits_model_version, capabilities=["clone"],
                                started_at=now, updated_at=now)

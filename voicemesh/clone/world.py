@@ -54,13 +54,13 @@ class SpeakerStats:
 class AdaptStrength:
     """How far to move toward the reference (1.0: all the way)."""
 
-    pitch: float = 1.0
+    pitch: float = 0.7
     """Share of the log-F0 mean shift applied."""
-    spread: float = 1.0
+    spread: float = 0.5
     """Share of the log-F0 spread change applied."""
     warp: float = 1.0
     """Share of the formant warp applied (in log-frequency-ratio)."""
-    timbre: float = 1.0
+    timbre: float = 0.7
     """Share of the residual envelope gain applied."""
 
 
@@ -68,9 +68,9 @@ def _world_analysis(x: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray, n
     import pyworld
 
     x64 = np.ascontiguousarray(x, dtype=np.float64)
-    f0, times = pyworld.dio(x64, rate, frame_period=FRAME_PERIOD_MS, f0_floor=60.0,
-                            f0_ceil=600.0)
-    f0 = pyworld.stonemask(x64, f0, times, rate)
+    # Harvest: fewer voicing errors than DIO, which the resynthesis would turn into buzz.
+    f0, times = pyworld.harvest(x64, rate, frame_period=FRAME_PERIOD_MS, f0_floor=60.0,
+                                f0_ceil=600.0)
     sp = pyworld.cheaptrick(x64, f0, times, rate)
     ap = pyworld.d4c(x64, f0, times, rate)
     return f0, sp, ap
