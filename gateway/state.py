@@ -113,3 +113,13 @@ class GatewayState:
             sessions_total=self.settings.max_sessions_total,
             busy_retry_after_s=self.settings.busy_retry_after_s,
         )
+
+    def record_request(self, kind: str, *, status: int, latency_ms: float,
+                       **event: Any) -> None:
+        """Account for one finished HTTP request: stats, metrics and a ``request_completed``."""
+        ok = status < 400
+        self.stats.record(kind, ok=ok, latency_ms=latency_ms)
+        self.metrics.count(kind, "ok" if ok else "error")
+        self.metrics.observe(kind, latency_ms / 1000)
+        self.events.publish("request_completed", kind=kind, status=status,
+                            latency_ms=latency_ms, **event)

@@ -192,15 +192,10 @@ async def create_transcription(
         raise
     finally:
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
-        ok = status_code < 400
-        state.stats.record("transcription", ok=ok, latency_ms=latency_ms)
-        state.metrics.count("transcription", "ok" if ok else "error")
-        state.metrics.observe("transcription", latency_ms / 1000)
-        state.events.publish(
-            "request_completed", kind="transcription", request_id=request_id,
-            status=status_code, model=model, response_format=response_format,
-            backend=served_by.url if served_by else None, failovers=failovers,
-            latency_ms=latency_ms)
+        state.record_request(
+            "transcription", status=status_code, latency_ms=latency_ms, request_id=request_id,
+            model=model, response_format=response_format,
+            backend=served_by.url if served_by else None, failovers=failovers)
         _LOGGER.info("request %s: transcription %s via %s in %.0f ms (%d failovers)",
                      request_id, status_code, served_by.url if served_by else None,
                      latency_ms, failovers)

@@ -161,7 +161,8 @@ class Routed:
 async def route(state: GatewayState, kind: str, call: BackendCall, *, capability: str) -> Routed:
     """Send ``call`` to the least-loaded replica of ``kind``, failing over on 'unavailable'."""
     settings = state.settings
-    candidates = choose_service(kind, state.view.snapshot(), capability=capability)
+    candidates = state.view.route(
+        lambda replicas: choose_service(kind, replicas, capability=capability))
     timeout = httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s)
     client = httpx.AsyncClient(timeout=timeout)
     last_error = f"no {kind} replica is registered"
@@ -247,14 +248,10 @@ async def _forward(request: Request, what: str, call: BackendCall, *, voice: str
         raise
     finally:
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
-        ok = status_code < 400
-        state.stats.record(what, ok=ok, latency_ms=latency_ms)
-        state.metrics.count(what, "ok" if ok else "error")
-        state.metrics.observe(what, latency_ms / 1000)
         backend = routed.replica.url if routed else None
-        state.events.publish("request_completed", kind=what, request_id=call.request_id,
-                             status=status_code, voice=voice, backend=backend,
-                             failovers=routed.failovers if routed else 0, latency_ms=latency_ms)
+        state.record_request(what, status=status_code, latency_ms=latency_ms,
+                             request_id=call.request_id, voice=voice, backend=backend,
+                             failovers=routed.failovers if routed else 0)
         _LOGGER.info("request %s: %s %s via %s in %.0f ms", call.request_id, what, status_code,
                      backend, latency_ms)
 

@@ -77,7 +77,7 @@ def drain_on_sigterm(
 
     try:
         loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-    except (RuntimeError, ValueError) as exc:  # NotImplementedError is a RuntimeError
+    except (RuntimeError, ValueError) as exc:  # RuntimeError covers loops without signals
         # Not the main thread (an in-process test client) or no signals here: the
         # server's own SIGTERM handling stays in place.
         _LOGGER.debug("SIGTERM drain not installed: %s", exc)
