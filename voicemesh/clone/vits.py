@@ -31,14 +31,22 @@ class VitsBaseVoice:
         return audio
 
 
-def load_base_voice(name: str, num_threads: int = 2) -> VitsBaseVoice:
-    """Load the bundled Piper voice of the shared TTS engine (prepared into the model cache)."""
+def load_base_voice(name: str, num_threads: int = 2,
+                    duration_noise: float = 0.0) -> VitsBaseVoice:
+    """Load the bundled Piper voice of the shared TTS engine (prepared into the model cache).
+
+    ``duration_noise`` (VITS noise_w) is 0 by default as in ``tts_vits``: steady timing is
+    easier to understand and keeps one sentence's length the same from run to run.
+    """
+    import dataclasses
+
     from voicemesh.tts.engine import SherpaSynthesizer
     from voicemesh.tts.prepare import default_voice_files
 
     if name not in (BUNDLED_VOICE, "joe"):
         raise UnknownModel(f"the CPU cloning engine adapts the voice {BUNDLED_VOICE}, "
                            f"not {name!r}")
-    synthesizer = SherpaSynthesizer(default_voice_files(), num_threads=num_threads)
+    files = dataclasses.replace(default_voice_files(), noise_scale_w=duration_noise)
+    synthesizer = SherpaSynthesizer(files, num_threads=num_threads)
     _LOGGER.info("CPU cloning engine adapts %s (%d Hz)", name, synthesizer.sample_rate)
     return VitsBaseVoice(synthesizer)
