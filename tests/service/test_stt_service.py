@@ -40,6 +40,7 @@ def _clip(name: str) -> Clip:
 
 JFK = _clip("whisper-jfk.wav")
 LIBRIVOX = _clip("pocketsphinx-librivox-0880.wav")
+AISHELL = _clip("wenet-aishell-BAC009S0724W0121.wav")
 
 
 def _pcm16(path: os.PathLike[str]) -> bytes:
@@ -325,6 +326,22 @@ def test_language_field_reaches_the_decoder(client: TestClient, jfk_wav: bytes) 
     german = _post(client, jfk_wav, response_format="verbose_json", language="de")
     assert german.status_code == 200, german.text
     assert german.json()["language"] == "de"
+
+
+def test_chinese_comes_back_in_simplified_characters(client: TestClient) -> None:
+    # Whisper base writes this mainland AISHELL sentence in traditional characters
+    # (廣州市 ... 協會); the service's default script is simplified.
+    from voicemesh.stt.script import convert_text
+
+    response = _post(client, AISHELL.path.read_bytes(), response_format="verbose_json",
+                     language="zh")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    text = body["text"]
+    assert "广州" in text, text
+    assert convert_text(text, "simplified") == text
+    assert all(convert_text(s["text"], "simplified") == s["text"] for s in body["segments"])
+    assert error_rate(AISHELL.text, text) <= 25, text
 
 
 # ---------------------------------------------------------------- bad input

@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -50,8 +51,15 @@ _Entry = tuple[int, int, _Job | None]
 class DecodeScheduler:
     """A priority queue of decode jobs served by ``workers`` threads."""
 
-    def __init__(self, transcriber: Transcriber, workers: int = 1) -> None:
+    def __init__(
+        self,
+        transcriber: Transcriber,
+        workers: int = 1,
+        postprocess: Callable[[TranscriptionResult], TranscriptionResult] | None = None,
+    ) -> None:
         self.transcriber = transcriber
+        self.postprocess = postprocess
+        """Applied to every result on the worker thread (e.g. the Chinese script)."""
         self._queue: queue.PriorityQueue[_Entry] = queue.PriorityQueue()
         self._seq = itertools.count()
         self._threads = [
@@ -106,6 +114,8 @@ class DecodeScheduler:
             started = time.perf_counter()
             try:
                 result = self.transcriber.transcribe(job.audio, **job.kwargs)
+                if self.postprocess is not None:
+                    result = self.postprocess(result)
             except Exception as exc:
                 _LOGGER.exception("decode failed")
                 job.loop.call_soon_threadsafe(_set_exception, job.future, exc)

@@ -49,6 +49,7 @@ from voicemesh.registry import RegistryHeartbeat, ReplicaInfo, ReplicaLoad
 from voicemesh.settings import ServiceSettings
 from voicemesh.stt.engines import Device, EngineName, Transcriber, check_language
 from voicemesh.stt.scheduler import DecodeScheduler, Priority
+from voicemesh.stt.script import ChineseScript, result_postprocessor
 from voicemesh.stt.streaming import EngineLabel, StreamingConfig, StreamingSession
 from voicemesh.stt.vad import EndpointerConfig
 
@@ -83,6 +84,8 @@ class SttSettings(ServiceSettings):
     """Beam width of file transcription (POST /v1/transcribe)."""
     language: str | None = None
     """Default language of sessions; None detects it per utterance."""
+    chinese_script: ChineseScript = "simplified"
+    """Script of Chinese transcripts: simplified, traditional, or model (as Whisper wrote)."""
     partial_interval_s: float = Field(0.8, ge=0.1, le=10)
     """New audio between partial hypotheses."""
     min_silence_s: float = Field(0.5, ge=0.1, le=5)
@@ -143,7 +146,10 @@ class SttState:
     ) -> None:
         self.settings = settings
         self.transcriber = transcriber
-        self.scheduler = DecodeScheduler(transcriber, workers=settings.workers)
+        self.scheduler = DecodeScheduler(
+            transcriber, workers=settings.workers,
+            postprocess=result_postprocessor(settings.chinese_script),
+        )
         self.metrics = metrics
         self.sessions: dict[str, StreamingSession] = {}
         self.draining = False
