@@ -5,10 +5,9 @@ finds it through the registry, transcribes a reference uploaded without
 ``prompt_text``, and every English sentence of the shared manifest, synthesised in
 a voice cloned from a shared clip, is transcribed back by the same replica.
 
-The WER is taken over the manifest's English sentences of five words or more: on the
-three- and four-word fragments ("IN EIGHTEEN THIRTEEN", "four queen of clubs") Whisper
-base already mishears the plain VITS voice often enough to swamp what the adaptation
-changes (measured: 6-10 % WER for plain VITS over all sentences, run to run).
+The WER is taken over all the manifest's English sentences. The base voice synthesises
+without VITS noise (``voicemesh.clone.vits``), so a run's audio is the same every time:
+measured 7.3% in process (``benchmarks/tts_roundtrip.py --clone``).
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from voicemesh.settings import default_home
 
 pytestmark = pytest.mark.integration
 
-MIN_WORDS = 5
 REFERENCES = ["pocketsphinx-librivox-0870.wav", "whisper-jfk.wav", "coqui-tts-LJ001-0001.wav",
               "wenet-librispeech-1995-1837-0001.wav"]
 
@@ -97,8 +95,7 @@ def test_cloned_speech_is_intelligible_and_timed_like_plain_vits(
             data={"name": name, "language": "en", "consent": "true", "prompt_text": clip.text})
         assert response.status_code == 201, response.text
         voices.append(response.json()["voice_id"])
-    sentences = [c.text for c in load_manifest()
-                 if c.language == "en" and len(c.text.split()) >= MIN_WORDS]
+    sentences = [c.text for c in load_manifest() if c.language == "en"]
     engine: WorldAdaptedVits = clone.app.state.clone.cpu  # type: ignore[attr-defined]
     references, hypotheses = [], []
     started = time.perf_counter()
