@@ -86,11 +86,14 @@ async def stream_all(url: str, clips: list[Clip]) -> dict[str, object]:
             if before:
                 final_lat.append(received - max(before))
         partials = result.timed("partial")
-        if partials and spans:
-            first_partial.append(partials[0][0] - spans[0][0])
+        first = partials[0][0] - spans[0][0] if partials and spans else None
+        if first is not None:
+            first_partial.append(first)
         lat = [round(r - max([e for e in ends if e <= f["end"] + 0.05] or [0]), 3)
                for r, f in result.timed("final")]
-        print(f"  {clip.file:55s} finals {lat} | {result.transcript[:70]}", flush=True)
+        shown = f"{first:.3f}" if first is not None else "-"
+        print(f"  {clip.file:55s} 1st partial {shown} finals {lat} | {result.transcript[:60]}",
+              flush=True)
     return {"final": final_lat, "first_partial": first_partial, "transcripts": transcripts}
 
 
