@@ -145,9 +145,17 @@ def _offline_model():  # type: ignore[no-untyped-def]
 
 @functools.lru_cache(maxsize=64)
 def offline_transcript(clip: Clip) -> str:
-    """faster-whisper's own offline transcription (default decoding) of the clip."""
+    """faster-whisper's own offline transcription (default decoding) of the clip.
+
+    Chinese comes back in the script the services write by default (simplified): the
+    comparison is about what was recognised, not which of Whisper's two scripts it
+    happened to print (base writes the AISHELL clip in traditional characters).
+    """
+    from voicemesh.stt.script import convert_text
+
     segments, _ = _offline_model().transcribe(str(clip.path), language=clip.language)
-    return " ".join(s.text.strip() for s in segments)
+    text = " ".join(s.text.strip() for s in segments)
+    return convert_text(text, "simplified") if clip.language == "zh" else text
 
 
 def clip_named(name: str) -> Clip:
