@@ -28,7 +28,7 @@ _CONFIGS = {"simplified": "t2s", "traditional": "s2t"}
 def _converter(script: str) -> Callable[[str], str]:
     import opencc
 
-    return opencc.OpenCC(_CONFIGS[script]).convert  # type: ignore[no-any-return]
+    return opencc.OpenCC(_CONFIGS[script]).convert
 
 
 def convert_text(text: str, script: ChineseScript) -> str:
