@@ -7,6 +7,7 @@ down.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from collections.abc import Iterator
@@ -299,6 +300,107 @@ def test_fallback_when_the_registered_backend_is_down(
             assert 'route="fallback"' in client.get("/metrics").text
     finally:
         asyncio.run(register(False))
+
+
+class FakeDyingGptSovits:
+    """A fake GPT-SoVITS api_v2 (no weights here) that dies in the middle of its reply.
+
+    ``GET /tts`` answers the real server's 400 parameter error, so the service's probe
+    registers it; ``POST /tts`` starts a chunked 32 kHz WAV reply, sends its header and
+    ``audio_bytes`` of samples, then drops the connection.
+    """
+
+    def __init__(self, audio_bytes: int) -> None:
+        import socket
+        import threading
+
+        self.audio_bytes = audio_bytes
+        self.posts = 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: object) -> None:
+        import socket
+        import struct
+
+        assert isinstance(conn, socket.socket)
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                piece = conn.recv(65536)
+                if not piece:
+                    return
+                data += piece
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            while len(body) < length:
+                body += conn.recv(65536)
+            if head.startswith(b"GET"):
+                message = b'{"message": "text is required"}'
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                             % (len(message), message))
+                return
+            self.posts += 1
+            header = (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVEfmt "
+                      + struct.pack("<IHHIIHH", 16, 1, 1, 32000, 64000, 2, 16)
+                      + b"data" + struct.pack("<I", 0xFFFFFFFF))
+            payload = header + bytes(self.audio_bytes)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n"
+                         + b"%x\r\n%s\r\n" % (len(payload), payload))
+            # No terminating chunk: the backend died mid-reply.
+
+    def close(self) -> None:
+        import socket
+
+        with contextlib.suppress(OSError):  # wakes the thread blocked in accept()
+            self.server.shutdown(socket.SHUT_RDWR)
+        self.server.close()
+
+
+@pytest.mark.parametrize(("audio_bytes", "stream"), [(0, True), (0, False), (6400, False)],
+                         ids=["header-then-dead-stream", "header-then-dead",
+                              "some-audio-then-dead"])
+def test_backend_dying_mid_reply_falls_back_to_the_cpu_engine(
+    redis_server: RedisServer, tmp_path: Path, cpu_engine: WorldAdaptedVits,
+    audio_bytes: int, stream: bool,
+) -> None:
+    fake = FakeDyingGptSovits(audio_bytes)
+    # Its own registry kind: the fake must not outlive this test in other tests' view.
+    settings = make_settings(redis_server, tmp_path, gptsovits_urls=[fake.url],
+                             gptsovits_kind=f"gpt_sovits_fake{free_port()}")
+    try:
+        with TestClient(create_clone_app(settings, cpu_engine=cpu_engine),
+                        headers=ALICE) as client:
+            deadline = time.monotonic() + 10
+            while client.get("/health").json()["gpt_sovits_backends"] != [fake.url]:
+                assert time.monotonic() < deadline, "the fake backend was never registered"
+                time.sleep(0.1)
+            voice = upload(client, reference_bytes())[1]["voice_id"]
+            response = client.post("/v1/synthesize", json={
+                "text": "Time for your tablets.", "voice_id": voice, "format": "pcm",
+                "stream": stream})
+            assert response.status_code == 200, response.text
+            assert fake.posts == 1
+            assert response.headers["x-voicemesh-engine"] == "world_vits"
+            assert response.headers["x-voicemesh-fallback"] == "backend_closed"
+            assert response.headers["x-voicemesh-sample-rate"] == "22050"
+            assert 0.8 < len(response.content) / 2 / 22050 < 4.0
+    finally:
+        fake.close()
 
 
 def test_without_the_fallback_a_dead_backend_is_503(

@@ -249,7 +249,11 @@ class GptSovitsCloner:
         await self.client.aclose()
 
     async def start(self, request: CloneRequest, streaming: bool) -> GptSovitsStream:
-        """Send the request to a free backend and read up to the first audio."""
+        """Send the request to a free backend and read up to the first audio samples.
+
+        Up to then a failure raises here and the service falls back to another engine;
+        a streaming backend that sends its WAV header and then dies is caught too.
+        """
         payload = tts_payload(request, self.reference_path(request.reference_sha256),
                               streaming=streaming)
         # The backend stays claimed until the reply is read to the end (or abandoned):
@@ -273,7 +277,7 @@ class GptSovitsCloner:
             body = response.aiter_raw()
             reader = WavStreamReader()
             first = b""
-            while reader.sample_rate is None:
+            while reader.sample_rate is None or not first:
                 try:
                     raw = await anext(body)
                 except StopAsyncIteration as exc:

@@ -491,8 +491,13 @@ class Synthesis:
                 return Response(hit.data, media_type=hit.media_type,
                                 headers=self.headers(hit.engine, hit.approximate, "hit", None))
             state.metrics.count("cache", "miss")
+            pcm: bytes | None = None
             try:
                 stream = await engine.start(self.clone_request, self.body.stream)
+                if not self.body.stream:
+                    # Read whole results here, so a backend that fails mid-reply still
+                    # falls back; a stream falls back only until its first audio.
+                    pcm = await self._collect(stream)
             except (EngineUnavailable, BackendClosed, BackendTimeout) as exc:
                 if index + 1 >= len(engines):
                     raise
@@ -503,21 +508,25 @@ class Synthesis:
                                 self.request_id, engine.name, exc.code, exc.message,
                                 engines[index + 1].name)
                 continue
-            return await self._serve(engine, stream, key)
+            return await self._serve(engine, stream, key, pcm)
         raise EngineUnavailable("no cloning engine could serve", code="no_engine")
 
-    async def _serve(self, engine: VoiceCloner, stream: SynthesisStream, key: str) -> Response:
+    async def _collect(self, stream: SynthesisStream) -> bytes:
+        """The whole PCM of a stream (counted as an active synthesis meanwhile)."""
+        self.state.active += 1
+        try:
+            return b"".join([chunk async for chunk in stream.chunks()])
+        finally:
+            self.state.active -= 1
+
+    async def _serve(self, engine: VoiceCloner, stream: SynthesisStream, key: str,
+                     pcm: bytes | None) -> Response:
         fmt = self.body.format
         state = self.state
         rate = output_rate(fmt, self.body.sample_rate or stream.sample_rate)
         headers = self.headers(engine.name, engine.approximate, "miss", rate)
         state.metrics.count("synthesize", engine.name)
-        if not self.body.stream:
-            state.active += 1
-            try:
-                pcm = b"".join([chunk async for chunk in stream.chunks()])
-            finally:
-                state.active -= 1
+        if pcm is not None:
             data = await asyncio.to_thread(self._encode, pcm, stream.sample_rate, rate)
             await self._store(key, data, engine, rate)
             return Response(data, media_type=media_type(fmt, rate), headers=headers)
