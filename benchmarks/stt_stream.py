@@ -52,7 +52,7 @@ def offline(model_name: str, clips: list[Clip]) -> tuple[dict[str, str], list[fl
     from faster_whisper import WhisperModel
 
     from voicemesh.assets import resolve_whisper_model
-    from voicemesh.stt.script import convert_text
+    from voicemesh.stt.script import convert_for_language
 
     model = WhisperModel(resolve_whisper_model(model_name), device="cpu", compute_type="int8")
     texts, rtfs = {}, []
@@ -60,9 +60,9 @@ def offline(model_name: str, clips: list[Clip]) -> tuple[dict[str, str], list[fl
         audio = load_clip_16k(clip.path)
         started = time.perf_counter()
         segments, _ = model.transcribe(audio, language=clip.language)
-        text = " ".join(s.text.strip() for s in segments)
         # The services write Chinese in simplified characters; so does this baseline.
-        texts[clip.file] = convert_text(text, "simplified") if clip.language == "zh" else text
+        texts[clip.file] = convert_for_language(" ".join(s.text.strip() for s in segments),
+                                                clip.language)
         rtfs.append((time.perf_counter() - started) / clip.duration_s)
     return texts, rtfs
 

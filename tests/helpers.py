@@ -151,11 +151,10 @@ def offline_transcript(clip: Clip) -> str:
     comparison is about what was recognised, not which of Whisper's two scripts it
     happened to print (base writes the AISHELL clip in traditional characters).
     """
-    from voicemesh.stt.script import convert_text
+    from voicemesh.stt.script import convert_for_language
 
     segments, _ = _offline_model().transcribe(str(clip.path), language=clip.language)
-    text = " ".join(s.text.strip() for s in segments)
-    return convert_text(text, "simplified") if clip.language == "zh" else text
+    return convert_for_language(" ".join(s.text.strip() for s in segments), clip.language)
 
 
 def clip_named(name: str) -> Clip:

@@ -9,7 +9,7 @@ import numpy as np
 from voicemesh.protocol import Segment, Word
 from voicemesh.stt.engines import TranscriptionResult
 from voicemesh.stt.scheduler import DecodeScheduler, Priority
-from voicemesh.stt.script import convert_text, result_postprocessor
+from voicemesh.stt.script import convert_for_language, convert_text, result_postprocessor
 
 TRADITIONAL = "廣州市房地產中介協會分析"
 SIMPLIFIED = "广州市房地产中介协会分析"
@@ -26,6 +26,9 @@ def test_both_directions_and_model_leaves_text_alone() -> None:
     assert convert_text(SIMPLIFIED, "traditional") == TRADITIONAL
     assert convert_text(TRADITIONAL, "model") == TRADITIONAL
     assert convert_text("Mixed 廣州 text, 42.", "simplified") == "Mixed 广州 text, 42."
+    assert convert_for_language(TRADITIONAL, "zh") == SIMPLIFIED
+    assert convert_for_language(TRADITIONAL, "zh-TW", "traditional") == TRADITIONAL
+    assert convert_for_language("東京都", "ja") == "東京都"
 
 
 def test_postprocessor_rewrites_text_segments_and_words_of_chinese_only() -> None:

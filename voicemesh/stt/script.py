@@ -38,6 +38,17 @@ def convert_text(text: str, script: ChineseScript) -> str:
     return _converter(script)(text)
 
 
+def is_chinese(language: str | None) -> bool:
+    """True for Whisper's ``zh`` (and regional tags such as ``zh-TW``)."""
+    return (language or "").lower().startswith("zh")
+
+
+def convert_for_language(text: str, language: str | None,
+                         script: ChineseScript = "simplified") -> str:
+    """``text`` in ``script`` when ``language`` is Chinese; other languages unchanged."""
+    return convert_text(text, script) if is_chinese(language) else text
+
+
 def result_postprocessor(
     script: ChineseScript,
 ) -> Callable[[TranscriptionResult], TranscriptionResult] | None:
@@ -47,7 +58,7 @@ def result_postprocessor(
     _converter(script)  # fail at start-up, not on the first Mandarin utterance
 
     def convert(result: TranscriptionResult) -> TranscriptionResult:
-        if not (result.language or "").lower().startswith("zh"):
+        if not is_chinese(result.language):
             return result
         segments = [
             Segment(start=s.start, end=s.end, text=convert_text(s.text, script),

@@ -83,12 +83,6 @@ class SttSettings(ServiceSettings):
     """Decodes run at once. Two on CPU, so a final never waits behind a partial in
     progress: on 2 cores, 2 one-thread workers cut end-of-speech -> final p95 from
     1242 to 1095 ms against 1 two-thread worker (benchmarks/stt_stream.py)."""
-
-    def decode_threads(self) -> int:
-        """CPU threads of one decode: ``cpu_threads``, or the cores over the workers."""
-        if self.cpu_threads:
-            return self.cpu_threads
-        return max(1, available_cores() // self.workers)
     beam_size: int = Field(5, ge=1, le=10)
     """Beam width of file transcription (POST /v1/transcribe)."""
     language: str | None = None
@@ -117,6 +111,12 @@ class SttSettings(ServiceSettings):
     """On SIGTERM, how long live sessions may take to finish before the replica exits."""
     max_upload_seconds: float = Field(3600.0, gt=0)
     """Longest audio accepted by POST /v1/transcribe."""
+
+    def decode_threads(self) -> int:
+        """CPU threads of one decode: ``cpu_threads``, or the cores over the workers."""
+        if self.cpu_threads:
+            return self.cpu_threads
+        return max(1, available_cores() // self.workers)
 
     def streaming_config(self, language: str | None) -> StreamingConfig:
         """The per-session tuning these settings describe."""
