@@ -106,3 +106,25 @@ async def test_a_flush_for_earlier_speech_does_not_cut_the_next_utterance(
     assert [m for m in out if m.type == "final"] == []
     await session.flush("flush", until=None)
     assert len([m for m in out if m.type == "final"]) == 1
+
+
+MEETING = "fireredasr-TEST_MEETING_T0000000001_S00000.wav"
+
+
+async def test_a_hesitant_far_field_speaker_is_decoded_whole(scheduler: DecodeScheduler) -> None:
+    # A quiet (-39 dBFS) meeting recording with pauses of about 0.9 s and 0.5 s inside
+    # one sentence. Whisper base is unsure of the pieces, so each is held; the speaker
+    # goes on within the hold, and the whole sentence is decoded at once.
+    from voicemesh.stt.script import convert_for_language
+
+    clip = clip_named(MEETING)
+    audio = np.concatenate([load_clip_16k(clip.path), np.zeros(16000, np.float32)])
+    held = [m for m in await run(scheduler, audio, StreamingConfig(language="zh"))
+            if m.type == "final"]
+    split = [m for m in await run(scheduler, audio, StreamingConfig(language="zh", hold_s=0))
+             if m.type == "final"]
+    assert len(held) == 1 and len(split) == 3, (held, split)
+    assert held[0].start == 0.0  # the first word, before the VAD fired, is in the preroll
+    whole = error_rate(clip.text, convert_for_language(held[0].text, "zh"))
+    pieces = error_rate(clip.text, convert_for_language(" ".join(f.text for f in split), "zh"))
+    assert whole < pieces - 10, (whole, pieces)

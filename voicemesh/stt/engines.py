@@ -47,6 +47,8 @@ class TranscriptionResult:
     avg_logprob: float = 0.0
     compression_ratio: float = 1.0
     """zlib ratio of the text; Whisper's repetition loops compress far better than speech."""
+    retried: bool = False
+    """The fast decode looked broken (see :func:`suspicious`) and was redone on the full window."""
 
 
 def suspicious(result: TranscriptionResult) -> bool:
@@ -253,6 +255,7 @@ class FasterWhisperTranscriber:
                 # Like Whisper's own fallback, the retry drops the context prompt.
                 result = self._transcribe_window(samples, language=language, prefix=prefix,
                                                  beam_size=beam, pad_s=None, prompt=None)
+                result.retried = True
             return result
         segments_iter, info = self._model.transcribe(
             np.ascontiguousarray(audio, dtype=np.float32),

@@ -95,6 +95,11 @@ class SttSettings(ServiceSettings):
     """Silence that ends an utterance."""
     silence_onset_s: float = Field(0.1, ge=0.03, le=5)
     """Silence after which the final is decoded speculatively."""
+    hold_s: float = Field(0.5, ge=0, le=5)
+    """More silence a doubtful final waits for before it is sent (0: never hold). If the
+    speaker goes on, the pause was a hesitation and the utterance is decoded whole."""
+    hold_logprob: float = Field(-0.5, le=0)
+    """Finals whose decode scores below this average log-probability are doubtful (held)."""
     max_utterance_s: float = Field(24.0, ge=5, le=29)
     """Longest utterance before it is cut (Whisper sees 30 s at most)."""
     use_prefix: bool = False
@@ -127,6 +132,8 @@ class SttSettings(ServiceSettings):
             use_prefix=self.use_prefix,
             final_prefix=self.final_prefix,
             final_beam_size=self.final_beam_size,
+            hold_s=self.hold_s,
+            hold_logprob=self.hold_logprob,
             endpointer=EndpointerConfig(
                 min_silence_s=self.min_silence_s, silence_onset_s=self.silence_onset_s
             ),

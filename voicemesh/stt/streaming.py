@@ -10,6 +10,11 @@ How a final can arrive sooner than a whole-utterance decode takes:
 * As soon as silence starts (``silence_onset_s``) a *speculative* final decode is
   queued. If the silence lasts until the endpoint (``min_silence_s``) its result
   is the final, already computed; if speech resumes it is discarded.
+* A doubtful speculative result (Whisper had to redo it, or scored it low) is
+  held for up to ``hold_s`` more silence before it becomes the final. When the
+  speaker goes on within that time the pause was a hesitation, not the end of a
+  sentence: the utterance continues and is decoded whole, because Whisper
+  decodes a sentence far better than the pieces a pause cut it into.
 
 Only one decode per session is in flight at any time, so a single stream never
 keeps both cores busy re-decoding, and finals outrank partials in the scheduler.
@@ -49,6 +54,10 @@ class StreamingConfig:
     """Speech needed before the first partial decode."""
     preroll_s: float = 0.5
     """Audio kept from before the detected speech start."""
+    idle_keep_s: float = 1.0
+    """Audio kept while no one speaks, beyond ``preroll_s``: the VAD fires speech_start
+    some windows (and up to a frame) after speech began, and the preroll is counted
+    back from where it began, not from when it fired."""
     max_utterance_s: float = 24.0
     """An utterance longer than this is cut at its quietest point and finalized."""
     min_speech_s: float = 0.2
@@ -64,6 +73,10 @@ class StreamingConfig:
     no_speech_threshold: float = 0.6
     compression_ratio_threshold: float = 2.4
     logprob_threshold: float = -1.0
+    hold_s: float = 0.5
+    """Extra silence, past the endpoint, that a doubtful final waits for more speech (0: off)."""
+    hold_logprob: float = -0.5
+    """A final decode scoring below this average log-probability is doubtful."""
     endpointer: EndpointerConfig = field(default_factory=EndpointerConfig)
 
 
@@ -114,6 +127,20 @@ def looks_like_speech(result: TranscriptionResult, config: StreamingConfig) -> b
     )
 
 
+def doubtful(result: TranscriptionResult, config: StreamingConfig) -> bool:
+    """A final worth holding: the fast decode looked broken, or Whisper was unsure of it."""
+    return result.retried or result.avg_logprob < config.hold_logprob
+
+
+@dataclass
+class _Held:
+    """A final decoded at an endpoint and held while more speech may come."""
+
+    result: TranscriptionResult
+    end: int  # stream sample where the utterance ended
+    until: int  # stream sample at which the hold runs out
+
+
 class StreamingSession:
     """One client stream: feed it 16 kHz float32 audio; it emits partials and finals."""
 
@@ -143,6 +170,8 @@ class StreamingSession:
         self._last_partial_at = 0
         self._partial_task: asyncio.Task[None] | None = None
         self._spec: tuple[int, asyncio.Task[TranscriptionResult]] | None = None
+        self._held: _Held | None = None
+        self._last_speech_start = 0.0  # stream seconds of the latest speech_start
         self._lock = asyncio.Lock()
         self.finals = 0
         self._context: list[tuple[float, str]] = []  # (end time, text) of recent finals
@@ -165,9 +194,14 @@ class StreamingSession:
             self._speech_samples += int(np.count_nonzero(probs >= threshold)) * WINDOW
             for event in events:
                 await self._on_event(event)
+            held = self._held
+            if held is not None and self.samples >= held.until:
+                await self._finalize("endpoint", end_sample=held.end)
             if not self.in_utterance:
                 self._trim_to_preroll()
                 return
+            if self._held is not None:
+                return  # silence after an endpoint: no partials, nothing to cut
             if self._buf.size > self.config.max_utterance_s * SAMPLE_RATE:
                 await self._cut_long_utterance()
             self._maybe_partial()
@@ -176,10 +210,13 @@ class StreamingSession:
         """Finalize the current utterance now (``<flush>``, ``flush``, ``stop``).
 
         ``until`` (stream seconds) limits the flush to an utterance that began before
-        it: a flush meant for speech that has ended must not cut the next utterance.
+        it: a flush meant for speech that has ended must not cut the next utterance,
+        nor an utterance that went on after a held pause (speech started again after
+        ``until``; the engine's own endpoint will end it).
         """
         async with self._lock:
-            if until is not None and self._buf_start / SAMPLE_RATE >= until:
+            if until is not None and (self._buf_start / SAMPLE_RATE >= until
+                                      or self._last_speech_start > until):
                 return
             if self.in_utterance or self._speech_samples > 0:
                 await self._finalize(reason, end_sample=self.samples)
@@ -195,9 +232,15 @@ class StreamingSession:
 
     async def _on_event(self, event: VadEvent) -> None:
         if event.kind == "speech_start":
+            self._last_speech_start = event.t
+            if self._held is not None:
+                # The speaker went on: the pause did not end the utterance.
+                _LOGGER.debug("utterance %d continues after a pause", self.utterance_id)
+                self._held = None
             if not self.in_utterance:
                 self.in_utterance = True
                 self._last_partial_at = self.samples
+                self._start_at(event.t - self.config.preroll_s)
             await self.emit(VadMessage(event="speech_start", t=round(event.t, 3)))
         elif event.kind == "silence_onset" and self.in_utterance:
             self._start_speculative()
@@ -205,10 +248,35 @@ class StreamingSession:
             self._drop_speculative()
         elif event.kind == "speech_end" and self.in_utterance:
             await self.emit(VadMessage(event="speech_end", t=round(event.speech_end, 3)))
-            await self._finalize("endpoint", end_sample=self.samples)
+            if not await self._hold():
+                await self._finalize("endpoint", end_sample=self.samples)
+
+    async def _hold(self) -> bool:
+        """Hold a doubtful speculative final for more silence; True when it is held."""
+        spec = self._spec
+        if (self.config.hold_s <= 0 or spec is None
+                or spec[1].cancelled()):
+            return False
+        try:
+            result = await spec[1]
+        except asyncio.CancelledError:
+            return False
+        if not looks_like_speech(result, self.config) or not doubtful(result, self.config):
+            return False
+        self._spec = None
+        self._held = _Held(result, end=self.samples,
+                           until=self.samples + int(self.config.hold_s * SAMPLE_RATE))
+        return True
+
+    def _start_at(self, seconds: float) -> None:
+        """Drop idle audio before ``seconds`` (stream time): where the utterance begins."""
+        drop = min(self._buf.size, max(0, int(seconds * SAMPLE_RATE) - self._buf_start))
+        if drop:
+            self._buf = self._buf[drop:]
+            self._buf_start += drop
 
     def _trim_to_preroll(self) -> None:
-        keep = int(self.config.preroll_s * SAMPLE_RATE)
+        keep = int((self.config.preroll_s + self.config.idle_keep_s) * SAMPLE_RATE)
         if self._buf.size > keep:
             drop = self._buf.size - keep
             self._buf = self._buf[drop:]
@@ -310,7 +378,14 @@ class StreamingSession:
         self._spec = None
         self._cancel_partial()
         result: TranscriptionResult | None = None
-        if enough_speech and audio.size:
+        held, self._held = self._held, None
+        if held is not None:
+            # Nothing but silence came after the held decode (speech would have
+            # released it), so it is this utterance's final, up to where it ended.
+            result = held.result
+            end_sample = held.end
+            audio = self._buf[: end_sample - self._buf_start]
+        elif enough_speech and audio.size:
             if spec is not None and not spec[1].cancelled():
                 # The speculative decode covered everything up to silence onset; what
                 # came after it is silence by construction (no speech_resume).
