@@ -1,4 +1,4 @@
-"""Holding a doubtful final: a hesitant speaker's pause must not split the sentence.
+"""Holding a doubtful final (a hesitant speaker's pause must not split the sentence), and partials.
 
 The session runs with scripted parts: a VAD that calls loud windows speech, and a
 decoder whose confidence depends on how much audio it is given (short pieces are
@@ -37,9 +37,11 @@ class LoudnessVad:
 class ScriptedDecoder:
     """Decodes any block; unsure (log-probability -1.2) below ``sure_after_s`` of audio."""
 
-    def __init__(self, sure_after_s: float, retried: bool = False) -> None:
+    def __init__(self, sure_after_s: float, retried: bool = False,
+                 partial_text: str | None = None) -> None:
         self.sure_after_s = sure_after_s
         self.retried = retried
+        self.partial_text = partial_text
         self.finals: list[float] = []
 
     async def decode(self, audio: np.ndarray, priority: Priority,
@@ -48,6 +50,8 @@ class ScriptedDecoder:
         if priority != Priority.PARTIAL:
             self.finals.append(seconds)
         sure = seconds >= self.sure_after_s
+        if priority == Priority.PARTIAL and self.partial_text is not None:
+            return TranscriptionResult(text=self.partial_text, duration=seconds)
         return TranscriptionResult(
             text=f"words of {seconds:.1f} seconds", duration=seconds,
             avg_logprob=-0.2 if sure else -1.2, retried=self.retried and not sure,
@@ -68,7 +72,7 @@ def session_for(decoder: ScriptedDecoder, config: StreamingConfig) -> tuple[Stre
     out: list[Any] = []
 
     async def emit(message: Any) -> None:
-        if message.type == "final":
+        if message.type in ("final", "partial"):
             out.append(message)
 
     session = StreamingSession(decoder, emit,  # type: ignore[arg-type]
@@ -89,7 +93,7 @@ async def stream(decoder: ScriptedDecoder, pieces: list[np.ndarray], config: Str
     await feed(session, pieces)
     if stop:
         await session.close()
-    return finals
+    return [m for m in finals if m.type == "final"]
 
 
 async def test_a_pause_after_an_unsure_piece_does_not_end_the_utterance() -> None:
@@ -155,16 +159,28 @@ async def test_a_backstop_flush_for_the_pause_does_not_cut_the_resumed_speech() 
     # The gateway flushes when its detector saw speech end (at 1.5 s) and no final
     # came; here the engine held the final and the speaker went on.
     decoder = ScriptedDecoder(sure_after_s=2.5)
-    session, finals = session_for(decoder, StreamingConfig(hold_s=0.5))
+    session, out = session_for(decoder, StreamingConfig(hold_s=0.5))
     await feed(session, [speech(1.5), silence(0.8), speech(1.0)])
     await session.flush("flush", until=1.5)
-    assert finals == []
+    assert [m for m in out if m.type == "final"] == []
     await feed(session, [speech(0.5), silence(1.0)])
+    finals = [m for m in out if m.type == "final"]
     assert len(finals) == 1 and finals[0].start == 0.0
     # A flush for speech that is still going on, with no pause held, still cuts.
     await feed(session, [speech(1.0)])
     await session.flush("flush", until=session.samples / 16000)
+    finals = [m for m in out if m.type == "final"]
     assert len(finals) == 2 and finals[1].reason == "flush"
+
+
+@pytest.mark.parametrize(("partial", "sent"), [("y y y y y y y y", False),
+                                                ("the quick brown fox", True)])
+async def test_a_looping_partial_is_not_sent(partial: str, sent: bool) -> None:
+    decoder = ScriptedDecoder(sure_after_s=0.0, partial_text=partial)
+    session, out = session_for(decoder, StreamingConfig(hold_s=0.5))
+    await feed(session, [speech(3.0), silence(1.0)])
+    assert any(m.type == "partial" for m in out) is sent
+    assert [m.type for m in out][-1] == "final"
 
 
 def test_doubtful_means_retried_or_unsure() -> None:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from voicemesh.protocol import FinalMessage, FinalReason, PartialMessage, Segment, VadMessage
-from voicemesh.stt.engines import SAMPLE_RATE, TranscriptionResult
+from voicemesh.stt.engines import SAMPLE_RATE, TranscriptionResult, has_repetition_loop
 from voicemesh.stt.scheduler import DecodeScheduler, Priority
 from voicemesh.stt.vad import WINDOW, Endpointer, EndpointerConfig, StreamingVad, VadEvent
 
@@ -334,7 +334,9 @@ class StreamingSession:
                 self._last_partial_at = self.samples
         if utterance_id != self.utterance_id or self.closed or not self.in_utterance:
             return
-        if not looks_like_speech(result, self.config):
+        if not looks_like_speech(result, self.config) or has_repetition_loop(result.text):
+            # A greedy partial of quiet, far-field audio can loop ("y y y y ..."); a
+            # final is redone on the full window instead, but a partial is just skipped.
             return
         text = result.text
         self._stable = stable_prefix(self._last_hyp, text) or self._stable
