@@ -105,3 +105,23 @@ def test_loops_are_retried_but_low_confidence_alone_is_not() -> None:
     assert not suspicious(TranscriptionResult(text="hello", avg_logprob=-1.5))
     loop = "ddech, " * 40
     assert suspicious(TranscriptionResult(text=loop, compression_ratio=compression_ratio(loop)))
+
+
+def test_a_looping_window_decode_is_redone_and_marked_retried() -> None:
+    from voicemesh.stt.engines import FasterWhisperTranscriber
+
+    engine = FasterWhisperTranscriber.__new__(FasterWhisperTranscriber)  # no model needed
+    engine.multilingual, engine.window_pad_s, engine.beam_size = True, 6.0, 1
+    pads: list[float | None] = []
+
+    def window(_audio: np.ndarray, *, pad_s: float | None, **_: object) -> TranscriptionResult:
+        pads.append(pad_s)
+        return TranscriptionResult(text="上 上 上 上 上" if pad_s is not None else "首先")
+
+    engine._transcribe_window = window  # type: ignore[method-assign]
+    result = engine.transcribe(np.zeros(16000, np.float32), language="zh")
+    assert pads == [6.0, None] and result.text == "首先" and result.retried
+    pads.clear()
+    assert not engine.transcribe(np.zeros(16000, np.float32), language="zh",
+                                 quality_fallback=False).retried
+    assert pads == [6.0]
