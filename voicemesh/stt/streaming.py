@@ -268,19 +268,20 @@ class StreamingSession:
                            until=self.samples + int(self.config.hold_s * SAMPLE_RATE))
         return True
 
+    def _drop_front(self, samples: int) -> None:
+        """Forget the oldest ``samples`` of the buffer (at most all of it)."""
+        samples = min(self._buf.size, samples)
+        if samples > 0:
+            self._buf = self._buf[samples:]
+            self._buf_start += samples
+
     def _start_at(self, seconds: float) -> None:
         """Drop idle audio before ``seconds`` (stream time): where the utterance begins."""
-        drop = min(self._buf.size, max(0, int(seconds * SAMPLE_RATE) - self._buf_start))
-        if drop:
-            self._buf = self._buf[drop:]
-            self._buf_start += drop
+        self._drop_front(int(seconds * SAMPLE_RATE) - self._buf_start)
 
     def _trim_to_preroll(self) -> None:
         keep = int((self.config.preroll_s + self.config.idle_keep_s) * SAMPLE_RATE)
-        if self._buf.size > keep:
-            drop = self._buf.size - keep
-            self._buf = self._buf[drop:]
-            self._buf_start += drop
+        self._drop_front(self._buf.size - keep)
         self._speech_samples = 0
 
     # ------------------------------------------------------------------ decoding
@@ -386,7 +387,6 @@ class StreamingSession:
             # released it), so it is this utterance's final, up to where it ended.
             result = held.result
             end_sample = held.end
-            audio = self._buf[: end_sample - self._buf_start]
         elif enough_speech and audio.size:
             if spec is not None and not spec[1].cancelled():
                 # The speculative decode covered everything up to silence onset; what
@@ -429,9 +429,7 @@ class StreamingSession:
         )
 
     def _reset_utterance(self, end_sample: int) -> None:
-        consumed = end_sample - self._buf_start
-        self._buf = self._buf[consumed:]
-        self._buf_start = end_sample
+        self._drop_front(end_sample - self._buf_start)
         self.utterance_id += 1
         self.in_utterance = self.endpointer.in_speech
         self._speech_samples = 0
