@@ -15,11 +15,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-SPEECH_DIR = next(
-    (p for p in (REPO / "shared" / "testdata" / "speech",
-                 REPO.parent / "shared" / "testdata" / "speech") if p.is_dir()),
-    REPO.parent / "shared" / "testdata" / "speech",
-)
+SPEECH_DIR = REPO / "tests" / "data" / "speech"
 
 
 @dataclass(frozen=True)

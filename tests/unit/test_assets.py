@@ -28,7 +28,7 @@ pytestmark = pytest.mark.unit
 
 PINNED_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
 PINNED_SIZE = 145_217_607
-JFK = Path("/work/shared/testdata/speech/whisper-jfk.wav")
+JFK = Path(__file__).resolve().parents[1] / "data" / "speech" / "whisper-jfk.wav"
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Audio helpers against the real speech clips in shared/testdata/speech."""
+"""Audio helpers against the real speech clips in tests/data/speech."""
 
 from __future__ import annotations
 
@@ -29,15 +29,7 @@ from voicemesh.errors import BadAudio, PayloadTooLarge
 pytestmark = pytest.mark.unit
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
-# shared/ sits beside the checkout, or inside it on machines that copy the working tree.
-SPEECH_DIR = next(
-    (
-        root / "shared" / "testdata" / "speech"
-        for root in (_REPO_ROOT, _REPO_ROOT.parent)
-        if (root / "shared" / "testdata" / "speech").is_dir()
-    ),
-    _REPO_ROOT.parent / "shared" / "testdata" / "speech",
-)
+SPEECH_DIR = _REPO_ROOT / "tests" / "data" / "speech"
 
 FRAME_MS = (20, 33, 100)
 

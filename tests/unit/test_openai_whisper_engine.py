@@ -31,7 +31,7 @@ from voicemesh.stt.openai_engine import OpenAIWhisperTranscriber
 
 pytestmark = pytest.mark.unit
 
-JFK = Path("/work/shared/testdata/speech/whisper-jfk.wav")
+JFK = Path(__file__).resolve().parents[1] / "data" / "speech" / "whisper-jfk.wav"
 BLOCK_S = 2.0
 EPS = 1e-3
 
