@@ -26,11 +26,10 @@ def _nginx_render(target: str, output: str | None) -> int:
         from voicemesh.runner import MeshPaths, nginx_layout
 
         settings = nginx.get_settings()
-        from gateway.settings import get_settings as gateway_settings
-
-        gateway = gateway_settings()
+        gateway = nginx.UpstreamGateway()
         text = nginx.render_nginx_conf(
             settings, target="embedded", upstreams=[f"127.0.0.1:{gateway.port}"],
+            body_limit_bytes=gateway.body_limit_bytes,
             layout=nginx_layout(MeshPaths.from_settings(), settings.port),
         )
     if output:

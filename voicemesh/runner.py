@@ -39,7 +39,13 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from voicemesh.nginx import NginxLayout, NginxSettings, embedded_argv, write_embedded_conf
+from voicemesh.nginx import (
+    NginxLayout,
+    NginxSettings,
+    UpstreamGateway,
+    embedded_argv,
+    write_embedded_conf,
+)
 from voicemesh.services import SERVICES, ServiceSpec
 from voicemesh.settings import CommonSettings
 
@@ -481,7 +487,8 @@ def write_nginx_conf(plan: MeshPlan, paths: MeshPaths, settings: NginxSettings) 
         return
     gateway = next(item for item in plan.services if item.name == GATEWAY)
     write_embedded_conf(settings, nginx_layout(paths, front.port),
-                        [f"{_url_host(gateway.host)}:{gateway.port}"])
+                        [f"{_url_host(gateway.host)}:{gateway.port}"],
+                        body_limit_bytes=UpstreamGateway().body_limit_bytes)
 
 
 # ----------------------------------------------------------------------------- health

@@ -14,6 +14,7 @@ from voicemesh.nginx import (
     MULTIPART_SLACK_BYTES,
     NginxLayout,
     NginxSettings,
+    UpstreamGateway,
     render_compose_conf,
     render_nginx_conf,
 )
@@ -78,9 +79,33 @@ def test_body_limit_follows_the_gateway_upload_limit(monkeypatch: pytest.MonkeyP
     default = GatewaySettings.model_fields["max_upload_bytes"].default
     assert f"client_max_body_size {default + MULTIPART_SLACK_BYTES};" in render_compose_conf()
     monkeypatch.setenv("VOICEMESH_GATEWAY_MAX_UPLOAD_BYTES", str(4 * 1024 * 1024))
+    upstream = UpstreamGateway()
+    assert upstream.max_upload_bytes == GatewaySettings().max_upload_bytes == 4 * 1024 * 1024
     conf = render_nginx_conf(NginxSettings(), target="embedded", upstreams=["127.0.0.1:9"],
+                             body_limit_bytes=upstream.body_limit_bytes,
                              layout=NginxLayout(tmp_path))
     assert f"client_max_body_size {5 * 1024 * 1024};" in conf
+    # The environment never leaks into the committed compose rendering.
+    assert f"client_max_body_size {default + MULTIPART_SLACK_BYTES};" in render_compose_conf()
+    explicit = NginxSettings(body_limit_bytes=3 * 1024 * 1024)
+    conf = render_nginx_conf(explicit, target="embedded", upstreams=["127.0.0.1:9"],
+                             body_limit_bytes=upstream.body_limit_bytes,
+                             layout=NginxLayout(tmp_path))
+    assert f"client_max_body_size {3 * 1024 * 1024};" in conf
+
+
+def test_the_upstream_gateway_mirrors_the_gateway_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The shared package reads these two gateway settings without importing the gateway.
+    for name in UpstreamGateway.model_fields:
+        assert name in GatewaySettings.model_fields
+        assert (UpstreamGateway.model_fields[name].default
+                == GatewaySettings.model_fields[name].default), name
+    assert UpstreamGateway.model_config["env_prefix"] == GatewaySettings.model_config["env_prefix"]
+    monkeypatch.setenv("VOICEMESH_GATEWAY_PORT", "9099")
+    assert UpstreamGateway().port == GatewaySettings().port == 9099
+    assert UpstreamGateway.defaults().port == 8080
 
 
 def _location(conf: str, opening: str) -> str:
@@ -119,7 +144,7 @@ def test_bad_settings_fail_fast(tmp_path: Path) -> None:
         NginxSettings(workers="many")
     with pytest.raises(ValueError, match="upstream"):
         render_nginx_conf(NginxSettings(), target="embedded", upstreams=[],
-                          layout=NginxLayout(tmp_path))
+                          body_limit_bytes=2048, layout=NginxLayout(tmp_path))
 
 
 def test_replicas_advertise_their_own_address(monkeypatch: pytest.MonkeyPatch) -> None:
