@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return probe(args.url, args.timeout)
 
-    from voicemesh import runner as mesh
+    from voicemesh.cli import mesh
 
     if args.command == "up":
         try:
