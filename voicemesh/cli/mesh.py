@@ -5,10 +5,9 @@ The steps live in :mod:`voicemesh.mesh`; this module decides what is said about 
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from voicemesh.mesh.control import (
     StopReport,
@@ -72,26 +71,14 @@ def _print_stop(report: StopReport, timeout: float) -> None:
         _say(f"stopped {label}, which the supervisor left running")
 
 
-def _wait(
-    plan: MeshPlan,
-    paths: MeshPaths,
-    timeout: float,
-    *,
-    supervisor: subprocess.Popen[bytes] | None = None,
-    supervisor_in_process: Supervisor | None = None,
-) -> HealthWait:
-    """Wait for the mesh, saying which process is ready after how long."""
+def _ready_printer(plan: MeshPlan) -> Callable[[ProcessPlan, float], None]:
+    """A progress callback that says which process is ready after how long."""
     width = max(len(item.label) for item in plan.processes())
 
     def on_ready(item: ProcessPlan, elapsed: float) -> None:
         _say(f"  {item.label:<{width}}  ready in {elapsed:5.1f} s  {item.url}")
 
-    if supervisor_in_process is not None:
-        local = supervisor_in_process
-        return wait_until_healthy(plan, paths, timeout=timeout, on_ready=on_ready,
-                                  tick=local.tick, stopped=lambda: local.stop_requested)
-    return wait_until_healthy(plan, paths, timeout=timeout, on_ready=on_ready,
-                              supervisor=supervisor)
+    return on_ready
 
 
 def _report_failure(outcome: HealthWait) -> None:
@@ -158,7 +145,8 @@ def cmd_up(
 def _up_detached(plan: MeshPlan, paths: MeshPaths, timeout: float) -> int:
     supervisor = spawn_supervisor(plan, paths)
     try:
-        outcome = _wait(plan, paths, timeout, supervisor=supervisor)
+        outcome = wait_until_healthy(plan, paths, timeout=timeout,
+                                     on_ready=_ready_printer(plan), supervisor=supervisor)
     except KeyboardInterrupt:
         outcome = HealthWait(False, "interrupted")
     if not outcome.ok:
@@ -179,7 +167,10 @@ def _up_foreground(plan: MeshPlan, paths: MeshPaths, timeout: float) -> int:
     with stop_on_signals(supervisor):
         try:
             supervisor.start()
-            outcome = _wait(plan, paths, timeout, supervisor_in_process=supervisor)
+            outcome = wait_until_healthy(
+                plan, paths, timeout=timeout, on_ready=_ready_printer(plan),
+                tick=supervisor.tick, stopped=lambda: supervisor.stop_requested,
+            )
             if not outcome.ok:
                 if outcome.reason == "interrupted":
                     return 130
