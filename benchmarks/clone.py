@@ -31,8 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import RedisServer, free_port  # noqa: E402
-from tests.helpers import SPEECH_DIR, ServiceProcess, load_manifest  # noqa: E402
+from tests.harness import SPEECH_DIR, RedisServer, ServiceProcess, free_port, load_manifest  # noqa: E402  # noqa: E402
 from voicemesh.audio import read_audio_file, resample  # noqa: E402
 from voicemesh.clone.engines import WorldAdaptedVits  # noqa: E402
 from voicemesh.clone.reference import ReferenceRejected, prepare_reference  # noqa: E402

@@ -33,8 +33,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from client.streaming import stream_audio  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.helpers import clip_named  # noqa: E402
+from tests.harness import (
+    clip_named,
+    free_port,
+)
 from voicemesh.audio import load_clip_16k  # noqa: E402
 from voicemesh.settings import default_home  # noqa: E402
 

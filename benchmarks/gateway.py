@@ -32,8 +32,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from client.streaming import StreamResult, stream_audio  # noqa: E402
-from tests.conftest import RedisServer, free_port  # noqa: E402
-from tests.helpers import ServiceProcess, clip_named, error_rate, load_manifest  # noqa: E402
+from tests.harness import (  # noqa: E402  # noqa: E402
+    RedisServer,
+    ServiceProcess,
+    clip_named,
+    error_rate,
+    free_port,
+    load_manifest,
+)
 from voicemesh.audio import load_clip_16k  # noqa: E402
 from voicemesh.settings import default_home  # noqa: E402
 

@@ -32,8 +32,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import free_port  # noqa: E402
-from tests.helpers import ServiceProcess  # noqa: E402
+from tests.harness import (
+    ServiceProcess,
+    free_port,
+)
 from voicemesh.settings import default_home  # noqa: E402
 
 SHORT = "The weather is lovely today."

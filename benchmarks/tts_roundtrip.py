@@ -40,7 +40,7 @@ import soundfile
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.helpers import SPEECH_DIR, load_manifest  # noqa: E402
+from tests.harness import SPEECH_DIR, load_manifest  # noqa: E402
 from tests.integration.test_tts import words  # noqa: E402
 from voicemesh.audio import decode_audio_file, resample  # noqa: E402
 

@@ -16,7 +16,7 @@ import websockets
 from client.cli import main
 from client.mic import Backoff, FileCaptureSource, MicStreamer, SlidingBuffer
 from client.streaming import stream_audio
-from tests.helpers import clip_named, error_rate, offline_transcript
+from tests.harness import clip_named, error_rate, offline_transcript
 from voicemesh.audio import OpusStreamEncoder, load_clip_16k
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -65,7 +65,7 @@ def test_stream_command_fast_is_faster_than_real_time(mesh: Any, tmp_path: Path,
 
 
 def test_stream_command_reports_unreachable_gateway(capsys: Any) -> None:
-    from tests.conftest import free_port
+    from tests.harness import free_port
 
     code = main(["stream", str(SHORT.path), "--url", f"ws://127.0.0.1:{free_port()}/ws/x"])
     assert code == 1
@@ -156,7 +156,7 @@ async def test_mic_reconnects_after_a_drop_and_resumes_the_transcript(
 
 
 async def test_mic_gives_up_after_its_reconnect_attempts() -> None:
-    from tests.conftest import free_port
+    from tests.harness import free_port
 
     streamer = MicStreamer(f"ws://127.0.0.1:{free_port()}/ws/transcribe",
                            FileCaptureSource(str(SHORT.path)),

@@ -16,8 +16,7 @@ import httpx
 import pytest
 import soundfile
 
-from tests.conftest import RedisServer, free_port
-from tests.helpers import SPEECH_DIR, ServiceProcess, clip_named
+from tests.harness import SPEECH_DIR, RedisServer, ServiceProcess, clip_named, free_port
 from voicemesh.settings import default_home
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from tests.conftest import free_port
-from tests.helpers import ServiceProcess, clip_named
+from tests.harness import ServiceProcess, clip_named, free_port
 from tests.integration.conftest import Mesh
 from voicemesh.audio import load_clip_16k
 

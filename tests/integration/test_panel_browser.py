@@ -18,8 +18,15 @@ import pytest
 import redis
 import soundfile
 
-from tests.conftest import RedisServer, free_port
-from tests.helpers import REPO, ServiceProcess, clip_named, error_rate, offline_transcript
+from tests.harness import (
+    REPO,
+    RedisServer,
+    ServiceProcess,
+    clip_named,
+    error_rate,
+    free_port,
+    offline_transcript,
+)
 from tests.integration.test_clone_gateway import KEY_A as CLONE_KEY
 from tests.integration.test_clone_gateway import CloneMesh, clone_mesh  # noqa: F401 - fixture
 from voicemesh.audio import load_clip_16k, resample

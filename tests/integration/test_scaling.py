@@ -17,8 +17,7 @@ import httpx
 import pytest
 
 from client.streaming import stream_audio
-from tests.conftest import free_port
-from tests.helpers import REPO, clip_named, error_rate
+from tests.harness import REPO, clip_named, error_rate, free_port
 from voicemesh.audio import load_clip_16k
 from voicemesh.settings import default_home
 

@@ -10,7 +10,7 @@ import pytest
 import websockets
 
 from client.streaming import stream_audio, to_bytes
-from tests.helpers import error_rate, load_manifest, offline_transcript
+from tests.harness import error_rate, load_manifest, offline_transcript
 from voicemesh.audio import load_clip_16k, resample
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

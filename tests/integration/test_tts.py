@@ -25,8 +25,7 @@ import redis
 import soundfile
 from num2words import num2words
 
-from tests.conftest import free_port
-from tests.helpers import ServiceProcess, load_manifest, normalize
+from tests.harness import ServiceProcess, free_port, load_manifest, normalize
 from tests.integration.conftest import Mesh
 from voicemesh.registry import ReplicaInfo
 

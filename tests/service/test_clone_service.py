@@ -18,8 +18,7 @@ import pytest
 import soundfile
 from fastapi.testclient import TestClient
 
-from tests.conftest import RedisServer, free_port
-from tests.helpers import SPEECH_DIR, clip_named
+from tests.harness import SPEECH_DIR, RedisServer, clip_named, free_port
 from voicemesh.audio import read_audio_file
 from voicemesh.clone.engines import WorldAdaptedVits
 from voicemesh.clone.service import OWNER_HEADER, CloneSettings, create_clone_app

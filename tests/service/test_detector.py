@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketTestSession
 
 from stt_tiny_ws.app import DetectorSettings, create_app
-from tests.helpers import Clip, load_manifest
+from tests.harness import Clip, load_manifest
 
 pytestmark = pytest.mark.service
 

@@ -20,7 +20,7 @@ from starlette.testclient import WebSocketTestSession
 import voicemesh
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from tests.conftest import RedisServer, free_port
+from tests.harness import RedisServer, free_port
 from voicemesh.registry import ReplicaInfo, ReplicaLoad
 
 pytestmark = pytest.mark.service

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.helpers import clip_named, error_rate
+from tests.harness import clip_named, error_rate
 from voicemesh.audio import load_clip_16k
 from voicemesh.stt.engines import load_transcriber
 from voicemesh.stt.scheduler import DecodeScheduler

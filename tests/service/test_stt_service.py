@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import WebSocketTestSession
 
 from stt_cpu_ws.app import SttCpuSettings
-from tests.helpers import Clip, error_rate, load_manifest, normalize
+from tests.harness import Clip, error_rate, load_manifest, normalize
 from voicemesh.stt.service import create_stt_app
 
 pytestmark = pytest.mark.service

