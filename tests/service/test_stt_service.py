@@ -57,15 +57,10 @@ def _frames(pcm: bytes) -> Iterator[bytes]:
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     """The stt_cpu_ws app with the real Whisper base, model loaded once for the module."""
-    # The session-wide autouse fixture clears VOICEMESH_* per test, which is after a
-    # module fixture is set up; clear them here too so the host cannot leak in.
-    with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith("VOICEMESH_"):
-                mp.delenv(name)
-        app = create_stt_app(SttCpuSettings(redis_url="", cpu_threads=2))
-        with TestClient(app) as test_client:
-            yield test_client
+    # The host's VOICEMESH_* were cleared in pytest_configure (tests/conftest.py).
+    app = create_stt_app(SttCpuSettings(redis_url="", cpu_threads=2))
+    with TestClient(app) as test_client:
+        yield test_client
 
 
 @pytest.fixture(scope="module")
