@@ -27,7 +27,10 @@ from voicemesh.audio import load_clip_16k
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 KEYS = ["key-one", "key-two", "key-three"]
-REFUSAL_BOUND_S = 2.0  # a refused client hears why at once; it never waits for a slot
+REFUSAL_BOUND_S = 10.0
+"""A refused client hears why without waiting for a slot: the sessions that hold the slots
+stay open for the whole test, so a refusal that waited would never come. Generous on
+purpose: how fast it comes is for benchmarks."""
 
 
 @pytest.fixture(scope="module")

@@ -353,19 +353,15 @@ def test_corrupt_bytes_are_rejected_as_undecodable(client: TestClient) -> None:
 
 
 def test_empty_file_is_a_json_client_error(client: TestClient) -> None:
-    response = _post(client, b"")
-    assert 400 <= response.status_code < 500, response.text
-    error = response.json()["error"]
-    assert error["code"] in {"undecodable_audio", "empty_audio"}
-    assert error["request_id"] == response.headers["x-request-id"]
+    error = _assert_error(_post(client, b""), 400, "undecodable_audio")
+    assert "empty" in error["message"]
 
 
 def test_wav_header_without_samples_is_a_json_client_error(client: TestClient) -> None:
     buf = io.BytesIO()
     soundfile.write(buf, np.zeros(0, dtype=np.int16), RATE, format="WAV")
-    response = _post(client, buf.getvalue())
-    assert 400 <= response.status_code < 500, response.text
-    assert response.json()["error"]["code"] in {"undecodable_audio", "empty_audio"}
+    error = _assert_error(_post(client, buf.getvalue()), 400, "undecodable_audio")
+    assert "no audio samples" in error["message"]
 
 
 def test_unknown_response_format_is_a_validation_error(
