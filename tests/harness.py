@@ -142,28 +142,30 @@ class RedisServer:
 
 @dataclass(frozen=True)
 class Clip:
-    """One shared speech clip and its reference transcript."""
+    """One speech clip and its reference transcript."""
 
     file: str
     text: str
     language: str
     duration_s: float
+    folder: Path = SPEECH_DIR
+    """The folder of its manifest (the repository's clips unless a benchmark says)."""
 
     @property
     def path(self) -> Path:
         """Where the WAV file is."""
-        return SPEECH_DIR / self.file
+        return self.folder / self.file
 
 
-def load_manifest() -> list[Clip]:
-    """Every clip of ``manifest.jsonl``."""
+def load_manifest(folder: Path = SPEECH_DIR) -> list[Clip]:
+    """Every clip of ``folder/manifest.jsonl`` (``tests/data/speech`` by default)."""
     clips = []
-    with open(SPEECH_DIR / "manifest.jsonl", encoding="utf-8") as fh:
+    with open(folder / "manifest.jsonl", encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
                 item = json.loads(line)
                 clips.append(Clip(item["file"], item["text"], item["language"],
-                                  float(item["duration_s"])))
+                                  float(item["duration_s"]), folder))
     return clips
 
 
@@ -276,6 +278,6 @@ def offline_transcript(clip: Clip) -> str:
     return convert_for_language(" ".join(s.text.strip() for s in segments), clip.language)
 
 
-def clip_named(name: str) -> Clip:
+def clip_named(name: str, folder: Path = SPEECH_DIR) -> Clip:
     """The manifest entry of one clip."""
-    return next(c for c in load_manifest() if c.file == name)
+    return next(c for c in load_manifest(folder) if c.file == name)
