@@ -70,6 +70,14 @@ def test_stream_command_fast_sends_without_pacing(mesh: Any, tmp_path: Path,
     capsys.readouterr()
 
 
+def test_stream_sample_needs_no_file(mesh: Any, capsys: Any) -> None:
+    code = main(["stream", "--sample", "--url", mesh.ws_url, "--fast", "--no-partials"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    transcript = next(line for line in out.splitlines() if line.startswith("transcript: "))
+    assert_within_wer(clip_named("whisper-jfk.wav"), transcript.removeprefix("transcript: "))
+
+
 def test_stream_command_reports_unreachable_gateway(capsys: Any) -> None:
     from tests.harness import free_port
 
