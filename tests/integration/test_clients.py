@@ -71,7 +71,7 @@ def test_stream_command_fast_sends_without_pacing(mesh: Any, tmp_path: Path,
 
 
 def test_stream_sample_needs_no_file(mesh: Any, capsys: Any) -> None:
-    code = main(["stream", "--sample", "--url", mesh.ws_url, "--fast", "--no-partials"])
+    code = main(["stream", "--sample", "--url", mesh.ws_url, "--no-partials"])
     out = capsys.readouterr().out
     assert code == 0, out
     transcript = next(line for line in out.splitlines() if line.startswith("transcript: "))
