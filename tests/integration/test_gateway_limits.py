@@ -86,7 +86,7 @@ def active_sessions(base: str) -> int:
     return int(status.json()["sessions"]["active"])
 
 
-async def wait_active(base: str, expected: int, timeout_s: float = 5.0) -> None:
+async def wait_active(base: str, expected: int, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while (got := await asyncio.to_thread(active_sessions, base)) != expected:
         assert time.monotonic() < deadline, f"{got} sessions active, expected {expected}"

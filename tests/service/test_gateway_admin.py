@@ -242,7 +242,7 @@ def test_services_lists_replicas_and_the_route_order(gateway: TestClient, redis_
     draining = replica("cpu-draining", draining=True)
     detector = replica("det-1", "stt_tiny_ws")
     register(redis_url, cpu_busy, cpu_idle, gpu, draining, detector)
-    eventually(lambda: len(gateway.get("/v1/admin/services").json()["services"]) == 3, 3)
+    eventually(lambda: len(gateway.get("/v1/admin/services").json()["services"]) == 3, 10)
 
     body = gateway.get("/v1/admin/services").json()
 
@@ -271,7 +271,7 @@ def test_status_has_process_services_mode_and_request_stats(
 ) -> None:
     dead = replica("cpu-dead")
     register(redis_url, dead)
-    eventually(lambda: bool(gateway.get("/v1/admin/services").json()["stt_route"]), 3)
+    eventually(lambda: bool(gateway.get("/v1/admin/services").json()["stt_route"]), 10)
     # The only replica is down: the request fails over to nothing and is counted.
     assert transcribe(gateway).json()["error"]["code"] == "no_backend"
 
@@ -357,7 +357,7 @@ def test_status_feed_forwards_failover_and_request_completed(
 ) -> None:
     first, second = replica("cpu-a"), replica("cpu-b")
     register(redis_url, first, second)
-    eventually(lambda: len(gateway.get("/v1/admin/services").json()["stt_route"]) == 2, 3)
+    eventually(lambda: len(gateway.get("/v1/admin/services").json()["stt_route"]) == 2, 10)
     with gateway.websocket_connect("/v1/ws/status") as ws:
         assert ws.receive_json()["type"] == "status_update"
         # Both replicas are gone: the request moves from one to the other, then fails.
