@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.helpers import clip_named
+from tests.harness import clip_named
 from voicemesh.audio import (
     OpusStreamDecoder,
     OpusStreamEncoder,

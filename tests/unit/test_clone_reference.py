@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.helpers import SPEECH_DIR
+from tests.harness import SPEECH_DIR
 from voicemesh.audio import read_audio_file, resample
 from voicemesh.clone.reference import (
     ReferenceRejected,
