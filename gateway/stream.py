@@ -74,7 +74,7 @@ class GatewayStream:
         self.backend: Backend | None = None
         self.detector: ClientConnection | None = None
         self.failed_backends: set[str] = set()
-        self.stall = StallWatch(self.settings.stall_timeout_s)
+        self.stall = StallWatch(self.settings.stall_timeout_s, self.settings.max_utterance_s)
         self._heard_speech_at: float | None = None
         self._slow_reported = False
         self.finals = 0
@@ -248,8 +248,12 @@ class GatewayStream:
                 return
 
     def _stalled(self) -> bool:
-        """Speech is pending and the backend has said nothing for the stall timeout."""
-        return self.stall.stalled()
+        """Speech is pending and the backend has said nothing for the stall timeout (or
+        it sends partials but no final past the longest utterance)."""
+        return self.stall.stalled(self._audio_s())
+
+    def _audio_s(self) -> float:
+        return self.buffer.total_samples / SAMPLE_RATE
 
     async def _on_stall(self, backend: Backend) -> str | None:
         """Why the session must move off a stalled backend, or None to wait for it.
@@ -260,13 +264,12 @@ class GatewayStream:
         how far behind its backend is.
         """
         if self._candidates(exclude={backend.replica.instance_id}):
-            return (f"stalled: no message for {self.settings.stall_timeout_s:.0f} s "
-                    "while speech was pending")
+            return self.stall.why(self._audio_s())
         if not self._slow_reported:
             self._slow_reported = True
             current = next((r for r in self.view.snapshot(include_held=True)
                             if r.instance_id == backend.replica.instance_id), backend.replica)
-            message = slow_backend_message(current, self.stall.quiet_s())
+            message = slow_backend_message(current, self.stall.behind_s(self._audio_s()))
             _LOGGER.warning("session %s: %s", self.session_id, message["message"])
             self.metrics.error("backend_slow")
             self.state.events.publish("backend_slow", session_id=self.session_id,
@@ -282,15 +285,14 @@ class GatewayStream:
             while True:
                 try:
                     raw = await asyncio.wait_for(backend.ws.recv(), STALL_CHECK_S)
+                    self.stall.heard()
+                    self._slow_reported = False
                 except TimeoutError:
-                    if self._stalled():
-                        reason = await self._on_stall(backend)
-                        if reason is not None:
-                            return reason
-                    continue
-                self.stall.heard()
-                self._slow_reported = False
-                if isinstance(raw, bytes):
+                    raw = None
+                # Checked on messages too: partials alone must not hide a missing final.
+                if self._stalled() and (reason := await self._on_stall(backend)) is not None:
+                    return reason
+                if raw is None or isinstance(raw, bytes):
                     continue
                 message = shift_times(json.loads(raw), backend.offset)
                 kind = message.get("type")

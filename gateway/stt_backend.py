@@ -9,8 +9,10 @@ unplugged backend even while nobody speaks.
 :class:`StallWatch` tells when a backend that still answers pings owes the client
 text for too long: speech is pending (a ``partial`` or a ``speech_start`` came, from
 the backend or from the gateway's own detector, and no ``final`` or ``speech_end``
-since) and the backend has said nothing for the stall timeout. The detector is what
-catches a backend that never says anything at all. Pings are given longer than the
+since) and the backend has said nothing for the stall timeout; or it keeps sending
+partials of one utterance past the longest an engine makes (``max_utterance_s``)
+with no ``final``. The detector is what catches a backend that never says anything
+at all. Pings are given longer than the
 stall timeout, so that while speech is pending the stall watch, which says why,
 speaks first. What the stream does then depends on whether another replica can take the
 session: it moves, or (alive but slow, nowhere to go) it stays and tells the client
@@ -130,14 +132,22 @@ async def open_detector(view: RegistryView, connect_timeout_s: float,
 
 
 class StallWatch:
-    """Whether the backend owes the client text and has been quiet past the stall timeout."""
+    """Whether the backend owes the client text and has been quiet, or finalless, too long.
 
-    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    Times of messages are wall-clock (``clock``); utterance starts and the audio
+    position are stream seconds, as the client sees them.
+    """
+
+    def __init__(self, timeout_s: float, max_utterance_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.timeout_s = timeout_s
+        self.max_utterance_s = max_utterance_s
         self.clock = clock
         self.speech_since: float | None = None
         """When the speech the backend has not finished yet began (None: nothing owed)."""
         self.last_message = clock()
+        self.utterance_start: float | None = None
+        """Stream time where the utterance the backend sends partials of began."""
         self._owed_for_detector = False
 
     def restart(self, *, speech_pending: bool) -> None:
@@ -145,6 +155,7 @@ class StallWatch:
         now = self.clock()
         self.last_message = now
         self.speech_since = now if speech_pending else None
+        self.utterance_start = None
         self._owed_for_detector = False
 
     def heard(self) -> None:
@@ -152,7 +163,7 @@ class StallWatch:
         self.last_message = self.clock()
 
     def track(self, message: dict[str, Any]) -> None:
-        """Note whether ``message`` opens speech (text now owed) or closes it."""
+        """Note whether a backend ``message`` opens speech (text now owed) or closes it."""
         kind = message.get("type")
         event = message.get("event")
         if kind == "partial" or (kind == "vad" and event == "speech_start"):
@@ -162,6 +173,11 @@ class StallWatch:
         elif kind == "final" or (kind == "vad" and event == "speech_end"):
             self.speech_since = None
             self._owed_for_detector = False
+        if kind == "partial" and self.utterance_start is None:
+            start = message.get("start")
+            self.utterance_start = float(start) if isinstance(start, int | float) else None
+        elif kind == "final":
+            self.utterance_start = None
 
     def track_detector(self, message: dict[str, Any]) -> None:
         """Note what the detector heard: speech begun is text the backend now owes.
@@ -183,9 +199,29 @@ class StallWatch:
             return 0.0
         return self.clock() - max(self.last_message, self.speech_since)
 
-    def stalled(self) -> bool:
-        """Speech is pending and the backend has said nothing for the stall timeout."""
-        return self.speech_since is not None and self.quiet_s() > self.timeout_s
+    def final_overdue_s(self, audio_s: float) -> float:
+        """Audio seconds past the longest utterance an engine makes without a final."""
+        if self.utterance_start is None:
+            return 0.0
+        return audio_s - self.utterance_start - self.max_utterance_s
+
+    def stalled(self, audio_s: float) -> bool:
+        """Speech is pending and the backend said nothing for the stall timeout, or it
+        sends partials of an utterance that should have had its final by now
+        (``audio_s``: stream seconds of audio sent)."""
+        return (self.final_overdue_s(audio_s) > self.timeout_s
+                or (self.speech_since is not None and self.quiet_s() > self.timeout_s))
+
+    def why(self, audio_s: float) -> str:
+        """The failover reason for a stall (``stalled: ...``)."""
+        if self.final_overdue_s(audio_s) > self.timeout_s:
+            return (f"stalled: partials but no final for over {self.max_utterance_s:g} s "
+                    "of audio")
+        return f"stalled: no message for {self.timeout_s:g} s while speech was pending"
+
+    def behind_s(self, audio_s: float) -> float:
+        """How long the backend has owed text, or a final (seconds)."""
+        return max(self.quiet_s(), self.final_overdue_s(audio_s))
 
 
 def slow_backend_message(replica: ReplicaInfo, behind_s: float) -> dict[str, Any]:
