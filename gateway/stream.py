@@ -286,11 +286,12 @@ class GatewayStream:
                 try:
                     raw = await asyncio.wait_for(backend.ws.recv(), STALL_CHECK_S)
                     self.stall.heard()
-                    self._slow_reported = False
                 except TimeoutError:
                     raw = None
                 # Checked on messages too: partials alone must not hide a missing final.
-                if self._stalled() and (reason := await self._on_stall(backend)) is not None:
+                if not self._stalled():
+                    self._slow_reported = False
+                elif (reason := await self._on_stall(backend)) is not None:
                     return reason
                 if raw is None or isinstance(raw, bytes):
                     continue

@@ -332,3 +332,14 @@ async def test_an_alive_but_slow_only_backend_is_waited_for_and_its_delay_report
     finals = of_type(messages, "final")
     assert [f["text"] for f in finals] == ["late but right"], messages
     assert messages.index(slow_report) < messages.index(finals[0])
+
+
+async def test_a_finalless_only_backend_is_reported_once_not_cut(redis_url: str) -> None:
+    chatty = FakePartialsOnlyBackend("a-chatty")
+    async with mesh(redis_url, chatty, max_utterance_s=1.0) as url:
+        messages = await stream(url, 4.0)
+    assert of_type(messages, "failover") == [], messages
+    errors = of_type(messages, "error")
+    assert [e["code"] for e in errors] == ["backend_slow"], errors  # once, though it talks on
+    assert errors[0]["behind_s"] >= STALL_TIMEOUT_S
+    assert len(of_type(messages, "partial")) >= 10
