@@ -10,7 +10,7 @@
 Every call carries the caller's key identity in ``X-VoiceMesh-Key-Id`` (the key's
 fingerprint, never the key; ``anonymous`` with auth off), which ``tts_clone`` uses as
 the owner of profiles: another key's voice is a 404. Replicas are chosen and failed
-over exactly as for the other TTS routes (:func:`gateway.tts.route`).
+over exactly as for the other TTS routes (:func:`gateway.proxy.forward`).
 """
 
 from __future__ import annotations
