@@ -12,7 +12,9 @@ the backend or from the gateway's own detector, and no ``final`` or ``speech_end
 since) and the backend has said nothing for the stall timeout; or it keeps sending
 partials of one utterance past the longest an engine makes (``max_utterance_s``)
 with no ``final``. The detector is what catches a backend that never says anything
-at all. Pings are given longer than the
+at all; since a loaded engine may hear speech later than the detector, speech only
+the detector heard counts only while the backend has said nothing since it took the
+session, and only after twice the stall timeout. Pings are given longer than the
 stall timeout, so that while speech is pending the stall watch, which says why,
 speaks first. What the stream does then depends on whether another replica can take the
 session: it moves, or (alive but slow, nowhere to go) it stays and tells the client
@@ -148,6 +150,8 @@ class StallWatch:
         self.last_message = clock()
         self.utterance_start: float | None = None
         """Stream time where the utterance the backend sends partials of began."""
+        self.spoke = False
+        """Whether the backend has sent anything since it took the session."""
         self._owed_for_detector = False
 
     def restart(self, *, speech_pending: bool) -> None:
@@ -156,6 +160,7 @@ class StallWatch:
         self.last_message = now
         self.speech_since = now if speech_pending else None
         self.utterance_start = None
+        self.spoke = False
         self._owed_for_detector = False
 
     def heard(self) -> None:
@@ -166,6 +171,7 @@ class StallWatch:
         """Note whether a backend ``message`` opens speech (text now owed) or closes it."""
         kind = message.get("type")
         event = message.get("event")
+        self.spoke = True
         if kind == "partial" or (kind == "vad" and event == "speech_start"):
             if self.speech_since is None:
                 self.speech_since = self.clock()
@@ -186,7 +192,7 @@ class StallWatch:
         is owed no more, unless the backend itself took it for speech.
         """
         kind = message.get("type")
-        if kind == "speech_start" and self.speech_since is None:
+        if kind == "speech_start" and self.speech_since is None and not self.spoke:
             self.speech_since = self.clock()
             self._owed_for_detector = True
         elif kind == "speech_end" and not message.get("confirmed") and self._owed_for_detector:
@@ -210,14 +216,17 @@ class StallWatch:
         sends partials of an utterance that should have had its final by now
         (``audio_s``: stream seconds of audio sent)."""
         return (self.final_overdue_s(audio_s) > self.timeout_s
-                or (self.speech_since is not None and self.quiet_s() > self.timeout_s))
+                or (self.speech_since is not None and self.quiet_s() > self._quiet_limit_s()))
+
+    def _quiet_limit_s(self) -> float:
+        return self.timeout_s * (2 if self._owed_for_detector else 1)
 
     def why(self, audio_s: float) -> str:
         """The failover reason for a stall (``stalled: ...``)."""
         if self.final_overdue_s(audio_s) > self.timeout_s:
             return (f"stalled: partials but no final for over {self.max_utterance_s:g} s "
                     "of audio")
-        return f"stalled: no message for {self.timeout_s:g} s while speech was pending"
+        return f"stalled: no message for {self._quiet_limit_s():g} s while speech was pending"
 
     def behind_s(self, audio_s: float) -> float:
         """How long the backend has owed text, or a final (seconds)."""

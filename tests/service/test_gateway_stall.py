@@ -233,16 +233,18 @@ async def mesh(redis_url: str, *fakes: FakeSttBackend | FakeDetector,
         yield f"ws://127.0.0.1:{port}/ws/transcribe"
     finally:
         server.should_exit = True
-        await task
-        for fake in fakes:
-            await fake.stop()
+        try:
+            await asyncio.wait_for(task, 15)  # a hang here names itself, not the test
+        finally:
+            for fake in fakes:
+                await asyncio.wait_for(fake.stop(), 15)
 
 
 async def stream(url: str, seconds: float, *, until: str | None = None) -> list[dict[str, Any]]:
     """Stream silence at real-time pace for ``seconds`` (or until a message of type
     ``until`` arrives), then ``stop``; every message the client got, in order."""
     messages: list[dict[str, Any]] = []
-    async with websockets.connect(url) as ws:
+    async with asyncio.timeout(seconds + 30), websockets.connect(url) as ws:
         messages.append(json.loads(await ws.recv()))
         assert messages[0]["type"] == "ready", messages
         got_it = asyncio.Event()
