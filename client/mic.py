@@ -25,6 +25,7 @@ import websockets
 
 from client.streaming import OPUS_PACKET_MS, StreamResult, WireEncoding, to_bytes
 from voicemesh.audio import SAMPLE_RATE, OpusStreamEncoder, read_audio_file, resample
+from voicemesh.errors import ConnectionLost
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -192,10 +193,6 @@ class _Encoder:
 
     def flush(self) -> list[bytes]:
         return self._opus.flush() if self._opus is not None else []
-
-
-class ConnectionLost(Exception):
-    """The WebSocket went away while the source was still capturing."""
 
 
 class MicStreamer:
