@@ -30,7 +30,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from tests.conftest import RedisServer, free_port
+from tests.harness import RedisServer, free_port
 from voicemesh.protocol import SAMPLE_RATE
 from voicemesh.registry import RegistryClient, ReplicaInfo, ReplicaLoad
 
