@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from voicemesh.protocol import FinalMessage, FinalReason, PartialMessage, Segment, VadMessage
-from voicemesh.stt.engines import SAMPLE_RATE, TranscriptionResult, has_repetition_loop
 from voicemesh.stt.scheduler import DecodeScheduler, Priority
+from voicemesh.stt.types import SAMPLE_RATE, TranscriptionResult, has_repetition_loop
 from voicemesh.stt.vad import WINDOW, Endpointer, EndpointerConfig, StreamingVad, VadEvent
 
 _LOGGER = logging.getLogger(__name__)
