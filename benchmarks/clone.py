@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.conftest import RedisServer, free_port  # noqa: E402
 from tests.helpers import SPEECH_DIR, ServiceProcess, load_manifest  # noqa: E402
-from voicemesh.audio import read_audio_file, resample  # noqa: E402
+from voicemesh.audio import resample  # noqa: E402
+from voicemesh.audio_files import read_audio_file  # noqa: E402
 from voicemesh.clone.engines import WorldAdaptedVits  # noqa: E402
 from voicemesh.clone.reference import ReferenceRejected, prepare_reference  # noqa: E402
 from voicemesh.clone.world import adapt_toward, analyze_speaker  # noqa: E402

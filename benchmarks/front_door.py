@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from client.streaming import stream_audio  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.helpers import clip_named  # noqa: E402
-from voicemesh.audio import load_clip_16k  # noqa: E402
+from voicemesh.audio_files import load_clip_16k  # noqa: E402
 from voicemesh.settings import default_home  # noqa: E402
 
 

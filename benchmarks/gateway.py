@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from client.streaming import StreamResult, stream_audio  # noqa: E402
 from tests.conftest import RedisServer, free_port  # noqa: E402
 from tests.helpers import ServiceProcess, clip_named, error_rate, load_manifest  # noqa: E402
-from voicemesh.audio import load_clip_16k  # noqa: E402
+from voicemesh.audio_files import load_clip_16k  # noqa: E402
 from voicemesh.settings import default_home  # noqa: E402
 
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from client.streaming import stream_audio  # noqa: E402
 from tests.helpers import Clip, error_rate, load_manifest  # noqa: E402
-from voicemesh.audio import load_clip_16k  # noqa: E402
+from voicemesh.audio_files import load_clip_16k  # noqa: E402
 
 FRAME_MS = (20, 32, 50, 100)
 

@@ -42,7 +42,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.helpers import SPEECH_DIR, load_manifest  # noqa: E402
 from tests.integration.test_tts import words  # noqa: E402
-from voicemesh.audio import decode_audio_file, resample  # noqa: E402
+from voicemesh.audio import resample  # noqa: E402
+from voicemesh.audio_files import decode_audio_file  # noqa: E402
 
 CLONE_REFERENCES = ["pocketsphinx-librivox-0870.wav", "whisper-jfk.wav",
                     "coqui-tts-LJ001-0001.wav", "wenet-librispeech-1995-1837-0001.wav"]
@@ -122,7 +123,7 @@ def main() -> None:
     if args.piper:
         render, rate = piper_renderer(files)
     elif args.clone:
-        from voicemesh.audio import read_audio_file
+        from voicemesh.audio_files import read_audio_file
         from voicemesh.clone.engines import WorldAdaptedVits
         from voicemesh.clone.reference import prepare_reference
         from voicemesh.clone.vits import VitsBaseVoice

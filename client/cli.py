@@ -60,7 +60,7 @@ def _print_latencies(stats: dict[str, Any]) -> None:
 def cmd_stream(args: argparse.Namespace) -> int:
     """Stream one audio file (any format) as a microphone would, or as fast as possible."""
     from client.stats import session_stats
-    from voicemesh.audio import read_audio_file
+    from voicemesh.audio_files import read_audio_file
     from voicemesh.errors import VoiceMeshError
 
     try:
@@ -143,7 +143,7 @@ def cmd_mic(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run N concurrent sessions and write per-client results, a summary and plots."""
     from client.bench import BenchConfig, format_summary, run_bench
-    from voicemesh.audio import read_audio_file
+    from voicemesh.audio_files import read_audio_file
 
     audio, rate = read_audio_file(args.file)
     run = args.run or time.strftime("%Y%m%d-%H%M%S")

@@ -27,7 +27,8 @@ from tests.conftest import RedisServer, free_port
 from tests.helpers import SPEECH_DIR, ServiceProcess, error_rate, load_manifest
 from tests.integration.test_tts import words
 from voicemesh.clone.engines import WorldAdaptedVits
-from voicemesh.clone.service import CloneSettings, create_clone_app
+from voicemesh.clone.service import create_clone_app
+from voicemesh.clone.settings import CloneSettings
 from voicemesh.settings import default_home
 
 pytestmark = pytest.mark.integration

@@ -23,7 +23,7 @@ from client.streaming import stream_audio
 from tests.conftest import free_port
 from tests.helpers import clip_named, error_rate
 from tests.integration.test_scaling import EmbeddedMesh
-from voicemesh.audio import load_clip_16k
+from voicemesh.audio_files import load_clip_16k
 from voicemesh.runner import pid_alive, port_is_free
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

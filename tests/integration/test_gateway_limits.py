@@ -23,7 +23,7 @@ from websockets.asyncio.client import ClientConnection
 from tests.conftest import free_port
 from tests.helpers import ServiceProcess, clip_named
 from tests.integration.conftest import Mesh
-from voicemesh.audio import load_clip_16k
+from voicemesh.audio_files import load_clip_16k
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

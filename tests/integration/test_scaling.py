@@ -19,7 +19,7 @@ import pytest
 from client.streaming import stream_audio
 from tests.conftest import free_port
 from tests.helpers import REPO, clip_named, error_rate
-from voicemesh.audio import load_clip_16k
+from voicemesh.audio_files import load_clip_16k
 from voicemesh.settings import default_home
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

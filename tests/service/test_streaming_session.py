@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import clip_named, error_rate
-from voicemesh.audio import load_clip_16k
+from voicemesh.audio_files import load_clip_16k
 from voicemesh.stt.engines import load_transcriber
 from voicemesh.stt.scheduler import DecodeScheduler
 from voicemesh.stt.streaming import EngineLabel, StreamingConfig, StreamingSession

@@ -21,7 +21,7 @@ import soundfile
 
 from tests.conftest import free_port
 from tests.helpers import ServiceProcess
-from voicemesh.audio import decode_audio_file
+from voicemesh.audio_files import decode_audio_file
 from voicemesh.settings import default_home
 
 pytestmark = pytest.mark.service

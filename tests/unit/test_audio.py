@@ -16,14 +16,12 @@ import soundfile as sf
 from voicemesh.audio import (
     SAMPLE_RATE,
     PcmStreamDecoder,
-    decode_audio_file,
     float32_to_pcm16,
-    load_clip_16k,
     pcm16_to_float32,
-    read_audio_file,
     resample,
     rms_dbfs,
 )
+from voicemesh.audio_files import decode_audio_file, load_clip_16k, read_audio_file
 from voicemesh.errors import BadAudio, PayloadTooLarge
 
 pytestmark = pytest.mark.unit
