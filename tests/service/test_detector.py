@@ -19,7 +19,7 @@ import soundfile
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketTestSession
 
-from stt_tiny_ws.app import DetectorSettings, create_app
+from stt_tiny_ws.app import SttTinySettings, create_app
 from tests.helpers import Clip, load_manifest
 
 pytestmark = pytest.mark.service
@@ -41,7 +41,7 @@ def client() -> Iterator[TestClient]:
         for name in list(os.environ):
             if name.startswith("VOICEMESH_"):
                 mp.delenv(name)
-        with TestClient(create_app(DetectorSettings(redis_url=""))) as test_client:
+        with TestClient(create_app(SttTinySettings(redis_url=""))) as test_client:
             yield test_client
 
 
