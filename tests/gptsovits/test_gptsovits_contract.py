@@ -24,7 +24,8 @@ from fastapi.testclient import TestClient
 from tests.conftest import RedisServer, free_port
 from tests.helpers import REPO, SPEECH_DIR, clip_named
 from voicemesh.clone.gptsovits import WavStreamReader
-from voicemesh.clone.service import CloneSettings, create_clone_app
+from voicemesh.clone.service import create_clone_app
+from voicemesh.clone.settings import CloneSettings
 
 pytestmark = pytest.mark.gptsovits
 

@@ -20,9 +20,10 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import RedisServer, free_port
 from tests.helpers import SPEECH_DIR, clip_named
-from voicemesh.audio import read_audio_file
+from voicemesh.audio_files import read_audio_file
 from voicemesh.clone.engines import WorldAdaptedVits
-from voicemesh.clone.service import OWNER_HEADER, CloneSettings, create_clone_app
+from voicemesh.clone.service import OWNER_HEADER, create_clone_app
+from voicemesh.clone.settings import CloneSettings
 
 pytestmark = pytest.mark.service
 
