@@ -12,7 +12,8 @@ from tests.helpers import clip_named, error_rate
 from voicemesh.audio_files import load_clip_16k
 from voicemesh.stt.engines import load_transcriber
 from voicemesh.stt.scheduler import DecodeScheduler
-from voicemesh.stt.streaming import EngineLabel, StreamingConfig, StreamingSession
+from voicemesh.stt.streaming import StreamingSession
+from voicemesh.stt.streaming_rules import EngineLabel, StreamingConfig
 
 pytestmark = pytest.mark.service
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gateway.stream import SessionBuffer, shift_times, ws_url
-from voicemesh.stt.streaming import StreamingConfig, looks_like_speech, stable_prefix
+from voicemesh.stt.streaming_rules import StreamingConfig, looks_like_speech, stable_prefix
 from voicemesh.stt.types import (
     TranscriptionResult,
     compression_ratio,

@@ -51,7 +51,8 @@ from voicemesh.stt.formats import render_transcript
 from voicemesh.stt.scheduler import DecodeScheduler, Priority
 from voicemesh.stt.script import result_postprocessor
 from voicemesh.stt.settings import SttSettings
-from voicemesh.stt.streaming import EngineLabel, StreamingSession
+from voicemesh.stt.streaming import StreamingSession
+from voicemesh.stt.streaming_rules import EngineLabel
 from voicemesh.stt.types import Transcriber, check_language
 
 _LOGGER = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from voicemesh.settings import ServiceSettings
 from voicemesh.stt.script import ChineseScript
-from voicemesh.stt.streaming import StreamingConfig
+from voicemesh.stt.streaming_rules import StreamingConfig
 from voicemesh.stt.types import Device, EngineName
 from voicemesh.stt.vad import EndpointerConfig
 
