@@ -118,11 +118,35 @@ class NginxLayout:
         return self.prefix / "error.log"
 
 
-def gateway_body_limit() -> int:
-    """``client_max_body_size`` that matches the gateway's upload limit."""
-    from gateway.settings import GatewaySettings
+class UpstreamGateway(BaseSettings):
+    """The gateway nginx proxies to: the two of its settings the front door follows.
 
-    return GatewaySettings().max_upload_bytes + MULTIPART_SLACK_BYTES
+    Read from the gateway's own ``VOICEMESH_GATEWAY_*`` variables, so the shared
+    package never imports the gateway; a unit test keeps the defaults equal to
+    ``GatewaySettings``'.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="VOICEMESH_GATEWAY_", extra="ignore")
+
+    port: int = 8080
+    """The gateway's port (``VOICEMESH_GATEWAY_PORT``)."""
+    max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    """The gateway's upload limit (``VOICEMESH_GATEWAY_MAX_UPLOAD_BYTES``)."""
+
+    @classmethod
+    def defaults(cls) -> UpstreamGateway:
+        """The defaults, whatever the environment says (what the compose image is built with)."""
+        return cls.model_construct()
+
+    @property
+    def body_limit_bytes(self) -> int:
+        """``client_max_body_size`` that matches the gateway's upload limit."""
+        return body_limit_for(self.max_upload_bytes)
+
+
+def body_limit_for(max_upload_bytes: int) -> int:
+    """``client_max_body_size`` for a gateway that accepts ``max_upload_bytes`` uploads."""
+    return max_upload_bytes + MULTIPART_SLACK_BYTES
 
 
 def nginx_binary(settings: NginxSettings) -> str | None:
@@ -154,13 +178,17 @@ def render_nginx_conf(
     *,
     target: Target,
     upstreams: list[str],
+    body_limit_bytes: int,
     layout: NginxLayout | None = None,
-    body_limit_bytes: int | None = None,
 ) -> str:
-    """The nginx config for ``target``; ``upstreams`` are the gateway's ``host:port``s."""
+    """The nginx config for ``target``; ``upstreams`` are the gateway's ``host:port``s.
+
+    ``body_limit_bytes`` is the caller's ``client_max_body_size`` (see
+    :func:`body_limit_for`); ``settings.body_limit_bytes``, when set, wins over it.
+    """
     if not upstreams:
         raise ValueError("at least one gateway upstream is needed")
-    limit = settings.body_limit_bytes or body_limit_bytes or gateway_body_limit()
+    limit = settings.body_limit_bytes or body_limit_bytes
     allow = "\n".join(f"            allow {item};" for item in settings.metrics_allow)
     servers = "\n".join(
         f"        server {item} max_fails=3 fail_timeout=5s;" for item in upstreams
@@ -215,16 +243,17 @@ def render_nginx_conf(
     return text
 
 
-def render_compose_conf() -> str:
-    """The config baked into the compose nginx image (defaults, gateway at ``gateway:8080``)."""
-    from gateway.settings import GatewaySettings
+def render_compose_conf(gateway: UpstreamGateway | None = None) -> str:
+    """The config baked into the compose nginx image (defaults, gateway at ``gateway:8080``).
 
-    defaults = NginxSettings.model_construct()
+    ``gateway`` defaults to :meth:`UpstreamGateway.defaults`, never the environment,
+    so the committed rendering does not depend on who renders it.
+    """
+    upstream = gateway or UpstreamGateway.defaults()
     return render_nginx_conf(
-        defaults, target="compose",
-        upstreams=[f"gateway:{GatewaySettings.model_fields['port'].default}"],
-        body_limit_bytes=GatewaySettings.model_fields["max_upload_bytes"].default
-        + MULTIPART_SLACK_BYTES,
+        NginxSettings.model_construct(), target="compose",
+        upstreams=[f"gateway:{upstream.port}"],
+        body_limit_bytes=upstream.body_limit_bytes,
     )
 
 
@@ -240,7 +269,7 @@ def embedded_argv(settings: NginxSettings, layout: NginxLayout) -> list[str]:
 
 
 def write_embedded_conf(settings: NginxSettings, layout: NginxLayout, upstreams: list[str],
-                        body_limit_bytes: int | None = None) -> None:
+                        *, body_limit_bytes: int) -> None:
     """Write the embedded config and create its temp folder."""
     layout.temp.mkdir(parents=True, exist_ok=True)
     layout.conf.write_text(

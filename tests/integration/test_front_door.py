@@ -24,7 +24,8 @@ from tests.conftest import free_port
 from tests.helpers import clip_named, error_rate
 from tests.integration.test_scaling import EmbeddedMesh
 from voicemesh.audio_files import load_clip_16k
-from voicemesh.runner import pid_alive, port_is_free
+from voicemesh.mesh.plan import port_is_free
+from voicemesh.mesh.state import pid_alive
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

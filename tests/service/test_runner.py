@@ -15,7 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from voicemesh import runner
+from voicemesh.cli import mesh as cli
+from voicemesh.mesh.health import redis_answers
+from voicemesh.mesh.plan import ProcessPlan, free_port, port_is_free
+from voicemesh.mesh.state import pid_alive
+from voicemesh.mesh.supervisor import BACKOFF_FIRST_S, BACKOFF_RESET_AFTER_S, ChildProcess
 from voicemesh.services import ServiceSpec
 
 pytestmark = pytest.mark.service
@@ -26,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 def probe_spec(name: str = "probe", *, factory: str = "probe_app:create_app",
                scalable: bool = True) -> ServiceSpec:
     """A service entry for the probe app on a free port."""
-    return ServiceSpec(name, factory, f"VOICEMESH_{name.upper()}_", runner.free_port(),
+    return ServiceSpec(name, factory, f"VOICEMESH_{name.upper()}_", free_port(),
                        scalable=scalable)
 
 
@@ -49,7 +53,7 @@ def processes_mentioning(text: str) -> list[str]:
             environ = (entry / "environ").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if (text in cmdline or text in environ) and runner.pid_alive(int(entry.name)):
+        if (text in cmdline or text in environ) and pid_alive(int(entry.name)):
             found.append(f"{entry.name}: {cmdline}")
     return found
 
@@ -77,7 +81,7 @@ def mesh_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
         [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]
     ))
     yield home
-    runner.cmd_down(timeout=10)
+    cli.cmd_down(timeout=10)
     if Path("/proc/self").exists():
         assert processes_mentioning(str(home)) == []
 
@@ -86,8 +90,8 @@ def test_up_status_restart_scale_and_down(
     mesh_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spec = probe_spec()
-    redis_port = runner.free_port()
-    rc = runner.cmd_up(host="127.0.0.1", port=runner.free_port(), redis_url=None,
+    redis_port = free_port()
+    rc = cli.cmd_up(host="127.0.0.1", port=free_port(), redis_url=None,
                        scale={"probe": 2}, no_gpu=True, foreground=False, timeout=30,
                        services=[spec], redis_port=redis_port)
     out = capsys.readouterr().out
@@ -112,15 +116,15 @@ def test_up_status_restart_scale_and_down(
         assert info["env"]["VOICEMESH_HOME"] == str(mesh_home.resolve())
         assert info["env"]["PYTHONUNBUFFERED"] == "1"
     redis_pid = state["redis"]["pid"]
-    assert runner._redis_answers(state["redis_url"])
+    assert redis_answers(state["redis_url"])
 
-    assert runner.cmd_status() == 0
+    assert cli.cmd_status() == 0
     out = capsys.readouterr().out
     assert out.count(" ok ") == 3, out  # redis and both replicas
     assert str(mesh_home.resolve() / "logs") in out
 
     # A second up finds the running mesh and changes nothing.
-    assert runner.cmd_up(host="127.0.0.1", port=runner.free_port(), redis_url=None, scale={},
+    assert cli.cmd_up(host="127.0.0.1", port=free_port(), redis_url=None, scale={},
                          no_gpu=True, foreground=False, timeout=30, services=[spec],
                          redis_port=redis_port) == 0
     assert "already running" in capsys.readouterr().out
@@ -136,7 +140,7 @@ def test_up_status_restart_scale_and_down(
 
     wait_until(restarted, 10, "the killed replica to be restarted")
     new = read_state(mesh_home)["services"][1]
-    wait_until(lambda: runner.cmd_status() == 0, 10, "status healthy again")
+    wait_until(lambda: cli.cmd_status() == 0, 10, "status healthy again")
     assert get_json(f"{new['url']}/pid")["pid"] == new["pid"]
     assert new["port"] == victim["port"]
     out = capsys.readouterr().out
@@ -144,15 +148,15 @@ def test_up_status_restart_scale_and_down(
     assert read_state(mesh_home)["services"][0]["restarts"] == 0
 
     all_pids = [supervisor_pid, redis_pid, replicas[0]["pid"], new["pid"]]
-    assert runner.cmd_down(timeout=15) == 0
+    assert cli.cmd_down(timeout=15) == 0
     out = capsys.readouterr().out
     assert f"stopped supervisor (pid {supervisor_pid})" in out
-    wait_until(lambda: not any(runner.pid_alive(pid) for pid in all_pids), 5, "every pid gone")
+    wait_until(lambda: not any(pid_alive(pid) for pid in all_pids), 5, "every pid gone")
     assert not (mesh_home / "run" / "state.json").exists()
 
-    assert runner.cmd_status() == 3
+    assert cli.cmd_status() == 3
     assert "not running" in capsys.readouterr().out
-    assert runner.cmd_down(timeout=5) == 0
+    assert cli.cmd_down(timeout=5) == 0
     assert "not running" in capsys.readouterr().out
 
 
@@ -162,17 +166,17 @@ def test_up_fails_and_cleans_up_when_a_service_cannot_start(
     good = probe_spec("probe")
     bad = probe_spec("broken", factory="probe_app:create_failing_app")
     started = time.monotonic()
-    rc = runner.cmd_up(host="127.0.0.1", port=runner.free_port(), redis_url=None, scale={},
+    rc = cli.cmd_up(host="127.0.0.1", port=free_port(), redis_url=None, scale={},
                        no_gpu=True, foreground=False, timeout=25, services=[good, bad],
-                       redis_port=runner.free_port())
+                       redis_port=free_port())
     captured = capsys.readouterr()
     assert rc == 1
     assert time.monotonic() - started < 20  # gives up on repeated crashes before the timeout
     assert "broken exited 3 times" in captured.err
     assert "probe refuses to start: model file missing" in captured.err  # the log tail
     assert not (mesh_home / "run" / "state.json").exists()
-    assert runner.port_is_free("127.0.0.1", good.default_port)
-    assert runner.cmd_status() == 3
+    assert port_is_free("127.0.0.1", good.default_port)
+    assert cli.cmd_status() == 3
 
 
 def test_foreground_stops_everything_on_sigint(
@@ -181,12 +185,12 @@ def test_foreground_stops_everything_on_sigint(
     spec = probe_spec()
     script = textwrap.dedent(f"""
         import sys
-        from voicemesh import runner
+        from voicemesh.cli.mesh import cmd_up
         from voicemesh.services import ServiceSpec
         spec = ServiceSpec("probe", "probe_app:create_app", "VOICEMESH_PROBE_", {spec.default_port})
-        sys.exit(runner.cmd_up(host="127.0.0.1", port={runner.free_port()},
-                               redis_url={redis_server.url!r}, scale={{}}, no_gpu=True,
-                               foreground=True, timeout=20, services=[spec]))
+        sys.exit(cmd_up(host="127.0.0.1", port={free_port()},
+                        redis_url={redis_server.url!r}, scale={{}}, no_gpu=True,
+                        foreground=True, timeout=20, services=[spec]))
     """)
     output = tmp_path / "foreground.out"
     with open(output, "wb") as sink:
@@ -200,11 +204,11 @@ def test_foreground_stops_everything_on_sigint(
         replica = state["services"][0]
         info = get_json(f"{replica['url']}/pid")
         assert info["env"]["VOICEMESH_REDIS_URL"] == redis_server.url
-        assert runner.cmd_status() == 0
+        assert cli.cmd_status() == 0
 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=15) == 0
-        assert not runner.pid_alive(replica["pid"])
+        assert not pid_alive(replica["pid"])
         assert not (mesh_home / "run" / "state.json").exists()
     finally:
         if process.poll() is None:
@@ -218,9 +222,9 @@ def test_scale_errors_exit_2_and_start_nothing(
     specs = [probe_spec(), probe_spec("front", scalable=False)]
 
     def up(scale: dict[str, int]) -> int:
-        return runner.cmd_up(host="127.0.0.1", port=runner.free_port(), redis_url=None,
+        return cli.cmd_up(host="127.0.0.1", port=free_port(), redis_url=None,
                              scale=scale, no_gpu=True, foreground=False, timeout=5,
-                             services=specs, redis_port=runner.free_port())
+                             services=specs, redis_port=free_port())
 
     assert up({"nope": 2}) == 2
     assert "unknown service 'nope'" in capsys.readouterr().err
@@ -231,61 +235,10 @@ def test_scale_errors_exit_2_and_start_nothing(
     assert not (mesh_home / "run").exists()
 
 
-def test_plan_ports_env_and_gpu_selection(tmp_path: Path) -> None:
-    paths = runner.MeshPaths(tmp_path)
-    busy = probe_spec("busy")
-    free = probe_spec("free")
-    gateway = ServiceSpec("gateway", "gateway.app:create_app", "VOICEMESH_GATEWAY_", 1,
-                          scalable=False)
-    gpu = ServiceSpec("stt_gpu_ws", "stt_gpu_ws.app:create_app", "VOICEMESH_STT_GPU_",
-                      runner.free_port(), needs_cuda=True)
-    gateway_port = runner.free_port()
-
-    chosen, notes = runner.select_services([free, gpu], no_gpu=False, cuda_present=lambda: False)
-    assert chosen == [free] and notes == ["skipping stt_gpu_ws: no CUDA device"]
-    chosen, notes = runner.select_services([free, gpu], no_gpu=True, cuda_present=lambda: True)
-    assert chosen == [free] and notes == ["skipping stt_gpu_ws: --no-gpu"]
-    chosen, _ = runner.select_services([free, gpu], no_gpu=False, cuda_present=lambda: True)
-    assert chosen == [free, gpu]
-
-    import socket
-
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", busy.default_port))
-        holder.listen()
-        notes = []
-        plan = runner.build_plan(
-            [busy, free, gateway], paths=paths, host="127.0.0.1", port=gateway_port,
-            redis_url="redis://127.0.0.1:1/0", scale={"free": 3}, notes=notes,
-        )
-        assert plan.redis is None
-        by_label = {item.label: item for item in plan.services}
-        assert by_label["busy"].port != busy.default_port
-        assert notes == [f"busy: port {busy.default_port} is in use, using {by_label['busy'].port}"]
-        assert by_label["free-1"].port == free.default_port
-        assert by_label["gateway"].port == gateway_port
-        ports = [item.port for item in plan.services]
-        assert len(set(ports)) == len(ports) == 5
-        assert by_label["free-3"].log == str(tmp_path / "logs" / "free-3.log")
-        assert by_label["gateway"].argv[:3] == [sys.executable, "-m", "uvicorn"]
-        assert by_label["gateway"].env == {
-            "VOICEMESH_GATEWAY_HOST": "127.0.0.1",
-            "VOICEMESH_GATEWAY_PORT": str(gateway_port),
-            "VOICEMESH_REDIS_URL": "redis://127.0.0.1:1/0",
-            "VOICEMESH_HOME": str(tmp_path),
-            "PYTHONUNBUFFERED": "1",
-        }
-
-        with pytest.raises(runner.PlanError, match="in use"):
-            runner.build_plan([gateway], paths=paths, host="127.0.0.1",
-                              port=busy.default_port, redis_url=None, scale={},
-                              redis_port=runner.free_port())
-
-
 def test_restart_backoff_doubles_to_the_cap_and_resets_after_a_long_run(tmp_path: Path) -> None:
-    plan = runner.ProcessPlan(name="blip", argv=[sys.executable, "-c", "pass"], host="127.0.0.1",
+    plan = ProcessPlan(name="blip", argv=[sys.executable, "-c", "pass"], host="127.0.0.1",
                               port=1, url="http://127.0.0.1:1", log=str(tmp_path / "blip.log"))
-    child = runner._Child(plan, str(tmp_path))
+    child = ChildProcess(plan, str(tmp_path))
     delays = []
     for _ in range(7):
         child.launch(fresh_log=False)
@@ -303,17 +256,17 @@ def test_restart_backoff_doubles_to_the_cap_and_resets_after_a_long_run(tmp_path
     child.launch(fresh_log=False)
     assert child.process is not None
     child.process.wait(timeout=10)
-    later = time.monotonic() + runner.BACKOFF_RESET_AFTER_S + 1  # as if it ran for a minute
+    later = time.monotonic() + BACKOFF_RESET_AFTER_S + 1  # as if it ran for a minute
     assert child.check_exit(later)
-    assert child.restart_at - later == pytest.approx(runner.BACKOFF_FIRST_S)
+    assert child.restart_at - later == pytest.approx(BACKOFF_FIRST_S)
     assert (tmp_path / "blip.log").read_text().count("starting blip") == 8
 
 
 def test_a_process_that_cannot_be_spawned_counts_as_a_crash(tmp_path: Path) -> None:
-    plan = runner.ProcessPlan(name="ghost", argv=[str(tmp_path / "no-such-binary")],
+    plan = ProcessPlan(name="ghost", argv=[str(tmp_path / "no-such-binary")],
                               host="127.0.0.1", port=1, url="http://127.0.0.1:1",
                               log=str(tmp_path / "ghost.log"))
-    child = runner._Child(plan, str(tmp_path))
+    child = ChildProcess(plan, str(tmp_path))
     child.launch(fresh_log=True)
     assert child.process is None
     assert child.exits == 1 and child.state().status == "backoff"

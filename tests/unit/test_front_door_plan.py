@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import GatewaySettings
-from voicemesh import runner
+from voicemesh.mesh.control import write_nginx_conf
+from voicemesh.mesh.plan import MeshPaths, MeshPlan, PlanError, build_plan, free_port
 from voicemesh.nginx import (
     COMPOSE_CONF,
     MULTIPART_SLACK_BYTES,
     NginxLayout,
     NginxSettings,
+    UpstreamGateway,
     render_compose_conf,
     render_nginx_conf,
 )
@@ -27,15 +29,15 @@ GATEWAY = ServiceSpec("gateway", "gateway.app:create_app", "VOICEMESH_GATEWAY_",
 
 
 def plan_with_nginx(tmp_path: Path, settings: NginxSettings, scale: dict[str, int] | None = None
-                    ) -> runner.MeshPlan:
+                    ) -> MeshPlan:
     """A plan of the gateway alone behind nginx, on free ports, with an external Redis."""
-    return runner.build_plan([GATEWAY], paths=runner.MeshPaths(tmp_path), host="127.0.0.1",
-                             port=runner.free_port(), redis_url="redis://127.0.0.1:1/0",
+    return build_plan([GATEWAY], paths=MeshPaths(tmp_path), host="127.0.0.1",
+                             port=free_port(), redis_url="redis://127.0.0.1:1/0",
                              scale=scale or {}, nginx=settings)
 
 
 def test_plan_puts_nginx_after_the_gateway_in_its_own_run_folder(tmp_path: Path) -> None:
-    port = runner.free_port()
+    port = free_port()
     plan = plan_with_nginx(tmp_path, NginxSettings(port=port, binary="/usr/sbin/nginx"))
     gateway, nginx = plan.services
     assert (gateway.name, nginx.name, nginx.kind) == ("gateway", "nginx", "nginx")
@@ -43,7 +45,8 @@ def test_plan_puts_nginx_after_the_gateway_in_its_own_run_folder(tmp_path: Path)
     assert nginx.argv == ["/usr/sbin/nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
                           "-e", str(prefix / "error.log"), "-g", "daemon off;"]
     assert nginx.url == f"http://127.0.0.1:{port}"
-    runner.write_nginx_conf(plan, runner.MeshPaths(tmp_path), NginxSettings(port=port))
+    write_nginx_conf(plan, MeshPaths(tmp_path), NginxSettings(port=port),
+                     body_limit_bytes=UpstreamGateway().body_limit_bytes)
     conf = (prefix / "nginx.conf").read_text()
     assert f"server 127.0.0.1:{gateway.port} " in conf
     assert f"listen 127.0.0.1:{port};" in conf
@@ -55,16 +58,16 @@ def test_plan_refuses_a_busy_port_a_missing_binary_and_no_gateway(tmp_path: Path
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         busy = holder.getsockname()[1]
-        with pytest.raises(runner.PlanError, match="--nginx-port"):
+        with pytest.raises(PlanError, match="--nginx-port"):
             plan_with_nginx(tmp_path, NginxSettings(port=busy, binary="/usr/sbin/nginx"))
-    with pytest.raises(runner.PlanError, match="setup-nginx"):
-        plan_with_nginx(tmp_path, NginxSettings(port=runner.free_port(),
+    with pytest.raises(PlanError, match="setup-nginx"):
+        plan_with_nginx(tmp_path, NginxSettings(port=free_port(),
                                                 binary=str(tmp_path / "no-such-nginx")))
-    other = ServiceSpec("other", "other.app:create_app", "VOICEMESH_OTHER_", runner.free_port())
-    with pytest.raises(runner.PlanError, match="scaled to 0"):
-        runner.build_plan([other, GATEWAY], paths=runner.MeshPaths(tmp_path), host="127.0.0.1",
-                          port=runner.free_port(), redis_url="redis://127.0.0.1:1/0",
-                          scale={"gateway": 0}, nginx=NginxSettings(port=runner.free_port()))
+    other = ServiceSpec("other", "other.app:create_app", "VOICEMESH_OTHER_", free_port())
+    with pytest.raises(PlanError, match="scaled to 0"):
+        build_plan([other, GATEWAY], paths=MeshPaths(tmp_path), host="127.0.0.1",
+                          port=free_port(), redis_url="redis://127.0.0.1:1/0",
+                          scale={"gateway": 0}, nginx=NginxSettings(port=free_port()))
 
 
 def test_compose_config_is_the_committed_rendering() -> None:
@@ -78,9 +81,33 @@ def test_body_limit_follows_the_gateway_upload_limit(monkeypatch: pytest.MonkeyP
     default = GatewaySettings.model_fields["max_upload_bytes"].default
     assert f"client_max_body_size {default + MULTIPART_SLACK_BYTES};" in render_compose_conf()
     monkeypatch.setenv("VOICEMESH_GATEWAY_MAX_UPLOAD_BYTES", str(4 * 1024 * 1024))
+    upstream = UpstreamGateway()
+    assert upstream.max_upload_bytes == GatewaySettings().max_upload_bytes == 4 * 1024 * 1024
     conf = render_nginx_conf(NginxSettings(), target="embedded", upstreams=["127.0.0.1:9"],
+                             body_limit_bytes=upstream.body_limit_bytes,
                              layout=NginxLayout(tmp_path))
     assert f"client_max_body_size {5 * 1024 * 1024};" in conf
+    # The environment never leaks into the committed compose rendering.
+    assert f"client_max_body_size {default + MULTIPART_SLACK_BYTES};" in render_compose_conf()
+    explicit = NginxSettings(body_limit_bytes=3 * 1024 * 1024)
+    conf = render_nginx_conf(explicit, target="embedded", upstreams=["127.0.0.1:9"],
+                             body_limit_bytes=upstream.body_limit_bytes,
+                             layout=NginxLayout(tmp_path))
+    assert f"client_max_body_size {3 * 1024 * 1024};" in conf
+
+
+def test_the_upstream_gateway_mirrors_the_gateway_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The shared package reads these two gateway settings without importing the gateway.
+    for name in UpstreamGateway.model_fields:
+        assert name in GatewaySettings.model_fields
+        assert (UpstreamGateway.model_fields[name].default
+                == GatewaySettings.model_fields[name].default), name
+    assert UpstreamGateway.model_config["env_prefix"] == GatewaySettings.model_config["env_prefix"]
+    monkeypatch.setenv("VOICEMESH_GATEWAY_PORT", "9099")
+    assert UpstreamGateway().port == GatewaySettings().port == 9099
+    assert UpstreamGateway.defaults().port == 8080
 
 
 def _location(conf: str, opening: str) -> str:
@@ -119,7 +146,7 @@ def test_bad_settings_fail_fast(tmp_path: Path) -> None:
         NginxSettings(workers="many")
     with pytest.raises(ValueError, match="upstream"):
         render_nginx_conf(NginxSettings(), target="embedded", upstreams=[],
-                          layout=NginxLayout(tmp_path))
+                          body_limit_bytes=2048, layout=NginxLayout(tmp_path))
 
 
 def test_replicas_advertise_their_own_address(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,45 +17,6 @@ def _parse_scale(values: list[str]) -> dict[str, int]:
     return scale
 
 
-def _nginx_render(target: str, output: str | None) -> int:
-    from voicemesh import nginx
-
-    if target == "compose":
-        text = nginx.render_compose_conf()
-    else:
-        from voicemesh.runner import MeshPaths, nginx_layout
-
-        settings = nginx.get_settings()
-        from gateway.settings import get_settings as gateway_settings
-
-        gateway = gateway_settings()
-        text = nginx.render_nginx_conf(
-            settings, target="embedded", upstreams=[f"127.0.0.1:{gateway.port}"],
-            layout=nginx_layout(MeshPaths.from_settings(), settings.port),
-        )
-    if output:
-        with open(output, "w", encoding="utf-8") as handle:
-            handle.write(text)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-def _probe(url: str, timeout: float) -> int:
-    """0 when ``url`` answers 200, else 1 (a healthcheck that needs no curl in the image)."""
-    import httpx
-
-    try:
-        response = httpx.get(url, timeout=timeout, trust_env=False)
-    except httpx.HTTPError as exc:
-        print(f"probe {url}: {exc.__class__.__name__}: {exc}", file=sys.stderr)
-        return 1
-    if response.status_code != 200:
-        print(f"probe {url}: HTTP {response.status_code}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``voicemesh``."""
     parser = argparse.ArgumentParser(prog="voicemesh", description=__doc__)
@@ -111,20 +72,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     if args.command == "models":
-        from voicemesh import assets
+        from voicemesh.cli import models
 
         if args.models_command == "list":
-            return assets.cli_list()
+            return models.cli_list()
         if args.models_command == "prepare":
-            return assets.cli_prepare(args.names, force=args.force)
-        return assets.cli_verify(args.names)
+            return models.cli_prepare(args.names, force=args.force)
+        return models.cli_verify(args.names)
 
     if args.command == "nginx":
-        return _nginx_render(args.target, args.output)
-    if args.command == "probe":
-        return _probe(args.url, args.timeout)
+        from voicemesh.cli.front_door import nginx_render
 
-    from voicemesh import runner
+        return nginx_render(args.target, args.output)
+    if args.command == "probe":
+        from voicemesh.cli.front_door import probe
+
+        return probe(args.url, args.timeout)
+
+    from voicemesh.cli import mesh
 
     if args.command == "up":
         try:
@@ -139,18 +104,14 @@ def main(argv: list[str] | None = None) -> int:
             nginx = NginxSettings()
             if args.nginx_port is not None:
                 nginx = nginx.model_copy(update={"port": args.nginx_port})
-        return runner.cmd_up(
+        return mesh.cmd_up(
             host=args.host, port=args.port, redis_url=args.redis_url, scale=scale,
             no_gpu=args.no_gpu, foreground=args.foreground, timeout=args.timeout, nginx=nginx,
         )
     if args.command == "status":
-        return runner.cmd_status()
+        return mesh.cmd_status()
     if args.command == "down":
-        return runner.cmd_down(timeout=args.timeout)
+        return mesh.cmd_down(timeout=args.timeout)
     if args.command == "supervise":
-        return runner.cmd_supervise(args.plan)
+        return mesh.cmd_supervise(args.plan)
     return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
