@@ -14,31 +14,27 @@ Prints:
 Needs ``resemblyzer`` (``bash scripts/setup-bench-clone``). Numbers taken on a shared
 machine are pessimistic.
 
-Usage: ``python benchmarks/clone.py [--hits 200]``.
+Usage: ``python -m benchmarks.clone [--hits 200]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tests.conftest import RedisServer, free_port  # noqa: E402
-from tests.helpers import SPEECH_DIR, ServiceProcess, load_manifest  # noqa: E402
-from voicemesh.audio import resample  # noqa: E402
-from voicemesh.audio_files import read_audio_file  # noqa: E402
-from voicemesh.clone.engines import WorldAdaptedVits  # noqa: E402
-from voicemesh.clone.reference import ReferenceRejected, prepare_reference  # noqa: E402
-from voicemesh.clone.world import adapt_toward, analyze_speaker  # noqa: E402
-from voicemesh.settings import default_home  # noqa: E402
+from benchmarks import add_clips_option
+from tests.harness import RedisServer, ServiceProcess, clip_named, free_port, load_manifest
+from voicemesh.audio import resample
+from voicemesh.audio_files import read_audio_file
+from voicemesh.clone.engines import WorldAdaptedVits
+from voicemesh.clone.reference import ReferenceRejected, prepare_reference
+from voicemesh.clone.world import adapt_toward, analyze_speaker
+from voicemesh.settings import default_home
 
 REFERENCE_RATE = 32000
 
@@ -48,7 +44,7 @@ def ms(values: list[float], q: float) -> float:
     return float(np.percentile(values, q) * 1000)
 
 
-def similarity_and_rtf() -> None:
+def similarity_and_rtf(clips_dir: Path) -> None:
     """Plain vs adapted speaker similarity over the shared clips, and the engine's RTF."""
     from resemblyzer import VoiceEncoder, preprocess_wav
 
@@ -63,11 +59,11 @@ def similarity_and_rtf() -> None:
         return np.asarray(encoder.embed_utterance(preprocess_wav(
             resample(audio, audio_rate, 16000), 16000)))
 
-    clips = [c for c in load_manifest() if c.language == "en"]
+    clips = [c for c in load_manifest(clips_dir) if c.language == "en"]
     rows, rtfs, adapt_share = [], [], []
     total_work = total_audio = 0.0
     for index, clip in enumerate(clips):
-        audio, clip_rate = read_audio_file(SPEECH_DIR / clip.file)
+        audio, clip_rate = read_audio_file(clip.path)
         try:
             ref = prepare_reference(resample(audio, clip_rate, REFERENCE_RATE), REFERENCE_RATE)
         except ReferenceRejected as exc:
@@ -103,7 +99,7 @@ def similarity_and_rtf() -> None:
           f"{100 * np.median(adapt_share):.0f}% of the time (median)")
 
 
-def cache_latency(hits: int) -> None:
+def cache_latency(hits: int, clips_dir: Path) -> None:
     """p50/p95 of cache hits through a real tts_clone process (HTTP on loopback)."""
     import httpx
 
@@ -116,12 +112,11 @@ def cache_latency(hits: int) -> None:
         service = ServiceProcess("tts_clone", free_port(), env, home)
         try:
             service.start().wait_healthy()
-            reference = "pocketsphinx-librivox-0870.wav"
-            text = next(c.text for c in load_manifest() if c.file == reference)
+            reference = clip_named("pocketsphinx-librivox-0870.wav", clips_dir)
             with httpx.Client(base_url=service.url, timeout=120) as client:
                 voice = client.post("/v1/voices", files={"audio": (
-                    reference, (SPEECH_DIR / reference).read_bytes(), "audio/wav")}, data={
-                    "name": "bench", "prompt_text": text, "consent": "true"}).json()
+                    reference.file, reference.path.read_bytes(), "audio/wav")}, data={
+                    "name": "bench", "prompt_text": reference.text, "consent": "true"}).json()
                 request = {"text": "Take two tablets after dinner, with a glass of water.",
                            "voice_id": voice["voice_id"]}
                 started = time.perf_counter()
@@ -148,10 +143,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hits", type=int, default=200, help="cache hits to time")
     parser.add_argument("--skip-similarity", action="store_true")
+    add_clips_option(parser)
     args = parser.parse_args()
     if not args.skip_similarity:
-        similarity_and_rtf()
-    cache_latency(args.hits)
+        similarity_and_rtf(args.clips)
+    cache_latency(args.hits, args.clips)
 
 
 if __name__ == "__main__":

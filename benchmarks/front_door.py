@@ -10,7 +10,7 @@ real nginx on loopback), then prints, for the gateway directly and through nginx
 nginx's rate limits are raised for the run so they do not shape the numbers. On a
 shared 2-core machine the absolute numbers are pessimistic; the difference is the point.
 
-Usage: ``python benchmarks/front_door.py [--requests 200] [--sessions 20]``.
+Usage: ``python -m benchmarks.front_door [--requests 200] [--sessions 20]``.
 """
 
 from __future__ import annotations
@@ -29,14 +29,11 @@ import httpx
 import numpy as np
 import websockets
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from client.streaming import stream_audio  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.helpers import clip_named  # noqa: E402
-from voicemesh.audio_files import load_clip_16k  # noqa: E402
-from voicemesh.settings import default_home  # noqa: E402
+from benchmarks import add_clips_option
+from client.streaming import stream_audio
+from tests.harness import REPO, clip_named, free_port
+from voicemesh.audio_files import load_clip_16k
+from voicemesh.settings import default_home
 
 
 def pct(values: list[float], q: float) -> float:
@@ -71,9 +68,9 @@ async def ws_open_times(urls: dict[str, str], count: int) -> dict[str, list[floa
     return times
 
 
-async def final_after_end(ws_url: str) -> float:
+async def final_after_end(ws_url: str, clips_dir: Path) -> float:
     """Seconds from the end of the audio (sent at real-time pace) to the last final."""
-    audio = load_clip_16k(clip_named("whisper-jfk.wav").path)
+    audio = load_clip_16k(clip_named("whisper-jfk.wav", clips_dir).path)
     result = await stream_audio(ws_url, audio, language="en", trailing_silence_s=0,
                                 end="flush")
     finals = result.timed("final")
@@ -85,6 +82,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--sessions", type=int, default=20)
+    add_clips_option(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vm-front-door-") as home:
         gateway_port, nginx_port = free_port(), free_port()
@@ -112,7 +110,7 @@ def main() -> int:
             print(f"{'path':<8} {'HTTP p50':>9} {'HTTP p95':>9} {'WS open p50':>12} "
                   f"{'WS open p95':>12} {'flush to final':>15}")
             for label, url in urls.items():
-                tail = asyncio.run(final_after_end(url))
+                tail = asyncio.run(final_after_end(url, args.clips))
                 print(f"{label:<8} {pct(http[label], 50):7.2f}ms {pct(http[label], 95):7.2f}ms "
                       f"{pct(opens[label], 50):10.2f}ms {pct(opens[label], 95):10.2f}ms "
                       f"{tail * 1000:13.0f}ms")

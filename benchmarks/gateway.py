@@ -10,7 +10,7 @@ then prints:
   ``--kills`` runs), and whether the transcript stayed whole;
 * spread: ``--sessions`` concurrent sessions, how many landed on each replica.
 
-Usage: ``python benchmarks/gateway.py [--kills 5] [--sessions 4]``.
+Usage: ``python -m benchmarks.gateway [--kills 5] [--sessions 4]``.
 """
 
 from __future__ import annotations
@@ -28,14 +28,18 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from client.streaming import StreamResult, stream_audio  # noqa: E402
-from tests.conftest import RedisServer, free_port  # noqa: E402
-from tests.helpers import ServiceProcess, clip_named, error_rate, load_manifest  # noqa: E402
-from voicemesh.audio_files import load_clip_16k  # noqa: E402
-from voicemesh.settings import default_home  # noqa: E402
+from benchmarks import add_clips_option
+from client.streaming import StreamResult, stream_audio
+from tests.harness import (
+    RedisServer,
+    ServiceProcess,
+    clip_named,
+    error_rate,
+    free_port,
+    load_manifest,
+)
+from voicemesh.audio_files import load_clip_16k
+from voicemesh.settings import default_home
 
 
 def pct(values: list[float], q: float) -> float:
@@ -111,9 +115,9 @@ class Mesh:
         return f"ws://127.0.0.1:{self.gateway.port}/ws/transcribe"
 
 
-async def failover_runs(mesh: Mesh, kills: int) -> dict[str, Any]:
+async def failover_runs(mesh: Mesh, kills: int, clips_dir: Path) -> dict[str, Any]:
     """SIGKILL the serving replica at the first partial, ``kills`` times."""
-    clip = clip_named("coqui-tts-LJ001-0001.wav")
+    clip = clip_named("coqui-tts-LJ001-0001.wav", clips_dir)
     to_message, to_text, wers = [], [], []
     for _ in range(kills):
         state: dict[str, Any] = {}
@@ -144,9 +148,9 @@ async def failover_runs(mesh: Mesh, kills: int) -> dict[str, Any]:
     return {"to_failover": to_message, "to_text": to_text, "wer": wers}
 
 
-async def spread(mesh: Mesh, sessions: int) -> Counter[str]:
+async def spread(mesh: Mesh, sessions: int, clips_dir: Path) -> Counter[str]:
     """Open ``sessions`` at once; count the replica each landed on."""
-    audio = load_clip_16k(clip_named("whisper-jfk.wav").path)[:48000]
+    audio = load_clip_16k(clip_named("whisper-jfk.wav", clips_dir).path)[:48000]
     results = await asyncio.gather(*[
         stream_audio(mesh.ws, audio, language="en", trailing_silence_s=0.5)
         for _ in range(sessions)])
@@ -158,14 +162,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--sessions", type=int, default=4)
-    parser.add_argument("--clips", type=int, default=6, help="English clips for overhead")
+    parser.add_argument("--clip-count", type=int, default=6,
+                        help="English clips for overhead")
+    add_clips_option(parser)
     args = parser.parse_args()
-    clips = [c for c in load_manifest() if c.language == "en"][: args.clips]
+    clips = [c for c in load_manifest(args.clips) if c.language == "en"][: args.clip_count]
     with Mesh(use_detector=False) as mesh:
         direct = mesh.cpu[0].url.replace("http://", "ws://") + "/ws/transcribe"
         added = asyncio.run(overhead(mesh.ws, direct, clips))
-        runs = asyncio.run(failover_runs(mesh, args.kills))
-        placed = asyncio.run(spread(mesh, args.sessions))
+        runs = asyncio.run(failover_runs(mesh, args.kills, args.clips))
+        placed = asyncio.run(spread(mesh, args.sessions, args.clips))
     print()
     print(f"gateway overhead ({len(added)} paired messages, detector off): "
           f"p50 {pct(added, 50):.0f} ms, p99 {pct(added, 99):.0f} ms")

@@ -11,7 +11,7 @@ prints:
 * offline RTF of faster-whisper on the same model (whole clip, default decoding);
 * streaming WER vs offline WER (CER for Chinese), averaged over the clips.
 
-Usage: ``python benchmarks/stt_stream.py [--models base,tiny.en] [--url ws://...]``.
+Usage: ``python -m benchmarks.stt_stream [--models base,tiny.en] [--url ws://...]``.
 """
 
 from __future__ import annotations
@@ -28,12 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from client.streaming import stream_audio  # noqa: E402
-from tests.helpers import Clip, error_rate, load_manifest  # noqa: E402
-from voicemesh.audio_files import load_clip_16k  # noqa: E402
+from benchmarks import add_clips_option
+from client.streaming import stream_audio
+from tests.harness import REPO, Clip, error_rate, load_manifest
+from voicemesh.audio_files import load_clip_16k
 
 FRAME_MS = (20, 32, 50, 100)
 
@@ -131,8 +129,10 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=18080)
     parser.add_argument("--language", help="only clips of this language (en, zh)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    add_clips_option(parser)
     args = parser.parse_args()
-    clips = [c for c in load_manifest() if not args.language or c.language == args.language]
+    clips = [c for c in load_manifest(args.clips)
+             if not args.language or c.language == args.language]
     rows = []
     for model in args.models.split(","):
         print(f"== model {model}: {len(clips)} clips at real-time pace", flush=True)

@@ -11,7 +11,7 @@ Starts one tts_vits replica on loopback (real voice, no Redis), then prints:
   sending the three-sentence text for ``--seconds``.
 
 Targets on the 2-core reference machine: first chunk p50 <= 200 ms for the short
-sentence, RTF <= 0.12. Usage: ``python benchmarks/tts.py [--runs 20] [--clients 4]``.
+sentence, RTF <= 0.12. Usage: ``python -m benchmarks.tts [--runs 20] [--clients 4]``.
 Settings of the service can be passed as environment variables
 (``VOICEMESH_TTS_VITS_NUM_THREADS``, ``..._POOL_SIZE``, ``..._MAX_CONCURRENT``).
 """
@@ -29,12 +29,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tests.conftest import free_port  # noqa: E402
-from tests.helpers import ServiceProcess  # noqa: E402
-from voicemesh.settings import default_home  # noqa: E402
+from tests.harness import ServiceProcess, free_port
+from voicemesh.settings import default_home
 
 SHORT = "The weather is lovely today."
 THREE = ("The weather is lovely today, so we are going for a walk in the park. "

@@ -13,7 +13,7 @@ the mean and worst run. VITS draws new noise every call, so runs differ.
 
 Usage::
 
-    python benchmarks/tts_roundtrip.py [--runs 3] [--clone | --piper]
+    python -m benchmarks.tts_roundtrip [--runs 3] [--clone | --piper]
         [--noise-scale X] [--noise-w X] [--length-scale X]
 
 ``--piper`` synthesises with Piper's own runtime (``piper-tts``'s ``PiperVoice`` on
@@ -29,21 +29,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
-import sys
 import time
-from pathlib import Path
 
 import jiwer
 import numpy as np
 import soundfile
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tests.helpers import SPEECH_DIR, load_manifest  # noqa: E402
-from tests.integration.test_tts import words  # noqa: E402
-from voicemesh.audio import resample  # noqa: E402
-from voicemesh.audio_files import decode_audio_file  # noqa: E402
+from benchmarks import add_clips_option
+from tests.harness import clip_named, load_manifest
+from tests.integration.test_tts import words
+from voicemesh.audio import resample
+from voicemesh.audio_files import decode_audio_file
 
 CLONE_REFERENCES = ["pocketsphinx-librivox-0870.wav", "whisper-jfk.wav",
                     "coqui-tts-LJ001-0001.wav", "wenet-librispeech-1995-1837-0001.wav"]
@@ -92,6 +88,7 @@ def main() -> None:
     parser.add_argument("--noise-w", type=float)
     parser.add_argument("--length-scale", type=float)
     parser.add_argument("--quiet", action="store_true", help="aggregate numbers only")
+    add_clips_option(parser)
     args = parser.parse_args()
 
     from tts_vits.app import TtsVitsSettings
@@ -132,7 +129,7 @@ def main() -> None:
         engine = WorldAdaptedVits(VitsBaseVoice(synthesizer), "en_US-joe-medium")
         targets = []
         for name in CLONE_REFERENCES:
-            audio, clip_rate = read_audio_file(SPEECH_DIR / name)
+            audio, clip_rate = read_audio_file(clip_named(name, args.clips).path)
             ref = prepare_reference(resample(audio, clip_rate, REFERENCE_RATE), REFERENCE_RATE)
             targets.append(analyze_speaker(ref.audio, REFERENCE_RATE))
 
@@ -142,7 +139,7 @@ def main() -> None:
                                 targets[index % len(targets)], engine.strength)
 
     transcriber = load_transcriber("base", beam_size=5)
-    clips = [c for c in load_manifest() if c.language == "en"]
+    clips = [c for c in load_manifest(args.clips) if c.language == "en"]
     results = []
     for run in range(args.runs):
         started = time.perf_counter()

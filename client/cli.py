@@ -1,6 +1,7 @@
 """``voicemesh-client``: stream a file or a microphone to the gateway, or benchmark it.
 
-* ``stream FILE``: one file, real-time pace or ``--fast``; transcript and latencies;
+* ``stream FILE``: one file, real-time pace or ``--fast``; transcript and latencies
+  (``stream --sample``: the short clip that ships with the client);
 * ``mic``: a microphone (or ``--from-file`` as a stand-in), live partials and finals,
   reconnecting with backoff; ``--list-devices`` shows the inputs;
 * ``bench --clients N``: concurrent sessions, per-session and summary statistics,
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.resources
 import json
 import sys
 import time
@@ -21,6 +23,8 @@ from typing import Any
 from client.streaming import stream_audio
 
 DEFAULT_URL = "ws://127.0.0.1:8080/ws/transcribe"
+SAMPLE_CLIP = "whisper-jfk.wav"
+"""The clip in ``client/samples/``: JFK's "ask not" (1961, US public domain), 11 s."""
 ENCODINGS = ("pcm", "pcm_s16le", "pcm_f32le", "opus")
 
 
@@ -57,12 +61,24 @@ def _print_latencies(stats: dict[str, Any]) -> None:
           f"RTF {stats['rtf']}, real time: {'yes' if stats['is_real_time'] else 'no'}")
 
 
+def sample_clip() -> Path:
+    """The speech clip packaged with the client (``stream --sample``)."""
+    return Path(str(importlib.resources.files("client") / "samples" / SAMPLE_CLIP))
+
+
 def cmd_stream(args: argparse.Namespace) -> int:
     """Stream one audio file (any format) as a microphone would, or as fast as possible."""
     from client.stats import session_stats
     from voicemesh.audio_files import read_audio_file
     from voicemesh.errors import VoiceMeshError
 
+    if (args.file is None) == (not args.sample):
+        print("voicemesh-client: give an audio FILE or --sample (not both)", file=sys.stderr)
+        return 2
+    if args.sample:
+        args.file = str(sample_clip())
+        if args.language is None:
+            args.language = "en"
     try:
         audio, rate = read_audio_file(args.file)
     except (OSError, VoiceMeshError) as exc:
@@ -145,7 +161,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from client.bench import BenchConfig, format_summary, run_bench
     from voicemesh.audio_files import read_audio_file
 
-    audio, rate = read_audio_file(args.file)
+    audio, rate = read_audio_file(args.file or sample_clip())
     run = args.run or time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(args.output) / run
     config = BenchConfig(
@@ -157,15 +173,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(format_summary(summary))
     print(f"files: {out_dir}/ ({', '.join(summary['files'])})")
     return 0 if summary["completed"] else 1
-
-
-def _default_clip() -> str | None:
-    here = Path(__file__).resolve().parent.parent
-    for base in (here / "shared", here.parent / "shared"):
-        clip = base / "testdata" / "speech" / "whisper-jfk.wav"
-        if clip.is_file():
-            return str(clip)
-    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,7 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="wire encoding: pcm (16-bit) or opus (20 ms packets)")
 
     stream = sub.add_parser("stream", help="stream an audio file to /ws/transcribe")
-    stream.add_argument("file", help="wav, flac, mp3, ogg, webm, ...")
+    stream.add_argument("file", nargs="?", help="wav, flac, mp3, ogg, webm, ...")
+    stream.add_argument("--sample", action="store_true",
+                        help=f"stream the clip that ships with the client ({SAMPLE_CLIP}, "
+                             "English) instead of a file")
     common(stream)
     stream.add_argument("--frame-ms", type=float, default=40.0, help="audio per frame")
     stream.add_argument("--fast", action="store_true", help="send as fast as possible")
@@ -205,9 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="concurrent sessions and their latencies")
     common(bench)
-    clip = _default_clip()
-    bench.add_argument("--file", default=clip, required=clip is None,
-                       help=f"audio each client streams (default: {clip})")
+    bench.add_argument("--file", help="audio each client streams (default: the packaged "
+                                      f"sample, {SAMPLE_CLIP})")
     bench.add_argument("--clients", type=int, default=4, help="concurrent sessions")
     bench.add_argument("--delay", type=float, default=0.5, help="seconds between starts")
     bench.add_argument("--max-workers", type=int, help="sessions at once (default: all)")

@@ -10,6 +10,9 @@ Definitions (times in seconds, measured on the client):
   the last final received (trailing silence the client adds is not counted; it can be
   negative when the server endpointed during silence at the end of the audio);
 * jitter: mean absolute difference between consecutive chunk latencies (RFC 3550 style);
+* send time: wall time from the first frame sent to the frame holding the last sample
+  of the caller's audio (about the audio's length at real-time pace, far less with
+  ``--fast``);
 * RTF: wall time from the first frame sent to the last final, over seconds of the
   caller's audio (at real-time pace about 1 + end-to-end / duration);
 * real time: the server kept up. At real-time pace, the last final arrived at most
@@ -90,6 +93,7 @@ def session_stats(result: StreamResult, *, realtime: bool,
         "audio_s": round(result.sent_seconds, 3),
         "speech_s": round(result.speech_seconds, 3),
         "wall_s": round(done, 4) if done is not None else None,
+        "send_s": round(audio_done, 4) if audio_done is not None else None,
         "rtf": rtf,
         "is_real_time": real_time,
         "realtime_pacing": realtime,

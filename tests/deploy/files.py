@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from tests.helpers import REPO
+from tests.harness import REPO
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 COMPOSE_SCHEMA = REPO / ".deploy-tools/node_modules/dclint/schemas/compose.schema.json"

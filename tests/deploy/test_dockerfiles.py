@@ -20,7 +20,7 @@ from tests.deploy.files import (
     tool,
     tracked_files,
 )
-from tests.helpers import REPO
+from tests.harness import REPO
 
 pytestmark = pytest.mark.deploy
 

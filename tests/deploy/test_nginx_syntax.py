@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.harness import REPO
 from voicemesh.nginx import COMPOSE_CONF, NginxSettings, nginx_binary
 
 pytestmark = pytest.mark.deploy

@@ -10,7 +10,7 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from tests.deploy.files import K8S, dockerfile_instructions, k8s_render, resolved_compose
-from tests.helpers import REPO
+from tests.harness import REPO
 from voicemesh.nginx import NginxSettings
 from voicemesh.services import SERVICES
 from voicemesh.settings import CommonSettings

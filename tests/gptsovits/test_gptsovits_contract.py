@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import RedisServer, free_port
-from tests.helpers import REPO, SPEECH_DIR, clip_named
+from tests.harness import REPO, SPEECH_DIR, RedisServer, clip_named, free_port
 from voicemesh.clone.gptsovits import WavStreamReader
 from voicemesh.clone.service import create_clone_app
 from voicemesh.clone.settings import CloneSettings

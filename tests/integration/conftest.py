@@ -9,8 +9,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.conftest import RedisServer, free_port
-from tests.helpers import ServiceProcess
+from tests.harness import RedisServer, ServiceProcess, free_port
 from voicemesh.settings import default_home
 
 

@@ -15,8 +15,9 @@ import websockets
 
 from client.cli import main
 from client.mic import Backoff, FileCaptureSource, MicStreamer, SlidingBuffer
+from client.stats import DEFAULT_SLACK_S
 from client.streaming import stream_audio
-from tests.helpers import clip_named, error_rate, offline_transcript
+from tests.harness import clip_named, error_rate, offline_transcript
 from voicemesh.audio import OpusStreamEncoder
 from voicemesh.audio_files import load_clip_16k
 
@@ -45,15 +46,18 @@ def test_stream_command_prints_transcript_and_latencies(mesh: Any, encoding: str
     assert "first token:" in out and "end of speech -> final:" in out
     stats = json.loads(stats_file.read_text())
     assert_within_wer(CLIP, stats["transcript"])
-    assert 0 < stats["first_token_latency_s"] < CLIP.duration_s
-    assert stats["end_to_end_latency_s"] is not None and stats["end_to_end_latency_s"] < 5.0
-    assert stats["is_real_time"] and stats["realtime_pacing"]
-    # At real-time pace the wall time is the audio's length plus the last final's wait.
-    assert 0.9 < stats["rtf"] < 1.0 + 5.0 / CLIP.duration_s
+    # How fast the mesh answers is the benchmarks' business; here: the numbers are there
+    # and mean what they say.
+    assert stats["realtime_pacing"]
+    assert stats["first_token_latency_s"] > 0
+    assert stats["end_to_end_latency_s"] is not None
+    assert stats["is_real_time"] == (stats["end_to_end_latency_s"] <= DEFAULT_SLACK_S)
+    # Paced: the audio took its own length to send, and the last final came after that.
+    assert stats["send_s"] >= 0.95 * stats["speech_s"], stats
     assert stats["chunk_latency_s"]["count"] >= stats["finals"] >= 1
 
 
-def test_stream_command_fast_is_faster_than_real_time(mesh: Any, tmp_path: Path,
+def test_stream_command_fast_sends_without_pacing(mesh: Any, tmp_path: Path,
                                                       capsys: Any) -> None:
     stats_file = tmp_path / "stats.json"
     assert main(["stream", str(CLIP.path), "--url", mesh.ws_url, "--language", "en",
@@ -61,12 +65,22 @@ def test_stream_command_fast_is_faster_than_real_time(mesh: Any, tmp_path: Path,
     stats = json.loads(stats_file.read_text())
     assert_within_wer(CLIP, stats["transcript"])
     assert not stats["realtime_pacing"]
-    assert stats["rtf"] < 1.0 and stats["is_real_time"]
+    # Not paced: the audio went out in a fraction of its length (paced, it takes all of it).
+    assert stats["send_s"] < 0.5 * stats["speech_s"], stats
+    assert stats["is_real_time"] == (stats["rtf"] < 1.0)
     capsys.readouterr()
 
 
+def test_stream_sample_needs_no_file(mesh: Any, capsys: Any) -> None:
+    code = main(["stream", "--sample", "--url", mesh.ws_url, "--no-partials"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    transcript = next(line for line in out.splitlines() if line.startswith("transcript: "))
+    assert_within_wer(clip_named("whisper-jfk.wav"), transcript.removeprefix("transcript: "))
+
+
 def test_stream_command_reports_unreachable_gateway(capsys: Any) -> None:
-    from tests.conftest import free_port
+    from tests.harness import free_port
 
     code = main(["stream", str(SHORT.path), "--url", f"ws://127.0.0.1:{free_port()}/ws/x"])
     assert code == 1
@@ -157,7 +171,7 @@ async def test_mic_reconnects_after_a_drop_and_resumes_the_transcript(
 
 
 async def test_mic_gives_up_after_its_reconnect_attempts() -> None:
-    from tests.conftest import free_port
+    from tests.harness import free_port
 
     streamer = MicStreamer(f"ws://127.0.0.1:{free_port()}/ws/transcribe",
                            FileCaptureSource(str(SHORT.path)),

@@ -16,8 +16,7 @@ import httpx
 import pytest
 import soundfile
 
-from tests.conftest import RedisServer, free_port
-from tests.helpers import SPEECH_DIR, ServiceProcess, clip_named
+from tests.harness import SPEECH_DIR, RedisServer, ServiceProcess, clip_named, free_port
 from voicemesh.settings import default_home
 
 pytestmark = pytest.mark.integration
@@ -53,12 +52,14 @@ def clone_mesh(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFacto
             service.start()
         for service in (clone, gateway):
             service.wait_healthy()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            replicas = httpx.get(f"{gateway.url}/health", timeout=2).json().get("replicas", {})
-            if replicas.get("tts_clone"):
-                break
+        deadline = time.monotonic() + 60
+        replicas: dict[str, int] = {}
+        while not replicas.get("tts_clone"):
+            if time.monotonic() > deadline:
+                pytest.fail(f"tts_clone never registered with the gateway (replicas: "
+                            f"{replicas}):\n{clone.log_tail()}")
             time.sleep(0.2)
+            replicas = httpx.get(f"{gateway.url}/health", timeout=5).json().get("replicas", {})
         yield CloneMesh(gateway, clone)
     finally:
         gateway.stop()

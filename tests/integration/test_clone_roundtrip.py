@@ -23,8 +23,14 @@ import pytest
 import soundfile
 from fastapi.testclient import TestClient
 
-from tests.conftest import RedisServer, free_port
-from tests.helpers import SPEECH_DIR, ServiceProcess, error_rate, load_manifest
+from tests.harness import (
+    SPEECH_DIR,
+    RedisServer,
+    ServiceProcess,
+    error_rate,
+    free_port,
+    load_manifest,
+)
 from tests.integration.test_tts import words
 from voicemesh.clone.engines import WorldAdaptedVits
 from voicemesh.clone.service import create_clone_app

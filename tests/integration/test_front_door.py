@@ -20,8 +20,7 @@ import pytest
 import websockets
 
 from client.streaming import stream_audio
-from tests.conftest import free_port
-from tests.helpers import clip_named, error_rate
+from tests.harness import clip_named, error_rate, free_port
 from tests.integration.test_scaling import EmbeddedMesh
 from voicemesh.audio_files import load_clip_16k
 from voicemesh.mesh.plan import port_is_free

@@ -22,8 +22,14 @@ import pytest
 import redis
 
 from client.streaming import StreamResult, stream_audio
-from tests.conftest import RedisServer, free_port
-from tests.helpers import ServiceProcess, clip_named, error_rate, offline_transcript
+from tests.harness import (
+    RedisServer,
+    ServiceProcess,
+    clip_named,
+    error_rate,
+    free_port,
+    offline_transcript,
+)
 from voicemesh.audio_files import load_clip_16k
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

@@ -20,15 +20,17 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from tests.conftest import free_port
-from tests.helpers import ServiceProcess, clip_named
+from tests.harness import ServiceProcess, clip_named, free_port
 from tests.integration.conftest import Mesh
 from voicemesh.audio_files import load_clip_16k
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 KEYS = ["key-one", "key-two", "key-three"]
-REFUSAL_BOUND_S = 2.0  # a refused client hears why at once; it never waits for a slot
+REFUSAL_BOUND_S = 10.0
+"""A refused client hears why without waiting for a slot: the sessions that hold the slots
+stay open for the whole test, so a refusal that waited would never come. Generous on
+purpose: how fast it comes is for benchmarks."""
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +86,7 @@ def active_sessions(base: str) -> int:
     return int(status.json()["sessions"]["active"])
 
 
-async def wait_active(base: str, expected: int, timeout_s: float = 5.0) -> None:
+async def wait_active(base: str, expected: int, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while (got := await asyncio.to_thread(active_sessions, base)) != expected:
         assert time.monotonic() < deadline, f"{got} sessions active, expected {expected}"

@@ -17,8 +17,7 @@ import openai
 import pytest
 
 from gateway.settings import GatewaySettings
-from tests.conftest import free_port
-from tests.helpers import ServiceProcess, clip_named, error_rate
+from tests.harness import ServiceProcess, clip_named, error_rate, free_port
 from tests.integration.conftest import Mesh
 
 pytestmark = pytest.mark.integration

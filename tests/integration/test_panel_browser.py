@@ -8,7 +8,6 @@ Screenshots go to ``outputs/e2e/`` (git-ignored).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,15 @@ import pytest
 import redis
 import soundfile
 
-from tests.conftest import RedisServer, free_port
-from tests.helpers import REPO, ServiceProcess, clip_named, error_rate, offline_transcript
+from tests.harness import (
+    REPO,
+    RedisServer,
+    ServiceProcess,
+    clip_named,
+    error_rate,
+    free_port,
+    offline_transcript,
+)
 from tests.integration.test_clone_gateway import KEY_A as CLONE_KEY
 from tests.integration.test_clone_gateway import CloneMesh, clone_mesh  # noqa: F401 - fixture
 from voicemesh.audio import resample
@@ -124,23 +130,22 @@ def test_dashboard_lists_the_running_services(mesh: Any, page: Any) -> None:
     page.screenshot(path=str(SHOTS / "dashboard.png"), full_page=True)
 
 
-def test_mode_toggle_changes_redis_and_the_page_within_a_second(mesh: Any, page: Any) -> None:
+def test_mode_toggle_changes_redis_and_the_page(mesh: Any, page: Any) -> None:
     open_panel(page, mesh.gateway.url)
     try:
         for mode in ("cpu", "gpu", "auto"):
-            started = time.monotonic()
             page.click(f"#mode-toggle button[data-mode='{mode}']")
+            # How fast is the benchmarks' business; a generous deadline, then the outcome.
             page.wait_for_function(
                 "mode => document.getElementById('mode-current').textContent === mode",
-                arg=mode, timeout=1000)
-            assert time.monotonic() - started < 1.0
+                arg=mode, timeout=15000)
             assert page.get_attribute(f"#mode-toggle button[data-mode='{mode}']",
                                       "class") == "active"
             assert mode_in_redis(mesh) == mode
             # The page's mode is the one the gateway then reports in its status feed.
             page.wait_for_function(
                 "mode => [...document.querySelectorAll('#events li')]"
-                ".some(li => li.textContent.includes('→ ' + mode))", arg=mode, timeout=5000)
+                ".some(li => li.textContent.includes('→ ' + mode))", arg=mode, timeout=15000)
             assert page.inner_text("#mode-current") == mode
         page.screenshot(path=str(SHOTS / "mode-toggle.png"))
     finally:
@@ -216,7 +221,7 @@ def test_wrong_key_and_missing_services_get_clear_messages(locked_gateway: Servi
                            ".includes('needs the admin key')", timeout=10000)
     page.click("#mode-toggle button[data-mode='cpu']")
     page.wait_for_function("document.getElementById('mode-message').textContent"
-                           ".includes('admin key')", timeout=5000)
+                           ".includes('admin key')", timeout=15000)
     # The right keys: live, but nothing is registered behind this gateway.
     save_keys(page, CLIENT_KEY, ADMIN_KEY)
     page.wait_for_selector("#conn.badge-ok", timeout=15000)
@@ -374,8 +379,9 @@ def test_clone_tab_validates_a_reference_and_speaks_in_it(request: pytest.Fixtur
     page.check("#clone-consent")
     page.click("#clone-form button[type='submit']")
     page.wait_for_selector("#clone-validation.bad", timeout=30000)
-    assert "error 4" in page.inner_text("#clone-validation") or \
-        "code:" in page.inner_text("#clone-validation")
+    refused = page.inner_text("#clone-validation")
+    assert refused.startswith("Reference upload: error 400 ("), refused
+    assert "code: undecodable_audio" in refused.splitlines(), refused
     # A real reference: accepted, with its quality report, and spoken in.
     page.fill("#clone-name", "librivox reader")
     page.set_input_files("#clone-file", str(MIC_CLIP.path))

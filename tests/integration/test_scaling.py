@@ -17,8 +17,7 @@ import httpx
 import pytest
 
 from client.streaming import stream_audio
-from tests.conftest import free_port
-from tests.helpers import REPO, clip_named, error_rate
+from tests.harness import REPO, clean_environ, clip_named, error_rate, free_port
 from voicemesh.audio_files import load_clip_16k
 from voicemesh.settings import default_home
 
@@ -33,7 +32,7 @@ class EmbeddedMesh:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.port = free_port()
-        self.env = {**os.environ, "VOICEMESH_HOME": str(home),
+        self.env = {**clean_environ(), "VOICEMESH_HOME": str(home),
                     "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
                     "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.3",
                     "VOICEMESH_STT_CPU_HEARTBEAT_INTERVAL_S": "0.5"}

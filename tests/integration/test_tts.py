@@ -25,8 +25,7 @@ import redis
 import soundfile
 from num2words import num2words
 
-from tests.conftest import free_port
-from tests.helpers import ServiceProcess, load_manifest, normalize
+from tests.harness import ServiceProcess, free_port, load_manifest, normalize
 from tests.integration.conftest import Mesh
 from voicemesh.registry import ReplicaInfo
 
@@ -218,7 +217,11 @@ def test_gateway_fails_over_past_a_dead_tts_replica(mesh: Mesh, tmp_path: Path) 
     own = ServiceProcess("gateway", free_port(), env, tmp_path).start()
     try:
         own.wait_healthy(timeout_s=60)
-        time.sleep(1.0)
+        # Both replicas, the dead one and the mesh's, are in the gateway's view.
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{own.url}/health", timeout=5).json()["replicas"].get("tts_vits") != 2:
+            assert time.monotonic() < deadline, "the gateway never listed both TTS replicas"
+            time.sleep(0.2)
         response = httpx.post(f"{own.url}/v1/audio/speech", timeout=120, json={
             # A catalogue id, not an OpenAI name: no voice lookup meets the dead replica first.
             "model": "tts-1", "voice": "en_US-joe-medium", "input": "Still here.",

@@ -18,8 +18,7 @@ import pytest
 import soundfile
 from fastapi.testclient import TestClient
 
-from tests.conftest import RedisServer, free_port
-from tests.helpers import SPEECH_DIR, clip_named
+from tests.harness import SPEECH_DIR, RedisServer, clip_named, free_port
 from voicemesh.audio_files import read_audio_file
 from voicemesh.clone.engines import WorldAdaptedVits
 from voicemesh.clone.service import OWNER_HEADER, create_clone_app
@@ -200,7 +199,9 @@ def test_cpu_engine_synthesis_is_labelled_approximate(client: TestClient) -> Non
 def test_cache_miss_then_hit_with_the_same_bytes(client: TestClient) -> None:
     voice = upload(client, reference_bytes())[1]["voice_id"]
     request = {"text": "Good morning, it is time for your medicine.", "voice_id": voice}
+    started = time.perf_counter()
     first = client.post("/v1/synthesize", json=request)
+    miss_s = time.perf_counter() - started
     assert first.headers["x-voicemesh-cache"] == "miss"
     started = time.perf_counter()
     second = client.post("/v1/synthesize", json=request)
@@ -209,7 +210,9 @@ def test_cache_miss_then_hit_with_the_same_bytes(client: TestClient) -> None:
     assert second.headers["x-voicemesh-engine"] == "world_vits"
     assert second.headers["x-voicemesh-approximate"] == "true"
     assert second.content == first.content
-    assert hit_s < 1.0  # a synthesis takes seconds here; the benchmark measures the p50
+    # Served without synthesizing: a fraction of the miss, whatever the machine's load
+    # (the benchmark measures the hit's p50).
+    assert hit_s < miss_s / 2, (hit_s, miss_s)
     other = client.post("/v1/synthesize", json={**request, "speed": 1.2})
     assert other.headers["x-voicemesh-cache"] == "miss"
     health = client.get("/health").json()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import time
 from collections.abc import Iterator
 
@@ -20,7 +19,7 @@ from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketTestSession
 
 from stt_tiny_ws.app import SttTinySettings, create_app
-from tests.helpers import Clip, load_manifest
+from tests.harness import Clip, load_manifest
 
 pytestmark = pytest.mark.service
 
@@ -35,14 +34,9 @@ DETECTION_KEYS = {"speech_detected", "probability", "t"}
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     """The detector app with real Silero and tiny.en, loaded once for the module."""
-    # The autouse fixture clears VOICEMESH_* per test, after a module fixture is set
-    # up; clear them here too so the host cannot leak into the settings.
-    with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith("VOICEMESH_"):
-                mp.delenv(name)
-        with TestClient(create_app(SttTinySettings(redis_url=""))) as test_client:
-            yield test_client
+    # The host's VOICEMESH_* were cleared in pytest_configure (tests/conftest.py).
+    with TestClient(create_app(SttTinySettings(redis_url=""))) as test_client:
+        yield test_client
 
 
 def _pcm16(samples: np.ndarray) -> bytes:

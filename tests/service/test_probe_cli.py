@@ -10,8 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import free_port
-from tests.helpers import REPO
+from tests.harness import REPO, free_port
 
 pytestmark = pytest.mark.service
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.helpers import clip_named, error_rate
+from tests.harness import clip_named, error_rate
 from voicemesh.audio_files import load_clip_16k
 from voicemesh.stt.engines import load_transcriber
 from voicemesh.stt.scheduler import DecodeScheduler
@@ -109,23 +109,40 @@ async def test_a_flush_for_earlier_speech_does_not_cut_the_next_utterance(
     assert len([m for m in out if m.type == "final"]) == 1
 
 
-MEETING = "fireredasr-TEST_MEETING_T0000000001_S00000.wav"
+HESITANT = "fireredasr-BAC009S0764W0121.wav"  # 甚至出现交易几乎停滞的情况 (AISHELL-1)
+HESITANT_CUTS_S = (1.085, 2.54)
+"""Quiet points inside the sentence: after 甚至出 and after 现交易几乎."""
+HESITANT_PAUSES_S = (0.9, 0.5)
+HESITANT_LEVEL_DBFS = -39.0
+
+
+def hesitant_far_field(audio: np.ndarray) -> np.ndarray:
+    """One read sentence as a hesitant speaker far from the microphone says it: the
+    clip at -39 dBFS with pauses of 0.9 s and 0.5 s inside it, and 1 s of silence after."""
+    cuts = [0, *(int(t * 16000) for t in HESITANT_CUTS_S), audio.size]
+    pieces = [audio[a:b] for a, b in itertools.pairwise(cuts)]
+    pauses = [np.zeros(int(s * 16000), np.float32) for s in (*HESITANT_PAUSES_S, 1.0)]
+    spoken = np.concatenate([part for pair in zip(pieces, pauses, strict=True) for part in pair])
+    rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
+    return (spoken * (10 ** (HESITANT_LEVEL_DBFS / 20) / rms)).astype(np.float32)
 
 
 async def test_a_hesitant_far_field_speaker_is_decoded_whole(scheduler: DecodeScheduler) -> None:
-    # A quiet (-39 dBFS) meeting recording with pauses of about 0.9 s and 0.5 s inside
-    # one sentence. Whisper base is unsure of the pieces, so each is held; the speaker
-    # goes on within the hold, and the whole sentence is decoded at once.
+    # Whisper base is unsure of the first piece, so its final is held; the speaker goes on
+    # within the hold, and the whole sentence is decoded at once. Without the hold the
+    # 0.9 s pause ends an utterance, and the pieces are decoded apart, worse.
     from voicemesh.stt.script import convert_for_language
 
-    clip = clip_named(MEETING)
-    audio = np.concatenate([load_clip_16k(clip.path), np.zeros(16000, np.float32)])
+    clip = clip_named(HESITANT)
+    audio = hesitant_far_field(load_clip_16k(clip.path))
     held = [m for m in await run(scheduler, audio, StreamingConfig(language="zh"))
             if m.type == "final"]
     split = [m for m in await run(scheduler, audio, StreamingConfig(language="zh", hold_s=0))
              if m.type == "final"]
-    assert len(held) == 1 and len(split) == 3, (held, split)
-    assert held[0].start == 0.0  # the first word, before the VAD fired, is in the preroll
+    assert len(held) == 1 and len(split) >= 2, (held, split)
+    assert held[0].start < 0.1  # the first word, before the VAD fired, is in the preroll
     whole = error_rate(clip.text, convert_for_language(held[0].text, "zh"))
     pieces = error_rate(clip.text, convert_for_language(" ".join(f.text for f in split), "zh"))
+    print(f"held: {whole:.1f}% {held[0].text} | split: {pieces:.1f}% "
+          f"{[f.text for f in split]}")
     assert whole < pieces - 10, (whole, pieces)

@@ -19,10 +19,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from tests.conftest import free_port
-from tests.helpers import ServiceProcess
+from tests.harness import ServiceProcess, free_port
 from voicemesh.audio_files import decode_audio_file
-from voicemesh.settings import default_home
 
 pytestmark = pytest.mark.service
 
@@ -31,8 +29,24 @@ THREE_SENTENCES = ("The first sentence is here, and it goes on for a little whil
 SHORT = "Hello there. How are you today?"
 
 
-def _start(log_dir: Path, **settings: str) -> ServiceProcess:
-    env = {"VOICEMESH_REDIS_URL": "", "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
+SIX_SENTENCES = ("Good morning. The weather today is calm and bright across the valley. "
+                 "Later in the afternoon a light wind will come in from the west. "
+                 "By the evening the clouds will gather over the hills. "
+                 "Some rain is expected during the night, mostly after midnight. "
+                 "Tomorrow will start cool and grey, and clear up by noon.")
+"""A short first sentence and five longer ones: streamed, the first arrives long before
+the end."""
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty model cache of the module's own: the service prepares its bundled voice
+    there, so which voices are installed does not depend on the user's cache."""
+    return tmp_path_factory.mktemp("tts-models")
+
+
+def _start(log_dir: Path, models: Path, **settings: str) -> ServiceProcess:
+    env = {"VOICEMESH_REDIS_URL": "", "VOICEMESH_MODELS_DIR": str(models),
            **{f"VOICEMESH_TTS_VITS_{k.upper()}": v for k, v in settings.items()}}
     service = ServiceProcess("tts_vits", free_port(), env, log_dir).start()
     try:
@@ -44,9 +58,9 @@ def _start(log_dir: Path, **settings: str) -> ServiceProcess:
 
 
 @pytest.fixture(scope="module")
-def tts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def tts(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[httpx.Client]:
     """A client for one tts_vits replica with default settings."""
-    service = _start(tmp_path_factory.mktemp("tts-logs"))
+    service = _start(tmp_path_factory.mktemp("tts-logs"), models_dir)
     try:
         with httpx.Client(base_url=service.url, timeout=120) as client:
             yield client
@@ -129,21 +143,28 @@ def test_every_format_has_the_stated_rate_and_duration(tts: httpx.Client, fmt: s
 
 
 def test_streaming_sends_chunks_early_and_matches_the_whole(tts: httpx.Client) -> None:
-    whole = tts.post("/v1/synthesize", json={"text": THREE_SENTENCES, "format": "pcm"})
+    whole = tts.post("/v1/synthesize", json={"text": SIX_SENTENCES, "format": "pcm"})
     whole_s = len(whole.content) / 2 / 22050
     arrivals: list[tuple[float, int]] = []
     started = time.monotonic()
     with tts.stream("POST", "/v1/synthesize",
-                    json={"text": THREE_SENTENCES, "format": "pcm", "stream": True}) as resp:
+                    json={"text": SIX_SENTENCES, "format": "pcm", "stream": True}) as resp:
         assert resp.status_code == 200
         assert resp.headers["x-voicemesh-stream"] == "sentences"
         for chunk in resp.iter_raw():
-            arrivals.append((time.monotonic() - started, len(chunk)))
+            if chunk:
+                arrivals.append((time.monotonic() - started, len(chunk)))
+    done = time.monotonic() - started
     streamed_s = sum(n for _, n in arrivals) / 2 / 22050
-    assert len(arrivals) > 1, arrivals
     assert abs(streamed_s - whole_s) / whole_s < 0.05, (streamed_s, whole_s)
-    # The first audio is there well before the last.
-    assert arrivals[0][0] < arrivals[-1][0]
+    # Streamed, not buffered: audio came in more than one piece, and the first piece (the
+    # short first sentence) arrived while the five longer ones were still being
+    # synthesized. A response made whole and then sent in pieces has its first byte
+    # only after all six sentences, at about the same time as its last.
+    assert len(arrivals) > 1, arrivals
+    first_at = arrivals[0][0]
+    print(f"first audio after {first_at:.2f} s of {done:.2f} s")
+    assert first_at < 0.5 * done, (first_at, done, arrivals)
 
 
 def test_streamed_wav_and_mp3_decode(tts: httpx.Client) -> None:
@@ -222,9 +243,9 @@ def test_compare_returns_every_candidate_and_a_stated_rule(tts: httpx.Client) ->
     assert body["recommendation"]["index"] in (0, 1)
     assert "real-time factor" in body["recommendation"]["rule"]
     bad = tts.post("/v1/compare", json={"text": "x", "candidates": [{"voice": "nobody"}]})
-    assert bad.status_code == 404
+    assert bad.status_code == 404 and bad.json()["error"]["code"] == "unknown_voice"
     empty = tts.post("/v1/compare", json={"text": "x", "candidates": []})
-    assert empty.status_code == 422
+    assert empty.status_code == 422 and empty.json()["error"]["code"] == "validation_error"
 
 
 def test_metrics_report_synthesis_time_first_chunk_and_chars_per_second(
@@ -238,8 +259,8 @@ def test_metrics_report_synthesis_time_first_chunk_and_chars_per_second(
 
 
 def test_excess_requests_are_refused_busy_and_the_service_stays_up(
-        tmp_path: Path) -> None:
-    service = _start(tmp_path, max_concurrent="1", max_queue="1", queue_timeout_s="0.5",
+        tmp_path: Path, models_dir: Path) -> None:
+    service = _start(tmp_path, models_dir, max_concurrent="1", max_queue="1", queue_timeout_s="0.5",
                      pool_size="1")
     try:
         def one(_: int) -> httpx.Response:
@@ -270,7 +291,7 @@ def test_excess_requests_are_refused_busy_and_the_service_stays_up(
         service.stop()
 
 
-def test_in_process_with_an_engine_given_to_the_factory() -> None:
+def test_in_process_with_an_engine_given_to_the_factory(models_dir: Path) -> None:
     from fastapi.testclient import TestClient
 
     from voicemesh.tts import VitsSynthesizer, default_voice_files
@@ -278,7 +299,7 @@ def test_in_process_with_an_engine_given_to_the_factory() -> None:
     from voicemesh.tts.settings import TtsSettings
 
     engine = VitsSynthesizer(default_voice_files(), pool_size=1)
-    settings = TtsSettings(redis_url="", models_dir=default_home() / "models")
+    settings = TtsSettings(redis_url="", models_dir=models_dir)
     app = create_tts_app(settings, {"piper-en_US-joe-medium": engine})
     with TestClient(app) as client:
         assert app.state.tts.engines.engines["piper-en_US-joe-medium"] is engine

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.helpers import clip_named
+from tests.harness import clip_named
 from voicemesh.audio import OpusStreamDecoder, OpusStreamEncoder, PcmStreamDecoder, stream_decoder
 from voicemesh.audio_files import load_clip_16k
 from voicemesh.errors import BadAudio, PayloadTooLarge

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
 from voicemesh.protocol import Segment, Word
 from voicemesh.stt.scheduler import DecodeScheduler, Priority
 from voicemesh.stt.script import convert_for_language, convert_text, result_postprocessor
 from voicemesh.stt.types import TranscriptionResult
+
+pytestmark = pytest.mark.unit
 
 TRADITIONAL = "廣州市房地產中介協會分析"
 SIMPLIFIED = "广州市房地产中介协会分析"

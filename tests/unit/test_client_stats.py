@@ -36,6 +36,7 @@ def test_session_stats_at_real_time_pace() -> None:
     assert stats["first_token_latency_s"] == 2.4  # the first message with text
     assert stats["end_to_end_latency_s"] == pytest.approx(1.3)  # 4 s of speech left at t=4
     assert stats["rtf"] == pytest.approx(5.3 / 4.0)
+    assert stats["send_s"] == 4.0  # the frame holding the last sample of speech left at t=4
     assert stats["is_real_time"]
     assert stats["chunk_latency_s"]["count"] == 3
     assert stats["jitter_s"] == pytest.approx((0.1 + 0.9) / 2)

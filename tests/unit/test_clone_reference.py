@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.helpers import SPEECH_DIR
+from tests.harness import SPEECH_DIR
 from voicemesh.audio import resample
 from voicemesh.audio_files import read_audio_file
 from voicemesh.clone.reference import (

