@@ -26,6 +26,7 @@ import websockets
 from client.streaming import OPUS_PACKET_MS, StreamResult, WireEncoding, to_bytes
 from voicemesh.audio import SAMPLE_RATE, OpusStreamEncoder, resample
 from voicemesh.audio_files import read_audio_file
+from voicemesh.errors import ConnectionLost
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -193,10 +194,6 @@ class _Encoder:
 
     def flush(self) -> list[bytes]:
         return self._opus.flush() if self._opus is not None else []
-
-
-class ConnectionLost(Exception):
-    """The WebSocket went away while the source was still capturing."""
 
 
 class MicStreamer:

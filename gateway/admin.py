@@ -24,15 +24,17 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import psutil
 from fastapi import APIRouter, Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from starlette.requests import HTTPConnection
 
 import voicemesh
 from gateway.auth import AdminPrincipal, admit_follower, require_admin, route_path
+from gateway.deps import GatewayStateDep
 from gateway.routing import choose_backends, load_share
 from gateway.state import GatewayState
 from voicemesh.http import error_body
@@ -42,16 +44,6 @@ from voicemesh.registry import ReplicaInfo, RoutingMode
 _LOGGER = logging.getLogger(__name__)
 
 MB = 1024 * 1024
-
-
-def _state(conn: Request | WebSocket) -> GatewayState:
-    state: GatewayState = conn.app.state.gateway
-    return state
-
-
-def _monitor(conn: Request | WebSocket) -> StatusMonitor:
-    monitor: StatusMonitor = conn.app.state.status_monitor
-    return monitor
 
 
 def registry_state(state: GatewayState) -> str:
@@ -201,6 +193,16 @@ class StatusMonitor:
         }
 
 
+def get_monitor(conn: HTTPConnection) -> StatusMonitor:
+    """The app's :class:`StatusMonitor` (set by the app's lifespan)."""
+    monitor: StatusMonitor = conn.app.state.status_monitor
+    return monitor
+
+
+StatusMonitorDep = Annotated[StatusMonitor, Depends(get_monitor)]
+"""A route parameter of this type gets the app's status monitor."""
+
+
 def _replica_event(replica: ReplicaInfo) -> dict[str, Any]:
     return {"kind": replica.kind, "instance_id": replica.instance_id, "url": replica.url,
             "device": replica.device, "model": replica.model}
@@ -243,9 +245,8 @@ class ModeChange(BaseModel):
 
 
 @router.get("/ready")
-async def ready(request: Request) -> JSONResponse:
+async def ready(request: Request, state: GatewayStateDep) -> JSONResponse:
     """200 when an STT backend is routable and the Redis state is known, else 503."""
-    state = _state(request)
     reasons = readiness(state)
     details = {"stt_route": stt_route(state), "redis": registry_state(state),
                "mode": state.view.mode}
@@ -258,32 +259,29 @@ async def ready(request: Request) -> JSONResponse:
 
 
 @admin.get("/status")
-async def status(request: Request) -> dict[str, Any]:
+async def status(state: GatewayStateDep, monitor: StatusMonitorDep) -> dict[str, Any]:
     """Uptime, version, process usage, services, mode and request stats."""
-    return build_status(_state(request), _monitor(request))
+    return build_status(state, monitor)
 
 
 @admin.get("/services")
-async def services(request: Request) -> dict[str, Any]:
+async def services(state: GatewayStateDep) -> dict[str, Any]:
     """Every replica by service, and the order new sessions try the STT ones."""
-    state = _state(request)
     return {"services": describe_services(state), "stt_route": stt_route(state),
             "mode": state.view.mode, "redis": registry_state(state)}
 
 
 @admin.get("/mode")
-async def get_mode(request: Request) -> dict[str, Any]:
+async def get_mode(state: GatewayStateDep) -> dict[str, Any]:
     """The STT routing mode this replica follows."""
-    state = _state(request)
     return {"mode": state.view.mode, "default_mode": state.view.default_mode,
             "redis": registry_state(state)}
 
 
 @admin.post("/mode")
-async def set_mode(change: ModeChange, request: Request,
-                   principal: AdminPrincipal) -> dict[str, Any]:
+async def set_mode(change: ModeChange, principal: AdminPrincipal, state: GatewayStateDep,
+                   monitor: StatusMonitorDep) -> dict[str, Any]:
     """Set the STT routing mode for every gateway replica (503 when Redis is down)."""
-    state = _state(request)
     view = state.view
     previous = view.mode
     if view.client is not None:
@@ -291,7 +289,7 @@ async def set_mode(change: ModeChange, request: Request,
         # reach the other replicas, so none is made.
         await view.client.set_mode(change.mode)
     view.set_mode(change.mode)
-    _monitor(request).mode_changed(previous, change.mode, source="admin_api",
+    monitor.mode_changed(previous, change.mode, source="admin_api",
                                    by=principal.key_id)
     return {"mode": change.mode, "previous": previous,
             "scope": "local" if view.client is None else "shared"}
@@ -305,13 +303,12 @@ def _compact(message: dict[str, Any]) -> str:
 
 
 @router.websocket("/v1/ws/status")
-async def status_feed(ws: WebSocket) -> None:
+async def status_feed(ws: WebSocket, state: GatewayStateDep,
+                      monitor: StatusMonitorDep) -> None:
     """Live status: ``status_update`` every interval, gateway events as they happen."""
     await ws.accept()
     if await admit_follower(ws) is None:
         return
-    state = _state(ws)
-    monitor = _monitor(ws)
     interval = state.settings.status_interval_s
 
     async def pump() -> None:

@@ -10,10 +10,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import Depends, FastAPI, Request, WebSocket
+from fastapi import Depends, FastAPI, WebSocket
 from fastapi.responses import JSONResponse
 
 from gateway import admin, auth, clone, transcriptions, tts
+from gateway.deps import GatewayStateDep
 from gateway.panel import mount_control_panel
 from gateway.registry_view import RegistryView, static_replicas
 from gateway.routing import choose_backends, choose_detector
@@ -48,7 +49,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         view = build_view(settings)
         state = GatewayState(settings=settings, view=view, metrics=metrics)
         app.state.gateway = state
-        app.state.view = view
         monitor = admin.StatusMonitor(state)
         app.state.status_monitor = monitor
         await view.start()
@@ -71,8 +71,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(admin.router)
 
     @app.get("/health")
-    async def health(request: Request) -> JSONResponse:
-        state: GatewayState = request.app.state.gateway
+    async def health(state: GatewayStateDep) -> JSONResponse:
         view = state.view
         replicas = view.snapshot()
         stt = choose_backends(view.mode, replicas)
@@ -96,13 +95,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         })
 
     @app.websocket("/ws/transcribe")
-    async def transcribe(ws: WebSocket) -> None:
+    async def transcribe(ws: WebSocket, state: GatewayStateDep) -> None:
         await ws.accept()
         slot = await auth.claim_session(ws)
         if slot is None:
             return  # refused: the client got an error message and a close code
         async with slot:
-            await GatewayStream(ws, ws.app.state.gateway).run()
+            await GatewayStream(ws, state).run()
 
     # Last: the panel's catch-all mount at / must come after every route.
     mount_control_panel(app, settings.control_panel_dir)

@@ -10,31 +10,30 @@
 Every call carries the caller's key identity in ``X-VoiceMesh-Key-Id`` (the key's
 fingerprint, never the key; ``anonymous`` with auth off), which ``tts_clone`` uses as
 the owner of profiles: another key's voice is a 404. Replicas are chosen and failed
-over exactly as for the other TTS routes (:func:`gateway.tts.route`).
+over exactly as for the other TTS routes (:func:`gateway.proxy.forward`).
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
-from gateway.auth import ANONYMOUS, Principal
+from gateway.deps import GatewayStateDep
+from gateway.keys import Principal
+from gateway.proxy import TTS_HEADERS, BackendCall, forward, json_body
+from gateway.routing import choose_service
+from gateway.state import GatewayState
 from gateway.transcriptions import read_upload
-from gateway.tts import BackendCall, _forward, _json_body
-
-if TYPE_CHECKING:
-    from gateway.tts import OpenAISpeechRequest
+from voicemesh.protocol import ANONYMOUS, OWNER_HEADER
 
 router = APIRouter()
 
 TTS_CLONE = "tts_clone"
-OWNER_HEADER = "X-VoiceMesh-Key-Id"
 PROFILE_ID = re.compile(r"^v_[0-9a-f]{16}$")
 """What ``tts_clone`` voice ids look like; no catalogue voice id does."""
-
 
 def is_profile_id(voice: str) -> bool:
     """True when ``voice`` names a cloned-voice profile rather than a catalogue voice."""
@@ -47,31 +46,29 @@ def owner_headers(request: Request) -> dict[str, str]:
     return {OWNER_HEADER: principal.key_id if principal is not None else ANONYMOUS}
 
 
-def speech_call(request: Request, body: OpenAISpeechRequest, pcm_rate: int) -> BackendCall:
-    """``tts_clone``'s synthesis request for an OpenAI speech request in a cloned voice."""
-    payload: dict[str, Any] = {"text": body.input, "voice_id": body.voice, "speed": body.speed,
-                               "format": body.response_format, "stream": True}
-    if body.response_format == "pcm":
-        payload["sample_rate"] = pcm_rate
-    return BackendCall("POST", "/v1/synthesize", request.state.request_id, json=payload,
-                       stream=True, headers=owner_headers(request))
-
-
 def _call(request: Request, method: str, path: str, **extra: Any) -> BackendCall:
     return BackendCall(method, path, request.state.request_id, headers=owner_headers(request),
                        **extra)
 
 
+async def _forward(state: GatewayState, what: str, call: BackendCall,
+                   voice: str | None = None) -> Response:
+    return await forward(
+        state, what, call, lambda replicas: choose_service(TTS_CLONE, replicas,
+                                                           capability="clone"),
+        service=TTS_CLONE, kind="tts", passed=TTS_HEADERS, voice=voice)
+
+
 @router.get("/v1/clone/voices", response_model=None)
-async def list_voices(request: Request) -> Response:
+async def list_voices(request: Request, state: GatewayStateDep) -> Response:
     """The caller's cloned voices."""
-    return await _forward(request, "clone_voices", _call(request, "GET", "/v1/voices"),
-                          voice=None, capability="clone", kind=TTS_CLONE)
+    return await _forward(state, "clone_voices", _call(request, "GET", "/v1/voices"))
 
 
 @router.post("/v1/clone/voices", response_model=None)
 async def create_voice(
     request: Request,
+    state: GatewayStateDep,
     *,
     audio: Annotated[UploadFile, File(description="reference recording, 3-10 s of speech")],
     name: Annotated[str, Form()],
@@ -80,8 +77,7 @@ async def create_voice(
     consent: Annotated[bool, Form()] = False,
 ) -> Response:
     """Make a voice profile from a reference recording."""
-    settings = request.app.state.gateway.settings
-    data = await read_upload(request, audio, settings.max_upload_bytes)
+    data = await read_upload(request, audio, state.settings.max_upload_bytes)
     fields = {"name": name, "consent": "true" if consent else "false"}
     if prompt_text:
         fields["prompt_text"] = prompt_text
@@ -90,32 +86,27 @@ async def create_voice(
     files = {"audio": (audio.filename or "reference", data,
                        audio.content_type or "application/octet-stream")}
     call = _call(request, "POST", "/v1/voices", files=files, data=fields)
-    return await _forward(request, "clone_voices", call, voice=None, capability="clone",
-                          kind=TTS_CLONE)
+    return await _forward(state, "clone_voices", call)
 
 
 @router.get("/v1/clone/voices/{voice_id}", response_model=None)
-async def get_voice(request: Request, voice_id: str) -> Response:
+async def get_voice(request: Request, voice_id: str, state: GatewayStateDep) -> Response:
     """One of the caller's voices."""
-    return await _forward(request, "clone_voices",
-                          _call(request, "GET", f"/v1/voices/{voice_id}"),
-                          voice=None, capability="clone", kind=TTS_CLONE)
+    return await _forward(state, "clone_voices", _call(request, "GET", f"/v1/voices/{voice_id}"))
 
 
 @router.delete("/v1/clone/voices/{voice_id}", response_model=None)
-async def delete_voice(request: Request, voice_id: str) -> Response:
+async def delete_voice(request: Request, voice_id: str, state: GatewayStateDep) -> Response:
     """Delete one of the caller's voices (and its audio, when no other profile uses it)."""
-    return await _forward(request, "clone_voices",
-                          _call(request, "DELETE", f"/v1/voices/{voice_id}"),
-                          voice=None, capability="clone", kind=TTS_CLONE)
+    return await _forward(state, "clone_voices",
+                          _call(request, "DELETE", f"/v1/voices/{voice_id}"))
 
 
 @router.post("/v1/clone/synthesize", response_model=None)
-async def synthesize(request: Request) -> Response:
+async def synthesize(request: Request, state: GatewayStateDep) -> Response:
     """``tts_clone``'s ``POST /v1/synthesize`` (streamed through when ``stream`` is true)."""
-    body = await _json_body(request)
+    body = await json_body(request)
     call = _call(request, "POST", "/v1/synthesize", json=body, stream=bool(body.get("stream")))
     voice = body.get("voice_id")
-    return await _forward(request, "clone_synthesize", call,
-                          voice=voice if isinstance(voice, str) else None, capability="clone",
-                          kind=TTS_CLONE)
+    return await _forward(state, "clone_synthesize", call,
+                          voice if isinstance(voice, str) else None)

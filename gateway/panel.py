@@ -15,6 +15,8 @@ from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
+from voicemesh.protocol import CLOSE_POLICY
+
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -24,7 +26,8 @@ class PanelFiles(StaticFiles):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve a file, or close a WebSocket that matched no route."""
         if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": "no such route"})
+            await send({"type": "websocket.close", "code": CLOSE_POLICY,
+                        "reason": "no such route"})
             return
         await super().__call__(scope, receive, send)
 

@@ -42,6 +42,9 @@ class GatewaySettings(ServiceSettings):
     """How often every replica's /health is probed (0: never); failures leave routing."""
     stall_timeout_s: float = Field(3.0, gt=0)
     """A backend that sends nothing this long while audio is pending is failed over."""
+    max_utterance_s: float = Field(30.0, gt=0)
+    """Longest utterance an engine makes without a final (theirs stop at 29 s); a backend
+    sending partials of one utterance this long plus the stall timeout is failed over."""
     api_keys: list[SecretStr] = []
     """Client API keys; none configured means auth is off (the embedded default)."""
     api_keys_file: Path | None = None

@@ -1,6 +1,6 @@
 """What one gateway replica holds while it runs, shared by its routers.
 
-Routers reach it as ``request.app.state.gateway`` (or ``websocket.app.state.gateway``).
+Routes take it as a ``state: GatewayStateDep`` parameter (:mod:`gateway.deps`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from gateway.auth import KeyRing
+from gateway.keys import KeyRing
 from gateway.limits import GatewayLimits
 from gateway.registry_view import RegistryView
 from gateway.settings import GatewaySettings
-from voicemesh.metrics import ServiceMetrics
+from voicemesh.metrics import GatewayMetrics
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -94,15 +94,17 @@ class GatewayState:
 
     settings: GatewaySettings
     view: RegistryView
-    metrics: ServiceMetrics
+    metrics: GatewayMetrics
     events: EventBus = field(default_factory=EventBus)
     stats: RequestStats = field(default_factory=RequestStats)
     started_at: float = field(default_factory=time.time)
     active_sessions: int = 0
     keys: KeyRing = field(init=False)
-    """Client and admin API keys (:mod:`gateway.auth`)."""
+    """Client and admin API keys (:mod:`gateway.keys`)."""
     limits: GatewayLimits = field(init=False)
     """Request-rate and session limits of this replica (:mod:`gateway.limits`)."""
+    tts_voices: tuple[float, frozenset[str]] = (0.0, frozenset())
+    """When the TTS service's installed voices were last read, and their ids."""
 
     def __post_init__(self) -> None:
         self.keys = KeyRing.from_settings(self.settings)

@@ -5,19 +5,33 @@
     VoiceMeshError                 base of everything raised on purpose
     ├── BadRequest                 the caller sent something wrong (4xx, never fail over)
     │   ├── BadAudio               undecodable audio, wrong frame size, bad sample rate
+    │   ├── EmptyText              text to speak with no word in it (422)
     │   ├── PayloadTooLarge        a frame or body over its limit (413)
-    │   └── UnknownModel           a model name or path that cannot be resolved (404)
+    │   ├── ReferenceRejected      a cloning reference that cannot make a voice (422)
+    │   ├── UnknownModel           a model name or path that cannot be resolved (404)
+    │   └── VoiceNotFound          no cloned voice with this id for this caller (404)
+    ├── Unauthorized               no API key, or a key that is not configured (401)
+    ├── Forbidden                  a valid key without the rights the route needs (403)
+    ├── LimitExceeded              a caller over its request rate (429, ``retry_after``)
     ├── ModelAssetError            a model package is missing or a prepared file is corrupt
     └── EngineUnavailable          a backend cannot serve now (fail over on this only)
         ├── BackendClosed          the backend closed or reset the connection
         ├── BackendTimeout         the backend stalled past its timeout
+        ├── Busy                   the backend is alive but full: try another, keep it routed
         └── RegistryUnavailable    Redis cannot be reached
 
+    ConnectionLost                 (client side) the server went away mid-stream; reconnect
+
 Boundaries translate library exceptions (httpx, websockets, redis) into these with
-``raise ... from exc`` so callers only ever catch this tree.
+``raise ... from exc`` so callers only ever catch this tree; :func:`backend_errors`
+is the one place that does it for httpx and websockets. Every ``code`` a client can
+receive is listed, with its HTTP status, in ``docs/errors.md``.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 
 class VoiceMeshError(Exception):
@@ -47,6 +61,13 @@ class BadAudio(BadRequest):
     status_code = 400
 
 
+class EmptyText(BadRequest):
+    """Text to speak that holds no word (a validation error, as pydantic's are)."""
+
+    code = "empty_text"
+    status_code = 422
+
+
 class PayloadTooLarge(BadRequest):
     """A frame or a body larger than the configured limit."""
 
@@ -54,11 +75,56 @@ class PayloadTooLarge(BadRequest):
     status_code = 413
 
 
+class ReferenceRejected(BadRequest):
+    """A reference recording that cannot make a voice profile (too short, silent, clipped...)."""
+
+    code = "bad_reference"
+    status_code = 422
+
+
 class UnknownModel(BadRequest):
     """A model name or path that does not resolve to files or a known hub name."""
 
     code = "unknown_model"
     status_code = 404
+
+
+class VoiceNotFound(BadRequest):
+    """No voice with this id belongs to the caller."""
+
+    code = "voice_not_found"
+    status_code = 404
+
+
+class Unauthorized(VoiceMeshError):
+    """No key, or a key that is not configured."""
+
+    code = "unauthorized"
+    status_code = 401
+
+
+class Forbidden(VoiceMeshError):
+    """A valid key without the rights the route needs (a client key on an admin route)."""
+
+    code = "forbidden"
+    status_code = 403
+
+
+class LimitExceeded(VoiceMeshError):
+    """A caller over its request rate; try again after ``retry_after`` seconds."""
+
+    code = "rate_limited"
+    status_code = 429
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: int,
+                 scope: str, key_id: str) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+        """Whole seconds to wait (the ``Retry-After`` header)."""
+        self.scope = scope
+        """Which limit refused: ``key`` or ``total``."""
+        self.key_id = key_id
+        """The refused caller's key fingerprint."""
 
 
 class ModelAssetError(VoiceMeshError):
@@ -88,7 +154,39 @@ class BackendTimeout(EngineUnavailable):
     status_code = 504
 
 
+class Busy(EngineUnavailable):
+    """The backend is alive but has no free slot: try another replica, keep this one routed."""
+
+    code = "busy"
+
+
 class RegistryUnavailable(EngineUnavailable):
     """The Redis registry cannot be reached."""
 
     code = "registry_unavailable"
+
+
+class ConnectionLost(Exception):
+    """Client side: the WebSocket went away while the source was still capturing."""
+
+
+@contextlib.contextmanager
+def backend_errors(url: str, *, doing: str = "reach") -> Iterator[None]:
+    """Translate httpx and websockets transport failures talking to ``url`` into the tree.
+
+    A timeout becomes :class:`BackendTimeout`; a refused, reset or closed connection
+    (or a refused WebSocket handshake) :class:`BackendClosed`; ``doing`` names the step
+    in its message ("reach", "read the reply of", ...). Errors of the tree pass through.
+    """
+    import httpx
+    import websockets
+
+    try:
+        yield
+    except VoiceMeshError:
+        raise
+    except (httpx.TimeoutException, TimeoutError) as exc:
+        raise BackendTimeout(f"{url} timed out: {exc!r}") from exc
+    except (httpx.TransportError, websockets.ConnectionClosed, websockets.InvalidHandshake,
+            OSError) as exc:
+        raise BackendClosed(f"cannot {doing} {url}: {exc!r}") from exc

@@ -16,6 +16,11 @@ from voicemesh.metrics import ServiceMetrics
 
 _LOGGER = logging.getLogger(__name__)
 
+HTTP_ERROR_CODES: dict[int, str] = {404: "not_found", 405: "method_not_allowed"}
+"""Codes of the errors Starlette raises itself (no such route, wrong method)."""
+HTTP_ERROR_OTHER = "http_error"
+"""Code of any other ``HTTPException``, with its own status."""
+
 
 def error_body(code: str, message: str, request_id: str, **extra: Any) -> dict[str, Any]:
     """The one JSON error shape: ``{"error": {"code", "message", "request_id"}}``."""
@@ -55,7 +60,7 @@ def install_http_basics(app: FastAPI, metrics: ServiceMetrics) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         rid = _request_id(request)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = HTTP_ERROR_CODES.get(exc.status_code, HTTP_ERROR_OTHER)
         return JSONResponse(error_body(code, str(exc.detail), rid), status_code=exc.status_code)
 
     @app.exception_handler(Exception)

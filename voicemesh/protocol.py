@@ -30,6 +30,28 @@ FLUSH_TEXT = "<flush>"
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
 
+SAMPLE_RATE = 16000
+"""The rate of the audio between gateway and engines (mono PCM16), and the default."""
+
+# WebSocket close codes, as the clients read them.
+CLOSE_NORMAL = 1000
+"""The session ended as asked (``stop``)."""
+CLOSE_POLICY = 1008
+"""The request names no WebSocket route here."""
+CLOSE_INTERNAL = 1011
+"""The server failed on this session."""
+CLOSE_TRY_AGAIN = 1013
+"""No capacity now (``busy``, ``rate_limited``, ``no_backend``): try again later."""
+CLOSE_UNAUTHORIZED = 4401
+"""No API key, or a key that is not valid."""
+CLOSE_FORBIDDEN = 4403
+"""A valid key without the rights the route needs."""
+
+OWNER_HEADER = "X-VoiceMesh-Key-Id"
+"""The caller's key identity the gateway sets on calls to ``tts_clone`` (owner of voices)."""
+ANONYMOUS = "anonymous"
+"""The principal (and voice owner) of every caller while auth is off."""
+
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -46,7 +68,7 @@ class StartMessage(_Message):
     """Declares the audio format of the binary frames that follow."""
 
     type: Literal["start"] = "start"
-    sample_rate: int = Field(16000, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE)
+    sample_rate: int = Field(SAMPLE_RATE, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE)
     encoding: Encoding = "pcm_s16le"
     channels: int = Field(1, ge=1, le=2)
     language: str | None = None
@@ -126,7 +148,7 @@ class ReadyMessage(_Message):
     engine: str
     device: str
     model: str
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     backend: str | None = None
 
 

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from gateway.app import create_app
-from gateway.auth import KeyRing, fingerprint, read_key_file
+from gateway.keys import KeyRing, fingerprint, read_key_file
 from gateway.settings import GatewaySettings
 
 pytestmark = pytest.mark.service

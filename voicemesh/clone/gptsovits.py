@@ -32,10 +32,10 @@ import httpx
 
 from voicemesh.clone.engines import CloneRequest
 from voicemesh.errors import (
-    BackendClosed,
     BackendTimeout,
     BadRequest,
     EngineUnavailable,
+    backend_errors,
 )
 
 _LOGGER = logging.getLogger(__name__)
@@ -177,8 +177,10 @@ class GptSovitsStream:
     """A reply being read from a GPT-SoVITS backend, holding the backend until closed."""
 
     def __init__(self, sample_rate: int, first: bytes, reader: WavStreamReader,
-                 body: AsyncIterator[bytes], close: Callable[[], object]) -> None:
+                 body: AsyncIterator[bytes], close: Callable[[], object], *,
+                 url: str = "GPT-SoVITS") -> None:
         self.sample_rate = sample_rate
+        self.url = url
         self._first = first
         self._reader = reader
         self._body = body
@@ -197,13 +199,10 @@ class GptSovitsStream:
                     yield data[:cut]
                 carry = data[cut:]
                 try:
-                    raw = await anext(self._body)
+                    with backend_errors(self.url, doing="read the rest of the reply of"):
+                        raw = await anext(self._body)
                 except StopAsyncIteration:
                     break
-                except httpx.TimeoutException as exc:
-                    raise BackendTimeout(f"GPT-SoVITS stalled mid-reply: {exc!r}") from exc
-                except httpx.TransportError as exc:
-                    raise BackendClosed(f"GPT-SoVITS dropped the reply: {exc!r}") from exc
                 data = self._reader.feed(raw)
         finally:
             await self.aclose()
@@ -262,15 +261,11 @@ class GptSovitsCloner:
         url = await stack.enter_async_context(self.queue.claim(self.backends()))
         try:
             target = f"{url}{TTS_PATH}"
-            try:
+            with backend_errors(target):
                 req = self.client.build_request("POST", target, json=payload,
                                                 headers={"X-Request-ID": request.request_id})
                 response = await self.client.send(req, stream=True)
                 stack.push_async_callback(response.aclose)
-            except httpx.TimeoutException as exc:
-                raise BackendTimeout(f"{target} timed out: {exc!r}") from exc
-            except httpx.TransportError as exc:
-                raise BackendClosed(f"cannot reach {target}: {exc!r}") from exc
             if response.status_code != 200:
                 await response.aread()
                 raise _backend_error(target, response)
@@ -279,18 +274,16 @@ class GptSovitsCloner:
             first = b""
             while reader.sample_rate is None or not first:
                 try:
-                    raw = await anext(body)
+                    with backend_errors(target, doing="read the reply of"):
+                        raw = await anext(body)
                 except StopAsyncIteration as exc:
                     raise EngineUnavailable(f"{target} ended its reply before any audio",
                                             code="backend_bad_audio") from exc
-                except httpx.TimeoutException as exc:
-                    raise BackendTimeout(f"{target} timed out: {exc!r}") from exc
-                except httpx.TransportError as exc:
-                    raise BackendClosed(f"{target} dropped the reply: {exc!r}") from exc
                 first += reader.feed(raw)
             _LOGGER.info("request %s: GPT-SoVITS %s answering at %d Hz", request.request_id,
                          url, reader.sample_rate)
-            return GptSovitsStream(reader.sample_rate, first, reader, body, stack.aclose)
+            return GptSovitsStream(reader.sample_rate, first, reader, body, stack.aclose,
+                                   url=target)
         except BaseException:
             await stack.aclose()
             raise

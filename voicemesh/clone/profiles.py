@@ -30,18 +30,11 @@ from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from voicemesh.errors import BadRequest, RegistryUnavailable
+from voicemesh.errors import RegistryUnavailable, VoiceNotFound
 
 _LOGGER = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-
-class VoiceNotFound(BadRequest):
-    """No voice with this id belongs to the caller."""
-
-    code = "voice_not_found"
-    status_code = 404
 
 
 class VoiceProfile(BaseModel):

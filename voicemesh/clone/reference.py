@@ -13,19 +13,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from voicemesh.errors import BadRequest
+from voicemesh.errors import ReferenceRejected
+
+# ReferenceRejected is named here too (it lives with the whole error tree).
+__all__ = ["FRAME_S", "PreparedReference", "ReferenceLimits", "ReferenceRejected",
+           "best_window", "clipped_ratio", "estimate_snr_db", "frame_energies_db",
+           "prepare_reference"]
 
 FRAME_S = 0.02
 """Analysis frame for energy, speech activity and SNR."""
 _PAD_S = 0.1
 _EPS = 1e-10
-
-
-class ReferenceRejected(BadRequest):
-    """A reference recording that cannot make a voice profile (too short, silent, clipped...)."""
-
-    code = "bad_reference"
-    status_code = 422
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from voicemesh.errors import BadRequest, EngineUnavailable, ModelAssetError
+from voicemesh.errors import BadRequest, Busy, EmptyText, ModelAssetError
 from voicemesh.tts.text import (
     SENTENCE_END_CHARS,
     normalize_text,
@@ -278,7 +278,7 @@ class SherpaSynthesizer:
             )
         clean = normalize_text(text, self.language)
         if not clean:
-            raise BadRequest("text is empty", code="empty_text")
+            raise EmptyText("text is empty")
         return clean
 
     def _generate(self, text: str, speaker_id: int, speed: float) -> np.ndarray:
@@ -296,7 +296,7 @@ class SherpaSynthesizer:
         try:
             tts = self._pool.get(timeout=self.acquire_timeout_s)
         except queue.Empty as exc:
-            raise EngineUnavailable("every synthesis engine stayed busy", code="busy") from exc
+            raise Busy("every synthesis engine stayed busy") from exc
         try:
             generated = tts.generate(text, config)
         finally:

@@ -1,0 +1,126 @@
+"""A client's WebSocket as a VoiceMesh server sees it: :class:`ClientSocket`.
+
+The gateway's streams, the STT service and the detector all talk to their clients
+the same way: JSON text messages out, one at a time (several tasks send, so a lock
+keeps frames whole); a ``{"type":"error"}`` message before a refusal or a fatal
+failure; a close with a code that means something (:mod:`voicemesh.protocol`); and
+in, binary frames of audio or text frames holding control messages
+(:func:`voicemesh.protocol.parse_control`). A client that went away is not an
+error here: sends become no-ops and the receive loop ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from voicemesh.errors import VoiceMeshError
+from voicemesh.metrics import ServiceMetrics
+from voicemesh.protocol import (
+    CLOSE_NORMAL,
+    ErrorMessage,
+    FlushMessage,
+    StartMessage,
+    StopMessage,
+    parse_control,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+ClientMessage = bytes | StartMessage | FlushMessage | StopMessage
+"""What :meth:`ClientSocket.receive` yields: an audio frame or a parsed control message."""
+BadMessageHandler = Callable[[VoiceMeshError], Awaitable[None]]
+
+
+class ClientSocket:
+    """An accepted client WebSocket: locked sends, error messages, coded closes, receive loop.
+
+    ``metrics`` (when given) counts every error message sent by its code; ``name``
+    (a session id) goes into the log lines.
+    """
+
+    def __init__(self, ws: WebSocket, *, metrics: ServiceMetrics | None = None,
+                 name: str = "") -> None:
+        self.ws = ws
+        self.metrics = metrics
+        self.name = name
+        self.open = True
+        """False once the client is gone or the socket was closed from here."""
+        self._lock = asyncio.Lock()
+
+    async def send_text(self, payload: str) -> None:
+        """Send one text frame whole; a client that went away is not an error here."""
+        if not self.open:
+            return
+        async with self._lock:
+            try:
+                await self.ws.send_text(payload)
+            except (WebSocketDisconnect, RuntimeError):
+                self.open = False
+
+    async def send(self, message: BaseModel | dict[str, Any]) -> None:
+        """Send a protocol message (its ``dumps()`` when it has one) or a plain dict as JSON."""
+        if isinstance(message, dict):
+            await self.send_text(json.dumps(message))
+            return
+        dumps = getattr(message, "dumps", None)
+        await self.send_text(dumps() if callable(dumps) else message.model_dump_json())
+
+    async def error(self, code: str, message: str, *, fatal: bool = False,
+                    **extra: Any) -> None:
+        """Send a ``{"type":"error"}`` message (the socket stays open unless ``fatal``)."""
+        _LOGGER.info("session %s: %s: %s", self.name, code, message)
+        if self.metrics is not None:
+            self.metrics.error(code)
+        payload = ErrorMessage(code=code, message=message, fatal=fatal).model_dump(
+            exclude_none=True)
+        await self.send({**payload, **extra})
+
+    async def close(self, code: int = CLOSE_NORMAL) -> None:
+        """Close with ``code``; closing a socket that is already gone is not an error."""
+        self.open = False
+        with contextlib.suppress(Exception):
+            await self.ws.close(code)
+
+    async def refuse(self, code: str, message: str, close_code: int, **extra: Any) -> None:
+        """Tell the client why it is turned away (a fatal error message), then close."""
+        await self.error(code, message, fatal=True, **extra)
+        await self.close(close_code)
+
+    async def receive(self, on_bad_message: BadMessageHandler | None = None,
+                      ) -> AsyncIterator[ClientMessage]:
+        """Audio frames (``bytes``) and parsed control messages until the client goes away.
+
+        A text frame that is not a valid control message goes to ``on_bad_message``
+        (by default: an error message; the loop goes on). The loop ends when the
+        client disconnects; the caller ends it on ``stop`` by leaving the loop.
+        """
+        report = on_bad_message or self._report_bad_message
+        while True:
+            try:
+                message = await self.ws.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                message = {"type": "websocket.disconnect"}
+            if message["type"] == "websocket.disconnect":
+                self.open = False
+                return
+            data = message.get("bytes")
+            if data is not None:
+                yield data
+                continue
+            try:
+                control = parse_control(message.get("text") or "")
+            except VoiceMeshError as exc:
+                await report(exc)
+                continue
+            yield control
+
+    async def _report_bad_message(self, exc: VoiceMeshError) -> None:
+        await self.error(exc.code, exc.message)
