@@ -29,7 +29,8 @@ import numpy as np
 
 from benchmarks import add_clips_option
 from tests.harness import RedisServer, ServiceProcess, clip_named, free_port, load_manifest
-from voicemesh.audio import read_audio_file, resample
+from voicemesh.audio import resample
+from voicemesh.audio_files import read_audio_file
 from voicemesh.clone.engines import WorldAdaptedVits
 from voicemesh.clone.reference import ReferenceRejected, prepare_reference
 from voicemesh.clone.world import adapt_toward, analyze_speaker

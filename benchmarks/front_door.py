@@ -32,7 +32,7 @@ import websockets
 from benchmarks import add_clips_option
 from client.streaming import stream_audio
 from tests.harness import REPO, clip_named, free_port
-from voicemesh.audio import load_clip_16k
+from voicemesh.audio_files import load_clip_16k
 from voicemesh.settings import default_home
 
 

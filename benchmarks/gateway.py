@@ -38,7 +38,7 @@ from tests.harness import (
     free_port,
     load_manifest,
 )
-from voicemesh.audio import load_clip_16k
+from voicemesh.audio_files import load_clip_16k
 from voicemesh.settings import default_home
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from benchmarks import add_clips_option
 from client.streaming import stream_audio
 from tests.harness import REPO, Clip, error_rate, load_manifest
-from voicemesh.audio import load_clip_16k
+from voicemesh.audio_files import load_clip_16k
 
 FRAME_MS = (20, 32, 50, 100)
 

@@ -38,7 +38,8 @@ import soundfile
 from benchmarks import add_clips_option
 from tests.harness import clip_named, load_manifest
 from tests.integration.test_tts import words
-from voicemesh.audio import decode_audio_file, resample
+from voicemesh.audio import resample
+from voicemesh.audio_files import decode_audio_file
 
 CLONE_REFERENCES = ["pocketsphinx-librivox-0870.wav", "whisper-jfk.wav",
                     "coqui-tts-LJ001-0001.wav", "wenet-librispeech-1995-1837-0001.wav"]
@@ -119,7 +120,7 @@ def main() -> None:
     if args.piper:
         render, rate = piper_renderer(files)
     elif args.clone:
-        from voicemesh.audio import read_audio_file
+        from voicemesh.audio_files import read_audio_file
         from voicemesh.clone.engines import WorldAdaptedVits
         from voicemesh.clone.reference import prepare_reference
         from voicemesh.clone.vits import VitsBaseVoice

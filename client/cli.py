@@ -69,7 +69,7 @@ def sample_clip() -> Path:
 def cmd_stream(args: argparse.Namespace) -> int:
     """Stream one audio file (any format) as a microphone would, or as fast as possible."""
     from client.stats import session_stats
-    from voicemesh.audio import read_audio_file
+    from voicemesh.audio_files import read_audio_file
     from voicemesh.errors import VoiceMeshError
 
     if (args.file is None) == (not args.sample):
@@ -159,7 +159,7 @@ def cmd_mic(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run N concurrent sessions and write per-client results, a summary and plots."""
     from client.bench import BenchConfig, format_summary, run_bench
-    from voicemesh.audio import read_audio_file
+    from voicemesh.audio_files import read_audio_file
 
     audio, rate = read_audio_file(args.file or sample_clip())
     run = args.run or time.strftime("%Y%m%d-%H%M%S")

@@ -10,8 +10,9 @@ from functools import lru_cache
 from fastapi import FastAPI
 from pydantic_settings import SettingsConfigDict
 
-from voicemesh.stt.engines import Device
-from voicemesh.stt.service import SttSettings, create_stt_app
+from voicemesh.stt.service import create_stt_app
+from voicemesh.stt.settings import SttSettings
+from voicemesh.stt.types import Device
 
 
 class SttCpuSettings(SttSettings):

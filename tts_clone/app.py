@@ -10,7 +10,8 @@ from functools import lru_cache
 from fastapi import FastAPI
 from pydantic_settings import SettingsConfigDict
 
-from voicemesh.clone.service import CloneSettings, create_clone_app
+from voicemesh.clone.service import create_clone_app
+from voicemesh.clone.settings import CloneSettings
 
 
 class TtsCloneSettings(CloneSettings):

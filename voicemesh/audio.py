@@ -1,4 +1,4 @@
-"""Audio helpers shared by every service: PCM conversion, resampling, streaming and file decoding.
+"""Audio helpers shared by every service: PCM conversion, resampling and stream decoding.
 
 Everything here hands out float32 mono arrays in [-1, 1] at :data:`SAMPLE_RATE` unless
 told otherwise. :class:`PcmStreamDecoder` sits on the WebSocket hot path, so it checks a
@@ -7,18 +7,15 @@ frame completely before it touches any state: a rejected frame costs the session
 raw Opus packet (no Ogg or WebM container; clients send 20 ms packets), decoded with
 libopus through PyAV. :func:`stream_decoder` picks one from a ``start`` message.
 
-``soundfile`` and ``av`` (the ``codecs`` extra) are imported only when a file is decoded,
-so the streaming path needs nothing beyond numpy and soxr.
+Whole files (WAV, FLAC, MP3, WebM, ...) are decoded by :mod:`voicemesh.audio_files`;
+the streaming path here needs nothing beyond numpy and soxr (PyAV only for Opus).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import math
-import os
-from collections.abc import Iterator
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import soxr
@@ -45,7 +42,8 @@ def _empty() -> np.ndarray:
     return np.zeros(0, dtype=np.float32)
 
 
-def _check_rate(rate: int, what: str) -> None:
+def check_rate(rate: int, what: str) -> None:
+    """Refuse (BadAudio ``bad_sample_rate``) a sample rate that is not a positive integer."""
     if not isinstance(rate, int | np.integer) or rate <= 0:
         raise BadAudio(
             f"{what} must be a positive integer in Hz, got {rate!r}", code="bad_sample_rate"
@@ -82,8 +80,8 @@ def resample(x: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) -> np.nd
     x = np.asarray(x, dtype=np.float32)
     if from_rate == to_rate:
         return x
-    _check_rate(from_rate, "from_rate")
-    _check_rate(to_rate, "to_rate")
+    check_rate(from_rate, "from_rate")
+    check_rate(to_rate, "to_rate")
     out: np.ndarray = soxr.resample(x, from_rate, to_rate, quality=_RESAMPLE_QUALITY)
     return out
 
@@ -123,8 +121,8 @@ class PcmStreamDecoder:
         target_rate: int = SAMPLE_RATE,
         max_frame_bytes: int = 1_048_576,
     ) -> None:
-        _check_rate(sample_rate, "sample_rate")
-        _check_rate(target_rate, "target_rate")
+        check_rate(sample_rate, "sample_rate")
+        check_rate(target_rate, "target_rate")
         if encoding not in _BYTES_PER_SAMPLE:
             raise BadAudio(
                 f"encoding must be one of {sorted(_BYTES_PER_SAMPLE)}, got {encoding!r}",
@@ -253,7 +251,7 @@ class OpusStreamDecoder:
         target_rate: int = SAMPLE_RATE,
         max_frame_bytes: int = 1_048_576,
     ) -> None:
-        _check_rate(target_rate, "target_rate")
+        check_rate(target_rate, "target_rate")
         if channels not in (1, 2):
             raise BadAudio(f"opus streams have 1 or 2 channels, got {channels}",
                            code="bad_channels")
@@ -405,122 +403,3 @@ def stream_decoder(
     pcm: PcmEncoding = "pcm_s16le" if encoding == "pcm_s16le" else "pcm_f32le"
     return PcmStreamDecoder(sample_rate=sample_rate, encoding=pcm, channels=channels,
                             target_rate=target_rate, max_frame_bytes=max_frame_bytes)
-
-
-# ---------------------------------------------------------------- files
-
-
-def _undecodable(message: str) -> BadAudio:
-    return BadAudio(message, code="undecodable_audio")
-
-
-def _check_duration(frames: int, rate: int, max_seconds: float | None) -> None:
-    if max_seconds is not None and frames > max_seconds * rate:
-        raise PayloadTooLarge(
-            f"audio is {frames / rate:.1f} s long, over the limit of {max_seconds:g} s",
-            code="audio_too_long",
-        )
-
-
-def _read_with_soundfile(
-    source: str | os.PathLike[str] | io.BytesIO, max_seconds: float | None
-) -> tuple[np.ndarray, int] | None:
-    """Read WAV/FLAC/OGG and the rest libsndfile knows; None when it does not know the data."""
-    try:
-        import soundfile
-    except ImportError:
-        _LOGGER.debug("soundfile is not installed; decoding with PyAV only")
-        return None
-
-    try:
-        with soundfile.SoundFile(source) as handle:
-            rate = int(handle.samplerate)
-            _check_duration(handle.frames, rate, max_seconds)
-            data = handle.read(dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, ValueError, EOFError) as exc:
-        _LOGGER.debug("soundfile cannot read the audio (%s); trying PyAV", exc)
-        return None
-    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
-    return np.ascontiguousarray(mono, dtype=np.float32), rate
-
-
-def _av_frames(container: Any, stream: Any) -> Iterator[Any]:
-    yield from container.decode(stream)
-    yield None  # tells the resampler to flush its tail
-
-
-def _read_with_av(
-    source: str | os.PathLike[str] | io.BytesIO,
-    rate: int | None,
-    max_seconds: float | None,
-) -> tuple[np.ndarray, int]:
-    """Decode anything FFmpeg knows (MP3, WebM/Opus, M4A/AAC, ...) to mono float32."""
-    try:
-        import av
-    except ImportError as exc:
-        raise _undecodable(
-            "audio is not WAV/FLAC/OGG and PyAV (the voicemesh[codecs] extra) is not installed"
-        ) from exc
-
-    chunks: list[np.ndarray] = []
-    try:
-        with av.open(source, mode="r") as container:
-            if not container.streams.audio:
-                raise _undecodable("the file has no audio stream")
-            stream = container.streams.audio[0]
-            out_rate = rate or int(stream.codec_context.sample_rate or stream.rate or 0)
-            if out_rate <= 0:
-                raise _undecodable("the audio stream does not declare a sample rate")
-            limit = None if max_seconds is None else max_seconds * out_rate
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=out_rate)
-            total = 0
-            for frame in _av_frames(container, stream):
-                for out in resampler.resample(frame):
-                    samples = out.to_ndarray().reshape(-1)
-                    total += samples.shape[0]
-                    # Stop early: a long upload is refused without decoding all of it.
-                    if limit is not None and total > limit:
-                        _check_duration(total, out_rate, max_seconds)
-                    chunks.append(samples)
-    except (av.error.FFmpegError, ValueError, OSError, EOFError) as exc:
-        detail = getattr(exc, "strerror", None) or str(exc)
-        _LOGGER.debug("PyAV cannot decode the audio: %s", exc)
-        raise _undecodable(
-            "the data is not audio in a format that can be decoded "
-            f"(WAV, FLAC, OGG, MP3, WebM, M4A, ...): {detail}"
-        ) from exc
-    if not chunks:
-        raise _undecodable("the file contains no audio samples")
-    return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32), out_rate
-
-
-def decode_audio_file(
-    data: bytes, *, target_rate: int = SAMPLE_RATE, max_seconds: float | None = None
-) -> np.ndarray:
-    """Decode an uploaded audio file (WAV, FLAC, OGG, MP3, WebM, M4A, ...) to float32 mono."""
-    _check_rate(target_rate, "target_rate")
-    if not data:
-        raise _undecodable("the uploaded audio file is empty")
-    found = _read_with_soundfile(io.BytesIO(data), max_seconds)
-    if found is None:
-        return _read_with_av(io.BytesIO(data), target_rate, max_seconds)[0]
-    samples, rate = found
-    if samples.size == 0:
-        raise _undecodable("the file contains no audio samples")
-    return resample(samples, rate, target_rate)
-
-
-def read_audio_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
-    """Read an audio file from disk as float32 mono at its own sample rate."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no audio file at {os.fspath(path)!r}")
-    found = _read_with_soundfile(path, None)
-    if found is None:
-        found = _read_with_av(os.fspath(path), None, None)
-    return found
-
-
-def load_clip_16k(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an audio file from disk as float32 mono at 16 kHz."""
-    samples, rate = read_audio_file(path)
-    return resample(samples, rate, SAMPLE_RATE)

@@ -1,12 +1,18 @@
-"""Start and stop a service's registration in Redis (shared by every service)."""
+"""What every engine service does around its lifespan (shared by every service).
+
+:func:`serve_replica` registers the replica in Redis, keeps it fresh, drains it on
+SIGTERM and deregisters it on exit; :func:`apply_log_level` makes the ``log_level``
+setting count.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from voicemesh.registry import RegistryClient, RegistryHeartbeat, ReplicaInfo
 from voicemesh.settings import ServiceSettings
@@ -34,6 +40,55 @@ async def stop_heartbeat(heartbeat: RegistryHeartbeat | None) -> None:
         return
     await heartbeat.stop(deregister=True)
     await heartbeat.client.close()
+
+
+def apply_log_level(settings: ServiceSettings, service: str) -> None:
+    """Log at ``settings.log_level`` from the shared package and the service's own package.
+
+    uvicorn sets up only its own loggers; when nothing else has set up logging either,
+    lines go to stderr (the root logger keeps its level, so libraries stay quiet).
+    """
+    level = settings.log_level.upper()
+    for name in ("voicemesh", service):
+        logging.getLogger(name).setLevel(level)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+
+
+@contextlib.asynccontextmanager
+async def serve_replica(
+    settings: ServiceSettings,
+    info: Callable[[], ReplicaInfo],
+    *,
+    is_idle: Callable[[], bool] | None = None,
+    mark_draining: Callable[[], None] | None = None,
+    max_drain_s: float = 0.0,
+) -> AsyncIterator[RegistryHeartbeat | None]:
+    """Register this replica for as long as the block runs; yields its heartbeat (or None).
+
+    With ``is_idle`` and ``mark_draining``, SIGTERM drains the replica first (see
+    :func:`drain_on_sigterm`): ``mark_draining`` flags it, and the registry hears so at
+    once. On exit the replica is marked draining, deregistered and its Redis closed.
+    """
+    heartbeat = await start_heartbeat(settings, info)
+    drains = is_idle is not None and mark_draining is not None
+    _LOGGER.debug("replica %s: registry %s, drain on SIGTERM: %s", settings.instance_id,
+                  registry_status(heartbeat), drains)
+    if is_idle is not None and mark_draining is not None:
+        mark = mark_draining
+
+        async def start_draining() -> None:
+            mark()
+            if heartbeat is not None:
+                await heartbeat.beat_now()
+
+        drain_on_sigterm(is_idle, start_draining, max_drain_s=max_drain_s)
+    try:
+        yield heartbeat
+    finally:
+        if mark_draining is not None:
+            mark_draining()
+        await stop_heartbeat(heartbeat)
 
 
 def registry_status(heartbeat: RegistryHeartbeat | None) -> str:

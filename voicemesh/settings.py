@@ -2,8 +2,9 @@
 
 Each service subclasses :class:`ServiceSettings` with its own env prefix
 (``VOICEMESH_GATEWAY_``, ``VOICEMESH_STT_CPU_``, ...) and field defaults.
-Values shared across services (Redis, model cache) also read the plain
-``VOICEMESH_`` prefix through :class:`CommonSettings`.
+Values shared across services (Redis, home folder, model cache) come from the plain
+``VOICEMESH_`` prefix through :class:`CommonSettings`, read once when a service's
+settings are built (:attr:`ServiceSettings.common`), never again at a call site.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import os
 import socket
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -83,7 +84,8 @@ class ServiceSettings(BaseSettings):
     instance_id: str = Field(default_factory=_new_instance_id)
     """Unique id of this replica in the registry."""
     redis_url: str | None = None
-    """Redis URL; None falls back to ``VOICEMESH_REDIS_URL``; '' disables registration."""
+    """Redis URL; None falls back to ``VOICEMESH_REDIS_URL``; '' disables registration.
+    Resolved when the settings are built: afterwards it is never None."""
     registry_ttl_s: float = Field(10.0, gt=0)
     """How long a registration lives without a heartbeat."""
     heartbeat_interval_s: float = Field(2.0, gt=0)
@@ -92,6 +94,21 @@ class ServiceSettings(BaseSettings):
     """Logging level."""
     max_frame_bytes: int = Field(1_048_576, ge=1024)
     """Largest binary WebSocket frame accepted; larger ones get an error message."""
+
+    _common: CommonSettings = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _resolve_common(self) -> Self:
+        """Read the shared ``VOICEMESH_*`` values once and fill in what falls back to them."""
+        self._common = CommonSettings()
+        if self.redis_url is None:
+            self.redis_url = self._common.redis_url
+        return self
+
+    @property
+    def common(self) -> CommonSettings:
+        """The shared values (home, model cache, Redis) as they were when these were built."""
+        return self._common
 
     @field_validator("heartbeat_interval_s")
     @classmethod
@@ -115,7 +132,5 @@ class ServiceSettings(BaseSettings):
         return f"http://{host}:{self.port}"
 
     def resolved_redis_url(self) -> str | None:
-        """This service's Redis URL, falling back to the shared one; None when disabled."""
-        if self.redis_url is None:
-            return CommonSettings().redis_url
+        """This service's Redis URL (the shared one unless set); None when disabled."""
         return self.redis_url or None

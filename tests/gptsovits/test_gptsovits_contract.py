@@ -23,7 +23,8 @@ from fastapi.testclient import TestClient
 
 from tests.harness import REPO, SPEECH_DIR, RedisServer, clip_named, free_port
 from voicemesh.clone.gptsovits import WavStreamReader
-from voicemesh.clone.service import CloneSettings, create_clone_app
+from voicemesh.clone.service import create_clone_app
+from voicemesh.clone.settings import CloneSettings
 
 pytestmark = pytest.mark.gptsovits
 

@@ -18,7 +18,8 @@ from client.mic import Backoff, FileCaptureSource, MicStreamer, SlidingBuffer
 from client.stats import DEFAULT_SLACK_S
 from client.streaming import stream_audio
 from tests.harness import clip_named, error_rate, offline_transcript
-from voicemesh.audio import OpusStreamEncoder, load_clip_16k
+from voicemesh.audio import OpusStreamEncoder
+from voicemesh.audio_files import load_clip_16k
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

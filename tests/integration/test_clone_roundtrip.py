@@ -33,7 +33,8 @@ from tests.harness import (
 )
 from tests.integration.test_tts import words
 from voicemesh.clone.engines import WorldAdaptedVits
-from voicemesh.clone.service import CloneSettings, create_clone_app
+from voicemesh.clone.service import create_clone_app
+from voicemesh.clone.settings import CloneSettings
 from voicemesh.settings import default_home
 
 pytestmark = pytest.mark.integration

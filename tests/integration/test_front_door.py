@@ -22,7 +22,7 @@ import websockets
 from client.streaming import stream_audio
 from tests.harness import clip_named, error_rate, free_port
 from tests.integration.test_scaling import EmbeddedMesh
-from voicemesh.audio import load_clip_16k
+from voicemesh.audio_files import load_clip_16k
 from voicemesh.mesh.plan import port_is_free
 from voicemesh.mesh.state import pid_alive
 

@@ -30,7 +30,7 @@ from tests.harness import (
     free_port,
     offline_transcript,
 )
-from voicemesh.audio import load_clip_16k
+from voicemesh.audio_files import load_clip_16k
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

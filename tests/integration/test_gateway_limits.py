@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection
 
 from tests.harness import ServiceProcess, clip_named, free_port
 from tests.integration.conftest import Mesh
-from voicemesh.audio import load_clip_16k
+from voicemesh.audio_files import load_clip_16k
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

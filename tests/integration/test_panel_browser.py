@@ -28,7 +28,8 @@ from tests.harness import (
 )
 from tests.integration.test_clone_gateway import KEY_A as CLONE_KEY
 from tests.integration.test_clone_gateway import CloneMesh, clone_mesh  # noqa: F401 - fixture
-from voicemesh.audio import load_clip_16k, resample
+from voicemesh.audio import resample
+from voicemesh.audio_files import load_clip_16k
 from voicemesh.registry import RegistryClient
 from voicemesh.settings import default_home
 

@@ -15,7 +15,7 @@ import redis
 
 from client.streaming import stream_audio
 from tests.harness import RedisServer, ServiceProcess, clip_named, error_rate, free_port
-from voicemesh.audio import load_clip_16k
+from voicemesh.audio_files import load_clip_16k
 from voicemesh.settings import default_home
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

@@ -18,7 +18,7 @@ import pytest
 
 from client.streaming import stream_audio
 from tests.harness import REPO, clean_environ, clip_named, error_rate, free_port
-from voicemesh.audio import load_clip_16k
+from voicemesh.audio_files import load_clip_16k
 from voicemesh.settings import default_home
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

@@ -11,7 +11,8 @@ import websockets
 
 from client.streaming import stream_audio, to_bytes
 from tests.harness import error_rate, load_manifest, offline_transcript
-from voicemesh.audio import load_clip_16k, resample
+from voicemesh.audio import resample
+from voicemesh.audio_files import load_clip_16k
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

@@ -19,9 +19,10 @@ import soundfile
 from fastapi.testclient import TestClient
 
 from tests.harness import SPEECH_DIR, RedisServer, clip_named, free_port
-from voicemesh.audio import read_audio_file
+from voicemesh.audio_files import read_audio_file
 from voicemesh.clone.engines import WorldAdaptedVits
-from voicemesh.clone.service import OWNER_HEADER, CloneSettings, create_clone_app
+from voicemesh.clone.service import OWNER_HEADER, create_clone_app
+from voicemesh.clone.settings import CloneSettings
 
 pytestmark = pytest.mark.service
 

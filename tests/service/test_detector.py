@@ -18,7 +18,7 @@ import soundfile
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketTestSession
 
-from stt_tiny_ws.app import DetectorSettings, create_app
+from stt_tiny_ws.app import SttTinySettings, create_app
 from tests.harness import Clip, load_manifest
 
 pytestmark = pytest.mark.service
@@ -35,7 +35,7 @@ DETECTION_KEYS = {"speech_detected", "probability", "t"}
 def client() -> Iterator[TestClient]:
     """The detector app with real Silero and tiny.en, loaded once for the module."""
     # The host's VOICEMESH_* were cleared in pytest_configure (tests/conftest.py).
-    with TestClient(create_app(DetectorSettings(redis_url=""))) as test_client:
+    with TestClient(create_app(SttTinySettings(redis_url=""))) as test_client:
         yield test_client
 
 

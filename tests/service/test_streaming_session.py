@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from tests.harness import clip_named, error_rate
-from voicemesh.audio import load_clip_16k
+from voicemesh.audio_files import load_clip_16k
 from voicemesh.stt.engines import load_transcriber
 from voicemesh.stt.scheduler import DecodeScheduler
-from voicemesh.stt.streaming import EngineLabel, StreamingConfig, StreamingSession
+from voicemesh.stt.streaming import StreamingSession
+from voicemesh.stt.streaming_rules import EngineLabel, StreamingConfig
 
 pytestmark = pytest.mark.service
 

@@ -20,7 +20,7 @@ import pytest
 import soundfile
 
 from tests.harness import ServiceProcess, free_port
-from voicemesh.audio import decode_audio_file
+from voicemesh.audio_files import decode_audio_file
 
 pytestmark = pytest.mark.service
 
@@ -289,3 +289,22 @@ def test_excess_requests_are_refused_busy_and_the_service_stays_up(
             assert client.get("/health").json()["active"] == 0
     finally:
         service.stop()
+
+
+def test_in_process_with_an_engine_given_to_the_factory(models_dir: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from voicemesh.tts import VitsSynthesizer, default_voice_files
+    from voicemesh.tts.service import create_tts_app
+    from voicemesh.tts.settings import TtsSettings
+
+    engine = VitsSynthesizer(default_voice_files(), pool_size=1)
+    settings = TtsSettings(redis_url="", models_dir=models_dir)
+    app = create_tts_app(settings, {"piper-en_US-joe-medium": engine})
+    with TestClient(app) as client:
+        assert app.state.tts.engines.engines["piper-en_US-joe-medium"] is engine
+        response = client.post("/v1/synthesize", json={"text": SHORT})
+        assert response.status_code == 200
+        assert response.headers["x-voicemesh-voice"] == "en_US-joe-medium"
+        assert soundfile.info(io.BytesIO(response.content)).duration > 1.0
+        assert client.get("/health").json()["models_loaded"] == ["piper-en_US-joe-medium"]

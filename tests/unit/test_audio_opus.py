@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 
 from tests.harness import clip_named
-from voicemesh.audio import (
-    OpusStreamDecoder,
-    OpusStreamEncoder,
-    PcmStreamDecoder,
-    load_clip_16k,
-    stream_decoder,
-)
+from voicemesh.audio import OpusStreamDecoder, OpusStreamEncoder, PcmStreamDecoder, stream_decoder
+from voicemesh.audio_files import load_clip_16k
 from voicemesh.errors import BadAudio, PayloadTooLarge
 from voicemesh.protocol import StartMessage, parse_control
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from voicemesh.protocol import Segment, Word
-from voicemesh.stt.engines import TranscriptionResult
 from voicemesh.stt.scheduler import DecodeScheduler, Priority
 from voicemesh.stt.script import convert_for_language, convert_text, result_postprocessor
+from voicemesh.stt.types import TranscriptionResult
 
 pytestmark = pytest.mark.unit
 

@@ -119,7 +119,7 @@ def test_cache_key_changes_with_everything_that_changes_the_audio() -> None:
 def test_engine_order(gpt: bool, cpu: bool, fallback: bool, expected: list[str]) -> None:
     from types import SimpleNamespace
 
-    from voicemesh.clone.service import engine_order
+    from voicemesh.clone.state import engine_order
 
     gpt_engine = SimpleNamespace(name="gpt_sovits") if gpt else None
     cpu_engine = SimpleNamespace(name="world_vits") if cpu else None

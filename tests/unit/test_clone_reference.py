@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tests.harness import SPEECH_DIR
-from voicemesh.audio import read_audio_file, resample
+from voicemesh.audio import resample
+from voicemesh.audio_files import read_audio_file
 from voicemesh.clone.reference import (
     ReferenceRejected,
     best_window,

@@ -8,7 +8,6 @@ import pytest
 
 from voicemesh.errors import BadRequest
 from voicemesh.protocol import Segment, Word
-from voicemesh.stt.engines import TranscriptionResult
 from voicemesh.stt.formats import (
     RESPONSE_FORMATS,
     lrc_timestamp,
@@ -16,6 +15,7 @@ from voicemesh.stt.formats import (
     srt_timestamp,
     vtt_timestamp,
 )
+from voicemesh.stt.types import TranscriptionResult
 
 pytestmark = pytest.mark.unit
 

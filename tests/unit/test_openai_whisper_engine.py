@@ -20,14 +20,9 @@ from whisper.model import ModelDimensions, Whisper
 
 from voicemesh.errors import BadRequest, UnknownModel
 from voicemesh.protocol import Segment
-from voicemesh.stt.engines import (
-    SAMPLE_RATE,
-    Transcriber,
-    TranscriptionResult,
-    guess_engine,
-    load_transcriber,
-)
+from voicemesh.stt.engines import guess_engine, load_transcriber
 from voicemesh.stt.openai_engine import OpenAIWhisperTranscriber
+from voicemesh.stt.types import SAMPLE_RATE, Transcriber, TranscriptionResult
 
 pytestmark = pytest.mark.unit
 
@@ -162,7 +157,7 @@ def test_missing_package_is_a_bad_request_with_a_pip_hint(
 
 
 def test_load_transcriber_resolves_bundled_names_for_faster_whisper(tmp_path: Path) -> None:
-    from voicemesh.stt.engines import FasterWhisperTranscriber
+    from voicemesh.stt.faster_whisper_engine import FasterWhisperTranscriber
 
     engine = load_transcriber("tiny.en", models_dir=tmp_path)
     assert isinstance(engine, FasterWhisperTranscriber)

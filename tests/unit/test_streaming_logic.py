@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from gateway.stream import SessionBuffer, shift_times, ws_url
-from voicemesh.stt.engines import (
+from voicemesh.stt.streaming_rules import StreamingConfig, looks_like_speech, stable_prefix
+from voicemesh.stt.types import (
     TranscriptionResult,
     compression_ratio,
     has_repetition_loop,
     suspicious,
 )
-from voicemesh.stt.streaming import StreamingConfig, looks_like_speech, stable_prefix
 from voicemesh.stt.vad import WINDOW_S, Endpointer, EndpointerConfig
 
 pytestmark = pytest.mark.unit
@@ -108,7 +108,7 @@ def test_loops_are_retried_but_low_confidence_alone_is_not() -> None:
 
 
 def test_a_looping_window_decode_is_redone_and_marked_retried() -> None:
-    from voicemesh.stt.engines import FasterWhisperTranscriber
+    from voicemesh.stt.faster_whisper_engine import FasterWhisperTranscriber
 
     engine = FasterWhisperTranscriber.__new__(FasterWhisperTranscriber)  # no model needed
     engine.multilingual, engine.window_pad_s, engine.beam_size = True, 6.0, 1

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from voicemesh.audio import decode_audio_file
+from voicemesh.audio_files import decode_audio_file
 from voicemesh.errors import ModelAssetError, UnknownModel
 from voicemesh.tts.catalogue import CATALOGUE_FILE, VoiceCatalogue, read_catalogue
 from voicemesh.tts.encoding import (

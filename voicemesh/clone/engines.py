@@ -22,7 +22,8 @@ from typing import Protocol
 
 import numpy as np
 
-from voicemesh.audio import float32_to_pcm16, read_audio_file
+from voicemesh.audio import float32_to_pcm16
+from voicemesh.audio_files import read_audio_file
 from voicemesh.clone.world import AdaptStrength, SpeakerStats, adapt_toward, analyze_speaker
 from voicemesh.errors import BadRequest
 

@@ -12,7 +12,7 @@ from typing import Any, Literal, get_args
 
 from voicemesh.errors import BadRequest
 from voicemesh.protocol import Segment
-from voicemesh.stt.engines import TranscriptionResult
+from voicemesh.stt.types import TranscriptionResult
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from voicemesh.errors import BadRequest, EngineUnavailable, UnknownModel
 from voicemesh.protocol import Segment, Word
-from voicemesh.stt.engines import SAMPLE_RATE, Device, TranscriptionResult
+from voicemesh.stt.types import SAMPLE_RATE, Device, TranscriptionResult
 
 _LOGGER = logging.getLogger(__name__)
 

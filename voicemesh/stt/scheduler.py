@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from voicemesh.stt.engines import SAMPLE_RATE, Transcriber, TranscriptionResult
+from voicemesh.stt.types import SAMPLE_RATE, Transcriber, TranscriptionResult
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from voicemesh.protocol import Segment, Word
-from voicemesh.stt.engines import TranscriptionResult
+from voicemesh.stt.types import TranscriptionResult
 
 ChineseScript = Literal["simplified", "traditional", "model"]
 """``model`` leaves Whisper's characters as they came."""

@@ -10,30 +10,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
-from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import Field
-
-from voicemesh.audio import (
-    AudioStreamDecoder,
-    PcmStreamDecoder,
-    decode_audio_file,
-    stream_decoder,
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    File,
+    Form,
+    UploadFile,
+    WebSocket,
+    WebSocketDisconnect,
 )
+from fastapi.requests import HTTPConnection
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from voicemesh.audio import AudioStreamDecoder, PcmStreamDecoder, stream_decoder
+from voicemesh.audio_files import decode_audio_file
 from voicemesh.errors import BadRequest, PayloadTooLarge, VoiceMeshError
 from voicemesh.http import install_http_basics
-from voicemesh.lifecycle import (
-    drain_on_sigterm,
-    registry_status,
-    start_heartbeat,
-    stop_heartbeat,
-)
+from voicemesh.lifecycle import apply_log_level, registry_status, serve_replica
 from voicemesh.metrics import ServiceMetrics
 from voicemesh.protocol import (
     ErrorMessage,
@@ -47,12 +46,14 @@ from voicemesh.protocol import (
     parse_control,
 )
 from voicemesh.registry import RegistryHeartbeat, ReplicaInfo, ReplicaLoad
-from voicemesh.settings import ServiceSettings
-from voicemesh.stt.engines import Device, EngineName, Transcriber, check_language
+from voicemesh.stt.engines import load_transcriber
+from voicemesh.stt.formats import render_transcript
 from voicemesh.stt.scheduler import DecodeScheduler, Priority
-from voicemesh.stt.script import ChineseScript, result_postprocessor
-from voicemesh.stt.streaming import EngineLabel, StreamingConfig, StreamingSession
-from voicemesh.stt.vad import EndpointerConfig
+from voicemesh.stt.script import result_postprocessor
+from voicemesh.stt.settings import SttSettings
+from voicemesh.stt.streaming import StreamingSession
+from voicemesh.stt.streaming_rules import EngineLabel
+from voicemesh.stt.types import Transcriber, check_language
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -64,86 +65,8 @@ CLOSE_OVERLOADED = 1013
 CLOSE_INTERNAL = 1011
 
 
-class SttSettings(ServiceSettings):
-    """Settings of a streaming Whisper service (subclassed per service with a prefix)."""
-
-    kind: str = "stt_cpu_ws"
-    """Service name in the registry."""
-    model: str = "base"
-    """Bundled name (base, tiny.en), a CTranslate2 folder, a .pt checkpoint or a hub name."""
-    engine: EngineName | None = None
-    """Force an engine; by default it follows the model's form."""
-    device: Device = "cpu"
-    """cpu, cuda, or auto (cuda when present)."""
-    compute_type: str | None = None
-    """CTranslate2 compute type; default int8 on CPU, float16 on CUDA."""
-    cpu_threads: int = Field(0, ge=0)
-    """Threads per decode on CPU (0: the cores shared out between the workers)."""
-    workers: int = Field(2, ge=1, le=16)
-    """Decodes run at once. Two on CPU, so a final never waits behind a partial in
-    progress: on 2 cores, 2 one-thread workers cut end-of-speech -> final p95 from
-    1242 to 1095 ms against 1 two-thread worker (benchmarks/stt_stream.py)."""
-    beam_size: int = Field(5, ge=1, le=10)
-    """Beam width of file transcription (POST /v1/transcribe)."""
-    language: str | None = None
-    """Default language of sessions; None detects it per utterance."""
-    chinese_script: ChineseScript = "simplified"
-    """Script of Chinese transcripts: simplified, traditional, or model (as Whisper wrote)."""
-    partial_interval_s: float = Field(0.8, ge=0.1, le=10)
-    """New audio between partial hypotheses."""
-    min_silence_s: float = Field(0.5, ge=0.1, le=5)
-    """Silence that ends an utterance."""
-    silence_onset_s: float = Field(0.1, ge=0.03, le=5)
-    """Silence after which the final is decoded speculatively."""
-    hold_s: float = Field(0.5, ge=0, le=5)
-    """More silence a doubtful final waits for before it is sent (0: never hold). If the
-    speaker goes on, the pause was a hesitation and the utterance is decoded whole."""
-    hold_logprob: float = Field(-0.5, le=0)
-    """Finals whose decode scores below this average log-probability are doubtful (held)."""
-    max_utterance_s: float = Field(24.0, ge=5, le=29)
-    """Longest utterance before it is cut (Whisper sees 30 s at most)."""
-    use_prefix: bool = False
-    """Force partial decodes to continue the stable text (steadier partials)."""
-    final_prefix: bool = False
-    """Force finals to continue the stable text too (locks in early mistakes)."""
-    final_beam_size: int = Field(5, ge=1, le=10)
-    """Beam width of finals (partials are greedy)."""
-    max_sessions: int = Field(32, ge=1)
-    """Sessions beyond this are refused (the gateway then tries another replica)."""
-    max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024)
-    """Largest file accepted by POST /v1/transcribe."""
-    max_drain_s: float = Field(300.0, ge=0)
-    """On SIGTERM, how long live sessions may take to finish before the replica exits."""
-    max_upload_seconds: float = Field(3600.0, gt=0)
-    """Longest audio accepted by POST /v1/transcribe."""
-
-    def decode_threads(self) -> int:
-        """CPU threads of one decode: ``cpu_threads``, or the cores over the workers."""
-        if self.cpu_threads:
-            return self.cpu_threads
-        return max(1, available_cores() // self.workers)
-
-    def streaming_config(self, language: str | None) -> StreamingConfig:
-        """The per-session tuning these settings describe."""
-        return StreamingConfig(
-            language=language or self.language,
-            partial_interval_s=self.partial_interval_s,
-            max_utterance_s=self.max_utterance_s,
-            use_prefix=self.use_prefix,
-            final_prefix=self.final_prefix,
-            final_beam_size=self.final_beam_size,
-            hold_s=self.hold_s,
-            hold_logprob=self.hold_logprob,
-            endpointer=EndpointerConfig(
-                min_silence_s=self.min_silence_s, silence_onset_s=self.silence_onset_s
-            ),
-        )
-
-
 def load_engine(settings: SttSettings) -> Transcriber:
     """Load the transcriber the settings name (a plain function: easy to test)."""
-    from voicemesh.stt.engines import load_transcriber
-
     return load_transcriber(
         settings.model,
         engine=settings.engine,
@@ -152,14 +75,6 @@ def load_engine(settings: SttSettings) -> Transcriber:
         cpu_threads=settings.decode_threads(),
         beam_size=settings.beam_size,
     )
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
 
 
 class SttState:
@@ -179,6 +94,10 @@ class SttState:
         self.draining = False
         self.started_at = time.time()
         self.heartbeat: RegistryHeartbeat | None = None
+
+    def mark_draining(self) -> None:
+        """Take no new sessions from now on (health and registry say so)."""
+        self.draining = True
 
     @property
     def label(self) -> EngineLabel:
@@ -210,8 +129,19 @@ class SttState:
         )
 
 
+def get_stt_state(connection: HTTPConnection) -> SttState:
+    """The running replica's state (set by the lifespan)."""
+    state: SttState = connection.app.state.stt
+    return state
+
+
+Stt = Annotated[SttState, Depends(get_stt_state)]
+router = APIRouter()
+
+
 def create_stt_app(settings: SttSettings, transcriber: Transcriber | None = None) -> FastAPI:
     """Build the streaming Whisper app; the lifespan loads the model unless one is given."""
+    apply_log_level(settings, settings.kind)
     metrics = ServiceMetrics(settings.kind)
 
     @contextlib.asynccontextmanager
@@ -223,91 +153,87 @@ def create_stt_app(settings: SttSettings, transcriber: Transcriber | None = None
         state = SttState(settings, engine, metrics)
         app.state.stt = state
         await asyncio.to_thread(_warm_up, state)
-        state.heartbeat = await start_heartbeat(settings, state.replica_info)
-
-        async def start_draining() -> None:
-            state.draining = True
-            if state.heartbeat is not None:
-                await state.heartbeat.beat_now()
-
-        drain_on_sigterm(lambda: not state.sessions, start_draining,
-                         max_drain_s=settings.max_drain_s)
-        _LOGGER.info("%s ready: %s %s on %s", settings.kind, engine.engine, settings.model,
-                     engine.device)
         try:
-            yield
+            async with serve_replica(settings, state.replica_info,
+                                     is_idle=lambda: not state.sessions,
+                                     mark_draining=state.mark_draining,
+                                     max_drain_s=settings.max_drain_s) as heartbeat:
+                state.heartbeat = heartbeat
+                _LOGGER.info("%s ready: %s %s on %s", settings.kind, engine.engine,
+                             settings.model, engine.device)
+                yield
         finally:
-            state.draining = True
-            await stop_heartbeat(state.heartbeat)
             state.scheduler.close()
 
     app = FastAPI(title=f"VoiceMesh {settings.kind}", lifespan=lifespan)
     install_http_basics(app, metrics)
-
-    @app.get("/health")
-    async def health(request: Request) -> JSONResponse:
-        state: SttState = request.app.state.stt
-        registry = registry_status(state.heartbeat)
-        body = {
-            "status": "draining" if state.draining else "ok",
-            "service": settings.kind,
-            "instance_id": settings.instance_id,
-            "model_loaded": True,
-            "model": settings.model,
-            "engine": state.transcriber.engine,
-            "device": state.transcriber.device,
-            "sessions": len(state.sessions),
-            "queue": state.scheduler.queue_depth,
-            "rtf": state.scheduler.recent_rtf,
-            "registry": registry,
-        }
-        return JSONResponse(body, status_code=503 if state.draining else 200)
-
-    @app.post("/v1/transcribe", response_model=None)
-    async def transcribe_file(
-        request: Request,
-        *,
-        file: Annotated[UploadFile, File(description="audio: wav, flac, mp3, ogg, webm, ...")],
-        response_format: Annotated[ResponseFormat, Form()] = "json",
-        language: Annotated[str | None, Form()] = None,
-        word_timestamps: Annotated[bool, Form()] = False,
-        prompt: Annotated[str | None, Form()] = None,
-    ) -> JSONResponse | PlainTextResponse:
-        from voicemesh.stt.formats import render_transcript
-
-        state: SttState = request.app.state.stt
-        data = await file.read(settings.max_upload_bytes + 1)
-        if len(data) > settings.max_upload_bytes:
-            raise PayloadTooLarge(
-                f"file is larger than the limit of {settings.max_upload_bytes} bytes",
-                code="file_too_large",
-            )
-        audio = await asyncio.to_thread(
-            decode_audio_file, data, max_seconds=settings.max_upload_seconds
-        )
-        if audio.size == 0:
-            raise BadRequest("the file holds no audio samples", code="empty_audio")
-        language = check_language(state.transcriber, language or settings.language)
-        started = time.perf_counter()
-        result = await state.scheduler.decode(
-            audio, Priority.BATCH, language=language, word_timestamps=word_timestamps,
-            segment_timestamps=True, prompt=prompt or None,
-        )
-        state.metrics.observe("transcribe_file", time.perf_counter() - started)
-        state.metrics.count("transcribe_file", "ok")
-        body, media_type = render_transcript(result, response_format)
-        headers = {"X-VoiceMesh-Engine": f"{state.transcriber.engine}/{state.transcriber.device}"}
-        if isinstance(body, dict):
-            return JSONResponse(body, headers=headers)
-        return PlainTextResponse(body, media_type=media_type, headers=headers)
-
-    @app.websocket("/ws/transcribe")
-    async def transcribe_stream(ws: WebSocket) -> None:
-        await ws.accept()
-        state: SttState = ws.app.state.stt
-        await StreamHandler(ws, state).run()
-
+    app.include_router(router)
     return app
+
+
+@router.get("/health")
+async def health(state: Stt) -> JSONResponse:
+    """Whether the model is loaded, on which device, and the replica's load."""
+    settings = state.settings
+    body = {
+        "status": "draining" if state.draining else "ok",
+        "service": settings.kind,
+        "instance_id": settings.instance_id,
+        "model_loaded": True,
+        "model": settings.model,
+        "engine": state.transcriber.engine,
+        "device": state.transcriber.device,
+        "sessions": len(state.sessions),
+        "queue": state.scheduler.queue_depth,
+        "rtf": state.scheduler.recent_rtf,
+        "registry": registry_status(state.heartbeat),
+    }
+    return JSONResponse(body, status_code=503 if state.draining else 200)
+
+
+@router.post("/v1/transcribe", response_model=None)
+async def transcribe_file(
+    state: Stt,
+    *,
+    file: Annotated[UploadFile, File(description="audio: wav, flac, mp3, ogg, webm, ...")],
+    response_format: Annotated[ResponseFormat, Form()] = "json",
+    language: Annotated[str | None, Form()] = None,
+    word_timestamps: Annotated[bool, Form()] = False,
+    prompt: Annotated[str | None, Form()] = None,
+) -> JSONResponse | PlainTextResponse:
+    """Transcribe a whole audio file (json, verbose_json, text, srt, vtt or lrc)."""
+    settings = state.settings
+    data = await file.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"file is larger than the limit of {settings.max_upload_bytes} bytes",
+            code="file_too_large",
+        )
+    audio = await asyncio.to_thread(
+        decode_audio_file, data, max_seconds=settings.max_upload_seconds
+    )
+    if audio.size == 0:
+        raise BadRequest("the file holds no audio samples", code="empty_audio")
+    language = check_language(state.transcriber, language or settings.language)
+    started = time.perf_counter()
+    result = await state.scheduler.decode(
+        audio, Priority.BATCH, language=language, word_timestamps=word_timestamps,
+        segment_timestamps=True, prompt=prompt or None,
+    )
+    state.metrics.observe("transcribe_file", time.perf_counter() - started)
+    state.metrics.count("transcribe_file", "ok")
+    body, media_type = render_transcript(result, response_format)
+    headers = {"X-VoiceMesh-Engine": f"{state.transcriber.engine}/{state.transcriber.device}"}
+    if isinstance(body, dict):
+        return JSONResponse(body, headers=headers)
+    return PlainTextResponse(body, media_type=media_type, headers=headers)
+
+
+@router.websocket("/ws/transcribe")
+async def transcribe_stream(ws: WebSocket, state: Stt) -> None:
+    """Stream partials and finals for one client's audio."""
+    await ws.accept()
+    await StreamHandler(ws, state).run()
 
 
 def _warm_up(state: SttState) -> None:

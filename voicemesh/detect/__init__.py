@@ -1,0 +1,1 @@
+"""The speech detector ``stt_tiny_ws`` runs: Silero VAD per frame, Whisper tiny.en to confirm."""

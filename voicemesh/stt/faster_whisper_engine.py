@@ -1,0 +1,220 @@
+"""The faster-whisper engine: Whisper through CTranslate2 (CPU int8 or CUDA float16)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from voicemesh.errors import EngineUnavailable
+from voicemesh.protocol import Segment, Word
+from voicemesh.stt.types import SAMPLE_RATE, TranscriptionResult, compression_ratio, suspicious
+
+MAX_WINDOW_S = 30
+WINDOW_PAD_S = 6.0
+"""Silence appended to a short block instead of padding it to 30 s (see _transcribe_window)."""
+MAX_NEW_TOKENS = 220
+MAX_PROMPT_TOKENS = 120
+
+
+def default_compute_type(device: Literal["cpu", "cuda"]) -> str:
+    """int8 on CPU, float16 on CUDA: the fastest types that keep Whisper's accuracy."""
+    return "float16" if device == "cuda" else "int8"
+
+
+class FasterWhisperTranscriber:
+    """Whisper through faster-whisper / CTranslate2 (CPU int8 or CUDA float16)."""
+
+    engine = "faster-whisper"
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        model_name: str | None = None,
+        device: Literal["cpu", "cuda"] = "cpu",
+        compute_type: str | None = None,
+        cpu_threads: int = 0,
+        num_workers: int = 1,
+        beam_size: int = 1,
+        window_pad_s: float = WINDOW_PAD_S,
+    ) -> None:
+        from faster_whisper import WhisperModel
+
+        resolved = device
+        self.device: str = resolved
+        self.window_pad_s = window_pad_s
+        self.model_name = model_name or model_path
+        self.compute_type = compute_type or default_compute_type(resolved)
+        self.beam_size = beam_size
+        try:
+            self._model = WhisperModel(
+                model_path,
+                device=resolved,
+                compute_type=self.compute_type,
+                cpu_threads=cpu_threads,
+                num_workers=num_workers,
+            )
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise EngineUnavailable(
+                f"cannot load faster-whisper model {model_path!r} on {resolved}: {exc}",
+                code="model_load_failed",
+            ) from exc
+        self.multilingual = bool(self._model.model.is_multilingual)
+        self.languages: frozenset[str] = (
+            frozenset(self._model.supported_languages) if self.multilingual
+            else frozenset({"en"})
+        )
+
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        *,
+        language: str | None = None,
+        prefix: str | None = None,
+        word_timestamps: bool = False,
+        beam_size: int | None = None,
+        quality_fallback: bool = True,
+        prompt: str | None = None,
+        segment_timestamps: bool = False,
+    ) -> TranscriptionResult:
+        """Decode one block with greedy or beam search; no VAD; ``prompt`` as context.
+
+        Blocks that fit in a shortened window (the usual streaming utterance) take
+        the fast path; longer ones, and requests for word times, go through
+        faster-whisper's own long-form transcription.
+        """
+        if not self.multilingual:
+            language = "en"
+        seconds = len(audio) / SAMPLE_RATE
+        if not word_timestamps and not segment_timestamps and self.window_pad_s > 0 and (
+            seconds + self.window_pad_s <= MAX_WINDOW_S
+        ):
+            samples = np.ascontiguousarray(audio, dtype=np.float32)
+            beam = beam_size or self.beam_size
+            result = self._transcribe_window(samples, language=language, prefix=prefix,
+                                             beam_size=beam, pad_s=self.window_pad_s,
+                                             prompt=prompt)
+            if quality_fallback and suspicious(result):
+                # Short windows occasionally send Whisper into a loop on hard audio
+                # (quiet, far-field); the full 30 s window is the reference behaviour.
+                # Like Whisper's own fallback, the retry drops the context prompt.
+                result = self._transcribe_window(samples, language=language, prefix=prefix,
+                                                 beam_size=beam, pad_s=None, prompt=None)
+                result.retried = True
+            return result
+        segments_iter, info = self._model.transcribe(
+            np.ascontiguousarray(audio, dtype=np.float32),
+            language=language,
+            beam_size=beam_size or self.beam_size,
+            prefix=prefix or None,
+            initial_prompt=prompt or None,
+            word_timestamps=word_timestamps,
+            condition_on_previous_text=False,
+            vad_filter=False,
+            # One temperature: fallbacks re-decode the block up to five times, which
+            # multiplies latency for no gain on short streaming windows.
+            temperature=0.0,
+        )
+        segments: list[Segment] = []
+        texts: list[str] = []
+        no_speech = []
+        logprobs = []
+        for seg in segments_iter:
+            words = None
+            if seg.words:
+                words = [
+                    Word(word=w.word, start=round(w.start, 3), end=round(w.end, 3),
+                         probability=round(w.probability, 3))
+                    for w in seg.words
+                ]
+            segments.append(
+                Segment(start=round(seg.start, 3), end=round(seg.end, 3), text=seg.text.strip(),
+                        words=words)
+            )
+            texts.append(seg.text)
+            no_speech.append(seg.no_speech_prob)
+            logprobs.append(seg.avg_logprob)
+        return TranscriptionResult(
+            text=join_text(texts),
+            segments=segments,
+            language=info.language,
+            language_probability=info.language_probability,
+            duration=len(audio) / SAMPLE_RATE,
+            no_speech_prob=max(no_speech) if no_speech else 1.0,
+            avg_logprob=float(np.mean(logprobs)) if logprobs else -10.0,
+        )
+
+    def _transcribe_window(
+        self, audio: np.ndarray, *, language: str | None, prefix: str | None, beam_size: int,
+        pad_s: float | None, prompt: str | None = None,
+    ) -> TranscriptionResult:
+        """Encode only the audio plus ``window_pad_s`` of silence, not a padded 30 s.
+
+        Whisper's encoder costs the same for 2 s of speech as for 30 s when the input
+        is padded to 30 s. CTranslate2 accepts shorter inputs, and with a few seconds
+        of trailing silence the transcripts of the shared clips are the same as with
+        the full window, at about 40 % of the cost; with no padding at all Whisper
+        degrades badly, so the pad is kept.
+        """
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        model = self._model
+        features = model.feature_extractor(audio)
+        frames = features.shape[-1]
+        full = MAX_WINDOW_S * 100
+        target = full if pad_s is None else min(full, frames + int(pad_s * 100))
+        target += target % 2
+        features = np.pad(features, ((0, 0), (0, max(0, target - frames))))[:, :target]
+        encoder_output = model.encode(features)
+        language_probability = 1.0
+        if language is None:
+            detected = model.model.detect_language(encoder_output)[0][0]
+            language = detected[0][2:-2]
+            language_probability = float(detected[1])
+        tokenizer = Tokenizer(model.hf_tokenizer, self.multilingual, task="transcribe",
+                              language=language)
+        tokens_in: list[int] = []
+        if prompt and prompt.strip():
+            context = tokenizer.encode(" " + prompt.strip())[-MAX_PROMPT_TOKENS:]
+            tokens_in = [tokenizer.sot_prev, *context]
+        tokens_in += [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        prefix_tokens = tokenizer.encode(" " + prefix.strip()) if prefix else []
+        tokens_in += prefix_tokens
+        # Speech carries at most ~15 tokens a second; a longer output is a loop.
+        new_tokens = min(MAX_NEW_TOKENS, int(10 + 15 * len(audio) / SAMPLE_RATE))
+        result = model.model.generate(
+            encoder_output,
+            [tokens_in],
+            beam_size=beam_size,
+            max_length=new_tokens + len(tokens_in),
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(tokenizer, (-1,)),
+        )[0]
+        # The result repeats the forced prefix before the generated tokens.
+        tokens = [t for t in result.sequences_ids[0][len(prefix_tokens):] if t < tokenizer.eot]
+        text = tokenizer.decode(tokens)
+        if prefix:
+            text = prefix.strip() + text
+        text = " ".join(text.split())
+        seq_len = max(len(tokens), 1)
+        cum_logprob = (result.scores[0] if result.scores else 0.0) * seq_len
+        seconds = len(audio) / SAMPLE_RATE
+        return TranscriptionResult(
+            text=text,
+            segments=[Segment(start=0.0, end=round(seconds, 3), text=text)] if text else [],
+            language=language,
+            language_probability=language_probability,
+            duration=seconds,
+            no_speech_prob=float(result.no_speech_prob),
+            avg_logprob=cum_logprob / (seq_len + 1),
+            compression_ratio=compression_ratio(text),
+        )
+
+
+def join_text(parts: list[str]) -> str:
+    """Join Whisper segment texts, which carry their own leading spaces."""
+    return " ".join("".join(parts).split())
