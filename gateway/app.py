@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import Depends, FastAPI, WebSocket
+from fastapi import APIRouter, Depends, FastAPI, WebSocket
 from fastapi.responses import JSONResponse
 
 from gateway import admin, auth, clone, transcriptions, tts
@@ -22,6 +22,7 @@ from gateway.settings import GatewaySettings, get_settings
 from gateway.state import GatewayState
 from gateway.stream import GatewayStream
 from voicemesh.http import install_http_basics
+from voicemesh.lifecycle import apply_log_level
 from voicemesh.metrics import GatewayMetrics
 from voicemesh.registry import RegistryClient
 
@@ -39,9 +40,50 @@ def build_view(settings: GatewaySettings) -> RegistryView:
                         probe_interval_s=settings.probe_interval_s)
 
 
+router = APIRouter()
+"""The gateway's own routes: ``/health`` and the streaming socket."""
+
+
+@router.get("/health")
+async def health(state: GatewayStateDep) -> JSONResponse:
+    """Liveness and what the gateway routes to now: mode, Redis, replicas, STT route."""
+    view = state.view
+    replicas = view.snapshot()
+    stt = choose_backends(view.mode, replicas)
+    detectors = choose_detector(replicas)
+    counts: dict[str, int] = {}
+    for replica in replicas:
+        counts[replica.kind] = counts.get(replica.kind, 0) + 1
+    status = "degraded" if view.degraded or not stt else "ok"
+    return JSONResponse({
+        "status": status,
+        "service": "gateway",
+        "mode": view.mode,
+        "redis": "disabled" if view.client is None else
+                 ("connected" if view.connected else "unreachable"),
+        "registry_error": view.last_error,
+        "replicas": counts,
+        "stt_route": [r.url for r in stt],
+        "detector": detectors[0].url if detectors else None,
+        "auth": "on" if state.keys.enabled else "off",
+        "uptime_s": round(time.time() - state.started_at, 1),
+    })
+
+@router.websocket("/ws/transcribe")
+async def transcribe(ws: WebSocket, state: GatewayStateDep) -> None:
+    """``WS /ws/transcribe``: one streaming session, routed and failed over (gateway.stream)."""
+    await ws.accept()
+    slot = await auth.claim_session(ws)
+    if slot is None:
+        return  # refused: the client got an error message and a close code
+    async with slot:
+        await GatewayStream(ws, state).run()
+
+
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """The gateway app; tests pass their own settings."""
     settings = settings or get_settings()
+    apply_log_level(settings, "gateway")
     metrics = GatewayMetrics()
 
     @contextlib.asynccontextmanager
@@ -70,38 +112,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(clone.router)
     app.include_router(admin.router)
 
-    @app.get("/health")
-    async def health(state: GatewayStateDep) -> JSONResponse:
-        view = state.view
-        replicas = view.snapshot()
-        stt = choose_backends(view.mode, replicas)
-        detectors = choose_detector(replicas)
-        counts: dict[str, int] = {}
-        for replica in replicas:
-            counts[replica.kind] = counts.get(replica.kind, 0) + 1
-        status = "degraded" if view.degraded or not stt else "ok"
-        return JSONResponse({
-            "status": status,
-            "service": "gateway",
-            "mode": view.mode,
-            "redis": "disabled" if view.client is None else
-                     ("connected" if view.connected else "unreachable"),
-            "registry_error": view.last_error,
-            "replicas": counts,
-            "stt_route": [r.url for r in stt],
-            "detector": detectors[0].url if detectors else None,
-            "auth": "on" if state.keys.enabled else "off",
-            "uptime_s": round(time.time() - state.started_at, 1),
-        })
-
-    @app.websocket("/ws/transcribe")
-    async def transcribe(ws: WebSocket, state: GatewayStateDep) -> None:
-        await ws.accept()
-        slot = await auth.claim_session(ws)
-        if slot is None:
-            return  # refused: the client got an error message and a close code
-        async with slot:
-            await GatewayStream(ws, state).run()
+    app.include_router(router)
 
     # Last: the panel's catch-all mount at / must come after every route.
     mount_control_panel(app, settings.control_panel_dir)

@@ -6,7 +6,7 @@ import logging
 import uuid
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -31,8 +31,22 @@ def _request_id(request: Request) -> str:
     return getattr(request.state, "request_id", None) or uuid.uuid4().hex[:16]
 
 
+metrics_router = APIRouter()
+"""``GET /metrics``: the Prometheus text of the metrics :func:`install_http_basics` was given."""
+
+
+@metrics_router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(request: Request) -> Response:
+    """This process's metrics in the Prometheus text format."""
+    metrics: ServiceMetrics = request.app.state.http_metrics
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
 def install_http_basics(app: FastAPI, metrics: ServiceMetrics) -> None:
     """Add request ids, the JSON error handlers and ``GET /metrics`` to ``app``."""
+    app.state.http_metrics = metrics
+    app.include_router(metrics_router)
 
     @app.middleware("http")
     async def _with_request_id(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -70,8 +84,3 @@ def install_http_basics(app: FastAPI, metrics: ServiceMetrics) -> None:
         metrics.error("internal_error")
         return JSONResponse(error_body("internal_error", "the service failed on this request",
                                        rid), status_code=500)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def _metrics() -> Response:
-        body, content_type = metrics.render()
-        return Response(body, media_type=content_type)
