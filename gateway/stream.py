@@ -31,7 +31,6 @@ from gateway.stt_backend import (
     open_detector,
     shift_times,
     slow_backend_message,
-    ws_url,
 )
 from voicemesh.audio import AudioStreamDecoder, PcmStreamDecoder, float32_to_pcm16, stream_decoder
 from voicemesh.errors import EngineUnavailable, VoiceMeshError
@@ -49,7 +48,7 @@ from voicemesh.protocol import (
 from voicemesh.registry import ReplicaInfo
 from voicemesh.wire import ClientSocket
 
-__all__ = ["GatewayStream", "SessionBuffer", "shift_times", "ws_url"]
+__all__ = ["GatewayStream"]
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway.stream import SessionBuffer, shift_times, ws_url
+from gateway.replay import SessionBuffer
+from gateway.stt_backend import shift_times, ws_url
 from voicemesh.stt.streaming_rules import StreamingConfig, looks_like_speech, stable_prefix
 from voicemesh.stt.types import (
     TranscriptionResult,
