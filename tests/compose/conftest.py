@@ -166,6 +166,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "HTTP_PORT": str(port),
         "HTTP_BIND": "127.0.0.1",
         "STT_MODE": "auto",
+        # The shared 2-core host: with no fault the base model's gaps between messages
+        # reached 2.1 s, and a docker kill or restart beside it pushed one past the 3 s
+        # default. A dead replica's connection drops at once either way.
+        "STALL_TIMEOUT_S": "8",
         # The registry-less images deploy/build-images made.
         "NGINX_BASE_IMAGE": "voicemesh/base:bookworm",
         "REDIS_IMAGE": "voicemesh/redis:latest",
