@@ -117,7 +117,10 @@ def test_only_nginx_is_published_and_on_the_front_network() -> None:
         networks = set(service.get("networks") or {})
         if name == "nginx":
             assert networks == {"front", "back"}
-            assert [p["target"] for p in service["ports"]] == [8080]
+            # Long form, or "HOST_IP:PORT:TARGET/tcp" when a host address is named.
+            targets = [p["target"] if isinstance(p, dict) else
+                       int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in service["ports"]]
+            assert targets == [8080]
         else:
             assert networks == {"back"}, name
             assert "ports" not in service, name
