@@ -18,8 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.helpers import REPO
+from tests.harness import REPO, free_port
 
 PROJECT = "voicemesh-compose-tier"
 API_KEY = "compose-tier-client-key"

@@ -20,8 +20,8 @@ import websockets
 
 from client.streaming import StreamResult, stream_audio
 from tests.compose.conftest import API_KEY, CPU_MESH, PROJECT, Stack, record
-from tests.helpers import SPEECH_DIR, clip_named, error_rate, offline_transcript
-from voicemesh.audio import load_clip_16k
+from tests.harness import SPEECH_DIR, clip_named, error_rate, offline_transcript
+from voicemesh.audio_files import load_clip_16k
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(1200)]
 
