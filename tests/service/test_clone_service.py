@@ -21,8 +21,9 @@ from fastapi.testclient import TestClient
 from tests.harness import SPEECH_DIR, RedisServer, clip_named, free_port
 from voicemesh.audio_files import read_audio_file
 from voicemesh.clone.engines import WorldAdaptedVits
-from voicemesh.clone.service import OWNER_HEADER, create_clone_app
+from voicemesh.clone.service import create_clone_app
 from voicemesh.clone.settings import CloneSettings
+from voicemesh.protocol import OWNER_HEADER
 
 pytestmark = pytest.mark.service
 

@@ -29,6 +29,7 @@ from voicemesh.http import install_http_basics
 from voicemesh.lifecycle import apply_log_level, registry_status, serve_replica
 from voicemesh.metrics import ServiceMetrics
 from voicemesh.protocol import (
+    SAMPLE_RATE,
     DetectionMessage,
     DetectorError,
     SpeechEndEvent,
@@ -39,7 +40,7 @@ from voicemesh.protocol import (
 from voicemesh.registry import RegistryHeartbeat, ReplicaInfo, ReplicaLoad
 from voicemesh.stt.engines import load_transcriber
 from voicemesh.stt.scheduler import DecodeScheduler, Priority
-from voicemesh.stt.types import SAMPLE_RATE, Transcriber
+from voicemesh.stt.types import Transcriber
 from voicemesh.stt.vad import Endpointer, EndpointerConfig, StreamingVad
 from voicemesh.wire import ClientSocket
 

@@ -37,6 +37,7 @@ from voicemesh.protocol import (
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
     CLOSE_TRY_AGAIN,
+    SAMPLE_RATE,
     FinalMessage,
     FlushMessage,
     PartialMessage,
@@ -236,7 +237,7 @@ def _warm_up(state: SttState) -> None:
     """Run one decode so the first real request does not pay for lazy init."""
     import numpy as np
 
-    silence = np.zeros(16000, dtype=np.float32)
+    silence = np.zeros(SAMPLE_RATE, dtype=np.float32)  # one second
     try:
         state.transcriber.transcribe(silence, language="en")
     except Exception:
