@@ -264,6 +264,9 @@ def test_bad_requests_are_clear(client: TestClient) -> None:
                                                    "language": "zh"})
     assert response.status_code == 400
     assert error_code(response.json()) == "unsupported_language"
+    response = client.post("/v1/synthesize", json={"text": "word " * 201, "voice_id": voice})
+    assert response.status_code == 413  # as tts_vits answers (docs/errors.md)
+    assert error_code(response.json()) == "text_too_long"
     assert client.get("/health").status_code == 200
 
 

@@ -211,7 +211,8 @@ async def synthesize(request: Request, state: Clone, owner: Owner,
                      body: SynthesizeBody) -> Response:
     """Speak the text in one of the caller's voices (falling back visibly)."""
     if len(body.text) > state.settings.max_text_chars:
-        raise BadRequest(f"text is longer than {state.settings.max_text_chars} characters",
-                         code="text_too_long")
+        raise PayloadTooLarge(
+            f"text is longer than {state.settings.max_text_chars} characters",
+            code="text_too_long")
     profile = await state.store.get(body.voice_id, owner)
     return await Synthesis(state, profile, body, request.state.request_id).respond()
