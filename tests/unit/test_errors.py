@@ -13,7 +13,8 @@ places, and this test collects them all:
 
 Where the code comes with an error class, the class's ``status_code`` (inherited
 through the tree) must be the status the document gives: the same code has the same
-HTTP status everywhere.
+HTTP status everywhere. And every exception class of the project is declared in
+``voicemesh/errors.py`` and drawn in its docstring's tree.
 """
 
 from __future__ import annotations
@@ -196,6 +197,30 @@ def test_the_check_fails_on_an_unlisted_code() -> None:
     assert "no_backend" in listed and "no_backend" not in listed_codes(without)
     where, _ = used_codes()
     assert "no_backend" in where
+
+
+def test_every_exception_class_is_in_errors_py_and_drawn_in_its_tree() -> None:
+    import inspect
+
+    from voicemesh import errors
+
+    tree = errors.__doc__ or ""
+    defined = {name for name, obj in vars(errors).items()
+               if inspect.isclass(obj) and issubclass(obj, BaseException)
+               and obj.__module__ == errors.__name__}
+    assert {"VoiceMeshError", "PlanError", "ConnectionLost"} <= defined
+    undrawn = sorted(name for name in defined if not re.search(rf"\b{name}\b", tree))
+    assert not undrawn, f"classes of errors.py missing from its tree: {undrawn}"
+    elsewhere = []
+    for path in sorted(p for d in (*SERVICE_DIRS, "client") for p in (ROOT / d).rglob("*.py")):
+        if path == ROOT / "voicemesh" / "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and any(
+                    (name := _name(base)) and (name in defined or name.endswith(
+                        ("Error", "Exception"))) for base in node.bases):
+                elsewhere.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not elsewhere, f"exception classes outside voicemesh/errors.py: {elsewhere}"
 
 
 def test_backend_errors_translates_transport_failures() -> None:
