@@ -24,9 +24,10 @@ import numpy as np
 import websockets
 
 from client.streaming import OPUS_PACKET_MS, StreamResult, WireEncoding, to_bytes
-from voicemesh.audio import SAMPLE_RATE, OpusStreamEncoder, resample
+from voicemesh.audio import OpusStreamEncoder, resample
 from voicemesh.audio_files import read_audio_file
 from voicemesh.errors import ConnectionLost
+from voicemesh.protocol import SAMPLE_RATE
 
 _LOGGER = logging.getLogger(__name__)
 

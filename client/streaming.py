@@ -17,7 +17,8 @@ from typing import Any, Literal
 import numpy as np
 import websockets
 
-from voicemesh.audio import SAMPLE_RATE, OpusStreamEncoder, resample
+from voicemesh.audio import OpusStreamEncoder, resample
+from voicemesh.protocol import SAMPLE_RATE
 
 WireEncoding = Literal["pcm_s16le", "pcm_f32le", "opus"]
 OPUS_PACKET_MS = 20
@@ -92,7 +93,7 @@ async def stream_audio(
     url: str,
     audio: np.ndarray,
     *,
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
     encoding: WireEncoding = "pcm_s16le",
     frame_ms: float = 40.0,
     realtime: bool = True,

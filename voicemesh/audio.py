@@ -21,10 +21,10 @@ import numpy as np
 import soxr
 
 from voicemesh.errors import BadAudio, PayloadTooLarge
+from voicemesh.protocol import SAMPLE_RATE
 
 _LOGGER = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 PcmEncoding = Literal["pcm_s16le", "pcm_f32le"]
 StreamEncoding = Literal["pcm_s16le", "pcm_f32le", "opus"]
 OPUS_DECODE_RATE = 48000

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from voicemesh.audio import SAMPLE_RATE, check_rate, resample
+from voicemesh.audio import check_rate, resample
 from voicemesh.errors import BadAudio, PayloadTooLarge
+from voicemesh.protocol import SAMPLE_RATE
 
 _LOGGER = logging.getLogger(__name__)
 

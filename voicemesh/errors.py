@@ -14,6 +14,7 @@
     ├── Forbidden                  a valid key without the rights the route needs (403)
     ├── LimitExceeded              a caller over its request rate (429, ``retry_after``)
     ├── ModelAssetError            a model package is missing or a prepared file is corrupt
+    ├── PlanError                  (CLI) ``voicemesh up`` cannot build the mesh asked for
     └── EngineUnavailable          a backend cannot serve now (fail over on this only)
         ├── BackendClosed          the backend closed or reset the connection
         ├── BackendTimeout         the backend stalled past its timeout
@@ -132,6 +133,14 @@ class ModelAssetError(VoiceMeshError):
 
     code = "model_asset_error"
     status_code = 500
+
+
+class PlanError(VoiceMeshError):
+    """The requested mesh cannot be built (unknown service, bad scale, busy port).
+
+    Raised by :mod:`voicemesh.mesh.plan`; the CLI prints its message and exits 2. It
+    never reaches an HTTP client, so it has no code of its own.
+    """
 
 
 class EngineUnavailable(VoiceMeshError):

@@ -21,8 +21,9 @@ from fastapi.testclient import TestClient
 from tests.harness import SPEECH_DIR, RedisServer, clip_named, free_port
 from voicemesh.audio_files import read_audio_file
 from voicemesh.clone.engines import WorldAdaptedVits
-from voicemesh.clone.service import OWNER_HEADER, create_clone_app
+from voicemesh.clone.service import create_clone_app
 from voicemesh.clone.settings import CloneSettings
+from voicemesh.protocol import OWNER_HEADER
 
 pytestmark = pytest.mark.service
 
@@ -263,6 +264,9 @@ def test_bad_requests_are_clear(client: TestClient) -> None:
                                                    "language": "zh"})
     assert response.status_code == 400
     assert error_code(response.json()) == "unsupported_language"
+    response = client.post("/v1/synthesize", json={"text": "word " * 201, "voice_id": voice})
+    assert response.status_code == 413  # as tts_vits answers (docs/errors.md)
+    assert error_code(response.json()) == "text_too_long"
     assert client.get("/health").status_code == 200
 
 

@@ -529,6 +529,23 @@ def test_silence_gives_no_final(client: TestClient) -> None:
     assert not [m for m in messages if m["type"] == "error"], messages
 
 
+def test_a_full_replica_refuses_a_session_with_busy_and_1013(client: TestClient) -> None:
+    """Past ``max_sessions`` a client gets a fatal ``busy`` error, then close 1013."""
+    transcriber = client.app.state.stt.transcriber  # type: ignore[attr-defined]
+    app = create_stt_app(SttCpuSettings(redis_url="", cpu_threads=2, max_sessions=1),
+                         transcriber)
+    with TestClient(app) as full, full.websocket_connect("/ws/transcribe") as first:
+        _ready(first)
+        with full.websocket_connect("/ws/transcribe") as second:
+            messages, close_code = _messages_until_close(second)
+        assert close_code == 1013
+        assert [(m["type"], m["code"], m["fatal"]) for m in messages] == [
+            ("error", "busy", True)], messages
+        _stop(first)
+        _, first_close = _messages_until_close(first)
+    assert first_close == 1000
+
+
 # ---------------------------------------------------------------- metrics
 
 

@@ -11,15 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voicemesh.audio import (
-    SAMPLE_RATE,
-    PcmStreamDecoder,
-    float32_to_pcm16,
-    pcm16_to_float32,
-    resample,
-    rms_dbfs,
-)
+from voicemesh.audio import PcmStreamDecoder, float32_to_pcm16, pcm16_to_float32, resample, rms_dbfs
 from voicemesh.errors import BadAudio, PayloadTooLarge
+from voicemesh.protocol import SAMPLE_RATE
 
 pytestmark = pytest.mark.unit
 

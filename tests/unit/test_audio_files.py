@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voicemesh.audio import SAMPLE_RATE, float32_to_pcm16, resample, rms_dbfs
+from voicemesh.audio import float32_to_pcm16, resample, rms_dbfs
 from voicemesh.audio_files import decode_audio_file, load_clip_16k, read_audio_file
 from voicemesh.errors import BadAudio, PayloadTooLarge
+from voicemesh.protocol import SAMPLE_RATE
 
 pytestmark = pytest.mark.unit
 

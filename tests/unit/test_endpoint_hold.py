@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from voicemesh.protocol import SAMPLE_RATE
 from voicemesh.stt.scheduler import Priority
 from voicemesh.stt.streaming import StreamingSession
 from voicemesh.stt.streaming_rules import EngineLabel, StreamingConfig, doubtful
-from voicemesh.stt.types import SAMPLE_RATE, TranscriptionResult
+from voicemesh.stt.types import TranscriptionResult
 from voicemesh.stt.vad import WINDOW
 
 pytestmark = pytest.mark.unit

@@ -13,7 +13,8 @@ places, and this test collects them all:
 
 Where the code comes with an error class, the class's ``status_code`` (inherited
 through the tree) must be the status the document gives: the same code has the same
-HTTP status everywhere.
+HTTP status everywhere. And every exception class of the project is declared in
+``voicemesh/errors.py`` and drawn in its docstring's tree.
 """
 
 from __future__ import annotations
@@ -39,12 +40,6 @@ CODE_CALLS = {"error", "refuse", "refuse_websocket", "error_body", "Refusal"}
 NOT_SENT_BY = {"metrics", "_LOGGER", "logger", "logging"}
 """Receivers whose ``error(...)`` counts or logs rather than tells a client."""
 CODE = re.compile(r"^[a-z][a-z0-9_]*$")
-KNOWN_CONFLICTS = {
-    "text_too_long": "tts_vits/app.py answers 400 (BadRequest), voicemesh/clone/service.py "
-                     "413 (PayloadTooLarge); both files are being moved by another change, "
-                     "which is to make tts_vits raise PayloadTooLarge too",
-}
-"""Codes whose statuses still differ in files this change could not edit."""
 ROW = re.compile(r"^\|\s*`(?P<code>[a-z_]+)`\s*\|\s*(?P<status>\d{3}|—|any)\s*\|")
 
 
@@ -187,20 +182,11 @@ def test_the_document_lists_no_code_the_source_never_uses() -> None:
 def test_a_code_has_one_status_and_it_is_the_documented_one() -> None:
     _, statuses = used_codes()
     listed = listed_codes(DOC.read_text(encoding="utf-8"))
-    conflicting = {code: sorted(found) for code, found in statuses.items()
-                   if len(found) > 1 and code not in KNOWN_CONFLICTS}
+    conflicting = {code: sorted(found) for code, found in statuses.items() if len(found) > 1}
     assert not conflicting, f"one code, several HTTP statuses: {conflicting}"
     wrong = {code: (listed.get(code), sorted(found)) for code, found in statuses.items()
-             if code not in KNOWN_CONFLICTS and listed.get(code) not in (
-                 str(next(iter(found))), None)}
+             if listed.get(code) not in (str(next(iter(found))), None)}
     assert not wrong, f"documented status differs from the error class's: {wrong}"
-
-
-def test_known_conflicts_are_still_conflicts() -> None:
-    """An exception above is removed once its code has one status again."""
-    _, statuses = used_codes()
-    settled = [code for code in KNOWN_CONFLICTS if len(statuses.get(code, ())) < 2]
-    assert not settled, f"drop these from KNOWN_CONFLICTS: {settled}"
 
 
 def test_the_check_fails_on_an_unlisted_code() -> None:
@@ -211,6 +197,30 @@ def test_the_check_fails_on_an_unlisted_code() -> None:
     assert "no_backend" in listed and "no_backend" not in listed_codes(without)
     where, _ = used_codes()
     assert "no_backend" in where
+
+
+def test_every_exception_class_is_in_errors_py_and_drawn_in_its_tree() -> None:
+    import inspect
+
+    from voicemesh import errors
+
+    tree = errors.__doc__ or ""
+    defined = {name for name, obj in vars(errors).items()
+               if inspect.isclass(obj) and issubclass(obj, BaseException)
+               and obj.__module__ == errors.__name__}
+    assert {"VoiceMeshError", "PlanError", "ConnectionLost"} <= defined
+    undrawn = sorted(name for name in defined if not re.search(rf"\b{name}\b", tree))
+    assert not undrawn, f"classes of errors.py missing from its tree: {undrawn}"
+    elsewhere = []
+    for path in sorted(p for d in (*SERVICE_DIRS, "client") for p in (ROOT / d).rglob("*.py")):
+        if path == ROOT / "voicemesh" / "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and any(
+                    (name := _name(base)) and (name in defined or name.endswith(
+                        ("Error", "Exception"))) for base in node.bases):
+                elsewhere.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not elsewhere, f"exception classes outside voicemesh/errors.py: {elsewhere}"
 
 
 def test_backend_errors_translates_transport_failures() -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import GatewaySettings
+from voicemesh.errors import PlanError
 from voicemesh.mesh.control import write_nginx_conf
-from voicemesh.mesh.plan import MeshPaths, MeshPlan, PlanError, build_plan, free_port
+from voicemesh.mesh.plan import MeshPaths, MeshPlan, build_plan, free_port
 from voicemesh.nginx import (
     COMPOSE_CONF,
     MULTIPART_SLACK_BYTES,

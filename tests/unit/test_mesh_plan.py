@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from voicemesh.errors import PlanError
 from voicemesh.mesh.plan import (
     MeshPaths,
     MeshPlan,
-    PlanError,
     build_plan,
     check_scale,
     free_port,

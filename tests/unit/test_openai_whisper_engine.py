@@ -19,10 +19,10 @@ import whisper
 from whisper.model import ModelDimensions, Whisper
 
 from voicemesh.errors import BadRequest, UnknownModel
-from voicemesh.protocol import Segment
+from voicemesh.protocol import SAMPLE_RATE, Segment
 from voicemesh.stt.engines import guess_engine, load_transcriber
 from voicemesh.stt.openai_engine import OpenAIWhisperTranscriber
-from voicemesh.stt.types import SAMPLE_RATE, Transcriber, TranscriptionResult
+from voicemesh.stt.types import Transcriber, TranscriptionResult
 
 pytestmark = pytest.mark.unit
 

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from voicemesh.errors import PlanError
 from voicemesh.mesh.control import (
     StopReport,
     spawn_supervisor,
@@ -23,7 +24,6 @@ from voicemesh.mesh.plan import (
     GATEWAY,
     MeshPaths,
     MeshPlan,
-    PlanError,
     ProcessPlan,
     plan_mesh,
 )

@@ -47,12 +47,9 @@ from voicemesh.errors import BadRequest, ModelAssetError, PayloadTooLarge
 from voicemesh.http import install_http_basics
 from voicemesh.lifecycle import apply_log_level, registry_status, serve_replica
 from voicemesh.metrics import ServiceMetrics
+from voicemesh.protocol import ANONYMOUS, OWNER_HEADER, SAMPLE_RATE
 
 _LOGGER = logging.getLogger(__name__)
-
-OWNER_HEADER = "X-VoiceMesh-Key-Id"
-"""Header the gateway sets to the caller's key identity."""
-ANONYMOUS = "anonymous"
 
 
 def get_clone_state(connection: HTTPConnection) -> CloneState:
@@ -170,7 +167,7 @@ async def create_voice(
     text = (prompt_text or "").strip()
     source = "given"
     if not text:
-        audio_16k = resample(prepared.audio, settings.reference_rate, 16000)
+        audio_16k = resample(prepared.audio, settings.reference_rate, SAMPLE_RATE)
         text = await transcribe_reference(state, audio_16k, lang, request_id)
         source = "transcribed"
         if not text:
@@ -214,7 +211,8 @@ async def synthesize(request: Request, state: Clone, owner: Owner,
                      body: SynthesizeBody) -> Response:
     """Speak the text in one of the caller's voices (falling back visibly)."""
     if len(body.text) > state.settings.max_text_chars:
-        raise BadRequest(f"text is longer than {state.settings.max_text_chars} characters",
-                         code="text_too_long")
+        raise PayloadTooLarge(
+            f"text is longer than {state.settings.max_text_chars} characters",
+            code="text_too_long")
     profile = await state.store.get(body.voice_id, owner)
     return await Synthesis(state, profile, body, request.state.request_id).respond()

@@ -20,6 +20,7 @@ from voicemesh.clone.profiles import ProfileStore, wav_bytes
 from voicemesh.clone.settings import CloneSettings
 from voicemesh.errors import EngineUnavailable, RegistryUnavailable
 from voicemesh.metrics import ServiceMetrics
+from voicemesh.protocol import SAMPLE_RATE
 from voicemesh.registry import RegistryClient, RegistryHeartbeat, ReplicaInfo, ReplicaLoad
 
 _LOGGER = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ async def transcribe_reference(state: CloneState, audio_16k: np.ndarray, languag
     if not urls:
         raise EngineUnavailable("prompt_text is missing and no STT service is registered to "
                                 "transcribe the reference", code="no_stt_backend")
-    data = wav_bytes(audio_16k, 16000)
+    data = wav_bytes(audio_16k, SAMPLE_RATE)
     last = ""
     async with httpx.AsyncClient(timeout=state.settings.stt_timeout_s) as client:
         for url in urls:

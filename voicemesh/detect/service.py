@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, FastAPI, WebSocket
 from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse
 
@@ -29,19 +29,20 @@ from voicemesh.http import install_http_basics
 from voicemesh.lifecycle import apply_log_level, registry_status, serve_replica
 from voicemesh.metrics import ServiceMetrics
 from voicemesh.protocol import (
+    SAMPLE_RATE,
     DetectionMessage,
     DetectorError,
     SpeechEndEvent,
     SpeechStartEvent,
     StartMessage,
     StopMessage,
-    parse_control,
 )
 from voicemesh.registry import RegistryHeartbeat, ReplicaInfo, ReplicaLoad
 from voicemesh.stt.engines import load_transcriber
 from voicemesh.stt.scheduler import DecodeScheduler, Priority
-from voicemesh.stt.types import SAMPLE_RATE, Transcriber
+from voicemesh.stt.types import Transcriber
 from voicemesh.stt.vad import Endpointer, EndpointerConfig, StreamingVad
+from voicemesh.wire import ClientSocket
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -135,8 +136,6 @@ async def detect(ws: WebSocket, state: Detector) -> None:
     state.sessions += 1
     try:
         await DetectSession(ws, state).run()
-    except WebSocketDisconnect:
-        pass
     finally:
         state.sessions -= 1
 
@@ -145,7 +144,7 @@ class DetectSession:
     """One ``/ws/detect`` connection."""
 
     def __init__(self, ws: WebSocket, state: DetectorState) -> None:
-        self.ws = ws
+        self.client = ClientSocket(ws)
         self.state = state
         s = state.settings
         self.decoder: AudioStreamDecoder = PcmStreamDecoder(max_frame_bytes=s.max_frame_bytes)
@@ -159,44 +158,32 @@ class DetectSession:
         self._segment_start_sample = 0
         self._preroll: list[np.ndarray] = []
         self._confirmations: set[asyncio.Task[None]] = set()
-        self._send_lock = asyncio.Lock()
-
-    async def send(self, payload: str) -> None:
-        """Send one JSON text message."""
-        async with self._send_lock:
-            await self.ws.send_text(payload)
 
     async def run(self) -> None:
         """Score frames until the client goes away or sends ``stop``."""
-        while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            if message.get("bytes") is not None:
-                await self._on_audio(message["bytes"])
-                continue
-            try:
-                control = parse_control(message.get("text") or "")
-            except VoiceMeshError as exc:
-                await self.send(DetectorError(error=exc.message, code=exc.code)
-                                .model_dump_json())
-                continue
-            if isinstance(control, StartMessage):
+        async for item in self.client.receive(self._report_bad_message):
+            if isinstance(item, bytes):
+                await self._on_audio(item)
+            elif isinstance(item, StartMessage):
                 self.decoder = stream_decoder(
-                    sample_rate=control.sample_rate, encoding=control.encoding,
-                    channels=control.channels,
+                    sample_rate=item.sample_rate, encoding=item.encoding,
+                    channels=item.channels,
                     max_frame_bytes=self.state.settings.max_frame_bytes)
-            elif isinstance(control, StopMessage):
+            elif isinstance(item, StopMessage):
                 break
         if self._confirmations:
             await asyncio.gather(*self._confirmations, return_exceptions=True)
+
+    async def _report_bad_message(self, exc: VoiceMeshError) -> None:
+        """Bad control messages get the seed format's error; the socket stays open."""
+        await self.client.send(DetectorError(error=exc.message, code=exc.code))
 
     async def _on_audio(self, frame: bytes) -> None:
         try:
             audio = self.decoder.decode(frame)
         except VoiceMeshError as exc:
             self.state.metrics.error(exc.code)
-            await self.send(DetectorError(error=exc.message, code=exc.code).model_dump_json())
+            await self.client.send(DetectorError(error=exc.message, code=exc.code))
             return
         if audio.size == 0:
             return
@@ -207,13 +194,13 @@ class DetectSession:
         self._keep_audio(audio, was_speech)
         if probs.size:
             p = float(probs.max())
-            await self.send(DetectionMessage(
+            await self.client.send(DetectionMessage(
                 speech_detected=self.endpointer.in_speech or p >= self.endpointer.config.threshold,
                 probability=round(p, 3), t=round(self.samples / SAMPLE_RATE, 3),
-            ).model_dump_json())
+            ))
         for event in events:
             if event.kind == "speech_start":
-                await self.send(SpeechStartEvent(t=round(event.t, 3)).dumps())
+                await self.client.send(SpeechStartEvent(t=round(event.t, 3)))
             elif event.kind == "speech_end":
                 segment = np.concatenate(self._segment) if self._segment else np.zeros(0)
                 self._segment = []
@@ -249,6 +236,5 @@ class DetectSession:
             confirmed = bool(text.strip()) and not (
                 result.no_speech_prob > 0.6 and result.avg_logprob < -1.0
             )
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            await self.send(SpeechEndEvent(t=round(end, 3), start=round(start, 3),
-                                           confirmed=confirmed, text=text).dumps())
+        await self.client.send(SpeechEndEvent(t=round(end, 3), start=round(start, 3),
+                                              confirmed=confirmed, text=text))

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
+from voicemesh.errors import PlanError
 from voicemesh.nginx import NginxLayout, NginxSettings, embedded_argv
 from voicemesh.services import ServiceSpec
 from voicemesh.settings import CommonSettings
@@ -34,10 +35,6 @@ STOP_GRACE_S = 10.0
 """How long the supervisor waits after SIGTERM before it kills a process."""
 
 ProcessKind = Literal["redis", "service", "nginx"]
-
-
-class PlanError(ValueError):
-    """The requested mesh cannot be built (unknown service, bad scale, busy port)."""
 
 
 @dataclass(frozen=True)

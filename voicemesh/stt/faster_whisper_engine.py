@@ -7,8 +7,8 @@ from typing import Literal
 import numpy as np
 
 from voicemesh.errors import EngineUnavailable
-from voicemesh.protocol import Segment, Word
-from voicemesh.stt.types import SAMPLE_RATE, TranscriptionResult, compression_ratio, suspicious
+from voicemesh.protocol import SAMPLE_RATE, Segment, Word
+from voicemesh.stt.types import TranscriptionResult, compression_ratio, suspicious
 
 MAX_WINDOW_S = 30
 WINDOW_PAD_S = 6.0

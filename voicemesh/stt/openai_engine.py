@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from voicemesh.errors import BadRequest, EngineUnavailable, UnknownModel
-from voicemesh.protocol import Segment, Word
-from voicemesh.stt.types import SAMPLE_RATE, Device, TranscriptionResult
+from voicemesh.protocol import SAMPLE_RATE, Segment, Word
+from voicemesh.stt.types import Device, TranscriptionResult
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from voicemesh.stt.types import SAMPLE_RATE, Transcriber, TranscriptionResult
+from voicemesh.protocol import SAMPLE_RATE
+from voicemesh.stt.types import Transcriber, TranscriptionResult
 
 _LOGGER = logging.getLogger(__name__)
 

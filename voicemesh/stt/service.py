@@ -23,7 +23,6 @@ from fastapi import (
     Form,
     UploadFile,
     WebSocket,
-    WebSocketDisconnect,
 )
 from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -35,7 +34,10 @@ from voicemesh.http import install_http_basics
 from voicemesh.lifecycle import apply_log_level, registry_status, serve_replica
 from voicemesh.metrics import ServiceMetrics
 from voicemesh.protocol import (
-    ErrorMessage,
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_TRY_AGAIN,
+    SAMPLE_RATE,
     FinalMessage,
     FlushMessage,
     PartialMessage,
@@ -43,7 +45,6 @@ from voicemesh.protocol import (
     StartMessage,
     StopMessage,
     VadMessage,
-    parse_control,
 )
 from voicemesh.registry import RegistryHeartbeat, ReplicaInfo, ReplicaLoad
 from voicemesh.stt.engines import load_transcriber
@@ -54,15 +55,11 @@ from voicemesh.stt.settings import SttSettings
 from voicemesh.stt.streaming import StreamingSession
 from voicemesh.stt.streaming_rules import EngineLabel
 from voicemesh.stt.types import Transcriber, check_language
+from voicemesh.wire import ClientSocket
 
 _LOGGER = logging.getLogger(__name__)
 
 ResponseFormat = Literal["json", "verbose_json", "text", "srt", "vtt", "lrc"]
-
-# WebSocket close codes (4000-4999 are the application's own).
-CLOSE_NORMAL = 1000
-CLOSE_OVERLOADED = 1013
-CLOSE_INTERNAL = 1011
 
 
 def load_engine(settings: SttSettings) -> Transcriber:
@@ -240,7 +237,7 @@ def _warm_up(state: SttState) -> None:
     """Run one decode so the first real request does not pay for lazy init."""
     import numpy as np
 
-    silence = np.zeros(16000, dtype=np.float32)
+    silence = np.zeros(SAMPLE_RATE, dtype=np.float32)  # one second
     try:
         state.transcriber.transcribe(silence, language="en")
     except Exception:
@@ -251,37 +248,21 @@ class StreamHandler:
     """One ``/ws/transcribe`` connection: parse frames, feed the session, send results."""
 
     def __init__(self, ws: WebSocket, state: SttState) -> None:
-        self.ws = ws
         self.state = state
         self.settings = state.settings
         self.session_id = uuid.uuid4().hex[:12]
+        self.client = ClientSocket(ws, metrics=state.metrics, name=self.session_id)
         self.decoder: AudioStreamDecoder = PcmStreamDecoder(
             max_frame_bytes=self.settings.max_frame_bytes)
         self.session: StreamingSession | None = None
         self.audio_seen = False
-        self._send_lock = asyncio.Lock()
-        self.open = True
 
-    async def send(self, message: ReadyMessage | PartialMessage | FinalMessage | VadMessage
-                   | ErrorMessage) -> None:
-        """Send one message; a closed socket is not an error here."""
-        if not self.open:
-            return
-        async with self._send_lock:
-            try:
-                await self.ws.send_text(message.dumps())
-            except (WebSocketDisconnect, RuntimeError):
-                self.open = False
-                return
-        if isinstance(message, FinalMessage):
+    async def send(self, message: ReadyMessage | PartialMessage | FinalMessage
+                   | VadMessage) -> None:
+        """Send one message; a final that reached the client is counted."""
+        await self.client.send(message)
+        if isinstance(message, FinalMessage) and self.client.open:
             self.state.metrics.count("final", "ok")
-        elif isinstance(message, ErrorMessage):
-            self.state.metrics.error(message.code)
-
-    async def error(self, code: str, message: str, *, fatal: bool = False) -> None:
-        """Tell the client what was wrong; the session stays open unless fatal."""
-        _LOGGER.info("session %s: %s: %s", self.session_id, code, message)
-        await self.send(ErrorMessage(code=code, message=message, fatal=fatal))
 
     def _new_session(self, language: str | None) -> StreamingSession:
         return StreamingSession(
@@ -293,9 +274,8 @@ class StreamHandler:
         """Serve the connection until the client stops or goes away."""
         state = self.state
         if state.draining or len(state.sessions) >= self.settings.max_sessions:
-            await self.error("busy", "this replica takes no new sessions; try another",
-                             fatal=True)
-            await self.ws.close(CLOSE_OVERLOADED)
+            await self.client.refuse("busy", "this replica takes no new sessions; try another",
+                                     CLOSE_TRY_AGAIN)
             return
         self.session = self._new_session(None)
         state.sessions[self.session_id] = self.session
@@ -306,15 +286,13 @@ class StreamHandler:
                                      backend=label.backend))
         try:
             await self._receive_loop()
-        except WebSocketDisconnect:
-            pass
         except Exception:
             _LOGGER.exception("session %s failed", self.session_id)
-            await self.error("internal_error", "the engine failed on this session", fatal=True)
-            with contextlib.suppress(Exception):
-                await self.ws.close(CLOSE_INTERNAL)
+            await self.client.error("internal_error", "the engine failed on this session",
+                                    fatal=True)
+            await self.client.close(CLOSE_INTERNAL)
         finally:
-            self.open = False
+            self.client.open = False
             if self.session is not None:
                 self.session.closed = True
             state.sessions.pop(self.session_id, None)
@@ -322,47 +300,36 @@ class StreamHandler:
 
     async def _receive_loop(self) -> None:
         assert self.session is not None
-        while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("bytes")
-            if data is not None:
+        async for item in self.client.receive():
+            if isinstance(item, bytes):
                 try:
-                    audio = self.decoder.decode(data)
+                    audio = self.decoder.decode(item)
                 except VoiceMeshError as exc:
-                    await self.error(exc.code, exc.message)
+                    await self.client.error(exc.code, exc.message)
                     continue
                 self.audio_seen = True
                 await self.session.feed(audio)
-                continue
-            text = message.get("text") or ""
-            try:
-                control = parse_control(text)
-            except VoiceMeshError as exc:
-                await self.error(exc.code, exc.message)
-                continue
-            if isinstance(control, StartMessage):
-                await self._start(control)
-            elif isinstance(control, FlushMessage):
+            elif isinstance(item, StartMessage):
+                await self._start(item)
+            elif isinstance(item, FlushMessage):
                 await self.session.feed(self.decoder.flush())
-                await self.session.flush("flush", until=control.until)
-            elif isinstance(control, StopMessage):
+                await self.session.flush("flush", until=item.until)
+            elif isinstance(item, StopMessage):
                 await self.session.feed(self.decoder.flush())
                 await self.session.close()
-                with contextlib.suppress(Exception):
-                    await self.ws.close(CLOSE_NORMAL)
+                await self.client.close(CLOSE_NORMAL)
                 return
 
     async def _start(self, start: StartMessage) -> None:
         if self.audio_seen:
-            await self.error("bad_message", "'start' must come before the first audio frame")
+            await self.client.error("bad_message",
+                                    "'start' must come before the first audio frame")
             return
         try:
             language = check_language(self.state.transcriber,
                                       start.language or self.settings.language)
         except VoiceMeshError as exc:
-            await self.error(exc.code, exc.message)
+            await self.client.error(exc.code, exc.message)
             return
         try:
             self.decoder = stream_decoder(
@@ -370,7 +337,7 @@ class StreamHandler:
                 max_frame_bytes=self.settings.max_frame_bytes,
             )
         except VoiceMeshError as exc:
-            await self.error(exc.code, exc.message)
+            await self.client.error(exc.code, exc.message)
             return
         assert self.session is not None
         self.session.config.language = language

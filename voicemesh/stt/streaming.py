@@ -32,7 +32,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voicemesh.protocol import FinalMessage, FinalReason, PartialMessage, Segment, VadMessage
+from voicemesh.protocol import (
+    SAMPLE_RATE,
+    FinalMessage,
+    FinalReason,
+    PartialMessage,
+    Segment,
+    VadMessage,
+)
 from voicemesh.stt.scheduler import DecodeScheduler, Priority
 from voicemesh.stt.streaming_rules import (
     EngineLabel,
@@ -41,7 +48,7 @@ from voicemesh.stt.streaming_rules import (
     looks_like_speech,
     stable_prefix,
 )
-from voicemesh.stt.types import SAMPLE_RATE, TranscriptionResult, has_repetition_loop
+from voicemesh.stt.types import TranscriptionResult, has_repetition_loop
 from voicemesh.stt.vad import WINDOW, Endpointer, StreamingVad, VadEvent
 
 _LOGGER = logging.getLogger(__name__)

@@ -22,7 +22,6 @@ from voicemesh.protocol import Segment
 
 EngineName = Literal["faster-whisper", "openai-whisper"]
 Device = Literal["cpu", "cuda", "auto"]
-SAMPLE_RATE = 16000
 COMPRESSION_RATIO_LIMIT = 2.4
 
 

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from voicemesh.protocol import SAMPLE_RATE
+
 _LOGGER = logging.getLogger(__name__)
 
 WINDOW = 512
 CONTEXT = 64
-SAMPLE_RATE = 16000
 WINDOW_S = WINDOW / SAMPLE_RATE
 
 

@@ -22,7 +22,7 @@ The API, small on purpose::
   TTS model described by :class:`TtsModelFiles` (family ``piper``, ``vits``,
   ``kokoro``, ``matcha``). It is thread-safe: calls borrow one of ``pool_size``
   OfflineTts instances, so concurrent requests never share one and never mix audio;
-  ``acquire_timeout_s`` turns a long wait into ``EngineUnavailable(code="busy")``.
+  ``acquire_timeout_s`` turns a long wait into :class:`~voicemesh.errors.Busy`.
 * Errors: ``BadRequest`` (empty text ``empty_text``, speed outside 0.25-4 ``bad_speed``,
   speaker id out of range ``bad_speaker``), ``ModelAssetError`` (files or packages
   missing).

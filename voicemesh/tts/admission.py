@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from voicemesh.errors import EngineUnavailable
+from voicemesh.errors import Busy
 
 
 class Admission:
@@ -20,18 +20,18 @@ class Admission:
         self.active = 0
 
     async def acquire(self) -> None:
-        """Take a slot, or raise EngineUnavailable(busy) when the queue is full or too slow."""
+        """Take a slot, or raise :class:`Busy` when the queue is full or too slow."""
         if self.waiting >= self.max_queue and self._semaphore.locked():
-            raise EngineUnavailable(
+            raise Busy(
                 f"this replica is busy ({self.active} running, {self.waiting} waiting); "
-                "try again or another replica", code="busy")
+                "try again or another replica")
         self.waiting += 1
         try:
             await asyncio.wait_for(self._semaphore.acquire(), timeout=self.timeout_s)
         except TimeoutError as exc:
-            raise EngineUnavailable(
+            raise Busy(
                 f"no synthesis slot within {self.timeout_s:g} s ({self.active} running, "
-                f"{self.waiting - 1} waiting); try again or another replica", code="busy",
+                f"{self.waiting - 1} waiting); try again or another replica",
             ) from exc
         finally:
             self.waiting -= 1

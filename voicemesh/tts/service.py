@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from voicemesh.errors import BadRequest, PayloadTooLarge
+from voicemesh.errors import BadRequest, EmptyText, PayloadTooLarge
 from voicemesh.http import install_http_basics
 from voicemesh.lifecycle import apply_log_level, registry_status, serve_replica
 from voicemesh.tts.catalogue import Voice
@@ -94,13 +94,6 @@ def check_text(text: str, limit: int) -> str:
     if not text.strip():
         raise EmptyText("text is empty: give at least one word to speak", code="empty_text")
     return text
-
-
-class EmptyText(BadRequest):
-    """Text with nothing to speak."""
-
-    code = "empty_text"
-    status_code = 422
 
 
 def audio_headers(voice: Voice, fmt: AudioFormat, rate: int) -> dict[str, str]:
