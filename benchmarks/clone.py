@@ -56,8 +56,9 @@ def similarity_and_rtf(clips_dir: Path) -> None:
     source = engine.source
 
     def embed(audio: np.ndarray, audio_rate: int) -> np.ndarray:
-        return np.asarray(encoder.embed_utterance(preprocess_wav(
-            resample(audio, audio_rate, 16000), 16000)))
+        return np.asarray(
+            encoder.embed_utterance(preprocess_wav(resample(audio, audio_rate, 16000), 16000))
+        )
 
     clips = [c for c in load_manifest(clips_dir) if c.language == "en"]
     rows, rtfs, adapt_share = [], [], []
@@ -82,8 +83,14 @@ def similarity_and_rtf(clips_dir: Path) -> None:
         total_work += finished - started
         total_audio += seconds
         ref_embedding = embed(ref.audio, REFERENCE_RATE)
-        rows.append((clip.file, target.f0_hz, float(ref_embedding @ embed(plain, rate)),
-                     float(ref_embedding @ embed(adapted, rate))))
+        rows.append(
+            (
+                clip.file,
+                target.f0_hz,
+                float(ref_embedding @ embed(plain, rate)),
+                float(ref_embedding @ embed(adapted, rate)),
+            )
+        )
     print("\nspeaker similarity to the reference (resemblyzer cosine)")
     print(f"  {'reference':44s} {'F0 Hz':>6s} {'plain':>7s} {'adapted':>8s}")
     for name, f0, plain_sim, adapted_sim in rows:
@@ -91,12 +98,16 @@ def similarity_and_rtf(clips_dir: Path) -> None:
     plain_mean = float(np.mean([r[2] for r in rows]))
     adapted_mean = float(np.mean([r[3] for r in rows]))
     wins = sum(r[3] > r[2] for r in rows)
-    print(f"  {'mean':44s} {'':6s} {plain_mean:7.3f} {adapted_mean:8.3f}   "
-          f"(adapted better on {wins}/{len(rows)})")
-    print(f"\nCPU engine RTF (VITS + WORLD adaptation), {len(rtfs)} sentences: "
-          f"median {np.median(rtfs):.3f}, p95 {np.percentile(rtfs, 95):.3f}, "
-          f"overall {total_work / total_audio:.3f}; adaptation is "
-          f"{100 * np.median(adapt_share):.0f}% of the time (median)")
+    print(
+        f"  {'mean':44s} {'':6s} {plain_mean:7.3f} {adapted_mean:8.3f}   "
+        f"(adapted better on {wins}/{len(rows)})"
+    )
+    print(
+        f"\nCPU engine RTF (VITS + WORLD adaptation), {len(rtfs)} sentences: "
+        f"median {np.median(rtfs):.3f}, p95 {np.percentile(rtfs, 95):.3f}, "
+        f"overall {total_work / total_audio:.3f}; adaptation is "
+        f"{100 * np.median(adapt_share):.0f}% of the time (median)"
+    )
 
 
 def cache_latency(hits: int, clips_dir: Path) -> None:
@@ -107,18 +118,25 @@ def cache_latency(hits: int, clips_dir: Path) -> None:
         home = Path(tmp)
         redis = RedisServer(home / "redis")
         redis.start()
-        env = {"VOICEMESH_REDIS_URL": redis.url, "VOICEMESH_HOME": str(home),
-               "VOICEMESH_MODELS_DIR": str(default_home() / "models")}
+        env = {
+            "VOICEMESH_REDIS_URL": redis.url,
+            "VOICEMESH_HOME": str(home),
+            "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
+        }
         service = ServiceProcess("tts_clone", free_port(), env, home)
         try:
             service.start().wait_healthy()
             reference = clip_named("pocketsphinx-librivox-0870.wav", clips_dir)
             with httpx.Client(base_url=service.url, timeout=120) as client:
-                voice = client.post("/v1/voices", files={"audio": (
-                    reference.file, reference.path.read_bytes(), "audio/wav")}, data={
-                    "name": "bench", "prompt_text": reference.text, "consent": "true"}).json()
-                request = {"text": "Take two tablets after dinner, with a glass of water.",
-                           "voice_id": voice["voice_id"]}
+                voice = client.post(
+                    "/v1/voices",
+                    files={"audio": (reference.file, reference.path.read_bytes(), "audio/wav")},
+                    data={"name": "bench", "prompt_text": reference.text, "consent": "true"},
+                ).json()
+                request = {
+                    "text": "Take two tablets after dinner, with a glass of water.",
+                    "voice_id": voice["voice_id"],
+                }
                 started = time.perf_counter()
                 miss = client.post("/v1/synthesize", json=request)
                 miss_s = time.perf_counter() - started
@@ -133,9 +151,11 @@ def cache_latency(hits: int, clips_dir: Path) -> None:
         finally:
             service.stop()
             redis.stop()
-    print(f"\ncache: miss (synthesis) {miss_s * 1000:.0f} ms; {hits} hits of "
-          f"{len(miss.content) / 1024:.0f} KiB: p50 {ms(latencies, 50):.1f} ms, "
-          f"p95 {ms(latencies, 95):.1f} ms; hit rate {json.dumps(health['cache'])}")
+    print(
+        f"\ncache: miss (synthesis) {miss_s * 1000:.0f} ms; {hits} hits of "
+        f"{len(miss.content) / 1024:.0f} KiB: p50 {ms(latencies, 50):.1f} ms, "
+        f"p95 {ms(latencies, 95):.1f} ms; hit rate {json.dumps(health['cache'])}"
+    )
 
 
 def main() -> None:

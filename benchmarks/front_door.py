@@ -71,8 +71,7 @@ async def ws_open_times(urls: dict[str, str], count: int) -> dict[str, list[floa
 async def final_after_end(ws_url: str, clips_dir: Path) -> float:
     """Seconds from the end of the audio (sent at real-time pace) to the last final."""
     audio = load_clip_16k(clip_named("whisper-jfk.wav", clips_dir).path)
-    result = await stream_audio(ws_url, audio, language="en", trailing_silence_s=0,
-                                end="flush")
+    result = await stream_audio(ws_url, audio, language="en", trailing_silence_s=0, end="flush")
     finals = result.timed("final")
     return finals[-1][0] - result.sent_seconds if finals else float("nan")
 
@@ -86,34 +85,55 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vm-front-door-") as home:
         gateway_port, nginx_port = free_port(), free_port()
-        env = {**os.environ, "VOICEMESH_HOME": home,
-               "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
-               "VOICEMESH_NGINX_API_RATE_PER_S": "10000", "VOICEMESH_NGINX_API_BURST": "10000",
-               "VOICEMESH_NGINX_WS_RATE_PER_S": "10000", "VOICEMESH_NGINX_WS_BURST": "10000"}
+        env = {
+            **os.environ,
+            "VOICEMESH_HOME": home,
+            "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
+            "VOICEMESH_NGINX_API_RATE_PER_S": "10000",
+            "VOICEMESH_NGINX_API_BURST": "10000",
+            "VOICEMESH_NGINX_WS_RATE_PER_S": "10000",
+            "VOICEMESH_NGINX_WS_BURST": "10000",
+        }
 
         def cli(*argv: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([sys.executable, "-m", "voicemesh.cli", *argv], cwd=REPO,
-                                  env=env, capture_output=True, text=True, timeout=600,
-                                  check=False)
+            return subprocess.run(
+                [sys.executable, "-m", "voicemesh.cli", *argv],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=False,
+            )
 
-        up = cli("up", "--port", str(gateway_port), "--with-nginx", "--nginx-port",
-                 str(nginx_port), "--no-gpu")
+        up = cli(
+            "up",
+            "--port",
+            str(gateway_port),
+            "--with-nginx",
+            "--nginx-port",
+            str(nginx_port),
+            "--no-gpu",
+        )
         if up.returncode != 0:
             print(up.stdout + up.stderr, file=sys.stderr)
             return 1
         try:
             ports = {"direct": gateway_port, "nginx": nginx_port}
-            http = http_times({k: f"http://127.0.0.1:{v}" for k, v in ports.items()},
-                              args.requests)
+            http = http_times({k: f"http://127.0.0.1:{v}" for k, v in ports.items()}, args.requests)
             urls = {k: f"ws://127.0.0.1:{v}/ws/transcribe" for k, v in ports.items()}
             opens = asyncio.run(ws_open_times(urls, args.sessions))
-            print(f"{'path':<8} {'HTTP p50':>9} {'HTTP p95':>9} {'WS open p50':>12} "
-                  f"{'WS open p95':>12} {'flush to final':>15}")
+            print(
+                f"{'path':<8} {'HTTP p50':>9} {'HTTP p95':>9} {'WS open p50':>12} "
+                f"{'WS open p95':>12} {'flush to final':>15}"
+            )
             for label, url in urls.items():
                 tail = asyncio.run(final_after_end(url, args.clips))
-                print(f"{label:<8} {pct(http[label], 50):7.2f}ms {pct(http[label], 95):7.2f}ms "
-                      f"{pct(opens[label], 50):10.2f}ms {pct(opens[label], 95):10.2f}ms "
-                      f"{tail * 1000:13.0f}ms")
+                print(
+                    f"{label:<8} {pct(http[label], 50):7.2f}ms {pct(http[label], 95):7.2f}ms "
+                    f"{pct(opens[label], 50):10.2f}ms {pct(opens[label], 95):10.2f}ms "
+                    f"{tail * 1000:13.0f}ms"
+                )
         finally:
             cli("down")
     return 0

@@ -76,10 +76,13 @@ class Mesh:
     def __init__(self, use_detector: bool) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="vm-gw-bench-"))
         self.redis = RedisServer(self.home / "redis")
-        env = {"VOICEMESH_REDIS_URL": self.redis.url, "VOICEMESH_HOME": str(self.home),
-               "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
-               "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.3",
-               "VOICEMESH_GATEWAY_USE_DETECTOR": "true" if use_detector else "false"}
+        env = {
+            "VOICEMESH_REDIS_URL": self.redis.url,
+            "VOICEMESH_HOME": str(self.home),
+            "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
+            "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.3",
+            "VOICEMESH_GATEWAY_USE_DETECTOR": "true" if use_detector else "false",
+        }
         self.cpu = [ServiceProcess("stt_cpu_ws", free_port(), env, self.home) for _ in range(2)]
         self.detector = ServiceProcess("stt_tiny_ws", free_port(), env, self.home)
         self.gateway = ServiceProcess("gateway", free_port(), env, self.home)
@@ -132,12 +135,14 @@ async def failover_runs(mesh: Mesh, kills: int, clips_dir: Path) -> dict[str, An
                 state["killed"] = t
                 state["victim"] = victim
 
-        result = await stream_audio(mesh.ws, load_clip_16k(clip.path), language="en",
-                                    on_message=on_message)
+        result = await stream_audio(
+            mesh.ws, load_clip_16k(clip.path), language="en", on_message=on_message
+        )
         killed = state["killed"]
         failover = [t for t, m in result.messages if m.get("type") == "failover"]
-        after = [t for t, m in result.messages
-                 if m.get("type") in ("partial", "final") and t > killed]
+        after = [
+            t for t, m in result.messages if m.get("type") in ("partial", "final") and t > killed
+        ]
         if failover:
             to_message.append(failover[0] - killed)
         if after:
@@ -151,9 +156,12 @@ async def failover_runs(mesh: Mesh, kills: int, clips_dir: Path) -> dict[str, An
 async def spread(mesh: Mesh, sessions: int, clips_dir: Path) -> Counter[str]:
     """Open ``sessions`` at once; count the replica each landed on."""
     audio = load_clip_16k(clip_named("whisper-jfk.wav", clips_dir).path)[:48000]
-    results = await asyncio.gather(*[
-        stream_audio(mesh.ws, audio, language="en", trailing_silence_s=0.5)
-        for _ in range(sessions)])
+    results = await asyncio.gather(
+        *[
+            stream_audio(mesh.ws, audio, language="en", trailing_silence_s=0.5)
+            for _ in range(sessions)
+        ]
+    )
     return Counter(r.messages[0][1]["backend"] for r in results)
 
 
@@ -162,8 +170,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--sessions", type=int, default=4)
-    parser.add_argument("--clip-count", type=int, default=6,
-                        help="English clips for overhead")
+    parser.add_argument("--clip-count", type=int, default=6, help="English clips for overhead")
     add_clips_option(parser)
     args = parser.parse_args()
     clips = [c for c in load_manifest(args.clips) if c.language == "en"][: args.clip_count]
@@ -173,14 +180,20 @@ def main() -> int:
         runs = asyncio.run(failover_runs(mesh, args.kills, args.clips))
         placed = asyncio.run(spread(mesh, args.sessions, args.clips))
     print()
-    print(f"gateway overhead ({len(added)} paired messages, detector off): "
-          f"p50 {pct(added, 50):.0f} ms, p99 {pct(added, 99):.0f} ms")
-    print(f"failover after SIGKILL ({args.kills} runs): failover message "
-          f"p50 {pct(runs['to_failover'], 50):.0f} ms p95 {pct(runs['to_failover'], 95):.0f} ms;"
-          f" next transcript message p50 {pct(runs['to_text'], 50):.0f} ms "
-          f"p95 {pct(runs['to_text'], 95):.0f} ms; WER per run {runs['wer']}")
-    print(f"spread of {args.sessions} concurrent sessions over 2 replicas: "
-          f"{sorted(placed.values(), reverse=True)}")
+    print(
+        f"gateway overhead ({len(added)} paired messages, detector off): "
+        f"p50 {pct(added, 50):.0f} ms, p99 {pct(added, 99):.0f} ms"
+    )
+    print(
+        f"failover after SIGKILL ({args.kills} runs): failover message "
+        f"p50 {pct(runs['to_failover'], 50):.0f} ms p95 {pct(runs['to_failover'], 95):.0f} ms;"
+        f" next transcript message p50 {pct(runs['to_text'], 50):.0f} ms "
+        f"p95 {pct(runs['to_text'], 95):.0f} ms; WER per run {runs['wer']}"
+    )
+    print(
+        f"spread of {args.sessions} concurrent sessions over 2 replicas: "
+        f"{sorted(placed.values(), reverse=True)}"
+    )
     return 0
 
 

@@ -40,8 +40,7 @@ def speech_spans(audio: np.ndarray) -> list[tuple[float, float]]:
     """Speech (start, end) in seconds from an offline Silero pass, no padding."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-    spans = get_speech_timestamps(audio, VadOptions(min_silence_duration_ms=300,
-                                                    speech_pad_ms=0))
+    spans = get_speech_timestamps(audio, VadOptions(min_silence_duration_ms=300, speech_pad_ms=0))
     return [(s["start"] / 16000, s["end"] / 16000) for s in spans]
 
 
@@ -59,8 +58,9 @@ def offline(model_name: str, clips: list[Clip]) -> tuple[dict[str, str], list[fl
         started = time.perf_counter()
         segments, _ = model.transcribe(audio, language=clip.language)
         # The services write Chinese in simplified characters; so does this baseline.
-        texts[clip.file] = convert_for_language(" ".join(s.text.strip() for s in segments),
-                                                clip.language)
+        texts[clip.file] = convert_for_language(
+            " ".join(s.text.strip() for s in segments), clip.language
+        )
         rtfs.append((time.perf_counter() - started) / clip.duration_s)
     return texts, rtfs
 
@@ -78,8 +78,9 @@ async def stream_all(url: str, clips: list[Clip]) -> dict[str, object]:
     for i, clip in enumerate(clips):
         audio = load_clip_16k(clip.path)
         spans = speech_spans(audio)
-        result = await stream_audio(url, audio, language=clip.language,
-                                    frame_ms=FRAME_MS[i % len(FRAME_MS)])
+        result = await stream_audio(
+            url, audio, language=clip.language, frame_ms=FRAME_MS[i % len(FRAME_MS)]
+        )
         transcripts[clip.file] = result.transcript
         ends = [e for _, e in spans]
         for received, final in result.timed("final"):
@@ -90,11 +91,15 @@ async def stream_all(url: str, clips: list[Clip]) -> dict[str, object]:
         first = partials[0][0] - spans[0][0] if partials and spans else None
         if first is not None:
             first_partial.append(first)
-        lat = [round(r - max([e for e in ends if e <= f["end"] + 0.05] or [0]), 3)
-               for r, f in result.timed("final")]
+        lat = [
+            round(r - max([e for e in ends if e <= f["end"] + 0.05] or [0]), 3)
+            for r, f in result.timed("final")
+        ]
         shown = f"{first:.3f}" if first is not None else "-"
-        print(f"  {clip.file:55s} 1st partial {shown} finals {lat} | {result.transcript[:60]}",
-              flush=True)
+        print(
+            f"  {clip.file:55s} 1st partial {shown} finals {lat} | {result.transcript[:60]}",
+            flush=True,
+        )
     return {"final": final_lat, "first_partial": first_partial, "transcripts": transcripts}
 
 
@@ -104,21 +109,29 @@ class EmbeddedMesh:
     def __init__(self, model: str, port: int) -> None:
         self.home = tempfile.mkdtemp(prefix="vm-bench-")
         self.port = port
-        self.env = {**os.environ, "VOICEMESH_HOME": self.home,
-                    "VOICEMESH_STT_CPU_MODEL": model,
-                    "VOICEMESH_MODELS_DIR": os.environ.get(
-                        "VOICEMESH_MODELS_DIR",
-                        str(Path.home() / ".cache" / "voicemesh" / "models"))}
+        self.env = {
+            **os.environ,
+            "VOICEMESH_HOME": self.home,
+            "VOICEMESH_STT_CPU_MODEL": model,
+            "VOICEMESH_MODELS_DIR": os.environ.get(
+                "VOICEMESH_MODELS_DIR", str(Path.home() / ".cache" / "voicemesh" / "models")
+            ),
+        }
 
     def __enter__(self) -> str:
-        subprocess.run([sys.executable, "-m", "voicemesh.cli", "up", "--port", str(self.port),
-                        "--no-gpu"], check=True, env=self.env, cwd=REPO)
+        subprocess.run(
+            [sys.executable, "-m", "voicemesh.cli", "up", "--port", str(self.port), "--no-gpu"],
+            check=True,
+            env=self.env,
+            cwd=REPO,
+        )
         time.sleep(2.0)  # let the gateway's registry view pick up every replica
         return f"ws://127.0.0.1:{self.port}/ws/transcribe"
 
     def __exit__(self, *exc: object) -> None:
-        subprocess.run([sys.executable, "-m", "voicemesh.cli", "down"], env=self.env,
-                       cwd=REPO, check=False)
+        subprocess.run(
+            [sys.executable, "-m", "voicemesh.cli", "down"], env=self.env, cwd=REPO, check=False
+        )
 
 
 def main() -> int:
@@ -131,8 +144,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     add_clips_option(parser)
     args = parser.parse_args()
-    clips = [c for c in load_manifest(args.clips)
-             if not args.language or c.language == args.language]
+    clips = [
+        c for c in load_manifest(args.clips) if not args.language or c.language == args.language
+    ]
     rows = []
     for model in args.models.split(","):
         print(f"== model {model}: {len(clips)} clips at real-time pace", flush=True)
@@ -161,12 +175,16 @@ def main() -> int:
         }
         rows.append(row)
     print()
-    print(f"{'model':10s} {'final p50':>10s} {'final p95':>10s} {'1st part p50':>13s} "
-          f"{'1st part p95':>13s} {'off RTF':>8s} {'stream WER':>11s} {'off WER':>8s}")
+    print(
+        f"{'model':10s} {'final p50':>10s} {'final p95':>10s} {'1st part p50':>13s} "
+        f"{'1st part p95':>13s} {'off RTF':>8s} {'stream WER':>11s} {'off WER':>8s}"
+    )
     for r in rows:
-        print(f"{r['model']:10s} {r['final_p50_ms']:8.0f}ms {r['final_p95_ms']:8.0f}ms "
-              f"{r['first_partial_p50_ms']:11.0f}ms {r['first_partial_p95_ms']:11.0f}ms "
-              f"{r['offline_rtf']:8.3f} {r['streaming_wer']:10.1f}% {r['offline_wer']:7.1f}%")
+        print(
+            f"{r['model']:10s} {r['final_p50_ms']:8.0f}ms {r['final_p95_ms']:8.0f}ms "
+            f"{r['first_partial_p50_ms']:11.0f}ms {r['first_partial_p95_ms']:11.0f}ms "
+            f"{r['offline_rtf']:8.3f} {r['streaming_wer']:10.1f}% {r['offline_wer']:7.1f}%"
+        )
         if r["clips_worse_than_offline_plus_1"]:
             print(f"   clips worse than offline + 1 point: {r['clips_worse_than_offline_plus_1']}")
     if args.json:

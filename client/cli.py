@@ -42,11 +42,14 @@ def _printer(show_partials: bool) -> Callable[[float, dict[str, Any]], None]:
         if kind == "partial" and show_partials:
             print(f"\r\033[K… {message['text']}", end="", flush=True)
         elif kind == "final":
-            print(f"\r\033[K[{message['start']:7.2f}-{message['end']:7.2f}] {message['text']}"
-                  f"   ({message['latency_ms']:.0f} ms, {message['engine']}/{message['device']})",
-                  flush=True)
+            print(
+                f"\r\033[K[{message['start']:7.2f}-{message['end']:7.2f}] {message['text']}"
+                f"   ({message['latency_ms']:.0f} ms, {message['engine']}/{message['device']})",
+                flush=True,
+            )
         elif kind in ("error", "failover", "reconnecting"):
             print(f"\r\033[K{kind}: {message}", file=sys.stderr, flush=True)
+
     return show
 
 
@@ -55,10 +58,12 @@ def _print_latencies(stats: dict[str, Any]) -> None:
         return "n/a" if value is None else f"{value * 1000:.0f} ms"
 
     chunk = stats["chunk_latency_s"]
-    print(f"first token: {ms(stats['first_token_latency_s'])}, "
-          f"end of speech -> final: {ms(stats['end_to_end_latency_s'])}, "
-          f"chunk latency median {ms(chunk['median'])} p95 {ms(chunk['p95'])}, "
-          f"RTF {stats['rtf']}, real time: {'yes' if stats['is_real_time'] else 'no'}")
+    print(
+        f"first token: {ms(stats['first_token_latency_s'])}, "
+        f"end of speech -> final: {ms(stats['end_to_end_latency_s'])}, "
+        f"chunk latency median {ms(chunk['median'])} p95 {ms(chunk['p95'])}, "
+        f"RTF {stats['rtf']}, real time: {'yes' if stats['is_real_time'] else 'no'}"
+    )
 
 
 def sample_clip() -> Path:
@@ -85,14 +90,24 @@ def cmd_stream(args: argparse.Namespace) -> int:
         print(f"voicemesh-client: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
     try:
-        result = asyncio.run(stream_audio(
-            args.url, audio, sample_rate=rate, frame_ms=args.frame_ms,
-            encoding=_encoding(args.encoding), realtime=not args.fast, language=args.language,
-            extra_headers=_headers(args), on_message=_printer(not args.no_partials),
-        ))
+        result = asyncio.run(
+            stream_audio(
+                args.url,
+                audio,
+                sample_rate=rate,
+                frame_ms=args.frame_ms,
+                encoding=_encoding(args.encoding),
+                realtime=not args.fast,
+                language=args.language,
+                extra_headers=_headers(args),
+                on_message=_printer(not args.no_partials),
+            )
+        )
     except OSError as exc:
-        print(f"voicemesh-client: cannot reach {args.url}: {exc} (is `voicemesh up` running?)",
-              file=sys.stderr)
+        print(
+            f"voicemesh-client: cannot reach {args.url}: {exc} (is `voicemesh up` running?)",
+            file=sys.stderr,
+        )
         return 1
     stats = session_stats(result, realtime=not args.fast)
     print(f"\ntranscript: {result.transcript}")
@@ -117,8 +132,10 @@ def cmd_mic(args: argparse.Namespace) -> int:
     if args.list_devices:
         devices = list_input_devices()
         for device in devices:
-            print(f"{device['index']:3d}  {device['name']}  ({device['channels']} ch, "
-                  f"{device['default_samplerate']:.0f} Hz)")
+            print(
+                f"{device['index']:3d}  {device['name']}  ({device['channels']} ch, "
+                f"{device['default_samplerate']:.0f} Hz)"
+            )
         if not devices:
             print("no input device found (PortAudio sees no microphone)")
         return 0
@@ -133,13 +150,22 @@ def cmd_mic(args: argparse.Namespace) -> int:
             try:
                 source = SoundDeviceSource(args.device, args.block_ms)
             except (ValueError, OSError, sounddevice.PortAudioError) as exc:
-                print(f"voicemesh-client: no microphone: {exc} (see --list-devices, or "
-                      "--from-file FILE)", file=sys.stderr)
+                print(
+                    f"voicemesh-client: no microphone: {exc} (see --list-devices, or "
+                    "--from-file FILE)",
+                    file=sys.stderr,
+                )
                 return 2
         streamer = MicStreamer(
-            args.url, source, encoding=_encoding(args.encoding), language=args.language,
-            buffer_s=args.buffer_s, headers=_headers(args), on_message=_printer(True),
-            backoff=Backoff(args.backoff_s, args.backoff_max_s, args.reconnects))
+            args.url,
+            source,
+            encoding=_encoding(args.encoding),
+            language=args.language,
+            buffer_s=args.buffer_s,
+            headers=_headers(args),
+            on_message=_printer(True),
+            backoff=Backoff(args.backoff_s, args.backoff_max_s, args.reconnects),
+        )
         try:
             report = await streamer.run()
         except ConnectionError as exc:
@@ -165,10 +191,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     run = args.run or time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(args.output) / run
     config = BenchConfig(
-        url=args.url, clients=args.clients, delay_s=args.delay, max_workers=args.max_workers,
-        timeout_s=args.timeout, chunk_ms=args.chunk_ms, encoding=_encoding(args.encoding),
-        realtime=not args.fast, language=args.language, slack_s=args.slack,
-        headers=_headers(args))
+        url=args.url,
+        clients=args.clients,
+        delay_s=args.delay,
+        max_workers=args.max_workers,
+        timeout_s=args.timeout,
+        chunk_ms=args.chunk_ms,
+        encoding=_encoding(args.encoding),
+        realtime=not args.fast,
+        language=args.language,
+        slack_s=args.slack,
+        headers=_headers(args),
+    )
     summary = run_bench(config, audio, rate, out_dir, progress=not args.no_progress)
     print(format_summary(summary))
     print(f"files: {out_dir}/ ({', '.join(summary['files'])})")
@@ -177,22 +211,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``voicemesh-client`` argument parser."""
-    parser = argparse.ArgumentParser(prog="voicemesh-client", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="voicemesh-client",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", default=DEFAULT_URL, help=f"gateway WebSocket ({DEFAULT_URL})")
         p.add_argument("--api-key", help="gateway API key (when auth is on)")
         p.add_argument("--language", help="language code, e.g. en (default: detect)")
-        p.add_argument("--encoding", choices=ENCODINGS, default="pcm",
-                       help="wire encoding: pcm (16-bit) or opus (20 ms packets)")
+        p.add_argument(
+            "--encoding",
+            choices=ENCODINGS,
+            default="pcm",
+            help="wire encoding: pcm (16-bit) or opus (20 ms packets)",
+        )
 
     stream = sub.add_parser("stream", help="stream an audio file to /ws/transcribe")
     stream.add_argument("file", nargs="?", help="wav, flac, mp3, ogg, webm, ...")
-    stream.add_argument("--sample", action="store_true",
-                        help=f"stream the clip that ships with the client ({SAMPLE_CLIP}, "
-                             "English) instead of a file")
+    stream.add_argument(
+        "--sample",
+        action="store_true",
+        help=f"stream the clip that ships with the client ({SAMPLE_CLIP}, "
+        "English) instead of a file",
+    )
     common(stream)
     stream.add_argument("--frame-ms", type=float, default=40.0, help="audio per frame")
     stream.add_argument("--fast", action="store_true", help="send as fast as possible")
@@ -206,8 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     mic.add_argument("--device", help="input device index or name (default: the system's)")
     mic.add_argument("--from-file", help="capture from this file instead, at real-time pace")
     mic.add_argument("--block-ms", type=float, default=40.0, help="audio per captured block")
-    mic.add_argument("--buffer-s", type=float, default=30.0,
-                     help="sliding buffer kept for replay after a reconnect")
+    mic.add_argument(
+        "--buffer-s",
+        type=float,
+        default=30.0,
+        help="sliding buffer kept for replay after a reconnect",
+    )
     mic.add_argument("--reconnects", type=int, default=8, help="reconnect attempts")
     mic.add_argument("--backoff-s", type=float, default=0.5, help="first reconnect delay")
     mic.add_argument("--backoff-max-s", type=float, default=8.0, help="longest reconnect delay")
@@ -215,16 +263,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="concurrent sessions and their latencies")
     common(bench)
-    bench.add_argument("--file", help="audio each client streams (default: the packaged "
-                                      f"sample, {SAMPLE_CLIP})")
+    bench.add_argument(
+        "--file", help=f"audio each client streams (default: the packaged sample, {SAMPLE_CLIP})"
+    )
     bench.add_argument("--clients", type=int, default=4, help="concurrent sessions")
     bench.add_argument("--delay", type=float, default=0.5, help="seconds between starts")
     bench.add_argument("--max-workers", type=int, help="sessions at once (default: all)")
     bench.add_argument("--timeout", type=float, default=120.0, help="per-session timeout, s")
     bench.add_argument("--chunk-ms", type=float, default=40.0, help="audio per frame")
     bench.add_argument("--fast", action="store_true", help="not real time: as fast as possible")
-    bench.add_argument("--slack", type=float, default=2.0,
-                       help="real time: last final at most this long after the last frame")
+    bench.add_argument(
+        "--slack",
+        type=float,
+        default=2.0,
+        help="real time: last final at most this long after the last frame",
+    )
     bench.add_argument("--output", default="outputs/bench", help="folder for the run folders")
     bench.add_argument("--run", help="run folder name (default: a timestamp)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -51,9 +51,14 @@ def list_input_devices() -> list[dict[str, Any]]:
     devices = []
     for index, device in enumerate(sounddevice.query_devices()):
         if device["max_input_channels"] > 0:
-            devices.append({"index": index, "name": device["name"],
-                            "channels": device["max_input_channels"],
-                            "default_samplerate": device["default_samplerate"]})
+            devices.append(
+                {
+                    "index": index,
+                    "name": device["name"],
+                    "channels": device["max_input_channels"],
+                    "default_samplerate": device["default_samplerate"],
+                }
+            )
     return devices
 
 
@@ -69,8 +74,13 @@ class SoundDeviceSource:
         self._queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._stream = sounddevice.InputStream(
-            device=device, channels=1, samplerate=self.rate, blocksize=self.block,
-            dtype="float32", callback=self._captured)
+            device=device,
+            channels=1,
+            samplerate=self.rate,
+            blocksize=self.block,
+            dtype="float32",
+            callback=self._captured,
+        )
 
     def _captured(self, data: np.ndarray, frames: int, when: Any, status: Any) -> None:
         if status:
@@ -95,8 +105,14 @@ class SoundDeviceSource:
 class FileCaptureSource:
     """Stand-in for a microphone: a file's audio, delivered block by block in real time."""
 
-    def __init__(self, path: str, block_ms: float = 40.0, *, realtime: bool = True,
-                 trailing_silence_s: float = 1.5) -> None:
+    def __init__(
+        self,
+        path: str,
+        block_ms: float = 40.0,
+        *,
+        realtime: bool = True,
+        trailing_silence_s: float = 1.5,
+    ) -> None:
         audio, rate = read_audio_file(path)
         silence = np.zeros(int(trailing_silence_s * SAMPLE_RATE), dtype=np.float32)
         self.audio = np.concatenate([resample(audio, rate, SAMPLE_RATE), silence])
@@ -148,7 +164,7 @@ class SlidingBuffer:
     def since(self, index: int) -> tuple[int, np.ndarray]:
         """(first index kept, audio) from ``index`` on; older audio may have fallen out."""
         first = max(index, self.start)
-        return first, self._audio[first - self.start:]
+        return first, self._audio[first - self.start :]
 
     def drop_before(self, index: int) -> None:
         """Forget audio before ``index`` (a final covered it)."""
@@ -167,7 +183,7 @@ class Backoff:
 
     def delays(self) -> list[float]:
         """The delay before each attempt."""
-        return [min(self.max_s, self.first_s * 2 ** i) for i in range(self.attempts)]
+        return [min(self.max_s, self.first_s * 2**i) for i in range(self.attempts)]
 
 
 @dataclass
@@ -200,11 +216,19 @@ class _Encoder:
 class MicStreamer:
     """Streams a :class:`CaptureSource` to ``/ws/transcribe``, reconnecting and resuming."""
 
-    def __init__(self, url: str, source: CaptureSource, *, encoding: WireEncoding = "pcm_s16le",
-                 language: str | None = None, buffer_s: float = 30.0,
-                 backoff: Backoff | None = None, headers: dict[str, str] | None = None,
-                 on_message: Callable[[float, dict[str, Any]], None] | None = None,
-                 timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        source: CaptureSource,
+        *,
+        encoding: WireEncoding = "pcm_s16le",
+        language: str | None = None,
+        buffer_s: float = 30.0,
+        backoff: Backoff | None = None,
+        headers: dict[str, str] | None = None,
+        on_message: Callable[[float, dict[str, Any]], None] | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
         self.url = url
         self.source = source
         self.encoding: WireEncoding = encoding
@@ -246,12 +270,18 @@ class MicStreamer:
                 try:
                     await self._session()
                     return self.report
-                except (OSError, websockets.ConnectionClosed, websockets.InvalidHandshake,
-                        TimeoutError, ConnectionLost) as exc:
+                except (
+                    OSError,
+                    websockets.ConnectionClosed,
+                    websockets.InvalidHandshake,
+                    TimeoutError,
+                    ConnectionLost,
+                ) as exc:
                     delay = next(delays, None)
                     if delay is None:
                         raise ConnectionError(
-                            f"gave up after {self.backoff.attempts} reconnects: {exc}") from exc
+                            f"gave up after {self.backoff.attempts} reconnects: {exc}"
+                        ) from exc
                     _LOGGER.warning("connection lost (%s); reconnecting in %.1f s", exc, delay)
                     self._emit({"type": "reconnecting", "in_s": delay, "reason": str(exc)})
                     await asyncio.sleep(delay)
@@ -264,15 +294,24 @@ class MicStreamer:
 
     async def _session(self) -> None:
         """One connection: replay what no final covered, then stream live until the end."""
-        async with websockets.connect(self.url, max_size=None, open_timeout=self.timeout_s,
-                                      additional_headers=self.headers) as ws:
+        async with websockets.connect(
+            self.url, max_size=None, open_timeout=self.timeout_s, additional_headers=self.headers
+        ) as ws:
             ready = json.loads(await asyncio.wait_for(ws.recv(), self.timeout_s))
             if ready.get("type") != "ready":
                 self._emit(ready)
                 raise ConnectionLost(f"session refused: {ready.get('message', ready)}")
             self._emit(ready)
-            await ws.send(json.dumps({"type": "start", "sample_rate": SAMPLE_RATE,
-                                      "encoding": self.encoding, "language": self.language}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "start",
+                        "sample_rate": SAMPLE_RATE,
+                        "encoding": self.encoding,
+                        "language": self.language,
+                    }
+                )
+            )
             encoder = _Encoder(self.encoding)
             origin, replay = self.buffer.since(self._finalized)
             # Live blocks already in the queue are in the replay too: skip them.
@@ -296,8 +335,12 @@ class MicStreamer:
                     for message in encoder.encode(block):
                         await ws.send(message)
                     self.report.result.sent.append(
-                        (time.perf_counter() - self._t0, self.buffer.end / SAMPLE_RATE,
-                         block.size * 2))
+                        (
+                            time.perf_counter() - self._t0,
+                            self.buffer.end / SAMPLE_RATE,
+                            block.size * 2,
+                        )
+                    )
                 if receiver.done():
                     receiver.result()  # re-raises the close
                     raise ConnectionLost("the server closed the session")
@@ -306,7 +349,8 @@ class MicStreamer:
                 self.report.result.last_sent_at = time.perf_counter() - self._t0
                 self.report.result.sent_seconds = self.buffer.end / SAMPLE_RATE
                 self.report.result.speech_seconds = getattr(
-                    self.source, "speech_seconds", self.report.result.sent_seconds)
+                    self.source, "speech_seconds", self.report.result.sent_seconds
+                )
                 await ws.send(json.dumps({"type": "stop"}))
                 await asyncio.wait_for(asyncio.shield(receiver), self.timeout_s)
             finally:

@@ -33,14 +33,25 @@ DEFAULT_SLACK_S = 2.0
 def distribution(values: list[float]) -> dict[str, float | int | None]:
     """count, mean, median, p95, p99, min, max of ``values`` (None when empty)."""
     if not values:
-        return {"count": 0, "mean": None, "median": None, "p95": None, "p99": None,
-                "min": None, "max": None}
+        return {
+            "count": 0,
+            "mean": None,
+            "median": None,
+            "p95": None,
+            "p99": None,
+            "min": None,
+            "max": None,
+        }
     array = np.asarray(values, dtype=np.float64)
-    return {"count": int(array.size), "mean": round(float(array.mean()), 4),
-            "median": round(float(np.median(array)), 4),
-            "p95": round(float(np.percentile(array, 95)), 4),
-            "p99": round(float(np.percentile(array, 99)), 4),
-            "min": round(float(array.min()), 4), "max": round(float(array.max()), 4)}
+    return {
+        "count": int(array.size),
+        "mean": round(float(array.mean()), 4),
+        "median": round(float(np.median(array)), 4),
+        "p95": round(float(np.percentile(array, 95)), 4),
+        "p99": round(float(np.percentile(array, 99)), 4),
+        "min": round(float(array.min()), 4),
+        "max": round(float(array.max()), 4),
+    }
 
 
 def chunk_latencies(result: StreamResult) -> list[tuple[float, float, str]]:
@@ -62,11 +73,13 @@ def jitter(latencies: list[float]) -> float | None:
     return round(float(np.mean(np.abs(np.diff(latencies)))), 4)
 
 
-def session_stats(result: StreamResult, *, realtime: bool,
-                  slack_s: float = DEFAULT_SLACK_S) -> dict[str, Any]:
+def session_stats(
+    result: StreamResult, *, realtime: bool, slack_s: float = DEFAULT_SLACK_S
+) -> dict[str, Any]:
     """Every number the benchmark reports for one session."""
-    texts = [t for t, m in result.messages
-             if m.get("type") in ("partial", "final") and m.get("text")]
+    texts = [
+        t for t, m in result.messages if m.get("type") in ("partial", "final") and m.get("text")
+    ]
     finals = result.timed("final")
     chunks = chunk_latencies(result)
     latencies = [latency for _, latency, _ in chunks]
@@ -88,7 +101,8 @@ def session_stats(result: StreamResult, *, realtime: bool,
         "chunk_latency_s": distribution(latencies),
         "final_latency_s": distribution(final_latencies),
         "server_final_latency_ms": distribution(
-            [float(m["latency_ms"]) for _, m in finals if "latency_ms" in m]),
+            [float(m["latency_ms"]) for _, m in finals if "latency_ms" in m]
+        ),
         "jitter_s": jitter(latencies),
         "audio_s": round(result.sent_seconds, 3),
         "speech_s": round(result.speech_seconds, 3),
@@ -123,7 +137,8 @@ def summarize(sessions: list[dict[str, Any]], failed: int = 0) -> dict[str, Any]
         "rtf": distribution(_values(sessions, "rtf")),
         "jitter_s": distribution(_values(sessions, "jitter_s")),
         "chunk_latency_s": distribution(chunk),
-        "all_real_time": bool(sessions) and failed == 0
+        "all_real_time": bool(sessions)
+        and failed == 0
         and all(s["is_real_time"] for s in sessions),
         "real_time_sessions": sum(1 for s in sessions if s["is_real_time"]),
     }

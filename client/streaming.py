@@ -65,8 +65,9 @@ def to_bytes(audio: np.ndarray, encoding: Literal["pcm_s16le", "pcm_f32le"]) -> 
     return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
 
 
-def wire_frames(audio: np.ndarray, sample_rate: int, encoding: WireEncoding,
-                frame_ms: float) -> Iterator[tuple[float, list[bytes]]]:
+def wire_frames(
+    audio: np.ndarray, sample_rate: int, encoding: WireEncoding, frame_ms: float
+) -> Iterator[tuple[float, list[bytes]]]:
     """(stream seconds at the end of the frame, messages to send) per ``frame_ms`` of audio.
 
     PCM frames are one message each; Opus audio is resampled to 16 kHz and each
@@ -78,7 +79,7 @@ def wire_frames(audio: np.ndarray, sample_rate: int, encoding: WireEncoding,
         encoder = OpusStreamEncoder(sample_rate=SAMPLE_RATE, frame_ms=OPUS_PACKET_MS)
     step = max(1, int(sample_rate * frame_ms / 1000))
     for i in range(0, audio.size, step):
-        chunk = audio[i:i + step]
+        chunk = audio[i : i + step]
         end_s = (i + chunk.size) / sample_rate
         if encoding == "opus":
             packets = encoder.encode(chunk)
@@ -121,8 +122,16 @@ async def stream_audio(
             on_message(0.0, ready)
         if send_start:
             rate = SAMPLE_RATE if encoding == "opus" else sample_rate
-            await ws.send(json.dumps({"type": "start", "sample_rate": rate,
-                                      "encoding": encoding, "language": language}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "start",
+                        "sample_rate": rate,
+                        "encoding": encoding,
+                        "language": language,
+                    }
+                )
+            )
         t0 = time.perf_counter()
         result.t0 = t0
 

@@ -72,30 +72,36 @@ def describe_services(state: GatewayState) -> dict[str, list[dict[str, Any]]]:
     services: dict[str, list[dict[str, Any]]] = {}
     for known in view.replicas or view.static:
         replica = current.get(known.instance_id, known)
-        services.setdefault(replica.kind, []).append({
-            "instance_id": replica.instance_id,
-            "url": replica.url,
-            "device": replica.device,
-            "model": replica.model,
-            "engine": replica.engine,
-            "capabilities": replica.capabilities,
-            "load": replica.load.model_dump(),
-            "load_share": round(load_share(replica), 3),
-            "health": _replica_health(replica, replica.instance_id in current),
-            "healthy": replica.healthy,
-            "draining": replica.draining,
-            "static": static,
-            "age_s": round(now - replica.started_at, 1),
-            "seen_s_ago": round(now - replica.updated_at, 1),
-        })
+        services.setdefault(replica.kind, []).append(
+            {
+                "instance_id": replica.instance_id,
+                "url": replica.url,
+                "device": replica.device,
+                "model": replica.model,
+                "engine": replica.engine,
+                "capabilities": replica.capabilities,
+                "load": replica.load.model_dump(),
+                "load_share": round(load_share(replica), 3),
+                "health": _replica_health(replica, replica.instance_id in current),
+                "healthy": replica.healthy,
+                "draining": replica.draining,
+                "static": static,
+                "age_s": round(now - replica.started_at, 1),
+                "seen_s_ago": round(now - replica.updated_at, 1),
+            }
+        )
     return services
 
 
 def stt_route(state: GatewayState) -> list[str]:
     """URLs a new streaming session would try, in order."""
     view = state.view
-    return [r.url for r in choose_backends(view.mode, view.snapshot(),
-                                           gpu_max_load=state.settings.gpu_max_load)]
+    return [
+        r.url
+        for r in choose_backends(
+            view.mode, view.snapshot(), gpu_max_load=state.settings.gpu_max_load
+        )
+    ]
 
 
 def readiness(state: GatewayState) -> list[str]:
@@ -122,8 +128,9 @@ class StatusMonitor:
 
     def _serving(self) -> dict[str, ReplicaInfo]:
         view = self.state.view
-        return {r.instance_id: r for r in view.replicas or view.static
-                if r.healthy and not r.draining}
+        return {
+            r.instance_id: r for r in view.replicas or view.static if r.healthy and not r.draining
+        }
 
     async def start(self) -> None:
         """Take the current registry as the baseline and start watching."""
@@ -156,8 +163,9 @@ class StatusMonitor:
                 events.publish("service_up", **_replica_event(replica))
         for instance_id, replica in self._up.items():
             if instance_id not in serving:
-                events.publish("service_down", **_replica_event(replica),
-                               reason=self._down_reason(instance_id))
+                events.publish(
+                    "service_down", **_replica_event(replica), reason=self._down_reason(instance_id)
+                )
         self._up = serving
         mode = self.state.view.mode
         if mode != self.mode:
@@ -170,15 +178,16 @@ class StatusMonitor:
                 return "draining" if replica.draining else "unhealthy"
         return "left the registry"
 
-    def mode_changed(self, previous: str, mode: str, *, source: str,
-                     by: str | None = None) -> None:
+    def mode_changed(self, previous: str, mode: str, *, source: str, by: str | None = None) -> None:
         """Record and publish a new routing mode (once, however it was learned)."""
         self.mode = mode
         if mode != previous:
-            _LOGGER.info("routing mode %s -> %s (%s%s)", previous, mode, source,
-                         f" by {by}" if by else "")
-            self.state.events.publish("mode_changed", mode=mode, previous=previous,
-                                      source=source, by=by)
+            _LOGGER.info(
+                "routing mode %s -> %s (%s%s)", previous, mode, source, f" by {by}" if by else ""
+            )
+            self.state.events.publish(
+                "mode_changed", mode=mode, previous=previous, source=source, by=by
+            )
 
     def process_usage(self) -> dict[str, Any]:
         """Memory and CPU of the gateway process."""
@@ -204,8 +213,13 @@ StatusMonitorDep = Annotated[StatusMonitor, Depends(get_monitor)]
 
 
 def _replica_event(replica: ReplicaInfo) -> dict[str, Any]:
-    return {"kind": replica.kind, "instance_id": replica.instance_id, "url": replica.url,
-            "device": replica.device, "model": replica.model}
+    return {
+        "kind": replica.kind,
+        "instance_id": replica.instance_id,
+        "url": replica.url,
+        "device": replica.device,
+        "model": replica.model,
+    }
 
 
 def build_status(state: GatewayState, monitor: StatusMonitor) -> dict[str, Any]:
@@ -220,9 +234,11 @@ def build_status(state: GatewayState, monitor: StatusMonitor) -> dict[str, Any]:
         "mode": state.view.mode,
         "redis": registry_state(state),
         "auth": "on" if state.keys.enabled else "off",
-        "sessions": {"active": state.active_sessions,
-                     "max_total": settings.max_sessions_total,
-                     "max_per_key": settings.max_sessions_per_key},
+        "sessions": {
+            "active": state.active_sessions,
+            "max_total": settings.max_sessions_total,
+            "max_per_key": settings.max_sessions_per_key,
+        },
         "services": describe_services(state),
         "stt_route": stt_route(state),
         "requests": state.stats.summary(),
@@ -248,13 +264,22 @@ class ModeChange(BaseModel):
 async def ready(request: Request, state: GatewayStateDep) -> JSONResponse:
     """200 when an STT backend is routable and the Redis state is known, else 503."""
     reasons = readiness(state)
-    details = {"stt_route": stt_route(state), "redis": registry_state(state),
-               "mode": state.view.mode}
+    details = {
+        "stt_route": stt_route(state),
+        "redis": registry_state(state),
+        "mode": state.view.mode,
+    }
     if reasons:
         return JSONResponse(
-            error_body("not_ready", "; ".join(reasons), request.state.request_id,
-                       reasons=reasons, **details),
-            status_code=503)
+            error_body(
+                "not_ready",
+                "; ".join(reasons),
+                request.state.request_id,
+                reasons=reasons,
+                **details,
+            ),
+            status_code=503,
+        )
     return JSONResponse({"status": "ready", **details})
 
 
@@ -267,20 +292,28 @@ async def status(state: GatewayStateDep, monitor: StatusMonitorDep) -> dict[str,
 @admin.get("/services")
 async def services(state: GatewayStateDep) -> dict[str, Any]:
     """Every replica by service, and the order new sessions try the STT ones."""
-    return {"services": describe_services(state), "stt_route": stt_route(state),
-            "mode": state.view.mode, "redis": registry_state(state)}
+    return {
+        "services": describe_services(state),
+        "stt_route": stt_route(state),
+        "mode": state.view.mode,
+        "redis": registry_state(state),
+    }
 
 
 @admin.get("/mode")
 async def get_mode(state: GatewayStateDep) -> dict[str, Any]:
     """The STT routing mode this replica follows."""
-    return {"mode": state.view.mode, "default_mode": state.view.default_mode,
-            "redis": registry_state(state)}
+    return {
+        "mode": state.view.mode,
+        "default_mode": state.view.default_mode,
+        "redis": registry_state(state),
+    }
 
 
 @admin.post("/mode")
-async def set_mode(change: ModeChange, principal: AdminPrincipal, state: GatewayStateDep,
-                   monitor: StatusMonitorDep) -> dict[str, Any]:
+async def set_mode(
+    change: ModeChange, principal: AdminPrincipal, state: GatewayStateDep, monitor: StatusMonitorDep
+) -> dict[str, Any]:
     """Set the STT routing mode for every gateway replica (503 when Redis is down)."""
     view = state.view
     previous = view.mode
@@ -289,10 +322,12 @@ async def set_mode(change: ModeChange, principal: AdminPrincipal, state: Gateway
         # reach the other replicas, so none is made.
         await view.client.set_mode(change.mode)
     view.set_mode(change.mode)
-    monitor.mode_changed(previous, change.mode, source="admin_api",
-                                   by=principal.key_id)
-    return {"mode": change.mode, "previous": previous,
-            "scope": "local" if view.client is None else "shared"}
+    monitor.mode_changed(previous, change.mode, source="admin_api", by=principal.key_id)
+    return {
+        "mode": change.mode,
+        "previous": previous,
+        "scope": "local" if view.client is None else "shared",
+    }
 
 
 router.include_router(admin)
@@ -303,8 +338,7 @@ def _compact(message: dict[str, Any]) -> str:
 
 
 @router.websocket("/v1/ws/status")
-async def status_feed(ws: WebSocket, state: GatewayStateDep,
-                      monitor: StatusMonitorDep) -> None:
+async def status_feed(ws: WebSocket, state: GatewayStateDep, monitor: StatusMonitorDep) -> None:
     """Live status: ``status_update`` every interval, gateway events as they happen."""
     await ws.accept()
     if await admit_follower(ws) is None:
@@ -317,8 +351,11 @@ async def status_feed(ws: WebSocket, state: GatewayStateDep,
             while True:
                 wait = next_update - time.monotonic()
                 if wait <= 0:
-                    update = {"type": "status_update", "ts": round(time.time(), 3),
-                              **build_status(state, monitor)}
+                    update = {
+                        "type": "status_update",
+                        "ts": round(time.time(), 3),
+                        **build_status(state, monitor),
+                    }
                     await ws.send_text(_compact(update))
                     next_update += interval
                     continue
@@ -351,8 +388,9 @@ def count_requests(app: FastAPI, metrics: GatewayMetrics) -> None:
     """Count every HTTP request by route template and status code."""
 
     @app.middleware("http")
-    async def _count(request: Request,
-                     call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def _count(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         try:
             response = await call_next(request)
         except Exception:

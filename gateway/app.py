@@ -35,9 +35,13 @@ def build_view(settings: GatewaySettings) -> RegistryView:
     client = RegistryClient(url, ttl_s=settings.registry_ttl_s) if url else None
     static = static_replicas("stt_cpu_ws", settings.backend_urls, ["transcribe", "stream"])
     static += static_replicas("stt_tiny_ws", settings.detector_urls, ["detect"])
-    return RegistryView(client, default_mode=settings.default_mode,
-                        refresh_s=settings.registry_refresh_s, static=static,
-                        probe_interval_s=settings.probe_interval_s)
+    return RegistryView(
+        client,
+        default_mode=settings.default_mode,
+        refresh_s=settings.registry_refresh_s,
+        static=static,
+        probe_interval_s=settings.probe_interval_s,
+    )
 
 
 router = APIRouter()
@@ -55,19 +59,23 @@ async def health(state: GatewayStateDep) -> JSONResponse:
     for replica in replicas:
         counts[replica.kind] = counts.get(replica.kind, 0) + 1
     status = "degraded" if view.degraded or not stt else "ok"
-    return JSONResponse({
-        "status": status,
-        "service": "gateway",
-        "mode": view.mode,
-        "redis": "disabled" if view.client is None else
-                 ("connected" if view.connected else "unreachable"),
-        "registry_error": view.last_error,
-        "replicas": counts,
-        "stt_route": [r.url for r in stt],
-        "detector": detectors[0].url if detectors else None,
-        "auth": "on" if state.keys.enabled else "off",
-        "uptime_s": round(time.time() - state.started_at, 1),
-    })
+    return JSONResponse(
+        {
+            "status": status,
+            "service": "gateway",
+            "mode": view.mode,
+            "redis": "disabled"
+            if view.client is None
+            else ("connected" if view.connected else "unreachable"),
+            "registry_error": view.last_error,
+            "replicas": counts,
+            "stt_route": [r.url for r in stt],
+            "detector": detectors[0].url if detectors else None,
+            "auth": "on" if state.keys.enabled else "off",
+            "uptime_s": round(time.time() - state.started_at, 1),
+        }
+    )
+
 
 @router.websocket("/ws/transcribe")
 async def transcribe(ws: WebSocket, state: GatewayStateDep) -> None:
@@ -102,8 +110,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await view.stop()
 
     # Every HTTP route but the probes needs a client key (see gateway.auth).
-    app = FastAPI(title="VoiceMesh gateway", lifespan=lifespan,
-                  dependencies=[Depends(auth.guard_http)])
+    app = FastAPI(
+        title="VoiceMesh gateway", lifespan=lifespan, dependencies=[Depends(auth.guard_http)]
+    )
     install_http_basics(app, metrics)
     auth.install_access_errors(app)
     admin.count_requests(app, metrics)

@@ -60,8 +60,9 @@ def presented_key(conn: HTTPConnection) -> str | None:
 def _not_admin(principal: Principal, key: str | None) -> VoiceMeshError:
     """The error for a principal on an admin route it may not use."""
     if principal.anonymous:
-        return Unauthorized("the admin key is required" if key is None
-                            else "the admin key is not valid")
+        return Unauthorized(
+            "the admin key is required" if key is None else "the admin key is not valid"
+        )
     return Forbidden("this route needs the admin key")
 
 
@@ -70,8 +71,11 @@ def _authenticate(conn: HTTPConnection, *, admin: bool) -> Principal:
     key = presented_key(conn)
     principal = get_state(conn).keys.identify(key)
     if principal is None:
-        raise Unauthorized("a valid API key is required (Authorization: Bearer, X-API-Key "
-                           "or ?api_key=)" if key is None else "the API key is not valid")
+        raise Unauthorized(
+            "a valid API key is required (Authorization: Bearer, X-API-Key or ?api_key=)"
+            if key is None
+            else "the API key is not valid"
+        )
     if admin and not principal.admin:
         raise _not_admin(principal, key)
     return principal
@@ -85,9 +89,13 @@ async def require_client(conn: HTTPConnection) -> Principal:
     principal = _authenticate(conn, admin=False)
     refused = get_state(conn).limits.admit_request(principal.limit_key)
     if refused is not None:
-        raise LimitExceeded(refused.message, code=refused.code,
-                            retry_after=refused.retry_after, scope=refused.scope,
-                            key_id=principal.key_id)
+        raise LimitExceeded(
+            refused.message,
+            code=refused.code,
+            retry_after=refused.retry_after,
+            scope=refused.scope,
+            key_id=principal.key_id,
+        )
     conn.state.principal = principal
     return principal
 
@@ -131,24 +139,33 @@ def install_access_errors(app: FastAPI) -> None:
     @app.exception_handler(Forbidden)
     async def _refused(request: Request, exc: VoiceMeshError) -> JSONResponse:
         rid = _request_id(request)
-        _LOGGER.warning("request %s refused: %s %s: %s", rid, exc.code, request.url.path,
-                        exc.message)
+        _LOGGER.warning(
+            "request %s refused: %s %s: %s", rid, exc.code, request.url.path, exc.message
+        )
         get_state(request).metrics.error(exc.code)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return JSONResponse(error_body(exc.code, exc.message, rid),
-                            status_code=exc.status_code, headers=headers)
+        return JSONResponse(
+            error_body(exc.code, exc.message, rid), status_code=exc.status_code, headers=headers
+        )
 
     @app.exception_handler(LimitExceeded)
     async def _limited(request: Request, exc: LimitExceeded) -> JSONResponse:
         rid = _request_id(request)
         retry_after = exc.retry_after
-        _LOGGER.warning("request %s refused: %s (%s limit) for %s, retry after %d s", rid,
-                        exc.code, exc.scope, exc.key_id, retry_after)
+        _LOGGER.warning(
+            "request %s refused: %s (%s limit) for %s, retry after %d s",
+            rid,
+            exc.code,
+            exc.scope,
+            exc.key_id,
+            retry_after,
+        )
         get_state(request).metrics.error(exc.code)
         return JSONResponse(
-            error_body(exc.code, exc.message, rid, retry_after=retry_after,
-                       limit=exc.scope),
-            status_code=429, headers={"Retry-After": str(retry_after)})
+            error_body(exc.code, exc.message, rid, retry_after=retry_after, limit=exc.scope),
+            status_code=429,
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 # ---------------------------------------------------------------------- WebSockets
@@ -158,8 +175,9 @@ def _count_ws(state: GatewayState, ws: WebSocket, status: int) -> None:
     state.metrics.http_requests.labels(route_path(ws), str(status)).inc()
 
 
-async def refuse_websocket(ws: WebSocket, code: str, message: str, close_code: int,
-                           retry_after: int | None = None) -> None:
+async def refuse_websocket(
+    ws: WebSocket, code: str, message: str, close_code: int, retry_after: int | None = None
+) -> None:
     """Tell an accepted WebSocket why it is refused, then close it with ``close_code``."""
     state = get_state(ws)
     _count_ws(state, ws, close_code)
@@ -198,8 +216,12 @@ class SessionSlot:
     async def __aenter__(self) -> SessionSlot:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.release()
 
 
@@ -215,10 +237,12 @@ async def claim_session(ws: WebSocket) -> SessionSlot | None:
     state = get_state(ws)
     refused = state.limits.admit_session(principal.limit_key)
     if refused is not None:
-        _LOGGER.warning("session refused for %s: %s (%s limit)", principal.key_id,
-                        refused.code, refused.scope)
-        await refuse_websocket(ws, refused.code, refused.message, CLOSE_TRY_AGAIN,
-                               retry_after=refused.retry_after)
+        _LOGGER.warning(
+            "session refused for %s: %s (%s limit)", principal.key_id, refused.code, refused.scope
+        )
+        await refuse_websocket(
+            ws, refused.code, refused.message, CLOSE_TRY_AGAIN, retry_after=refused.retry_after
+        )
         return None
     _count_ws(state, ws, 101)
     return SessionSlot(state, principal)
@@ -231,10 +255,15 @@ async def admit_follower(ws: WebSocket) -> Principal | None:
         return None
     refused = get_state(ws).limits.admit_request(principal.limit_key)
     if refused is not None:
-        _LOGGER.warning("status follower refused for %s: %s (%s limit)", principal.key_id,
-                        refused.code, refused.scope)
-        await refuse_websocket(ws, refused.code, refused.message, CLOSE_TRY_AGAIN,
-                               retry_after=refused.retry_after)
+        _LOGGER.warning(
+            "status follower refused for %s: %s (%s limit)",
+            principal.key_id,
+            refused.code,
+            refused.scope,
+        )
+        await refuse_websocket(
+            ws, refused.code, refused.message, CLOSE_TRY_AGAIN, retry_after=refused.retry_after
+        )
         return None
     _count_ws(get_state(ws), ws, 101)
     return principal

@@ -35,6 +35,7 @@ TTS_CLONE = "tts_clone"
 PROFILE_ID = re.compile(r"^v_[0-9a-f]{16}$")
 """What ``tts_clone`` voice ids look like; no catalogue voice id does."""
 
+
 def is_profile_id(voice: str) -> bool:
     """True when ``voice`` names a cloned-voice profile rather than a catalogue voice."""
     return bool(PROFILE_ID.match(voice))
@@ -47,16 +48,24 @@ def owner_headers(request: Request) -> dict[str, str]:
 
 
 def _call(request: Request, method: str, path: str, **extra: Any) -> BackendCall:
-    return BackendCall(method, path, request.state.request_id, headers=owner_headers(request),
-                       **extra)
+    return BackendCall(
+        method, path, request.state.request_id, headers=owner_headers(request), **extra
+    )
 
 
-async def _forward(state: GatewayState, what: str, call: BackendCall,
-                   voice: str | None = None) -> Response:
+async def _forward(
+    state: GatewayState, what: str, call: BackendCall, voice: str | None = None
+) -> Response:
     return await forward(
-        state, what, call, lambda replicas: choose_service(TTS_CLONE, replicas,
-                                                           capability="clone"),
-        service=TTS_CLONE, kind="tts", passed=TTS_HEADERS, voice=voice)
+        state,
+        what,
+        call,
+        lambda replicas: choose_service(TTS_CLONE, replicas, capability="clone"),
+        service=TTS_CLONE,
+        kind="tts",
+        passed=TTS_HEADERS,
+        voice=voice,
+    )
 
 
 @router.get("/v1/clone/voices", response_model=None)
@@ -83,8 +92,13 @@ async def create_voice(
         fields["prompt_text"] = prompt_text
     if language:
         fields["language"] = language
-    files = {"audio": (audio.filename or "reference", data,
-                       audio.content_type or "application/octet-stream")}
+    files = {
+        "audio": (
+            audio.filename or "reference",
+            data,
+            audio.content_type or "application/octet-stream",
+        )
+    }
     call = _call(request, "POST", "/v1/voices", files=files, data=fields)
     return await _forward(state, "clone_voices", call)
 
@@ -98,8 +112,7 @@ async def get_voice(request: Request, voice_id: str, state: GatewayStateDep) -> 
 @router.delete("/v1/clone/voices/{voice_id}", response_model=None)
 async def delete_voice(request: Request, voice_id: str, state: GatewayStateDep) -> Response:
     """Delete one of the caller's voices (and its audio, when no other profile uses it)."""
-    return await _forward(state, "clone_voices",
-                          _call(request, "DELETE", f"/v1/voices/{voice_id}"))
+    return await _forward(state, "clone_voices", _call(request, "DELETE", f"/v1/voices/{voice_id}"))
 
 
 @router.post("/v1/clone/synthesize", response_model=None)
@@ -108,5 +121,6 @@ async def synthesize(request: Request, state: GatewayStateDep) -> Response:
     body = await json_body(request)
     call = _call(request, "POST", "/v1/synthesize", json=body, stream=bool(body.get("stream")))
     voice = body.get("voice_id")
-    return await _forward(state, "clone_synthesize", call,
-                          voice if isinstance(voice, str) else None)
+    return await _forward(
+        state, "clone_synthesize", call, voice if isinstance(voice, str) else None
+    )

@@ -57,8 +57,9 @@ def read_key_file(path: Path) -> list[str]:
 class KeyRing:
     """The configured client keys and admin key; tells a principal from a presented key."""
 
-    def __init__(self, client_keys: list[str], admin_key: str | None = None,
-                 key_file: Path | None = None) -> None:
+    def __init__(
+        self, client_keys: list[str], admin_key: str | None = None, key_file: Path | None = None
+    ) -> None:
         self._inline = [k for k in (key.strip() for key in client_keys) if k]
         self._admin: tuple[bytes, str] | None = None
         if admin_key:
@@ -80,8 +81,9 @@ class KeyRing:
     def from_settings(cls, settings: GatewaySettings) -> KeyRing:
         """The keys the gateway settings configure."""
         admin = settings.admin_key.get_secret_value() if settings.admin_key else None
-        return cls([key.get_secret_value() for key in settings.api_keys], admin,
-                   settings.api_keys_file)
+        return cls(
+            [key.get_secret_value() for key in settings.api_keys], admin, settings.api_keys_file
+        )
 
     @staticmethod
     def _stamp(path: Path) -> tuple[float, int]:
@@ -102,8 +104,9 @@ class KeyRing:
                 return
             file_keys = read_key_file(self._key_file)
         except OSError as exc:
-            _LOGGER.warning("cannot re-read api_keys_file %s, keeping the last keys: %s",
-                            self._key_file, exc)
+            _LOGGER.warning(
+                "cannot re-read api_keys_file %s, keeping the last keys: %s", self._key_file, exc
+            )
             return
         self._file_stamp = stamp
         self._set_clients(file_keys)

@@ -79,8 +79,14 @@ class SlidingWindow:
 class RequestRate:
     """Requests per minute, per key and overall."""
 
-    def __init__(self, per_key: int, total: int, *, window_s: float = RATE_WINDOW_S,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        per_key: int,
+        total: int,
+        *,
+        window_s: float = RATE_WINDOW_S,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.per_key = per_key
         self.window_s = window_s
         self.clock = clock
@@ -98,14 +104,20 @@ class RequestRate:
         if key is not None:
             wait = self._window(key).wait_s(now)
             if wait > 0:
-                return Refusal("rate_limited",
-                               f"this key is over {self.per_key} requests per minute",
-                               wait, "key")
+                return Refusal(
+                    "rate_limited",
+                    f"this key is over {self.per_key} requests per minute",
+                    wait,
+                    "key",
+                )
         wait = self.total.wait_s(now)
         if wait > 0:
-            return Refusal("rate_limited",
-                           f"the gateway is over {self.total.limit} requests per minute",
-                           wait, "total")
+            return Refusal(
+                "rate_limited",
+                f"the gateway is over {self.total.limit} requests per minute",
+                wait,
+                "total",
+            )
         return None
 
     def record(self, key: str | None, now: float) -> None:
@@ -148,11 +160,19 @@ class SessionSlots:
     def refusal(self, key: str | None) -> Refusal | None:
         """Why one more session for ``key`` does not fit, or None when it does."""
         if key is not None and self._by_key.get(key, 0) >= self.per_key:
-            return Refusal("busy", f"this key already holds {self.per_key} concurrent "
-                           "sessions", self.retry_after_s, "key")
+            return Refusal(
+                "busy",
+                f"this key already holds {self.per_key} concurrent sessions",
+                self.retry_after_s,
+                "key",
+            )
         if self.active >= self.total:
-            return Refusal("busy", f"the gateway already serves {self.total} concurrent "
-                           "sessions", self.retry_after_s, "total")
+            return Refusal(
+                "busy",
+                f"the gateway already serves {self.total} concurrent sessions",
+                self.retry_after_s,
+                "total",
+            )
         return None
 
     def take(self, key: str | None) -> None:
@@ -175,12 +195,20 @@ class SessionSlots:
 class GatewayLimits:
     """Both limits of one gateway replica; a new session must pass both."""
 
-    def __init__(self, *, requests_per_key: int, requests_total: int, sessions_per_key: int,
-                 sessions_total: int, busy_retry_after_s: float = 2.0,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        requests_per_key: int,
+        requests_total: int,
+        sessions_per_key: int,
+        sessions_total: int,
+        busy_retry_after_s: float = 2.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.rate = RequestRate(requests_per_key, requests_total, clock=clock)
-        self.sessions = SessionSlots(sessions_per_key, sessions_total,
-                                     retry_after_s=busy_retry_after_s)
+        self.sessions = SessionSlots(
+            sessions_per_key, sessions_total, retry_after_s=busy_retry_after_s
+        )
 
     def admit_request(self, key: str | None) -> Refusal | None:
         """Count one HTTP request, or say why it is refused."""

@@ -26,8 +26,7 @@ class PanelFiles(StaticFiles):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve a file, or close a WebSocket that matched no route."""
         if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": CLOSE_POLICY,
-                        "reason": "no such route"})
+            await send({"type": "websocket.close", "code": CLOSE_POLICY, "reason": "no such route"})
             return
         await super().__call__(scope, receive, send)
 

@@ -44,11 +44,21 @@ _LOGGER = logging.getLogger(__name__)
 Choose = Callable[[list[ReplicaInfo]], list[ReplicaInfo]]
 """A routing function: the replicas to try for a call, in order."""
 
-TTS_HEADERS = ("content-type", "x-voicemesh-engine", "x-voicemesh-voice",
-               "x-voicemesh-model", "x-voicemesh-sample-rate", "x-voicemesh-format",
-               "x-voicemesh-duration", "x-voicemesh-synthesis-time", "x-voicemesh-rtf",
-               "x-voicemesh-stream", "x-voicemesh-cache", "x-voicemesh-approximate",
-               "x-voicemesh-fallback")
+TTS_HEADERS = (
+    "content-type",
+    "x-voicemesh-engine",
+    "x-voicemesh-voice",
+    "x-voicemesh-model",
+    "x-voicemesh-sample-rate",
+    "x-voicemesh-format",
+    "x-voicemesh-duration",
+    "x-voicemesh-synthesis-time",
+    "x-voicemesh-rtf",
+    "x-voicemesh-stream",
+    "x-voicemesh-cache",
+    "x-voicemesh-approximate",
+    "x-voicemesh-fallback",
+)
 """Headers of a TTS backend's answer (``tts_vits``, ``tts_clone``) that reach the client."""
 
 
@@ -100,14 +110,20 @@ def error_message(response: httpx.Response) -> str:
         return response.text[:200]
 
 
-async def send_call(client: httpx.AsyncClient, replica: ReplicaInfo,
-                    call: BackendCall) -> httpx.Response:
+async def send_call(
+    client: httpx.AsyncClient, replica: ReplicaInfo, call: BackendCall
+) -> httpx.Response:
     """Send ``call`` to ``replica``; EngineUnavailable (or Busy) when it cannot serve."""
     url = f"{replica.url}{call.path}"
-    request = client.build_request(call.method, url, json=call.json, params=call.params,
-                                   files=call.files, data=call.data,
-                                   headers={**(call.headers or {}),
-                                            "X-Request-ID": call.request_id})
+    request = client.build_request(
+        call.method,
+        url,
+        json=call.json,
+        params=call.params,
+        files=call.files,
+        data=call.data,
+        headers={**(call.headers or {}), "X-Request-ID": call.request_id},
+    )
     with backend_errors(url):
         response = await client.send(request, stream=call.stream)
     if response.status_code >= 500:
@@ -120,17 +136,31 @@ async def send_call(client: httpx.AsyncClient, replica: ReplicaInfo,
     return response
 
 
-def count_failover(state: GatewayState, request_id: str, failed: ReplicaInfo,
-                   following: ReplicaInfo, exc: EngineUnavailable, *, kind: str) -> None:
+def count_failover(
+    state: GatewayState,
+    request_id: str,
+    failed: ReplicaInfo,
+    following: ReplicaInfo,
+    exc: EngineUnavailable,
+    *,
+    kind: str,
+) -> None:
     """Make a failover visible: a metric by reason and a ``failover`` event."""
     state.metrics.count("failover", exc.code)
     state.metrics.failovers.labels(reason=exc.code).inc()
-    state.events.publish("failover", kind=kind, request_id=request_id,
-                         **{"from": failed.url}, to=following.url, reason=exc.code)
+    state.events.publish(
+        "failover",
+        kind=kind,
+        request_id=request_id,
+        **{"from": failed.url},
+        to=following.url,
+        reason=exc.code,
+    )
 
 
-async def route(state: GatewayState, call: BackendCall, choose: Choose, *, service: str,
-                kind: str) -> Routed:
+async def route(
+    state: GatewayState, call: BackendCall, choose: Choose, *, service: str, kind: str
+) -> Routed:
     """Send ``call`` to the replicas ``choose`` picks, in order, failing over on 'unavailable'.
 
     ``service`` names the backends in the ``no_backend`` error; ``kind`` is the
@@ -151,12 +181,18 @@ async def route(state: GatewayState, call: BackendCall, choose: Choose, *, servi
                 last_error = exc.message
                 if not isinstance(exc, Busy):  # a busy replica is alive: keep it in routing
                     state.view.mark_failed(replica)
-                _LOGGER.warning("request %s: %s failed: %s: %s", call.request_id, replica.url,
-                                exc.code, exc.message)
+                _LOGGER.warning(
+                    "request %s: %s failed: %s: %s",
+                    call.request_id,
+                    replica.url,
+                    exc.code,
+                    exc.message,
+                )
                 if index + 1 < len(candidates):
                     failovers += 1
-                    count_failover(state, call.request_id, replica, candidates[index + 1], exc,
-                                   kind=kind)
+                    count_failover(
+                        state, call.request_id, replica, candidates[index + 1], exc, kind=kind
+                    )
                 continue
             finally:
                 state.view.release(replica)
@@ -165,8 +201,9 @@ async def route(state: GatewayState, call: BackendCall, choose: Choose, *, servi
         await client.aclose()
         raise
     await client.aclose()
-    raise EngineUnavailable(f"no {service} backend could serve the request: {last_error}",
-                            code="no_backend")
+    raise EngineUnavailable(
+        f"no {service} backend could serve the request: {last_error}", code="no_backend"
+    )
 
 
 def served_by_headers(routed: Routed, passed: Iterable[str]) -> dict[str, str]:
@@ -179,13 +216,15 @@ def served_by_headers(routed: Routed, passed: Iterable[str]) -> dict[str, str]:
     return headers
 
 
-async def respond(routed: Routed, passed: Iterable[str],
-                  extra_headers: dict[str, str] | None = None) -> Response:
+async def respond(
+    routed: Routed, passed: Iterable[str], extra_headers: dict[str, str] | None = None
+) -> Response:
     """The backend's answer as the client's; streamed through when the backend streams."""
     response = routed.response
     headers = {**served_by_headers(routed, passed), **(extra_headers or {})}
     media = headers.pop("content-type", None) or response.headers.get("content-type")
     if not response.is_stream_consumed and response.headers.get("x-voicemesh-stream"):
+
         async def body() -> AsyncIterator[bytes]:
             try:
                 async for chunk in response.aiter_raw():
@@ -193,14 +232,14 @@ async def respond(routed: Routed, passed: Iterable[str],
             finally:
                 await routed.aclose()
 
-        return StreamingResponse(body(), status_code=response.status_code, headers=headers,
-                                 media_type=media)
+        return StreamingResponse(
+            body(), status_code=response.status_code, headers=headers, media_type=media
+        )
     try:
         content = await response.aread()
     finally:
         await routed.aclose()
-    return Response(content, status_code=response.status_code, headers=headers,
-                    media_type=media)
+    return Response(content, status_code=response.status_code, headers=headers, media_type=media)
 
 
 @dataclass
@@ -218,8 +257,9 @@ class RequestRecord:
 
 
 @contextlib.asynccontextmanager
-async def request_record(state: GatewayState, what: str, request_id: str,
-                         **event: Any) -> AsyncIterator[RequestRecord]:
+async def request_record(
+    state: GatewayState, what: str, request_id: str, **event: Any
+) -> AsyncIterator[RequestRecord]:
     """Account for one forwarded request however it ends: stats, metrics, event, log line."""
     started = time.perf_counter()
     record = RequestRecord(event=event)
@@ -233,16 +273,37 @@ async def request_record(state: GatewayState, what: str, request_id: str,
         routed = record.routed
         backend = routed.replica.url if routed else None
         failovers = routed.failovers if routed else 0
-        state.record_request(what, status=record.status, latency_ms=latency_ms,
-                             request_id=request_id, **record.event, backend=backend,
-                             failovers=failovers)
-        _LOGGER.info("request %s: %s %s via %s in %.0f ms (%d failovers)", request_id, what,
-                     record.status, backend, latency_ms, failovers)
+        state.record_request(
+            what,
+            status=record.status,
+            latency_ms=latency_ms,
+            request_id=request_id,
+            **record.event,
+            backend=backend,
+            failovers=failovers,
+        )
+        _LOGGER.info(
+            "request %s: %s %s via %s in %.0f ms (%d failovers)",
+            request_id,
+            what,
+            record.status,
+            backend,
+            latency_ms,
+            failovers,
+        )
 
 
-async def forward(state: GatewayState, what: str, call: BackendCall, choose: Choose, *,
-                  service: str, kind: str, passed: Iterable[str],
-                  **event: Any) -> Response:
+async def forward(
+    state: GatewayState,
+    what: str,
+    call: BackendCall,
+    choose: Choose,
+    *,
+    service: str,
+    kind: str,
+    passed: Iterable[str],
+    **event: Any,
+) -> Response:
     """Route ``call``, pass the answer through and account for it (``what``: the stats kind)."""
     async with request_record(state, what, call.request_id, **event) as record:
         routed = await route(state, call, choose, service=service, kind=kind)

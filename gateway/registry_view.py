@@ -27,8 +27,14 @@ def static_replicas(kind: str, urls: list[str], capabilities: list[str]) -> list
     """Replicas configured by URL (no Redis), e.g. for a fixed deployment."""
     now = time.time()
     return [
-        ReplicaInfo(instance_id=f"static-{kind}-{i}", kind=kind, url=url.rstrip("/"),
-                    capabilities=capabilities, started_at=now, updated_at=now)
+        ReplicaInfo(
+            instance_id=f"static-{kind}-{i}",
+            kind=kind,
+            url=url.rstrip("/"),
+            capabilities=capabilities,
+            started_at=now,
+            updated_at=now,
+        )
         for i, url in enumerate(urls)
     ]
 
@@ -89,9 +95,7 @@ class RegistryView:
                 out.append(replica)
         return out
 
-    def route(
-        self, choose: Callable[[list[ReplicaInfo]], list[ReplicaInfo]]
-    ) -> list[ReplicaInfo]:
+    def route(self, choose: Callable[[list[ReplicaInfo]], list[ReplicaInfo]]) -> list[ReplicaInfo]:
         """The replicas ``choose`` orders, then the held-out ones it would take.
 
         A replica held out after a missed probe or a refused connection is tried last
@@ -134,8 +138,9 @@ class RegistryView:
             mode = await self.client.get_mode(self.default_mode)
         except RegistryUnavailable as exc:
             if self.connected or self.last_error is None:
-                _LOGGER.warning("registry unavailable, serving from the last snapshot: %s",
-                                exc.message)
+                _LOGGER.warning(
+                    "registry unavailable, serving from the last snapshot: %s", exc.message
+                )
             self.connected = False
             self.last_error = exc.message
             return
@@ -179,7 +184,8 @@ class RegistryView:
         """
         replicas = self.replicas or self.static
         results = await asyncio.gather(
-            *(client.get(f"{r.url}/health") for r in replicas), return_exceptions=True)
+            *(client.get(f"{r.url}/health") for r in replicas), return_exceptions=True
+        )
         failed = []
         for replica, result in zip(replicas, results, strict=True):
             if not isinstance(result, BaseException) and result.status_code == 200:
@@ -196,8 +202,9 @@ class RegistryView:
         return failed
 
     async def _probe_loop(self) -> None:
-        async with httpx.AsyncClient(timeout=min(3.0, self.probe_interval_s),
-                                     trust_env=False) as client:
+        async with httpx.AsyncClient(
+            timeout=min(3.0, self.probe_interval_s), trust_env=False
+        ) as client:
             while True:
                 await asyncio.sleep(self.probe_interval_s)
                 await self.probe(client)

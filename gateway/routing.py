@@ -30,7 +30,8 @@ def load_share(replica: ReplicaInfo) -> float:
 
 def _usable(replicas: Iterable[ReplicaInfo], capability: str) -> list[ReplicaInfo]:
     chosen = [
-        r for r in replicas
+        r
+        for r in replicas
         if r.healthy and not r.draining and (not r.capabilities or capability in r.capabilities)
     ]
     return sorted(chosen, key=lambda r: (load_share(r), r.instance_id))
@@ -49,9 +50,7 @@ def choose_backends(
     gpu_max_load: float = 0.9,
 ) -> list[ReplicaInfo]:
     """Order the STT replicas a session should try for ``mode``."""
-    usable = _usable(
-        (r for r in replicas if r.kind in STT_KINDS.values()), capability
-    )
+    usable = _usable((r for r in replicas if r.kind in STT_KINDS.values()), capability)
     gpu = [r for r in usable if is_gpu(r)]
     cpu = [r for r in usable if not is_gpu(r)]
     if mode == "gpu":
@@ -68,7 +67,8 @@ def choose_detector(replicas: Iterable[ReplicaInfo]) -> list[ReplicaInfo]:
     return _usable((r for r in replicas if r.kind == "stt_tiny_ws"), "detect")
 
 
-def choose_service(kind: str, replicas: Iterable[ReplicaInfo], *,
-                   capability: str) -> list[ReplicaInfo]:
+def choose_service(
+    kind: str, replicas: Iterable[ReplicaInfo], *, capability: str
+) -> list[ReplicaInfo]:
     """Order the replicas of one service kind (e.g. ``tts_vits``), least loaded first."""
     return _usable((r for r in replicas if r.kind == kind), capability)

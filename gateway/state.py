@@ -63,7 +63,8 @@ class RequestStats:
     totals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     latencies_ms: dict[str, deque[float]] = field(
-        default_factory=lambda: defaultdict(lambda: deque(maxlen=500)))
+        default_factory=lambda: defaultdict(lambda: deque(maxlen=500))
+    )
 
     def record(self, kind: str, *, ok: bool, latency_ms: float | None = None) -> None:
         """Count one request of ``kind`` and remember its latency."""
@@ -116,12 +117,12 @@ class GatewayState:
             busy_retry_after_s=self.settings.busy_retry_after_s,
         )
 
-    def record_request(self, kind: str, *, status: int, latency_ms: float,
-                       **event: Any) -> None:
+    def record_request(self, kind: str, *, status: int, latency_ms: float, **event: Any) -> None:
         """Account for one finished HTTP request: stats, metrics and a ``request_completed``."""
         ok = status < 400
         self.stats.record(kind, ok=ok, latency_ms=latency_ms)
         self.metrics.count(kind, "ok" if ok else "error")
         self.metrics.observe(kind, latency_ms / 1000)
-        self.events.publish("request_completed", kind=kind, status=status,
-                            latency_ms=latency_ms, **event)
+        self.events.publish(
+            "request_completed", kind=kind, status=status, latency_ms=latency_ms, **event
+        )

@@ -19,16 +19,15 @@ from typing import Any
 
 import websockets
 from fastapi import WebSocket
-from websockets.asyncio.client import ClientConnection
 
+from gateway.detector_link import DetectorLink
 from gateway.replay import BYTES_PER_SAMPLE, SessionBuffer
 from gateway.routing import choose_backends, is_gpu
 from gateway.state import GatewayState
 from gateway.stt_backend import (
     Backend,
     StallWatch,
-    connect_backend,
-    open_detector,
+    open_first_backend,
     shift_times,
     slow_backend_message,
 )
@@ -43,7 +42,6 @@ from voicemesh.protocol import (
     ReadyMessage,
     StartMessage,
     StopMessage,
-    VadMessage,
 )
 from voicemesh.registry import ReplicaInfo
 from voicemesh.wire import ClientSocket
@@ -67,13 +65,20 @@ class GatewayStream:
         self.session_id = uuid.uuid4().hex[:12]
         self.client = ClientSocket(ws, metrics=self.metrics, name=self.session_id)
         self.decoder: AudioStreamDecoder = PcmStreamDecoder(
-            max_frame_bytes=self.settings.max_frame_bytes)
+            max_frame_bytes=self.settings.max_frame_bytes
+        )
         self.language: str | None = None
         self.buffer = SessionBuffer()
         self.backend: Backend | None = None
-        self.detector: ClientConnection | None = None
         self.failed_backends: set[str] = set()
         self.stall = StallWatch(self.settings.stall_timeout_s, self.settings.max_utterance_s)
+        self.detector = DetectorLink(
+            self.client,
+            self.stall,
+            session_id=self.session_id,
+            grace_s=self.settings.endpoint_grace_s,
+            backstop=self._backstop_flush,
+        )
         self._heard_speech_at: float | None = None
         self._slow_reported = False
         self.finals = 0
@@ -82,7 +87,6 @@ class GatewayStream:
         self.stopping = False
         self.last_final_end = 0.0
         self._backend_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ client side
 
@@ -93,16 +97,21 @@ class GatewayStream:
         except EngineUnavailable as exc:
             await self.client.refuse(exc.code, exc.message, CLOSE_TRY_AGAIN)
             return
-        await self._open_detector()
+        if self.settings.use_detector:
+            await self.detector.open(self.view, self.settings.connect_timeout_s)
         ready = self.backend.ready
-        await self.client.send(ReadyMessage(
-            session_id=self.session_id, engine=ready.get("engine", "?"),
-            device=ready.get("device", "?"), model=ready.get("model", "?"),
-            backend=self.backend.replica.url,
-        ))
+        await self.client.send(
+            ReadyMessage(
+                session_id=self.session_id,
+                engine=ready.get("engine", "?"),
+                device=ready.get("device", "?"),
+                model=ready.get("model", "?"),
+                backend=self.backend.replica.url,
+            )
+        )
         self.metrics.active_sessions.labels("gateway").inc()
         backend_task = asyncio.create_task(self._backend_loop())
-        detector_task = asyncio.create_task(self._detector_loop())
+        detector_task = asyncio.create_task(self.detector.relay())
         try:
             await self._client_loop()
             if self.stopping:
@@ -111,7 +120,7 @@ class GatewayStream:
                     await asyncio.wait_for(asyncio.shield(backend_task), timeout=30)
         finally:
             self.client.open = self.client.open and not self.stopping
-            for task in (backend_task, detector_task, *self._tasks):
+            for task in (backend_task, detector_task):
                 task.cancel()
             if self.backend is not None:
                 self.view.release(self.backend.replica)
@@ -119,10 +128,14 @@ class GatewayStream:
             self.metrics.active_sessions.labels("gateway").dec()
             self.state.stats.record("stream", ok=self.backend is not None)
             self.state.events.publish(
-                "request_completed", kind="stream", session_id=self.session_id,
-                finals=self.finals, failovers=self.failovers,
+                "request_completed",
+                kind="stream",
+                session_id=self.session_id,
+                finals=self.finals,
+                failovers=self.failovers,
                 audio_s=round(self.buffer.total_samples / SAMPLE_RATE, 2),
-                backend=self.backend.replica.url if self.backend else None)
+                backend=self.backend.replica.url if self.backend else None,
+            )
             if self.stopping:
                 await self.client.close(CLOSE_NORMAL)
 
@@ -147,8 +160,11 @@ class GatewayStream:
             return
         try:
             self.decoder = stream_decoder(
-                sample_rate=start.sample_rate, encoding=start.encoding, channels=start.channels,
-                max_frame_bytes=self.settings.max_frame_bytes)
+                sample_rate=start.sample_rate,
+                encoding=start.encoding,
+                channels=start.channels,
+                max_frame_bytes=self.settings.max_frame_bytes,
+            )
         except VoiceMeshError as exc:
             await self.client.error(exc.code, exc.message)
             return
@@ -174,13 +190,7 @@ class GatewayStream:
             return
         self.buffer.append(pcm)
         await self._to_backend(pcm)
-        if self.detector is not None:
-            try:
-                await self.detector.send(pcm)
-            except websockets.ConnectionClosed:
-                _LOGGER.warning("session %s: detector went away; engine VAD endpoints alone",
-                                self.session_id)
-                self.detector = None
+        await self.detector.send(pcm)
 
     async def _to_backend(self, payload: bytes | str) -> None:
         async with self._backend_lock:
@@ -196,42 +206,39 @@ class GatewayStream:
     # ------------------------------------------------------------------ backends
 
     def _backend_start(self) -> StartMessage:
-        return StartMessage(sample_rate=SAMPLE_RATE, encoding="pcm_s16le",
-                            language=self.language, session_id=self.session_id)
+        return StartMessage(
+            sample_rate=SAMPLE_RATE,
+            encoding="pcm_s16le",
+            language=self.language,
+            session_id=self.session_id,
+        )
 
     def _candidates(self, exclude: set[str] | None = None) -> list[ReplicaInfo]:
         """STT replicas this session may move to, in routing order."""
         skip = self.failed_backends | (exclude or set())
         mode, gpu_max_load = self.view.mode, self.settings.gpu_max_load
         return [
-            r for r in self.view.route(
-                lambda replicas: choose_backends(mode, replicas, gpu_max_load=gpu_max_load))
+            r
+            for r in self.view.route(
+                lambda replicas: choose_backends(mode, replicas, gpu_max_load=gpu_max_load)
+            )
             if r.instance_id not in skip
         ]
 
     async def _open_backend(self, offset: float, *, exclude: set[str] | None = None) -> Backend:
         """Connect to the first candidate that accepts the session."""
-        last_error = "no STT replica is registered"
-        for replica in self._candidates(exclude):
-            # Reserve first: sessions opening at the same moment must see this one.
-            self.view.assign(replica)
-            try:
-                backend = await connect_backend(
-                    replica, self._backend_start(), offset,
-                    connect_timeout_s=self.settings.connect_timeout_s,
-                    ping_timeout_s=self.settings.stall_timeout_s)
-            except EngineUnavailable as exc:
-                self.view.release(replica)
-                last_error = exc.message
-                self.failed_backends.add(replica.instance_id)
-                self.view.mark_failed(replica)
-                _LOGGER.warning("session %s: %s refused: %s", self.session_id, replica.url,
-                                exc.message)
-                continue
-            self.metrics.backend_choice.labels(device=replica.device).inc()
-            return backend
-        raise EngineUnavailable(f"no STT backend could take the session: {last_error}",
-                                code="no_backend")
+        backend = await open_first_backend(
+            self.view,
+            self._candidates(exclude),
+            self._backend_start(),
+            offset,
+            connect_timeout_s=self.settings.connect_timeout_s,
+            ping_timeout_s=self.settings.stall_timeout_s,
+            failed=self.failed_backends,
+            session_id=self.session_id,
+        )
+        self.metrics.backend_choice.labels(device=backend.replica.device).inc()
+        return backend
 
     async def _backend_loop(self) -> None:
         while True:
@@ -266,14 +273,24 @@ class GatewayStream:
             return self.stall.why(self._audio_s())
         if not self._slow_reported:
             self._slow_reported = True
-            current = next((r for r in self.view.snapshot(include_held=True)
-                            if r.instance_id == backend.replica.instance_id), backend.replica)
+            current = next(
+                (
+                    r
+                    for r in self.view.snapshot(include_held=True)
+                    if r.instance_id == backend.replica.instance_id
+                ),
+                backend.replica,
+            )
             message = slow_backend_message(current, self.stall.behind_s(self._audio_s()))
             _LOGGER.warning("session %s: %s", self.session_id, message["message"])
             self.metrics.error("backend_slow")
-            self.state.events.publish("backend_slow", session_id=self.session_id,
-                                      backend=current.url, behind_s=message["behind_s"],
-                                      queue=message["queue"])
+            self.state.events.publish(
+                "backend_slow",
+                session_id=self.session_id,
+                backend=current.url,
+                behind_s=message["behind_s"],
+                queue=message["queue"],
+            )
             await self.client.send(message)
         return None
 
@@ -336,8 +353,9 @@ class GatewayStream:
 
     def _mode_moved(self, backend: Backend) -> bool:
         """After a final: does the routing mode now prefer the other kind of device?"""
-        preferred = choose_backends(self.view.mode, self.view.snapshot(),
-                                    gpu_max_load=self.settings.gpu_max_load)
+        preferred = choose_backends(
+            self.view.mode, self.view.snapshot(), gpu_max_load=self.settings.gpu_max_load
+        )
         return bool(preferred) and is_gpu(preferred[0]) != is_gpu(backend.replica)
 
     async def _switch_backend(self, old: Backend, reason: str) -> bool:
@@ -364,12 +382,11 @@ class GatewayStream:
                     self.view.assign(old.replica)
                     return True  # nowhere better to go: stay where we are
                 self.backend = None
-                await self.client.refuse("no_backend", f"{reason}; {exc.message}",
-                                         CLOSE_TRY_AGAIN)
+                await self.client.refuse("no_backend", f"{reason}; {exc.message}", CLOSE_TRY_AGAIN)
                 return False
             audio = self.buffer.replay_since_last_final()
             for i in range(0, len(audio), REPLAY_CHUNK_BYTES):
-                await backend.ws.send(audio[i:i + REPLAY_CHUNK_BYTES])
+                await backend.ws.send(audio[i : i + REPLAY_CHUNK_BYTES])
             if self.stopping:
                 await backend.ws.send(StopMessage().dumps())
             self.backend = backend
@@ -381,67 +398,48 @@ class GatewayStream:
         label = "mode_change" if planned else reason.split(":", maxsplit=1)[0]
         self.metrics.count("failover", label)
         self.metrics.failovers.labels(reason=label).inc()
-        self.state.events.publish("failover", session_id=self.session_id,
-                                  **{"from": old.replica.url}, to=backend.replica.url,
-                                  reason=reason, replayed_ms=replayed_ms)
-        _LOGGER.warning("session %s: %s -> %s (%s), replayed %.0f ms", self.session_id,
-                        old.replica.url, backend.replica.url, reason, replayed_ms)
-        await self.client.send(FailoverMessage(**{"from": old.replica.url},
-                                               to=backend.replica.url,
-                                               replayed_ms=replayed_ms, reason=reason))
+        self.state.events.publish(
+            "failover",
+            session_id=self.session_id,
+            **{"from": old.replica.url},
+            to=backend.replica.url,
+            reason=reason,
+            replayed_ms=replayed_ms,
+        )
+        _LOGGER.warning(
+            "session %s: %s -> %s (%s), replayed %.0f ms",
+            self.session_id,
+            old.replica.url,
+            backend.replica.url,
+            reason,
+            replayed_ms,
+        )
+        await self.client.send(
+            FailoverMessage(
+                **{"from": old.replica.url},
+                to=backend.replica.url,
+                replayed_ms=replayed_ms,
+                reason=reason,
+            )
+        )
         return True
 
     # ------------------------------------------------------------------ detector
 
-    async def _open_detector(self) -> None:
-        if self.settings.use_detector:
-            self.detector = await open_detector(self.view, self.settings.connect_timeout_s,
-                                                self.session_id)
-
-    async def _detector_loop(self) -> None:
-        detector = self.detector
-        if detector is None:
+    async def _backstop_flush(self, speech_end: float) -> None:
+        """Flush the engine if it has not finalized the detector's speech end by now."""
+        if self.last_final_end >= speech_end or self.stopping:
             return
-        try:
-            async for raw in detector:
-                message = json.loads(raw)
-                kind = message.get("type")
-                self.stall.track_detector(message)
-                if kind == "speech_start":
-                    await self.client.send(VadMessage(event="speech_start", t=message["t"],
-                                               source="detector"))
-                elif kind == "speech_end":
-                    await self.client.send(VadMessage(
-                        event="speech_end", t=message["t"], source="detector",
-                        confirmed=message.get("confirmed"), text=message.get("text"),
-                    ))
-                    if message.get("confirmed"):
-                        self._schedule_backstop_flush(float(message["t"]))
-        except websockets.ConnectionClosed:
-            _LOGGER.warning("session %s: detector closed; engine VAD endpoints alone",
-                            self.session_id)
-        self.detector = None
-
-    def _schedule_backstop_flush(self, speech_end: float) -> None:
-        """Flush the engine if it has not finalized this speech within the grace time."""
-
-        async def backstop() -> None:
-            await asyncio.sleep(self.settings.endpoint_grace_s)
-            if self.last_final_end < speech_end and not self.stopping:
-                _LOGGER.info("session %s: detector endpoint at %.2f s, flushing engine",
-                             self.session_id, speech_end)
-                # ``until`` in the backend's clock: a flush that arrives after the
-                # next utterance began must not cut it.
-                until = round(speech_end - (self.backend.offset if self.backend else 0.0), 3)
-                await self._to_backend(FlushMessage(reason="detector", until=until).dumps())
-
-        task = asyncio.create_task(backstop())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        _LOGGER.info(
+            "session %s: detector endpoint at %.2f s, flushing engine", self.session_id, speech_end
+        )
+        # ``until`` in the backend's clock: a flush that arrives after the next
+        # utterance began must not cut it.
+        until = round(speech_end - (self.backend.offset if self.backend else 0.0), 3)
+        await self._to_backend(FlushMessage(reason="detector", until=until).dumps())
 
     async def _close_backends(self) -> None:
-        for ws in (self.backend.ws if self.backend else None, self.detector):
-            if ws is not None:
-                with contextlib.suppress(Exception):
-                    await ws.close()
-
+        if self.backend is not None:
+            with contextlib.suppress(Exception):
+                await self.backend.ws.close()
+        await self.detector.close()

@@ -34,7 +34,6 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from gateway.registry_view import RegistryView
-from gateway.routing import choose_detector
 from voicemesh.errors import BackendClosed, BackendTimeout, EngineUnavailable, backend_errors
 from voicemesh.protocol import StartMessage
 from voicemesh.registry import ReplicaInfo
@@ -51,9 +50,9 @@ def ws_url(http_url: str, path: str) -> str:
     """``http://host:port`` -> ``ws://host:port/path``."""
     base = http_url.rstrip("/")
     if base.startswith("https://"):
-        return "wss://" + base[len("https://"):] + path
+        return "wss://" + base[len("https://") :] + path
     if base.startswith("http://"):
-        return "ws://" + base[len("http://"):] + path
+        return "ws://" + base[len("http://") :] + path
     return base + path
 
 
@@ -76,25 +75,36 @@ def shift_times(message: dict[str, Any], offset: float) -> dict[str, Any]:
 class Backend:
     """An open WebSocket to one STT replica, with the clock offset of its stream."""
 
-    def __init__(self, replica: ReplicaInfo, ws: ClientConnection, ready: dict[str, Any],
-                 offset: float) -> None:
+    def __init__(
+        self, replica: ReplicaInfo, ws: ClientConnection, ready: dict[str, Any], offset: float
+    ) -> None:
         self.replica = replica
         self.ws = ws
         self.ready = ready
         self.offset = offset
 
 
-async def connect_backend(replica: ReplicaInfo, start: StartMessage, offset: float, *,
-                          connect_timeout_s: float, ping_timeout_s: float) -> Backend:
+async def connect_backend(
+    replica: ReplicaInfo,
+    start: StartMessage,
+    offset: float,
+    *,
+    connect_timeout_s: float,
+    ping_timeout_s: float,
+) -> Backend:
     """Open a session on ``replica``: connect, wait for ``ready``, send ``start``."""
     url = ws_url(replica.url, "/ws/transcribe")
     timeout = connect_timeout_s
     with backend_errors(url, doing="connect to"):
         try:
             ws = await asyncio.wait_for(
-                websockets.connect(url, max_size=None, open_timeout=timeout,
-                                   ping_interval=PING_INTERVAL_S,
-                                   ping_timeout=ping_timeout_s + PING_GRACE_S),
+                websockets.connect(
+                    url,
+                    max_size=None,
+                    open_timeout=timeout,
+                    ping_interval=PING_INTERVAL_S,
+                    ping_timeout=ping_timeout_s + PING_GRACE_S,
+                ),
                 timeout,
             )
         except TimeoutError as exc:
@@ -106,8 +116,7 @@ async def connect_backend(replica: ReplicaInfo, start: StartMessage, offset: flo
                 raw = await asyncio.wait_for(ws.recv(), timeout)
                 ready = json.loads(raw)
                 if ready.get("type") != "ready":
-                    raise BackendClosed(
-                        f"{url} refused the session: {ready.get('message', raw)}")
+                    raise BackendClosed(f"{url} refused the session: {ready.get('message', raw)}")
                 await ws.send(start.dumps())
             except (websockets.ConnectionClosed, ValueError) as exc:
                 raise BackendTimeout(f"{url} did not get ready: {exc!r}") from exc
@@ -117,20 +126,42 @@ async def connect_backend(replica: ReplicaInfo, start: StartMessage, offset: flo
     return Backend(replica, ws, ready, offset)
 
 
-async def open_detector(view: RegistryView, connect_timeout_s: float,
-                        session_id: str) -> ClientConnection | None:
-    """A WebSocket to the first speech detector that answers (None: engine VAD alone)."""
-    for replica in choose_detector(view.snapshot()):
-        url = ws_url(replica.url, "/ws/detect")
+async def open_first_backend(
+    view: RegistryView,
+    candidates: list[ReplicaInfo],
+    start: StartMessage,
+    offset: float,
+    *,
+    connect_timeout_s: float,
+    ping_timeout_s: float,
+    failed: set[str],
+    session_id: str,
+) -> Backend:
+    """The first of ``candidates`` that takes the session; a refusing one joins ``failed``.
+
+    Each replica is reserved in the view before the connect, so that sessions opening
+    at the same moment see this one; a refusal releases it and marks it failed.
+    """
+    last_error = "no STT replica is registered"
+    for replica in candidates:
+        view.assign(replica)
         try:
-            with backend_errors(url, doing="connect to"):
-                return await asyncio.wait_for(websockets.connect(url, max_size=None),
-                                              connect_timeout_s)
+            return await connect_backend(
+                replica,
+                start,
+                offset,
+                connect_timeout_s=connect_timeout_s,
+                ping_timeout_s=ping_timeout_s,
+            )
         except EngineUnavailable as exc:
-            _LOGGER.warning("session %s: detector %s unavailable: %s", session_id,
-                            replica.url, exc.message)
+            view.release(replica)
+            last_error = exc.message
+            failed.add(replica.instance_id)
             view.mark_failed(replica)
-    return None
+            _LOGGER.warning("session %s: %s refused: %s", session_id, replica.url, exc.message)
+    raise EngineUnavailable(
+        f"no STT backend could take the session: {last_error}", code="no_backend"
+    )
 
 
 class StallWatch:
@@ -140,8 +171,9 @@ class StallWatch:
     position are stream seconds, as the client sees them.
     """
 
-    def __init__(self, timeout_s: float, max_utterance_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, timeout_s: float, max_utterance_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.timeout_s = timeout_s
         self.max_utterance_s = max_utterance_s
         self.clock = clock
@@ -215,8 +247,9 @@ class StallWatch:
         """Speech is pending and the backend said nothing for the stall timeout, or it
         sends partials of an utterance that should have had its final by now
         (``audio_s``: stream seconds of audio sent)."""
-        return (self.final_overdue_s(audio_s) > self.timeout_s
-                or (self.speech_since is not None and self.quiet_s() > self._quiet_limit_s()))
+        return self.final_overdue_s(audio_s) > self.timeout_s or (
+            self.speech_since is not None and self.quiet_s() > self._quiet_limit_s()
+        )
 
     def _quiet_limit_s(self) -> float:
         return self.timeout_s * (2 if self._owed_for_detector else 1)
@@ -224,8 +257,7 @@ class StallWatch:
     def why(self, audio_s: float) -> str:
         """The failover reason for a stall (``stalled: ...``)."""
         if self.final_overdue_s(audio_s) > self.timeout_s:
-            return (f"stalled: partials but no final for over {self.max_utterance_s:g} s "
-                    "of audio")
+            return f"stalled: partials but no final for over {self.max_utterance_s:g} s of audio"
         return f"stalled: no message for {self._quiet_limit_s():g} s while speech was pending"
 
     def behind_s(self, audio_s: float) -> float:
@@ -242,9 +274,15 @@ def slow_backend_message(replica: ReplicaInfo, behind_s: float) -> dict[str, Any
     """
     load = replica.load
     return {
-        "type": "error", "code": "backend_slow", "fatal": False,
-        "message": (f"the STT backend is {behind_s:.1f} s behind (queue {load.queue}) and no "
-                    "other replica can take the session; waiting for it"),
-        "backend": replica.url, "behind_s": round(behind_s, 1), "queue": load.queue,
+        "type": "error",
+        "code": "backend_slow",
+        "fatal": False,
+        "message": (
+            f"the STT backend is {behind_s:.1f} s behind (queue {load.queue}) and no "
+            "other replica can take the session; waiting for it"
+        ),
+        "backend": replica.url,
+        "behind_s": round(behind_s, 1),
+        "queue": load.queue,
         "rtf": load.rtf,
     }

@@ -57,8 +57,9 @@ def backend_fields(
 async def read_upload(request: Request, file: UploadFile, limit: int) -> bytes:
     """The uploaded file's bytes, or PayloadTooLarge (413) past ``limit``."""
     declared = request.headers.get("content-length", "")
-    too_large = PayloadTooLarge(f"file is larger than the limit of {limit} bytes",
-                                code="file_too_large")
+    too_large = PayloadTooLarge(
+        f"file is larger than the limit of {limit} bytes", code="file_too_large"
+    )
     if declared.isdigit() and int(declared) > limit + FORM_OVERHEAD_BYTES:
         raise too_large
     data = await file.read(limit + 1)
@@ -85,19 +86,30 @@ async def create_transcription(
     """Transcribe one file on the mesh, the way OpenAI's transcription API does."""
     settings = state.settings
     request_id: str = request.state.request_id
-    async with request_record(state, "transcription", request_id, model=model,
-                              response_format=response_format) as record:
+    async with request_record(
+        state, "transcription", request_id, model=model, response_format=response_format
+    ) as record:
         data = await read_upload(request, file, settings.max_upload_bytes)
-        fields = backend_fields(response_format=response_format, language=language,
-                                prompt=prompt, granularities=timestamp_granularities or [])
-        files = {"file": (file.filename or "audio", data,
-                          file.content_type or "application/octet-stream")}
+        fields = backend_fields(
+            response_format=response_format,
+            language=language,
+            prompt=prompt,
+            granularities=timestamp_granularities or [],
+        )
+        files = {
+            "file": (
+                file.filename or "audio",
+                data,
+                file.content_type or "application/octet-stream",
+            )
+        }
         call = BackendCall("POST", BACKEND_PATH, request_id, files=files, data=fields)
         mode = state.view.mode
 
         def choose(replicas: list[ReplicaInfo]) -> list[ReplicaInfo]:
-            return choose_backends(mode, replicas, capability="transcribe",
-                                   gpu_max_load=settings.gpu_max_load)
+            return choose_backends(
+                mode, replicas, capability="transcribe", gpu_max_load=settings.gpu_max_load
+            )
 
         routed = await route(state, call, choose, service="STT", kind="transcription")
         record.served(routed)

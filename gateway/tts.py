@@ -63,7 +63,6 @@ OPENAI_VOICES: dict[str, tuple[str, ...]] = {
 """OpenAI voice name -> catalogue voices in order of preference (first installed wins)."""
 
 
-
 class OpenAISpeechRequest(BaseModel):
     """OpenAI's ``POST /v1/audio/speech`` body."""
 
@@ -92,15 +91,30 @@ def tts_choice(kind: str, capability: str) -> Choose:
     return lambda replicas: choose_service(kind, replicas, capability=capability)
 
 
-async def forward_tts(state: GatewayState, what: str, call: BackendCall, *,
-                      voice: str | None, capability: str, kind: str | None = None) -> Response:
+async def forward_tts(
+    state: GatewayState,
+    what: str,
+    call: BackendCall,
+    *,
+    voice: str | None,
+    capability: str,
+    kind: str | None = None,
+) -> Response:
     """Route one TTS call (with failover) and account for it.
 
     The service is ``kind`` when given, else the one that serves ``voice``.
     """
     kind = kind or await backend_kind_for_voice(state, voice)
-    return await forward(state, what, call, tts_choice(kind, capability), service=kind,
-                         kind="tts", passed=TTS_HEADERS, voice=voice)
+    return await forward(
+        state,
+        what,
+        call,
+        tts_choice(kind, capability),
+        service=kind,
+        kind="tts",
+        passed=TTS_HEADERS,
+        voice=voice,
+    )
 
 
 async def installed_voices(state: GatewayState, request_id: str) -> set[str]:
@@ -108,11 +122,13 @@ async def installed_voices(state: GatewayState, request_id: str) -> set[str]:
     read_at, cached = state.tts_voices
     if time.monotonic() - read_at < VOICE_CACHE_S and cached:
         return set(cached)
-    call = BackendCall("GET", "/v1/voices", request_id,
-                       params={"installed": "true", "limit": "500"})
+    call = BackendCall(
+        "GET", "/v1/voices", request_id, params={"installed": "true", "limit": "500"}
+    )
     try:
-        routed = await route(state, call, tts_choice(TTS_VITS, "voices"), service=TTS_VITS,
-                             kind="tts")
+        routed = await route(
+            state, call, tts_choice(TTS_VITS, "voices"), service=TTS_VITS, kind="tts"
+        )
     except EngineUnavailable:
         return set()
     try:
@@ -137,62 +153,89 @@ def map_openai_voice(name: str, installed: set[str]) -> str:
 
 def clone_speech_call(request: Request, body: OpenAISpeechRequest) -> BackendCall:
     """``tts_clone``'s synthesis request for an OpenAI speech request in a cloned voice."""
-    payload: dict[str, Any] = {"text": body.input, "voice_id": body.voice, "speed": body.speed,
-                               "format": body.response_format, "stream": True}
+    payload: dict[str, Any] = {
+        "text": body.input,
+        "voice_id": body.voice,
+        "speed": body.speed,
+        "format": body.response_format,
+        "stream": True,
+    }
     if body.response_format == "pcm":
         payload["sample_rate"] = OPENAI_PCM_RATE
-    return BackendCall("POST", "/v1/synthesize", request.state.request_id, json=payload,
-                       stream=True, headers=owner_headers(request))
+    return BackendCall(
+        "POST",
+        "/v1/synthesize",
+        request.state.request_id,
+        json=payload,
+        stream=True,
+        headers=owner_headers(request),
+    )
 
 
 @router.post("/v1/audio/speech", response_model=None)
-async def create_speech(request: Request, body: OpenAISpeechRequest,
-                        state: GatewayStateDep) -> Response:
+async def create_speech(
+    request: Request, body: OpenAISpeechRequest, state: GatewayStateDep
+) -> Response:
     """Speak ``input`` the way OpenAI's speech API does; the audio streams as it is made."""
     if body.response_format == "aac":
-        raise BadRequest("response_format 'aac' is not supported here; use mp3, opus, flac, "
-                         "wav or pcm", code="unsupported_format")
+        raise BadRequest(
+            "response_format 'aac' is not supported here; use mp3, opus, flac, wav or pcm",
+            code="unsupported_format",
+        )
     if not MIN_SPEED <= body.speed <= MAX_SPEED:
-        raise BadRequest(f"speed must be between {MIN_SPEED} and {MAX_SPEED} on this server, "
-                         f"got {body.speed}", code="bad_speed")
+        raise BadRequest(
+            f"speed must be between {MIN_SPEED} and {MAX_SPEED} on this server, got {body.speed}",
+            code="bad_speed",
+        )
     if body.stream_format == "sse":
-        raise BadRequest("stream_format 'sse' is not supported; use 'audio'",
-                         code="unsupported_format")
+        raise BadRequest(
+            "stream_format 'sse' is not supported; use 'audio'", code="unsupported_format"
+        )
     requested = body.voice.get("id", "") if isinstance(body.voice, dict) else body.voice
     if not isinstance(requested, str) or not requested:
         raise BadRequest("voice must be a voice name or id", code="bad_voice")
     if is_profile_id(requested):
         # A cloned voice: tts_clone speaks it, for the caller's key only.
-        return await forward_tts(state, "speech", clone_speech_call(request, body),
-                                 voice=requested, capability="synthesize")
+        return await forward_tts(
+            state,
+            "speech",
+            clone_speech_call(request, body),
+            voice=requested,
+            capability="synthesize",
+        )
     voice = requested
     if requested.lower() in OPENAI_VOICES:
-        voice = map_openai_voice(requested,
-                                 await installed_voices(state, request.state.request_id))
+        voice = map_openai_voice(requested, await installed_voices(state, request.state.request_id))
     payload: dict[str, Any] = {
-        "text": body.input, "voice": voice, "speed": body.speed,
-        "format": body.response_format, "stream": True,
+        "text": body.input,
+        "voice": voice,
+        "speed": body.speed,
+        "format": body.response_format,
+        "stream": True,
     }
     if body.response_format == "pcm":
         payload["sample_rate"] = OPENAI_PCM_RATE
-    call = BackendCall("POST", "/v1/synthesize", request.state.request_id, json=payload,
-                       stream=True)
+    call = BackendCall(
+        "POST", "/v1/synthesize", request.state.request_id, json=payload, stream=True
+    )
     return await forward_tts(state, "speech", call, voice=voice, capability="synthesize")
 
 
 @router.get("/v1/tts/voices", response_model=None)
 async def list_voices(request: Request, state: GatewayStateDep) -> Response:
     """The voice catalogue (filters and pagination as ``tts_vits``'s ``GET /v1/voices``)."""
-    call = BackendCall("GET", "/v1/voices", request.state.request_id,
-                       params=dict(request.query_params))
+    call = BackendCall(
+        "GET", "/v1/voices", request.state.request_id, params=dict(request.query_params)
+    )
     return await forward_tts(state, "tts_voices", call, voice=None, capability="voices")
 
 
 @router.get("/v1/tts/voices/{voice_id}", response_model=None)
 async def get_voice(request: Request, voice_id: str, state: GatewayStateDep) -> Response:
     """One voice with a spoken sample."""
-    call = BackendCall("GET", f"/v1/voices/{voice_id}", request.state.request_id,
-                       params=dict(request.query_params))
+    call = BackendCall(
+        "GET", f"/v1/voices/{voice_id}", request.state.request_id, params=dict(request.query_params)
+    )
     return await forward_tts(state, "tts_voices", call, voice=voice_id, capability="voices")
 
 
@@ -201,10 +244,14 @@ async def synthesize(request: Request, state: GatewayStateDep) -> Response:
     """``tts_vits``'s ``POST /v1/synthesize`` (streamed through when ``stream`` is true)."""
     body = await json_body(request)
     voice = body.get("voice") if isinstance(body.get("voice"), str) else None
-    call = BackendCall("POST", "/v1/synthesize", request.state.request_id, json=body,
-                       stream=bool(body.get("stream")))
-    return await forward_tts(state, "tts_synthesize", call, voice=voice,
-                             capability="synthesize")
+    call = BackendCall(
+        "POST",
+        "/v1/synthesize",
+        request.state.request_id,
+        json=body,
+        stream=bool(body.get("stream")),
+    )
+    return await forward_tts(state, "tts_synthesize", call, voice=voice, capability="synthesize")
 
 
 @router.post("/v1/tts/compare", response_model=None)

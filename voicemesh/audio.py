@@ -253,13 +253,15 @@ class OpusStreamDecoder:
     ) -> None:
         check_rate(target_rate, "target_rate")
         if channels not in (1, 2):
-            raise BadAudio(f"opus streams have 1 or 2 channels, got {channels}",
-                           code="bad_channels")
+            raise BadAudio(
+                f"opus streams have 1 or 2 channels, got {channels}", code="bad_channels"
+            )
         try:
             import av
         except ImportError as exc:
-            raise BadAudio("encoding 'opus' needs PyAV (the voicemesh[codecs] extra)",
-                           code="bad_encoding") from exc
+            raise BadAudio(
+                "encoding 'opus' needs PyAV (the voicemesh[codecs] extra)", code="bad_encoding"
+            ) from exc
         self._av = av
         name = "libopus" if "libopus" in av.codecs_available else "opus"
         codec = av.CodecContext.create(name, "r")
@@ -273,7 +275,8 @@ class OpusStreamDecoder:
         self.max_frame_bytes = max_frame_bytes
         self._samples_in = 0
         self._resampler = soxr.ResampleStream(
-            OPUS_DECODE_RATE, target_rate, 1, dtype="float32", quality=_RESAMPLE_QUALITY)
+            OPUS_DECODE_RATE, target_rate, 1, dtype="float32", quality=_RESAMPLE_QUALITY
+        )
 
     @property
     def seconds_in(self) -> float:
@@ -284,7 +287,9 @@ class OpusStreamDecoder:
         if len(frame) > self.max_frame_bytes:
             raise PayloadTooLarge(
                 f"opus packet of {len(frame)} bytes is over the limit of "
-                f"{self.max_frame_bytes} bytes", code="frame_too_large")
+                f"{self.max_frame_bytes} bytes",
+                code="frame_too_large",
+            )
         try:
             frames = self._codec.decode(self._av.Packet(frame))
         except (self._av.error.FFmpegError, ValueError) as exc:
@@ -297,11 +302,13 @@ class OpusStreamDecoder:
                 raise _bad_opus(f"opus decoded at {decoded.sample_rate} Hz, expected 48000")
             samples = decoded.to_ndarray()
             if decoded.format.is_planar:
-                mono = samples.mean(axis=0, dtype=np.float32) if samples.shape[0] > 1 \
+                mono = (
+                    samples.mean(axis=0, dtype=np.float32)
+                    if samples.shape[0] > 1
                     else samples[0].astype(np.float32)
+                )
             else:
-                mono = _sum_channels(samples.reshape(-1, self.channels)) / np.float32(
-                    self.channels)
+                mono = _sum_channels(samples.reshape(-1, self.channels)) / np.float32(self.channels)
             if samples.dtype == np.int16:
                 mono = mono * _PCM16_SCALE
             chunks.append(mono.astype(np.float32, copy=False))
@@ -330,11 +337,13 @@ class OpusStreamDecoder:
 class OpusStreamEncoder:
     """Float32 mono at 16 kHz -> raw Opus packets of ``frame_ms`` (the client side of ``opus``)."""
 
-    def __init__(self, *, sample_rate: int = SAMPLE_RATE, frame_ms: int = 20,
-                 bitrate: int = 32000) -> None:
+    def __init__(
+        self, *, sample_rate: int = SAMPLE_RATE, frame_ms: int = 20, bitrate: int = 32000
+    ) -> None:
         if sample_rate not in (8000, 12000, 16000, 24000, 48000):
-            raise BadAudio(f"opus encodes 8, 12, 16, 24 or 48 kHz, got {sample_rate}",
-                           code="bad_sample_rate")
+            raise BadAudio(
+                f"opus encodes 8, 12, 16, 24 or 48 kHz, got {sample_rate}", code="bad_sample_rate"
+            )
         if frame_ms not in (10, 20, 40, 60):
             raise ValueError(f"frame_ms must be 10, 20, 40 or 60, got {frame_ms}")
         import av
@@ -369,7 +378,7 @@ class OpusStreamEncoder:
         packets: list[bytes] = []
         whole = pending.size - pending.size % self.frame_samples
         for start in range(0, whole, self.frame_samples):
-            packets += self._encode_frame(pending[start:start + self.frame_samples])
+            packets += self._encode_frame(pending[start : start + self.frame_samples])
         self._pending = pending[whole:]
         return packets
 
@@ -394,12 +403,19 @@ def stream_decoder(
 ) -> AudioStreamDecoder:
     """The decoder a ``start`` message asks for (``sample_rate`` is unused for Opus)."""
     if encoding == "opus":
-        return OpusStreamDecoder(channels=channels, target_rate=target_rate,
-                                 max_frame_bytes=max_frame_bytes)
+        return OpusStreamDecoder(
+            channels=channels, target_rate=target_rate, max_frame_bytes=max_frame_bytes
+        )
     if encoding not in _BYTES_PER_SAMPLE:
         raise BadAudio(
             f"encoding must be one of {[*sorted(_BYTES_PER_SAMPLE), 'opus']}, got {encoding!r}",
-            code="bad_encoding")
+            code="bad_encoding",
+        )
     pcm: PcmEncoding = "pcm_s16le" if encoding == "pcm_s16le" else "pcm_f32le"
-    return PcmStreamDecoder(sample_rate=sample_rate, encoding=pcm, channels=channels,
-                            target_rate=target_rate, max_frame_bytes=max_frame_bytes)
+    return PcmStreamDecoder(
+        sample_rate=sample_rate,
+        encoding=pcm,
+        channels=channels,
+        target_rate=target_rate,
+        max_frame_bytes=max_frame_bytes,
+    )

@@ -117,8 +117,9 @@ class LimitExceeded(VoiceMeshError):
     code = "rate_limited"
     status_code = 429
 
-    def __init__(self, message: str, *, code: str | None = None, retry_after: int,
-                 scope: str, key_id: str) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: int, scope: str, key_id: str
+    ) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
         """Whole seconds to wait (the ``Retry-After`` header)."""
@@ -196,6 +197,10 @@ def backend_errors(url: str, *, doing: str = "reach") -> Iterator[None]:
         raise
     except (httpx.TimeoutException, TimeoutError) as exc:
         raise BackendTimeout(f"{url} timed out: {exc!r}") from exc
-    except (httpx.TransportError, websockets.ConnectionClosed, websockets.InvalidHandshake,
-            OSError) as exc:
+    except (
+        httpx.TransportError,
+        websockets.ConnectionClosed,
+        websockets.InvalidHandshake,
+        OSError,
+    ) as exc:
         raise BackendClosed(f"cannot {doing} {url}: {exc!r}") from exc

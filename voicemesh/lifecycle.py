@@ -72,8 +72,12 @@ async def serve_replica(
     """
     heartbeat = await start_heartbeat(settings, info)
     drains = is_idle is not None and mark_draining is not None
-    _LOGGER.debug("replica %s: registry %s, drain on SIGTERM: %s", settings.instance_id,
-                  registry_status(heartbeat), drains)
+    _LOGGER.debug(
+        "replica %s: registry %s, drain on SIGTERM: %s",
+        settings.instance_id,
+        registry_status(heartbeat),
+        drains,
+    )
     if is_idle is not None and mark_draining is not None:
         mark = mark_draining
 

@@ -15,19 +15,28 @@ class ServiceMetrics:
         self.registry = CollectorRegistry()
         self.service = service
         self.requests = Counter(
-            "voicemesh_requests_total", "Requests and sessions handled",
-            ["service", "route", "outcome"], registry=self.registry,
+            "voicemesh_requests_total",
+            "Requests and sessions handled",
+            ["service", "route", "outcome"],
+            registry=self.registry,
         )
         self.active_sessions = Gauge(
-            "voicemesh_active_sessions", "Open streaming sessions", ["service"],
+            "voicemesh_active_sessions",
+            "Open streaming sessions",
+            ["service"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "voicemesh_latency_seconds", "Latency by stage", ["service", "stage"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "voicemesh_latency_seconds",
+            "Latency by stage",
+            ["service", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.errors = Counter(
-            "voicemesh_errors_total", "Errors sent to clients", ["service", "code"],
+            "voicemesh_errors_total",
+            "Errors sent to clients",
+            ["service", "code"],
             registry=self.registry,
         )
 
@@ -54,25 +63,33 @@ class GatewayMetrics(ServiceMetrics):
     def __init__(self, service: str = "gateway") -> None:
         super().__init__(service)
         self.http_requests = Counter(
-            "voicemesh_gateway_requests", "Requests by route template and status code "
-            "(WebSockets: 101 when admitted, else the close code)", ["route", "status"],
+            "voicemesh_gateway_requests",
+            "Requests by route template and status code "
+            "(WebSockets: 101 when admitted, else the close code)",
+            ["route", "status"],
             registry=self.registry,
         )
         self.failovers = Counter(
-            "voicemesh_gateway_failovers", "Sessions and requests moved to another backend",
-            ["reason"], registry=self.registry,
+            "voicemesh_gateway_failovers",
+            "Sessions and requests moved to another backend",
+            ["reason"],
+            registry=self.registry,
         )
         self.backend_choice = Counter(
-            "voicemesh_gateway_backend_choice", "Backends chosen for sessions, by device",
-            ["device"], registry=self.registry,
+            "voicemesh_gateway_backend_choice",
+            "Backends chosen for sessions, by device",
+            ["device"],
+            registry=self.registry,
         )
         self.first_partial_latency = Histogram(
             "voicemesh_gateway_first_partial_latency_seconds",
             "Time from an utterance's first audio to its first partial at the client",
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.final_latency = Histogram(
             "voicemesh_gateway_final_latency_seconds",
             "Final latency the engine reports (end of speech to final)",
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )

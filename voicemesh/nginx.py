@@ -190,9 +190,7 @@ def render_nginx_conf(
         raise ValueError("at least one gateway upstream is needed")
     limit = settings.body_limit_bytes or body_limit_bytes
     allow = "\n".join(f"            allow {item};" for item in settings.metrics_allow)
-    servers = "\n".join(
-        f"        server {item} max_fails=3 fail_timeout=5s;" for item in upstreams
-    )
+    servers = "\n".join(f"        server {item} max_fails=3 fail_timeout=5s;" for item in upstreams)
     if target == "compose":
         values = {
             "USER_LINE": "# runs as the image's unprivileged user",
@@ -222,18 +220,20 @@ def render_nginx_conf(
             "LISTEN": _listen(settings.host, settings.port),
             "STATIC_DIR": str(settings.static_dir.resolve()),
         }
-    values.update({
-        "UPSTREAM_SERVERS": servers,
-        "METRICS_ALLOW": allow or "            # nobody",
-        "CLIENT_MAX_BODY_SIZE": str(limit),
-        "API_RATE": str(settings.api_rate_per_s),
-        "API_BURST": str(settings.api_burst),
-        "WS_RATE": str(settings.ws_rate_per_s),
-        "WS_BURST": str(settings.ws_burst),
-        "MAX_CONN": str(settings.max_connections_per_client),
-        "STREAM_TIMEOUT": str(settings.stream_timeout_s),
-        "HTTP_TIMEOUT": str(settings.http_timeout_s),
-    })
+    values.update(
+        {
+            "UPSTREAM_SERVERS": servers,
+            "METRICS_ALLOW": allow or "            # nobody",
+            "CLIENT_MAX_BODY_SIZE": str(limit),
+            "API_RATE": str(settings.api_rate_per_s),
+            "API_BURST": str(settings.api_burst),
+            "WS_RATE": str(settings.ws_rate_per_s),
+            "WS_BURST": str(settings.ws_burst),
+            "MAX_CONN": str(settings.max_connections_per_client),
+            "STREAM_TIMEOUT": str(settings.stream_timeout_s),
+            "HTTP_TIMEOUT": str(settings.http_timeout_s),
+        }
+    )
     text = TEMPLATE.read_text(encoding="utf-8")
     for name, value in values.items():
         text = text.replace(f"@{name}@", value)
@@ -251,7 +251,8 @@ def render_compose_conf(gateway: UpstreamGateway | None = None) -> str:
     """
     upstream = gateway or UpstreamGateway.defaults()
     return render_nginx_conf(
-        NginxSettings.model_construct(), target="compose",
+        NginxSettings.model_construct(),
+        target="compose",
         upstreams=[f"gateway:{upstream.port}"],
         body_limit_bytes=upstream.body_limit_bytes,
     )
@@ -261,20 +262,36 @@ def embedded_argv(settings: NginxSettings, layout: NginxLayout) -> list[str]:
     """The command that runs nginx in the foreground on ``layout`` (checks it is installed)."""
     binary = nginx_binary(settings)
     if binary is None:
-        raise FileNotFoundError("nginx is not installed: run scripts/setup-nginx "
-                                "(it installs Debian's nginx package)")
+        raise FileNotFoundError(
+            "nginx is not installed: run scripts/setup-nginx (it installs Debian's nginx package)"
+        )
     # -e: nginx opens its error log before it reads the config; keep that one ours too.
-    return [binary, "-p", str(layout.prefix), "-c", str(layout.conf),
-            "-e", str(layout.error_log), "-g", "daemon off;"]
+    return [
+        binary,
+        "-p",
+        str(layout.prefix),
+        "-c",
+        str(layout.conf),
+        "-e",
+        str(layout.error_log),
+        "-g",
+        "daemon off;",
+    ]
 
 
-def write_embedded_conf(settings: NginxSettings, layout: NginxLayout, upstreams: list[str],
-                        *, body_limit_bytes: int) -> None:
+def write_embedded_conf(
+    settings: NginxSettings, layout: NginxLayout, upstreams: list[str], *, body_limit_bytes: int
+) -> None:
     """Write the embedded config and create its temp folder."""
     layout.temp.mkdir(parents=True, exist_ok=True)
     layout.conf.write_text(
-        render_nginx_conf(settings, target="embedded", upstreams=upstreams, layout=layout,
-                          body_limit_bytes=body_limit_bytes),
+        render_nginx_conf(
+            settings,
+            target="embedded",
+            upstreams=upstreams,
+            layout=layout,
+            body_limit_bytes=body_limit_bytes,
+        ),
         encoding="utf-8",
     )
     _LOGGER.info("nginx config written to %s", layout.conf)

@@ -90,9 +90,7 @@ class StopMessage(_Message):
     type: Literal["stop"] = "stop"
 
 
-ControlMessage = Annotated[
-    StartMessage | FlushMessage | StopMessage, Field(discriminator="type")
-]
+ControlMessage = Annotated[StartMessage | FlushMessage | StopMessage, Field(discriminator="type")]
 _CONTROL = TypeAdapter(ControlMessage)
 
 
@@ -218,12 +216,7 @@ class ErrorMessage(_Message):
 
 
 ServerMessage = Annotated[
-    ReadyMessage
-    | PartialMessage
-    | FinalMessage
-    | VadMessage
-    | FailoverMessage
-    | ErrorMessage,
+    ReadyMessage | PartialMessage | FinalMessage | VadMessage | FailoverMessage | ErrorMessage,
     Field(discriminator="type"),
 ]
 SERVER_MESSAGE: TypeAdapter[Any] = TypeAdapter(ServerMessage)

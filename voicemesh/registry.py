@@ -294,7 +294,9 @@ class RegistryHeartbeat:
             if self.connected or self.last_error is None:
                 _LOGGER.warning(
                     "registry unreachable, %s keeps retrying every %.1f s: %s",
-                    info.instance_id, self.interval_s, exc.message,
+                    info.instance_id,
+                    self.interval_s,
+                    exc.message,
                 )
             self.connected = False
             self.last_error = exc.message

@@ -24,8 +24,16 @@ class ServiceSpec:
     def uvicorn_args(self, host: str, port: int) -> list[str]:
         """Arguments after ``python -m`` that start this service."""
         return [
-            "uvicorn", "--factory", self.factory, "--host", host, "--port", str(port),
-            "--no-access-log", "--ws-max-size", str(16 * 1024 * 1024),
+            "uvicorn",
+            "--factory",
+            self.factory,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--ws-max-size",
+            str(16 * 1024 * 1024),
         ]
 
 
@@ -34,12 +42,14 @@ SERVICES: dict[str, ServiceSpec] = {
     for spec in (
         ServiceSpec("stt_tiny_ws", "stt_tiny_ws.app:create_app", "VOICEMESH_STT_TINY_", 8091),
         ServiceSpec("stt_cpu_ws", "stt_cpu_ws.app:create_app", "VOICEMESH_STT_CPU_", 8092),
-        ServiceSpec("stt_gpu_ws", "stt_gpu_ws.app:create_app", "VOICEMESH_STT_GPU_", 8093,
-                    needs_cuda=True),
+        ServiceSpec(
+            "stt_gpu_ws", "stt_gpu_ws.app:create_app", "VOICEMESH_STT_GPU_", 8093, needs_cuda=True
+        ),
         ServiceSpec("tts_vits", "tts_vits.app:create_app", "VOICEMESH_TTS_VITS_", 8094),
         ServiceSpec("tts_clone", "tts_clone.app:create_app", "VOICEMESH_TTS_CLONE_", 8095),
-        ServiceSpec("gateway", "gateway.app:create_app", "VOICEMESH_GATEWAY_", 8080,
-                    scalable=False),
+        ServiceSpec(
+            "gateway", "gateway.app:create_app", "VOICEMESH_GATEWAY_", 8080, scalable=False
+        ),
     )
 }
 """Start order: detector and engines first, the gateway last."""

@@ -46,8 +46,9 @@ class ClientSocket:
     (a session id) goes into the log lines.
     """
 
-    def __init__(self, ws: WebSocket, *, metrics: ServiceMetrics | None = None,
-                 name: str = "") -> None:
+    def __init__(
+        self, ws: WebSocket, *, metrics: ServiceMetrics | None = None, name: str = ""
+    ) -> None:
         self.ws = ws
         self.metrics = metrics
         self.name = name
@@ -73,14 +74,14 @@ class ClientSocket:
         dumps = getattr(message, "dumps", None)
         await self.send_text(dumps() if callable(dumps) else message.model_dump_json())
 
-    async def error(self, code: str, message: str, *, fatal: bool = False,
-                    **extra: Any) -> None:
+    async def error(self, code: str, message: str, *, fatal: bool = False, **extra: Any) -> None:
         """Send a ``{"type":"error"}`` message (the socket stays open unless ``fatal``)."""
         _LOGGER.info("session %s: %s: %s", self.name, code, message)
         if self.metrics is not None:
             self.metrics.error(code)
         payload = ErrorMessage(code=code, message=message, fatal=fatal).model_dump(
-            exclude_none=True)
+            exclude_none=True
+        )
         await self.send({**payload, **extra})
 
     async def close(self, code: int = CLOSE_NORMAL) -> None:
@@ -94,8 +95,10 @@ class ClientSocket:
         await self.error(code, message, fatal=True, **extra)
         await self.close(close_code)
 
-    async def receive(self, on_bad_message: BadMessageHandler | None = None,
-                      ) -> AsyncIterator[ClientMessage]:
+    async def receive(
+        self,
+        on_bad_message: BadMessageHandler | None = None,
+    ) -> AsyncIterator[ClientMessage]:
         """Audio frames (``bytes``) and parsed control messages until the client goes away.
 
         A text frame that is not a valid control message goes to ``on_bad_message``

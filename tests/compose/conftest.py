@@ -58,24 +58,44 @@ class Stack:
 
     def http(self, key: str = API_KEY, timeout: float = 120.0) -> httpx.Client:
         """An HTTP client for nginx with a key."""
-        return httpx.Client(base_url=self.url, timeout=timeout,
-                            headers={"Authorization": f"Bearer {key}"})
+        return httpx.Client(
+            base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {key}"}
+        )
 
-    def compose(self, *args: str, check: bool = True,
-                timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    def compose(
+        self, *args: str, check: bool = True, timeout: float = 900
+    ) -> subprocess.CompletedProcess[str]:
         """``docker-compose`` on the repository's file, in this tier's project."""
         result = subprocess.run(
-            ["docker-compose", "--project-name", PROJECT, "--project-directory", str(REPO),
-             "--env-file", str(self.env_file), "-f", str(REPO / "docker-compose.yml"), *args],
-            capture_output=True, text=True, timeout=timeout, env=self.env, cwd=REPO,
-            check=False)
+            [
+                "docker-compose",
+                "--project-name",
+                PROJECT,
+                "--project-directory",
+                str(REPO),
+                "--env-file",
+                str(self.env_file),
+                "-f",
+                str(REPO / "docker-compose.yml"),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+            cwd=REPO,
+            check=False,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"docker-compose {' '.join(args)}: {result.returncode}\n"
-                                 f"{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"docker-compose {' '.join(args)}: {result.returncode}\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
         return result
 
-    def containers(self, service: str | None = None,
-                   all_states: bool = False) -> list[dict[str, Any]]:
+    def containers(
+        self, service: str | None = None, all_states: bool = False
+    ) -> list[dict[str, Any]]:
         """``docker inspect`` of the project's containers (of one service)."""
         labels = [f"label=com.docker.compose.project={PROJECT}"]
         if service:
@@ -86,8 +106,9 @@ class Stack:
         ids = subprocess.run(args, capture_output=True, text=True, check=True).stdout.split()
         if not ids:
             return []
-        out = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            ["docker", "inspect", *ids], capture_output=True, text=True, check=True
+        ).stdout
         return list(json.loads(out))
 
     def health(self) -> dict[str, str]:
@@ -96,11 +117,13 @@ class Stack:
         for container in self.containers():
             state = container["State"]
             out[container["Name"].lstrip("/")] = (state.get("Health") or {}).get(
-                "Status", state["Status"])
+                "Status", state["Status"]
+            )
         return out
 
-    def wait_healthy(self, services: set[str], timeout_s: float = 600.0,
-                     replicas: dict[str, int] | None = None) -> float:
+    def wait_healthy(
+        self, services: set[str], timeout_s: float = 600.0, replicas: dict[str, int] | None = None
+    ) -> float:
         """Wait until every container of ``services`` is healthy; seconds it took."""
         start = time.monotonic()
         want = {name: (replicas or {}).get(name, 1) for name in services}
@@ -111,8 +134,7 @@ class Stack:
                 service = container["Config"]["Labels"]["com.docker.compose.service"]
                 health = (container["State"].get("Health") or {}).get("Status", "none")
                 status.setdefault(service, []).append(health)
-            if all(status.get(name, []).count("healthy") >= count
-                   for name, count in want.items()):
+            if all(status.get(name, []).count("healthy") >= count for name, count in want.items()):
                 return time.monotonic() - start
             time.sleep(1.0)
         logs = self.compose("logs", "--tail", "30", check=False).stdout
@@ -128,8 +150,9 @@ class Stack:
         with self.http(ADMIN_KEY, timeout=30) as client:
             return client.request(method, path, **kwargs)
 
-    def wait_for_replicas(self, service: str, count: int,
-                          timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    def wait_for_replicas(
+        self, service: str, count: int, timeout_s: float = 60.0
+    ) -> list[dict[str, Any]]:
         """Wait until the gateway's registry holds ``count`` replicas of ``service``."""
         deadline = time.monotonic() + timeout_s
         body: dict[str, Any] = {}
@@ -147,8 +170,12 @@ class Stack:
 def _docker_answers() -> bool:
     if not shutil.which("docker") or not shutil.which("docker-compose"):
         return False
-    result = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["docker", "version", "--format", "{{.Server.Version}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return result.returncode == 0
 
 

@@ -50,12 +50,15 @@ async def stream(stack: Stack, clip: Any, **kwargs: Any) -> StreamResult:
 
     audio = kwargs.pop("audio", None)
     try:
-        return await stream_audio(stack.ws_url,
-                                  load_clip_16k(clip.path) if audio is None else audio,
-                                  language="en", on_message=on_message, **kwargs)
+        return await stream_audio(
+            stack.ws_url,
+            load_clip_16k(clip.path) if audio is None else audio,
+            language="en",
+            on_message=on_message,
+            **kwargs,
+        )
     except websockets.ConnectionClosed as exc:
-        logs = stack.compose("logs", "--tail", "15", "gateway", "stt_cpu_ws",
-                             check=False).stdout
+        logs = stack.compose("logs", "--tail", "15", "gateway", "stt_cpu_ws", check=False).stdout
         raise AssertionError(f"stream closed: {exc}; messages {seen}\n{logs}") from exc
 
 
@@ -66,17 +69,22 @@ def test_every_container_is_healthy_and_ready(stack: Stack) -> None:
     assert set(stack.health().values()) == {"healthy"}, stack.health()
     # Only nginx publishes, and only on loopback.
     for container in containers:
-        published = [b for bindings in (container["NetworkSettings"]["Ports"] or {}).values()
-                     for b in bindings or []]
+        published = [
+            b
+            for bindings in (container["NetworkSettings"]["Ports"] or {}).values()
+            for b in bindings or []
+        ]
         service = container["Config"]["Labels"]["com.docker.compose.service"]
         if service == "nginx":
             assert [(b["HostIp"], b["HostPort"]) for b in published] == [
-                ("127.0.0.1", str(stack.port))]
+                ("127.0.0.1", str(stack.port))
+            ]
         else:
             assert published == [], service
     # Non-root everywhere (redis and nginx by name, the Python services by uid).
-    users = {c["Config"]["Labels"]["com.docker.compose.service"]: c["Config"]["User"]
-             for c in containers}
+    users = {
+        c["Config"]["Labels"]["com.docker.compose.service"]: c["Config"]["User"] for c in containers
+    }
     assert all(user not in ("", "root", "0") for user in users.values()), users
     with stack.http() as client:
         ready = client.get("/ready")
@@ -97,13 +105,17 @@ def test_a_clip_streams_through_nginx_within_the_wer_bound(stack: Stack) -> None
 
 
 def test_the_openai_sdk_transcribes_and_speaks_through_nginx(stack: Stack) -> None:
-    with openai.OpenAI(base_url=f"{stack.url}/v1", api_key=API_KEY, max_retries=0,
-                       timeout=120) as client:
+    with openai.OpenAI(
+        base_url=f"{stack.url}/v1", api_key=API_KEY, max_retries=0, timeout=120
+    ) as client:
         with open(JFK.path, "rb") as audio:
             text = client.audio.transcriptions.create(model="whisper-1", file=audio).text
-        spoken = client.audio.speech.create(model="tts-1", voice="alloy",
-                                            input="The mesh runs in containers now.",
-                                            response_format="wav").read()
+        spoken = client.audio.speech.create(
+            model="tts-1",
+            voice="alloy",
+            input="The mesh runs in containers now.",
+            response_format="wav",
+        ).read()
     assert error_rate(JFK.text, text) <= error_rate(JFK.text, offline_transcript(JFK)) + 5
     # The gateway streams WAV with an open length; soundfile needs the real one.
     audio, rate = soundfile.read(io.BytesIO(_fix_stream_wav(spoken)))
@@ -117,7 +129,7 @@ def _fix_stream_wav(wav: bytes) -> bytes:
         data[4:8] = (len(data) - 8).to_bytes(4, "little")
         index = data.find(b"data")
         if index >= 0:
-            data[index + 4:index + 8] = (len(data) - index - 8).to_bytes(4, "little")
+            data[index + 4 : index + 8] = (len(data) - index - 8).to_bytes(4, "little")
     return bytes(data)
 
 
@@ -125,14 +137,21 @@ def test_a_voice_profile_survives_a_tts_clone_restart(stack: Stack) -> None:
     with stack.http() as client:
         made = client.post(
             "/v1/clone/voices",
-            files={"audio": (REFERENCE.file, (SPEECH_DIR / REFERENCE.file).read_bytes(),
-                             "audio/wav")},
-            data={"name": "compose-tier", "prompt_text": REFERENCE.text, "language": "en",
-                  "consent": "true"})
+            files={
+                "audio": (REFERENCE.file, (SPEECH_DIR / REFERENCE.file).read_bytes(), "audio/wav")
+            },
+            data={
+                "name": "compose-tier",
+                "prompt_text": REFERENCE.text,
+                "language": "en",
+                "consent": "true",
+            },
+        )
         assert made.status_code == 201, made.text
         voice_id = made.json()["voice_id"]
-        first = client.post("/v1/clone/synthesize",
-                            json={"text": "Before the restart.", "voice_id": voice_id})
+        first = client.post(
+            "/v1/clone/synthesize", json={"text": "Before the restart.", "voice_id": voice_id}
+        )
         assert first.status_code == 200, first.text
         assert first.headers["x-voicemesh-engine"] == "world_vits"
     stack.compose("restart", "tts_clone")
@@ -140,8 +159,9 @@ def test_a_voice_profile_survives_a_tts_clone_restart(stack: Stack) -> None:
     stack.wait_for_replicas("tts_clone", 1)
     with stack.http() as client:
         assert client.get(f"/v1/clone/voices/{voice_id}").status_code == 200
-        after = client.post("/v1/clone/synthesize",
-                            json={"text": "After the restart.", "voice_id": voice_id})
+        after = client.post(
+            "/v1/clone/synthesize", json={"text": "After the restart.", "voice_id": voice_id}
+        )
     assert after.status_code == 200, after.text
     assert after.headers["x-voicemesh-cache"] == "miss"
     audio, _ = soundfile.read(io.BytesIO(_fix_stream_wav(after.content)))
@@ -158,8 +178,7 @@ def test_a_redis_restart_under_a_live_session(stack: Stack) -> None:
         await asyncio.to_thread(stack.compose, "restart", "redis")
 
     async def session() -> StreamResult:
-        result, _ = await asyncio.gather(
-            stream(stack, LJ), restart_redis())
+        result, _ = await asyncio.gather(stream(stack, LJ), restart_redis())
         return result
 
     result = asyncio.run(session())
@@ -186,8 +205,11 @@ def test_two_replicas_share_new_sessions_and_a_killed_one_fails_over(stack: Stac
 
     async def two_sessions() -> list[StreamResult]:
         audio = load_clip_16k(JFK.path)[:32000]
-        return list(await asyncio.gather(*[
-            stream(stack, JFK, audio=audio, trailing_silence_s=0.5) for _ in range(2)]))
+        return list(
+            await asyncio.gather(
+                *[stream(stack, JFK, audio=audio, trailing_silence_s=0.5) for _ in range(2)]
+            )
+        )
 
     backends = {r.of_type("ready")[0]["backend"] for r in asyncio.run(two_sessions())}
     assert backends == urls, backends
@@ -201,21 +223,29 @@ def test_two_replicas_share_new_sessions_and_a_killed_one_fails_over(stack: Stac
             ip = killed["backend"].removeprefix("http://").rsplit(":", 1)[0]
             killed["t"] = t
             # Off the event loop: docker kill takes a moment.
-            threading.Thread(target=subprocess.run, daemon=True, kwargs={
-                "args": ["docker", "kill", containers[ip]["Id"]], "check": True,
-                "capture_output": True}).start()
+            threading.Thread(
+                target=subprocess.run,
+                daemon=True,
+                kwargs={
+                    "args": ["docker", "kill", containers[ip]["Id"]],
+                    "check": True,
+                    "capture_output": True,
+                },
+            ).start()
 
     result = asyncio.run(stream(stack, LJ, on_message=on_message))
     assert "t" in killed, result.messages
     failovers = result.timed("failover")
     assert len(failovers) == 1, result.messages
     t_failover, failover = failovers[0]
-    assert failover["from"] == killed["backend"] and failover["to"] in urls - {
-        killed["backend"]}, failover
+    assert failover["from"] == killed["backend"] and failover["to"] in urls - {killed["backend"]}, (
+        failover
+    )
     assert result.of_type("error") == [], result.messages
     assert_within_wer(LJ, result.transcript)
-    after = [t for t, m in result.messages if m.get("type") in ("partial", "final")
-             and t > t_failover]
+    after = [
+        t for t, m in result.messages if m.get("type") in ("partial", "final") and t > t_failover
+    ]
     record("failover_message_after_kill_s", round(t_failover - killed["t"], 2))
     record("failover_next_transcript_s", round(after[0] - t_failover, 2) if after else None)
     record("failover_replayed_ms", failover.get("replayed_ms"))
@@ -225,12 +255,23 @@ def test_down_leaves_nothing_running(stack: Stack) -> None:
     stack.compose("down", "-v", "--remove-orphans")
     assert stack.containers(all_states=True) == []
     volumes = subprocess.run(
-        ["docker", "volume", "ls", "-q", "--filter",
-         f"label=com.docker.compose.project={PROJECT}"],
-        capture_output=True, text=True, check=True).stdout.split()
+        ["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert volumes == []
     networks = subprocess.run(
-        ["docker", "network", "ls", "-q", "--filter",
-         f"label=com.docker.compose.project={PROJECT}"],
-        capture_output=True, text=True, check=True).stdout.split()
+        [
+            "docker",
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            f"label=com.docker.compose.project={PROJECT}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert networks == []

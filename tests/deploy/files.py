@@ -35,13 +35,26 @@ def tool(name: str) -> str:
     return found
 
 
-def docker_compose(*args: str, env_file: Path = ENV_EXAMPLE,
-                   check: bool = True) -> subprocess.CompletedProcess[str]:
+def docker_compose(
+    *args: str, env_file: Path = ENV_EXAMPLE, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """``docker-compose`` (1.29, no engine needed for ``config``) on the repo's compose file."""
     return subprocess.run(
-        [tool("docker-compose"), "--project-directory", str(REPO), "--env-file", str(env_file),
-         "-f", str(COMPOSE_FILE), *args],
-        capture_output=True, text=True, check=check, timeout=120, cwd=REPO,
+        [
+            tool("docker-compose"),
+            "--project-directory",
+            str(REPO),
+            "--env-file",
+            str(env_file),
+            "-f",
+            str(COMPOSE_FILE),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=120,
+        cwd=REPO,
         env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
     )
 
@@ -195,13 +208,21 @@ def tracked_files(under: Path) -> list[str]:
     """Files git tracks (or would add) under ``under``, relative to it."""
     listing = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=under, capture_output=True, text=True, check=True,
+        cwd=under,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return [line for line in listing.splitlines() if line and (under / line).is_file()]
 
 
 def k8s_render(folder: Path) -> list[dict[str, Any]]:
     """``kubectl kustomize`` output of a kustomization folder, one dict per object."""
-    result = subprocess.run([tool("kubectl"), "kustomize", str(folder)], capture_output=True,
-                            text=True, check=True, timeout=120)
+    result = subprocess.run(
+        [tool("kubectl"), "kustomize", str(folder)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]

@@ -59,8 +59,10 @@ def _schema_errors(text: str) -> list[str]:
     schema = json.loads(COMPOSE_SCHEMA.read_text())
     document = interpolate(yaml.safe_load(text), env_example())
     validator = jsonschema.Draft7Validator(schema)
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in validator.iter_errors(document)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(document)
+    ]
 
 
 def test_compose_matches_the_current_compose_specification_schema() -> None:
@@ -81,8 +83,11 @@ def test_required_secrets_must_be_set(tmp_path: Path) -> None:
 
 def test_env_example_names_every_variable_compose_reads() -> None:
     used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", COMPOSE_FILE.read_text()))
-    documented = {line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines()
-                  if "=" in line and not line.startswith("#")}
+    documented = {
+        line.split("=", 1)[0]
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    }
     assert used <= documented, used - documented
     gateway = services()["gateway"]["environment"]
     assert gateway["VOICEMESH_GATEWAY_API_KEYS"] == '["change-me-client-key"]'
@@ -118,8 +123,10 @@ def test_only_nginx_is_published_and_on_the_front_network() -> None:
         if name == "nginx":
             assert networks == {"front", "back"}
             # Long form, or "HOST_IP:PORT:TARGET/tcp" when a host address is named.
-            targets = [p["target"] if isinstance(p, dict) else
-                       int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in service["ports"]]
+            targets = [
+                p["target"] if isinstance(p, dict) else int(str(p).rsplit(":", 1)[-1].split("/")[0])
+                for p in service["ports"]
+            ]
             assert targets == [8080]
         else:
             assert networks == {"back"}, name
@@ -148,8 +155,7 @@ def _prefix(name: str) -> str:
 @pytest.mark.parametrize("spec", list(SERVICES.values()), ids=list(SERVICES))
 def test_commands_are_the_ones_the_runner_uses(spec: ServiceSpec) -> None:
     service = services()[spec.name]
-    assert service["command"] == ["python", "-m", *spec.uvicorn_args("0.0.0.0",
-                                                                     spec.default_port)]
+    assert service["command"] == ["python", "-m", *spec.uvicorn_args("0.0.0.0", spec.default_port)]
     assert service["environment"][f"{spec.env_prefix}PORT"] == str(spec.default_port)
     assert service["healthcheck"]["test"][-1] == f"http://127.0.0.1:{spec.default_port}/health"
 
@@ -168,8 +174,9 @@ def test_every_python_service_runs_its_own_factory_like_the_runner(name: str) ->
 def test_gpu_services_reserve_an_nvidia_device_under_the_gpu_profile() -> None:
     resolved = services()
     for name, service in resolved.items():
-        devices = (service.get("deploy", {}).get("resources", {}).get("reservations", {})
-                   .get("devices"))
+        devices = (
+            service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices")
+        )
         if name in GPU_ONLY:
             assert service["profiles"] == ["gpu"]
             assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
@@ -184,8 +191,10 @@ def test_volumes_for_redis_models_and_voices() -> None:
     assert "--appendonly" in redis["command"]
     assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
-    mounts = {name: {tuple(v.split(":")[:2]) for v in s.get("volumes", [])}
-              for name, s in resolved.items()}
+    mounts = {
+        name: {tuple(v.split(":")[:2]) for v in s.get("volumes", [])}
+        for name, s in resolved.items()
+    }
     assert ("redis-data", "/data") in mounts["redis"]
     assert all(v.endswith(":ro") for v in resolved["stt_cpu_ws"]["volumes"])
     for name in ("stt_tiny_ws", "stt_cpu_ws", "stt_gpu_ws", "tts_vits", "tts_clone"):

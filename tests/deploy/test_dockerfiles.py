@@ -26,8 +26,10 @@ from tests.harness import REPO
 pytestmark = pytest.mark.deploy
 
 ALL_DOCKERFILES = sorted(
-    p.relative_to(REPO) for p in REPO.glob("**/Dockerfile")
-    if not {".venv", "outputs", ".deploy-tools", ".cache"} & set(p.relative_to(REPO).parts))
+    p.relative_to(REPO)
+    for p in REPO.glob("**/Dockerfile")
+    if not {".venv", "outputs", ".deploy-tools", ".cache"} & set(p.relative_to(REPO).parts)
+)
 # Built by deploy/build-images before compose builds the rest: the shared Python runtime
 # (its own assembled context) and Redis from Debian's package (compose only runs it).
 RUNTIME = Path("deploy/runtime/Dockerfile")
@@ -65,11 +67,18 @@ def build_context(dockerfile: Path) -> tuple[Path, DockerIgnore]:
 
 def test_every_service_folder_has_a_dockerfile() -> None:
     built = {compose_service(path)[0] for path in DOCKERFILES}
-    with_build = {name for name, s in resolved_compose("gpu")["services"].items()
-                  if s.get("build")}
+    with_build = {name for name, s in resolved_compose("gpu")["services"].items() if s.get("build")}
     assert built == with_build
-    assert {"gateway", "stt_tiny_ws", "stt_cpu_ws", "stt_gpu_ws", "tts_vits", "tts_clone",
-            "nginx", "gpt-sovits"} <= built
+    assert {
+        "gateway",
+        "stt_tiny_ws",
+        "stt_cpu_ws",
+        "stt_gpu_ws",
+        "tts_vits",
+        "tts_clone",
+        "nginx",
+        "gpt-sovits",
+    } <= built
     script = BUILD_IMAGES.read_text()
     assert set(SCRIPT_BUILT) <= set(ALL_DOCKERFILES)
     for dockerfile in SCRIPT_BUILT:
@@ -78,16 +87,26 @@ def test_every_service_folder_has_a_dockerfile() -> None:
 
 @pytest.mark.parametrize("dockerfile", ALL_DOCKERFILES, ids=ALL_IDS)
 def test_hadolint_passes(dockerfile: Path) -> None:
-    result = subprocess.run([tool("hadolint"), "--no-color", str(REPO / dockerfile)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [tool("hadolint"), "--no-color", str(REPO / dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python\nRUN apt-get install curl\n")
-    result = subprocess.run([tool("hadolint"), "--no-color", str(bad)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [tool("hadolint"), "--no-color", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode != 0 and "DL3006" in result.stdout
 
 
@@ -97,13 +116,12 @@ def test_base_image_is_an_argument_and_the_user_is_not_root(dockerfile: Path) ->
     first_from = next(i for i, step in enumerate(steps) if step.keyword == "FROM")
     # The Python services build on the shared runtime, itself on BASE_IMAGE.
     argument = "RUNTIME_IMAGE" if dockerfile in PYTHON_DOCKERFILES else "BASE_IMAGE"
-    assert any(s.keyword == "ARG" and s.args.startswith(f"{argument}=")
-               for s in steps[:first_from])
+    assert any(s.keyword == "ARG" and s.args.startswith(f"{argument}=") for s in steps[:first_from])
     stages = {s.args.split()[-1] for s in steps if s.keyword == "FROM" and " AS " in s.args}
     for step in steps:
         if step.keyword == "FROM":
             assert "${" + argument + "}" in step.args or step.args.split()[0] in stages, step
-    final_stage = steps[max(i for i, s in enumerate(steps) if s.keyword == "FROM"):]
+    final_stage = steps[max(i for i, s in enumerate(steps) if s.keyword == "FROM") :]
     users = [s.args for s in final_stage if s.keyword == "USER"]
     if not users:
         # The unprivileged nginx base image sets its own non-root USER.
@@ -136,8 +154,13 @@ def test_copy_sources_exist_and_pass_the_deny_all_ignore_file(dockerfile: Path) 
             inside = [f for f in files if f == source or f.startswith(source.rstrip("/") + "/")]
             assert inside, f"{source}: nothing git knows"
             # Kept out on purpose: caches, and the build files themselves.
-            missing = [f for f in inside if f not in sent and "__pycache__" not in f
-                       and not Path(f).name.startswith("Dockerfile")]
+            missing = [
+                f
+                for f in inside
+                if f not in sent
+                and "__pycache__" not in f
+                and not Path(f).name.startswith("Dockerfile")
+            ]
             assert not missing, f"{ignore.path} keeps out {missing[:5]}"
             copied.append(source.rstrip("/"))
     # Deny-all: nothing goes into the context that no COPY reads.
@@ -163,11 +186,18 @@ def test_the_runtime_installs_the_dependencies_offline_before_the_code() -> None
     steps = _python_steps(RUNTIME)
     copies = [(i, copy_sources(s)) for i, s in enumerate(steps) if s.keyword == "COPY"]
     wheels_index = next(i for i, sources in copies if sources == ["wheels"])
-    first_index = next(i for i, sources in copies if set(sources) == {"pyproject.toml",
-                                                                      "README.md"})
+    first_index = next(
+        i for i, sources in copies if set(sources) == {"pyproject.toml", "README.md"}
+    )
     code_index = next(i for i, sources in copies if "voicemesh" in sources)
-    installs = [i for i, s in enumerate(steps) if s.keyword == "RUN" and "pip install" in s.args
-                and "--no-index" in s.args and "--find-links /wheels" in s.args]
+    installs = [
+        i
+        for i, s in enumerate(steps)
+        if s.keyword == "RUN"
+        and "pip install" in s.args
+        and "--no-index" in s.args
+        and "--find-links /wheels" in s.args
+    ]
     assert any(max(wheels_index, first_index) < i < code_index for i in installs)
     # Every extra a container runs, in the normalised spelling pip 23 needs.
     install = steps[installs[0]].args
@@ -186,12 +216,16 @@ def test_the_runtime_context_holds_what_its_dockerfile_copies() -> None:
             assert re.search(rf"(CONTEXT/{source}\b|\b{source}\b.*CONTEXT)", script), source
 
 
-PYTHON_DOCKERFILES = [p for p in DOCKERFILES if (REPO / p.parent / "__init__.py").exists()
-                      or p.parent.name in ("tts_vits", "tts_clone")]
+PYTHON_DOCKERFILES = [
+    p
+    for p in DOCKERFILES
+    if (REPO / p.parent / "__init__.py").exists() or p.parent.name in ("tts_vits", "tts_clone")
+]
 
 
-@pytest.mark.parametrize("dockerfile", PYTHON_DOCKERFILES, ids=[str(p.parent) for p in
-                                                                  PYTHON_DOCKERFILES])
+@pytest.mark.parametrize(
+    "dockerfile", PYTHON_DOCKERFILES, ids=[str(p.parent) for p in PYTHON_DOCKERFILES]
+)
 def test_services_add_only_their_code_to_the_runtime(dockerfile: Path) -> None:
     steps = _python_steps(dockerfile)
     copies = [copy_sources(s) for s in steps if s.keyword == "COPY"]
@@ -202,8 +236,9 @@ def test_services_add_only_their_code_to_the_runtime(dockerfile: Path) -> None:
     assert installs and all("--no-deps" in i and "--no-index" in i for i in installs)
 
 
-@pytest.mark.parametrize("dockerfile", PYTHON_DOCKERFILES, ids=[str(p.parent) for p in
-                                                                  PYTHON_DOCKERFILES])
+@pytest.mark.parametrize(
+    "dockerfile", PYTHON_DOCKERFILES, ids=[str(p.parent) for p in PYTHON_DOCKERFILES]
+)
 def test_image_command_equals_the_compose_command(dockerfile: Path) -> None:
     steps = _python_steps(dockerfile)
     cmd = exec_form([s for s in steps if s.keyword == "CMD"][-1])
@@ -213,15 +248,19 @@ def test_image_command_equals_the_compose_command(dockerfile: Path) -> None:
     assert expose == [cmd[cmd.index("--port") + 1]]
 
 
-@pytest.mark.parametrize("dockerfile", PYTHON_DOCKERFILES, ids=[str(p.parent) for p in
-                                                                  PYTHON_DOCKERFILES])
+@pytest.mark.parametrize(
+    "dockerfile", PYTHON_DOCKERFILES, ids=[str(p.parent) for p in PYTHON_DOCKERFILES]
+)
 def test_models_are_prepared_at_build_time_by_their_known_names(dockerfile: Path) -> None:
     from voicemesh.assets import find_model
 
     def prepared(path: Path) -> list[str]:
         text = " ".join(s.args for s in _python_steps(path) if s.keyword == "RUN")
-        return [name for match in re.findall(r"voicemesh models prepare ([^&]+)", text)
-                for name in match.split()]
+        return [
+            name
+            for match in re.findall(r"voicemesh models prepare ([^&]+)", text)
+            for name in match.split()
+        ]
 
     # Prepared once, in the shared runtime, and by names the model table knows.
     assert prepared(dockerfile) == []

@@ -90,8 +90,9 @@ def test_gpu_pods_land_on_gpu_nodes_and_cpu_pods_ask_for_none() -> None:
         if name in GPU_DEPLOYMENTS:
             assert limits["nvidia.com/gpu"] == 1, name
             assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-            assert {"key": "nvidia.com/gpu", "operator": "Exists",
-                    "effect": "NoSchedule"} in pod["tolerations"]
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+                "tolerations"
+            ]
         else:
             assert "nvidia.com/gpu" not in limits, name
             assert "nodeSelector" not in pod, name
@@ -170,8 +171,10 @@ def test_the_clone_backend_reads_references_from_the_shared_voices_volume() -> N
     clone_env = {e["name"]: e.get("value") for e in container(deployments["tts-clone"])["env"]}
     backend = deployments["gpt-sovits"]["spec"]["template"]["spec"]
     claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in backend["volumes"]}
-    mounts = {m["mountPath"]: claims[m["name"]] for m in container(deployments["gpt-sovits"])[
-        "volumeMounts"]}
+    mounts = {
+        m["mountPath"]: claims[m["name"]]
+        for m in container(deployments["gpt-sovits"])["volumeMounts"]
+    }
     assert mounts[clone_env["VOICEMESH_TTS_CLONE_GPTSOVITS_VOICES_DIR"]] == "voices"
     assert clone_env["VOICEMESH_TTS_CLONE_GPTSOVITS_URLS"] == '["http://gpt-sovits:9880"]'
     pvc = objects("gpu", "PersistentVolumeClaim")["voices"]

@@ -19,14 +19,20 @@ def nginx_test(conf_text: str, sandbox: Path) -> subprocess.CompletedProcess[str
     binary = nginx_binary(NginxSettings())
     assert binary, "nginx is not installed: scripts/setup-nginx"
     (sandbox / "tmp").mkdir(parents=True, exist_ok=True)
-    moved = (conf_text.replace("server gateway:8080 ", "server 127.0.0.1:9 ")
-             .replace(" /tmp", f" {sandbox}/tmp")
-             .replace("/usr/share/nginx/html", str(REPO / "control-panel")))
+    moved = (
+        conf_text.replace("server gateway:8080 ", "server 127.0.0.1:9 ")
+        .replace(" /tmp", f" {sandbox}/tmp")
+        .replace("/usr/share/nginx/html", str(REPO / "control-panel"))
+    )
     conf = sandbox / "nginx.conf"
     conf.write_text(moved)
-    return subprocess.run([binary, "-t", "-p", str(sandbox), "-c", str(conf),
-                           "-e", str(sandbox / "error.log")],
-                          capture_output=True, text=True, timeout=30, check=False)
+    return subprocess.run(
+        [binary, "-t", "-p", str(sandbox), "-c", str(conf), "-e", str(sandbox / "error.log")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def test_compose_config_passes_nginx_t(tmp_path: Path) -> None:

@@ -26,9 +26,13 @@ def settings_fields() -> dict[str, set[str]]:
     }
     for spec in SERVICES.values():
         module = importlib.import_module(spec.factory.split(":")[0])
-        classes = [obj for obj in vars(module).values()
-                   if isinstance(obj, type) and issubclass(obj, BaseSettings)
-                   and obj.model_config.get("env_prefix") == spec.env_prefix]
+        classes = [
+            obj
+            for obj in vars(module).values()
+            if isinstance(obj, type)
+            and issubclass(obj, BaseSettings)
+            and obj.model_config.get("env_prefix") == spec.env_prefix
+        ]
         assert classes, f"{spec.name}: no settings class with prefix {spec.env_prefix}"
         fields[spec.env_prefix] = set().union(*(set(c.model_fields) for c in classes))
     return fields
@@ -37,7 +41,7 @@ def settings_fields() -> dict[str, set[str]]:
 def check(variable: str, fields: dict[str, set[str]], where: str) -> None:
     """``variable`` is a field of the longest prefix it starts with."""
     prefix = max((p for p in fields if variable.startswith(p)), key=len)
-    field = variable[len(prefix):].lower()
+    field = variable[len(prefix) :].lower()
     assert field in fields[prefix], f"{where}: {variable} is no setting ({prefix}*)"
 
 
@@ -59,8 +63,11 @@ def test_kubernetes_variables_are_settings() -> None:
         if doc["kind"] == "ConfigMap":
             names = list(doc.get("data", {}))
         elif doc["kind"] == "Deployment":
-            names = [e["name"] for c in doc["spec"]["template"]["spec"]["containers"]
-                     for e in c.get("env", [])]
+            names = [
+                e["name"]
+                for c in doc["spec"]["template"]["spec"]["containers"]
+                for e in c.get("env", [])
+            ]
         else:
             continue
         for variable in names:

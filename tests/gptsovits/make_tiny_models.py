@@ -42,13 +42,19 @@ def main(out: Path) -> None:
     hubert = out / "chinese-hubert-base"
     hubert.mkdir(exist_ok=True)
     config = json.loads((pretrained / "chinese-hubert-base" / "config.json").read_text())
-    config.update(num_hidden_layers=1, intermediate_size=64, num_attention_heads=2,
-                  conv_dim=[32] * 7, num_conv_pos_embeddings=16,
-                  num_conv_pos_embedding_groups=16)
+    config.update(
+        num_hidden_layers=1,
+        intermediate_size=64,
+        num_attention_heads=2,
+        conv_dim=[32] * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=16,
+    )
     (hubert / "config.json").write_text(json.dumps(config))
     shutil.copy(pretrained / "chinese-hubert-base" / "preprocessor_config.json", hubert)
-    torch.save(HubertInferenceModel(hubert_config(str(hubert))).state_dict(),
-               hubert / "pytorch_model.bin")
+    torch.save(
+        HubertInferenceModel(hubert_config(str(hubert))).state_dict(), hubert / "pytorch_model.bin"
+    )
 
     # BERT (only Chinese text uses its features): one small layer, the real tokenizer.
     from text.chinese_bert import BertForMaskedLM
@@ -57,8 +63,7 @@ def main(out: Path) -> None:
     bert = out / "chinese-roberta-wwm-ext-large"
     bert.mkdir(exist_ok=True)
     config = json.loads((pretrained / "chinese-roberta-wwm-ext-large" / "config.json").read_text())
-    config.update(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                  intermediate_size=64)
+    config.update(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     (bert / "config.json").write_text(json.dumps(config))
     shutil.copy(pretrained / "chinese-roberta-wwm-ext-large" / "tokenizer.json", bert)
     torch.save(BertForMaskedLM(bert_config(str(bert))).state_dict(), bert / "pytorch_model.bin")
@@ -71,16 +76,26 @@ def main(out: Path) -> None:
 
     s1 = yaml.safe_load((configs / "s1longer-v2.yaml").read_text())
     dim, layers = 64, 2
-    s1["model"].update(embedding_dim=dim, hidden_dim=dim, head=2, linear_units=4 * dim,
-                       n_layer=layers)
+    s1["model"].update(
+        embedding_dim=dim, hidden_dim=dim, head=2, linear_units=4 * dim, n_layer=layers
+    )
     # Random weights rarely pick EOS: cap the decode at 2 s of semantic tokens.
     s1["data"]["max_sec"] = 2
-    gpt = Text2SemanticLightningModule(s1, "****", is_train=False,
-                                       build_t2s_transformer=False, build_h_module=False)
+    gpt = Text2SemanticLightningModule(
+        s1, "****", is_train=False, build_t2s_transformer=False, build_h_module=False
+    )
     stack = TransformerEncoder(
-        TransformerEncoderLayer(d_model=dim, nhead=2, dim_feedforward=4 * dim, dropout=0.1,
-                                batch_first=True, norm_first=False),
-        num_layers=layers, norm=None)
+        TransformerEncoderLayer(
+            d_model=dim,
+            nhead=2,
+            dim_feedforward=4 * dim,
+            dropout=0.1,
+            batch_first=True,
+            norm_first=False,
+        ),
+        num_layers=layers,
+        norm=None,
+    )
     weight = dict(gpt.state_dict())
     weight.update({f"model.h.{k}": v for k, v in stack.state_dict().items()})
     torch.save({"weight": weight, "config": s1, "info": "tiny-random"}, out / "gpt.ckpt")
@@ -90,13 +105,22 @@ def main(out: Path) -> None:
     from module.models import SynthesizerTrn
 
     s2 = json.loads((configs / "s2.json").read_text())
-    s2["model"].update(filter_channels=64, n_heads=2, n_layers=1, upsample_initial_channel=32,
-                       resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]],
-                       version="v2")
+    s2["model"].update(
+        filter_channels=64,
+        n_heads=2,
+        n_layers=1,
+        upsample_initial_channel=32,
+        resblock_kernel_sizes=[3],
+        resblock_dilation_sizes=[[1, 3, 5]],
+        version="v2",
+    )
     data = s2["data"]
-    sovits = SynthesizerTrn(data["filter_length"] // 2 + 1,
-                            s2["train"]["segment_size"] // data["hop_length"],
-                            n_speakers=data["n_speakers"], **copy.deepcopy(s2["model"]))
+    sovits = SynthesizerTrn(
+        data["filter_length"] // 2 + 1,
+        s2["train"]["segment_size"] // data["hop_length"],
+        n_speakers=data["n_speakers"],
+        **copy.deepcopy(s2["model"]),
+    )
     weight = {k: v for k, v in sovits.state_dict().items() if "enc_q" not in k}
     # A fresh codebook waits for k-means on training data; a trained one is marked inited.
     for key in [k for k in weight if k.endswith("_codebook.inited")]:
@@ -108,11 +132,21 @@ def main(out: Path) -> None:
     # The first two bytes name the version instead of the zip magic ("01": v2).
     (out / "sovits.pth").write_bytes(b"01" + buffer.getvalue()[2:])
 
-    (out / "tts_infer.yaml").write_text(yaml.safe_dump({"custom": {
-        "bert_base_path": str(bert), "cnhuhbert_base_path": str(hubert), "device": "cpu",
-        "is_half": False, "t2s_weights_path": str(out / "gpt.ckpt"), "version": "v2",
-        "vits_weights_path": str(out / "sovits.pth"),
-    }}))
+    (out / "tts_infer.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "custom": {
+                    "bert_base_path": str(bert),
+                    "cnhuhbert_base_path": str(hubert),
+                    "device": "cpu",
+                    "is_half": False,
+                    "t2s_weights_path": str(out / "gpt.ckpt"),
+                    "version": "v2",
+                    "vits_weights_path": str(out / "sovits.pth"),
+                }
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -41,14 +41,19 @@ def gptsovits_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     assert server.is_file(), f"{server} is missing: run scripts/setup-gptsovits"
     work = tmp_path_factory.mktemp("gptsovits")
     models = work / "models"
-    subprocess.run([str(python), str(Path(__file__).with_name("make_tiny_models.py")),
-                    str(models)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [str(python), str(Path(__file__).with_name("make_tiny_models.py")), str(models)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     port = free_port()
     log = open(work / "server.log", "wb")  # noqa: SIM115 - owned by the server process
     process = subprocess.Popen(
         [str(server), "-a", "127.0.0.1", "-p", str(port), "-c", str(models / "tts_infer.yaml")],
         env={**os.environ, "GPT_SOVITS_DATA_DIR": str(work / "data")},
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -57,15 +62,20 @@ def gptsovits_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             assert process.poll() is None, (work / "server.log").read_text()[-3000:]
             try:
                 # Without text the server answers 400 before touching its models.
-                if httpx.get(f"{url}/tts", params={"text_lang": "en", "prompt_lang": "en"},
-                             timeout=2).status_code == 400:
+                if (
+                    httpx.get(
+                        f"{url}/tts", params={"text_lang": "en", "prompt_lang": "en"}, timeout=2
+                    ).status_code
+                    == 400
+                ):
                     break
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
         else:
-            pytest.fail("gpt-sovits-api-v2 did not start:\n"
-                        + (work / "server.log").read_text()[-3000:])
+            pytest.fail(
+                "gpt-sovits-api-v2 did not start:\n" + (work / "server.log").read_text()[-3000:]
+            )
         yield url
     finally:
         process.terminate()
@@ -77,14 +87,21 @@ def gptsovits_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def clone_client(gptsovits_url: str, redis_server: RedisServer,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+def clone_client(
+    gptsovits_url: str, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestClient]:
     """``tts_clone`` with only the GPT-SoVITS engine (no CPU fallback to hide a failure)."""
     home = tmp_path_factory.mktemp("clone-home")
     settings = CloneSettings(
-        port=free_port(), redis_url=redis_server.url, key_prefix=f"contract{free_port()}",
-        voices_dir=home / "voices", cache_dir=home / "cache", gptsovits_urls=[gptsovits_url],
-        cpu_engine=False, fallback=False, gptsovits_timeout_s=240,
+        port=free_port(),
+        redis_url=redis_server.url,
+        key_prefix=f"contract{free_port()}",
+        voices_dir=home / "voices",
+        cache_dir=home / "cache",
+        gptsovits_urls=[gptsovits_url],
+        cpu_engine=False,
+        fallback=False,
+        gptsovits_timeout_s=240,
     )
     with TestClient(create_clone_app(settings)) as client:
         yield client
@@ -95,8 +112,7 @@ def upload(client: TestClient) -> dict[str, object]:
     response = client.post(
         "/v1/voices",
         files={"audio": (REFERENCE, (SPEECH_DIR / REFERENCE).read_bytes(), "audio/wav")},
-        data={"name": "contract", "prompt_text": clip.text, "language": "en",
-              "consent": "true"},
+        data={"name": "contract", "prompt_text": clip.text, "language": "en", "consent": "true"},
     )
     assert response.status_code == 201, response.text
     body: dict[str, object] = response.json()
@@ -111,8 +127,10 @@ def test_backend_is_registered_and_used(clone_client: TestClient, gptsovits_url:
 
 def test_synthesis_through_gptsovits(clone_client: TestClient) -> None:
     voice = upload(clone_client)
-    response = clone_client.post("/v1/synthesize", json={
-        "text": "Hello world.", "voice_id": voice["voice_id"], "format": "wav"})
+    response = clone_client.post(
+        "/v1/synthesize",
+        json={"text": "Hello world.", "voice_id": voice["voice_id"], "format": "wav"},
+    )
     assert response.status_code == 200, response.text
     assert response.headers["x-voicemesh-engine"] == "gpt_sovits"
     assert response.headers["x-voicemesh-approximate"] == "false"
@@ -127,9 +145,16 @@ def test_synthesis_through_gptsovits(clone_client: TestClient) -> None:
 def test_streaming_synthesis_through_gptsovits(clone_client: TestClient) -> None:
     voice = upload(clone_client)
     chunks = []
-    with clone_client.stream("POST", "/v1/synthesize", json={
-            "text": "Good morning.", "voice_id": voice["voice_id"], "format": "wav",
-            "stream": True}) as response:
+    with clone_client.stream(
+        "POST",
+        "/v1/synthesize",
+        json={
+            "text": "Good morning.",
+            "voice_id": voice["voice_id"],
+            "format": "wav",
+            "stream": True,
+        },
+    ) as response:
         assert response.status_code == 200
         assert response.headers["x-voicemesh-engine"] == "gpt_sovits"
         assert response.headers["x-voicemesh-sample-rate"] == str(SERVER_RATE)

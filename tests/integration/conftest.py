@@ -47,11 +47,13 @@ def _wait_for_routes(gateway_url: str, timeout_s: float = 20.0) -> None:
 def mesh(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     """Detector, CPU STT, VITS TTS and gateway as processes on loopback, registered in Redis."""
     logs = tmp_path_factory.mktemp("mesh-logs")
-    env = {"VOICEMESH_REDIS_URL": redis_server.url,
-           "VOICEMESH_HOME": str(tmp_path_factory.getbasetemp() / "vmhome"),
-           # Prepared models are a checksummed cache: share the user's, do not re-join.
-           "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
-           "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5"}
+    env = {
+        "VOICEMESH_REDIS_URL": redis_server.url,
+        "VOICEMESH_HOME": str(tmp_path_factory.getbasetemp() / "vmhome"),
+        # Prepared models are a checksummed cache: share the user's, do not re-join.
+        "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
+        "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5",
+    }
     detector = ServiceProcess("stt_tiny_ws", free_port(), env, logs)
     stt_cpu = ServiceProcess("stt_cpu_ws", free_port(), env, logs)
     tts_vits = ServiceProcess("tts_vits", free_port(), env, logs)

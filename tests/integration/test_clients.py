@@ -36,11 +36,25 @@ def assert_within_wer(clip: Any, transcript: str) -> None:
 
 
 @pytest.mark.parametrize("encoding", ["pcm", "opus"])
-def test_stream_command_prints_transcript_and_latencies(mesh: Any, encoding: str,
-                                                        tmp_path: Path, capsys: Any) -> None:
+def test_stream_command_prints_transcript_and_latencies(
+    mesh: Any, encoding: str, tmp_path: Path, capsys: Any
+) -> None:
     stats_file = tmp_path / "stats.json"
-    code = main(["stream", str(CLIP.path), "--url", mesh.ws_url, "--language", "en",
-                 "--encoding", encoding, "--no-partials", "--json", str(stats_file)])
+    code = main(
+        [
+            "stream",
+            str(CLIP.path),
+            "--url",
+            mesh.ws_url,
+            "--language",
+            "en",
+            "--encoding",
+            encoding,
+            "--no-partials",
+            "--json",
+            str(stats_file),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "first token:" in out and "end of speech -> final:" in out
@@ -57,11 +71,24 @@ def test_stream_command_prints_transcript_and_latencies(mesh: Any, encoding: str
     assert stats["chunk_latency_s"]["count"] >= stats["finals"] >= 1
 
 
-def test_stream_command_fast_sends_without_pacing(mesh: Any, tmp_path: Path,
-                                                      capsys: Any) -> None:
+def test_stream_command_fast_sends_without_pacing(mesh: Any, tmp_path: Path, capsys: Any) -> None:
     stats_file = tmp_path / "stats.json"
-    assert main(["stream", str(CLIP.path), "--url", mesh.ws_url, "--language", "en",
-                 "--fast", "--json", str(stats_file)]) == 0
+    assert (
+        main(
+            [
+                "stream",
+                str(CLIP.path),
+                "--url",
+                mesh.ws_url,
+                "--language",
+                "en",
+                "--fast",
+                "--json",
+                str(stats_file),
+            ]
+        )
+        == 0
+    )
     stats = json.loads(stats_file.read_text())
     assert_within_wer(CLIP, stats["transcript"])
     assert not stats["realtime_pacing"]
@@ -130,12 +157,15 @@ async def dropping_proxy(upstream: str, drop_after_s: float) -> AsyncIterator[tu
         first = not connections
         connections.append("dropped" if first else "kept")
         async with websockets.connect(upstream, max_size=None) as server:
+
             async def pipe(source: Any, sink: Any) -> None:
                 async for message in source:
                     await sink.send(message)
 
-            pumps = [asyncio.create_task(pipe(client, server)),
-                     asyncio.create_task(pipe(server, client))]
+            pumps = [
+                asyncio.create_task(pipe(client, server)),
+                asyncio.create_task(pipe(server, client)),
+            ]
             try:
                 if first:
                     await asyncio.sleep(drop_after_s)
@@ -154,10 +184,16 @@ async def dropping_proxy(upstream: str, drop_after_s: float) -> AsyncIterator[tu
 
 @pytest.mark.parametrize("encoding", ["pcm_s16le", "opus"])
 async def test_mic_reconnects_after_a_drop_and_resumes_the_transcript(
-        mesh: Any, encoding: str) -> None:
+    mesh: Any, encoding: str
+) -> None:
     async with dropping_proxy(mesh.ws_url, drop_after_s=3.0) as (url, connections):
-        streamer = MicStreamer(url, FileCaptureSource(str(CLIP.path)), encoding=encoding,
-                               language="en", backoff=Backoff(first_s=0.2, attempts=5))
+        streamer = MicStreamer(
+            url,
+            FileCaptureSource(str(CLIP.path)),
+            encoding=encoding,
+            language="en",
+            backoff=Backoff(first_s=0.2, attempts=5),
+        )
         report = await streamer.run()
     assert connections == ["dropped", "kept"]
     assert report.reconnects == 1
@@ -173,17 +209,30 @@ async def test_mic_reconnects_after_a_drop_and_resumes_the_transcript(
 async def test_mic_gives_up_after_its_reconnect_attempts() -> None:
     from tests.harness import free_port
 
-    streamer = MicStreamer(f"ws://127.0.0.1:{free_port()}/ws/transcribe",
-                           FileCaptureSource(str(SHORT.path)),
-                           backoff=Backoff(first_s=0.05, max_s=0.1, attempts=3))
+    streamer = MicStreamer(
+        f"ws://127.0.0.1:{free_port()}/ws/transcribe",
+        FileCaptureSource(str(SHORT.path)),
+        backoff=Backoff(first_s=0.05, max_s=0.1, attempts=3),
+    )
     with pytest.raises(ConnectionError, match="gave up after 3 reconnects"):
         await streamer.run()
     assert streamer.report.reconnects == 3
 
 
 def test_mic_command_from_file(mesh: Any, capsys: Any) -> None:
-    code = main(["mic", "--from-file", str(SHORT.path), "--url", mesh.ws_url,
-                 "--language", "en", "--encoding", "opus"])
+    code = main(
+        [
+            "mic",
+            "--from-file",
+            str(SHORT.path),
+            "--url",
+            mesh.ws_url,
+            "--language",
+            "en",
+            "--encoding",
+            "opus",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     transcript = next(line for line in out.splitlines() if line.startswith("transcript: "))
@@ -203,12 +252,33 @@ def test_sliding_buffer_keeps_the_newest_audio() -> None:
 
 
 @pytest.mark.parametrize("encoding", ["opus"])
-def test_bench_writes_results_stats_summary_and_plots(mesh: Any, tmp_path: Path,
-                                                      capsys: Any, encoding: str) -> None:
-    code = main(["bench", "--clients", "3", "--file", str(SHORT.path), "--url", mesh.ws_url,
-                 "--language", "en", "--encoding", encoding, "--delay", "0.2",
-                 "--max-workers", "2", "--output", str(tmp_path), "--run", "t",
-                 "--no-progress"])
+def test_bench_writes_results_stats_summary_and_plots(
+    mesh: Any, tmp_path: Path, capsys: Any, encoding: str
+) -> None:
+    code = main(
+        [
+            "bench",
+            "--clients",
+            "3",
+            "--file",
+            str(SHORT.path),
+            "--url",
+            mesh.ws_url,
+            "--language",
+            "en",
+            "--encoding",
+            encoding,
+            "--delay",
+            "0.2",
+            "--max-workers",
+            "2",
+            "--output",
+            str(tmp_path),
+            "--run",
+            "t",
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "first-token latency: p50" in out and "real time:" in out

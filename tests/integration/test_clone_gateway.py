@@ -36,15 +36,18 @@ class CloneMesh:
 
 
 @pytest.fixture(scope="module")
-def clone_mesh(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
-               ) -> Iterator[CloneMesh]:
+def clone_mesh(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CloneMesh]:
     logs = tmp_path_factory.mktemp("clone-mesh-logs")
-    env = {"VOICEMESH_REDIS_URL": redis_server.url,
-           "VOICEMESH_HOME": str(tmp_path_factory.mktemp("clone-mesh-home")),
-           "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
-           "VOICEMESH_TTS_CLONE_KEY_PREFIX": f"gw{free_port()}",
-           "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5",
-           "VOICEMESH_GATEWAY_API_KEYS": json.dumps([KEY_A, KEY_B])}
+    env = {
+        "VOICEMESH_REDIS_URL": redis_server.url,
+        "VOICEMESH_HOME": str(tmp_path_factory.mktemp("clone-mesh-home")),
+        "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
+        "VOICEMESH_TTS_CLONE_KEY_PREFIX": f"gw{free_port()}",
+        "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5",
+        "VOICEMESH_GATEWAY_API_KEYS": json.dumps([KEY_A, KEY_B]),
+    }
     clone = ServiceProcess("tts_clone", free_port(), env, logs)
     gateway = ServiceProcess("gateway", free_port(), env, logs)
     try:
@@ -56,8 +59,10 @@ def clone_mesh(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFacto
         replicas: dict[str, int] = {}
         while not replicas.get("tts_clone"):
             if time.monotonic() > deadline:
-                pytest.fail(f"tts_clone never registered with the gateway (replicas: "
-                            f"{replicas}):\n{clone.log_tail()}")
+                pytest.fail(
+                    f"tts_clone never registered with the gateway (replicas: "
+                    f"{replicas}):\n{clone.log_tail()}"
+                )
             time.sleep(0.2)
             replicas = httpx.get(f"{gateway.url}/health", timeout=5).json().get("replicas", {})
         yield CloneMesh(gateway, clone)
@@ -72,8 +77,13 @@ def voice_of_a(clone_mesh: CloneMesh) -> str:
         response = client.post(
             "/v1/clone/voices",
             files={"audio": (REFERENCE, (SPEECH_DIR / REFERENCE).read_bytes(), "audio/wav")},
-            data={"name": "grandpa", "prompt_text": clip_named(REFERENCE).text,
-                  "language": "en", "consent": "true"})
+            data={
+                "name": "grandpa",
+                "prompt_text": clip_named(REFERENCE).text,
+                "language": "en",
+                "consent": "true",
+            },
+        )
     assert response.status_code == 201, response.text
     return str(response.json()["voice_id"])
 
@@ -98,8 +108,10 @@ def test_profiles_are_private_to_their_key(clone_mesh: CloneMesh, voice_of_a: st
 def test_bad_upload_is_refused_with_the_reason(clone_mesh: CloneMesh) -> None:
     with clone_mesh.client(KEY_A) as client:
         response = client.post(
-            "/v1/clone/voices", files={"audio": ("x.wav", b"not audio at all" * 64, "audio/wav")},
-            data={"name": "broken", "consent": "true", "prompt_text": "x"})
+            "/v1/clone/voices",
+            files={"audio": ("x.wav", b"not audio at all" * 64, "audio/wav")},
+            data={"name": "broken", "consent": "true", "prompt_text": "x"},
+        )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "undecodable_audio"
 
@@ -115,7 +127,9 @@ def test_synthesize_then_hit_the_cache(clone_mesh: CloneMesh, voice_of_a: str) -
     assert first.headers["x-voicemesh-approximate"] == "true"
     assert first.headers["x-voicemesh-backend"] == clone_mesh.clone.url
     assert (first.headers["x-voicemesh-cache"], second.headers["x-voicemesh-cache"]) == (
-        "miss", "hit")
+        "miss",
+        "hit",
+    )
     assert second.content == first.content
     # The replica's registry entry carries its hit rate (refreshed every heartbeat).
     deadline = time.monotonic() + 10
@@ -135,12 +149,20 @@ def test_openai_speech_with_a_profile_id(clone_mesh: CloneMesh, voice_of_a: str)
     from openai import NotFoundError, OpenAI
 
     client = OpenAI(base_url=f"{clone_mesh.gateway.url}/v1", api_key=KEY_A)
-    speech = client.audio.speech.create(model="tts-1", voice=voice_of_a,  # type: ignore[arg-type]
-                                        input="Good night, sleep well.", response_format="wav")
+    speech = client.audio.speech.create(
+        model="tts-1",
+        voice=voice_of_a,  # type: ignore[arg-type]
+        input="Good night, sleep well.",
+        response_format="wav",
+    )
     audio, rate = soundfile.read(io.BytesIO(speech.read()))
     assert rate == 22050
     assert 0.8 < audio.size / rate < 5.0
     other = OpenAI(base_url=f"{clone_mesh.gateway.url}/v1", api_key=KEY_B)
     with pytest.raises(NotFoundError):
-        other.audio.speech.create(model="tts-1", voice=voice_of_a,  # type: ignore[arg-type]
-                                  input="Good night.", response_format="wav")
+        other.audio.speech.create(
+            model="tts-1",
+            voice=voice_of_a,  # type: ignore[arg-type]
+            input="Good night.",
+            response_format="wav",
+        )

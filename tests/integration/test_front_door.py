@@ -41,11 +41,13 @@ class FrontDoorMesh(EmbeddedMesh):
     def __init__(self, home: Path) -> None:
         super().__init__(home)
         self.nginx_port = free_port()
-        self.env.update({
-            "VOICEMESH_GATEWAY_MAX_UPLOAD_BYTES": str(GATEWAY_UPLOAD_LIMIT),
-            "VOICEMESH_NGINX_API_RATE_PER_S": str(API_RATE_PER_S),
-            "VOICEMESH_NGINX_API_BURST": str(API_BURST),
-        })
+        self.env.update(
+            {
+                "VOICEMESH_GATEWAY_MAX_UPLOAD_BYTES": str(GATEWAY_UPLOAD_LIMIT),
+                "VOICEMESH_NGINX_API_RATE_PER_S": str(API_RATE_PER_S),
+                "VOICEMESH_NGINX_API_BURST": str(API_BURST),
+            }
+        )
 
     @property
     def front(self) -> str:
@@ -61,12 +63,23 @@ class FrontDoorMesh(EmbeddedMesh):
 def front_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoorMesh]:
     """``voicemesh up --with-nginx`` for the module, ``voicemesh down`` after."""
     mesh = FrontDoorMesh(tmp_path_factory.mktemp("front-door-home"))
-    up = mesh.cli("up", "--port", str(mesh.port), "--with-nginx", "--nginx-port",
-                  str(mesh.nginx_port), "--no-gpu", check=False)
+    up = mesh.cli(
+        "up",
+        "--port",
+        str(mesh.port),
+        "--with-nginx",
+        "--nginx-port",
+        str(mesh.nginx_port),
+        "--no-gpu",
+        check=False,
+    )
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        assert any(line.split()[:3] == ["front", "door", mesh.front]
-                   for line in up.stdout.splitlines() if line.strip()), up.stdout
+        assert any(
+            line.split()[:3] == ["front", "door", mesh.front]
+            for line in up.stdout.splitlines()
+            if line.strip()
+        ), up.stdout
         mesh.wait_routes(1)
         yield mesh
     finally:
@@ -101,9 +114,12 @@ async def test_status_feed_upgrades_through_nginx(front_door: FrontDoorMesh) -> 
 
 def test_upload_within_the_limit_is_transcribed(front_door: FrontDoorMesh) -> None:
     with open(JFK.path, "rb") as audio:
-        response = httpx.post(f"{front_door.front}/v1/audio/transcriptions",
-                              files={"file": ("jfk.wav", audio, "audio/wav")},
-                              data={"model": "whisper-1"}, timeout=120)
+        response = httpx.post(
+            f"{front_door.front}/v1/audio/transcriptions",
+            files={"file": ("jfk.wav", audio, "audio/wav")},
+            data={"model": "whisper-1"},
+            timeout=120,
+        )
     assert response.status_code == 200, response.text
     assert error_rate(JFK.text, response.json()["text"]) <= 15
     # The request id nginx made travels to the gateway and back.
@@ -112,9 +128,12 @@ def test_upload_within_the_limit_is_transcribed(front_door: FrontDoorMesh) -> No
 
 def test_speech_streams_through_nginx_and_transcribes_back(front_door: FrontDoorMesh) -> None:
     text = "Hello from the front door of the voice mesh."
-    with httpx.stream("POST", f"{front_door.front}/v1/audio/speech", timeout=120,
-                      json={"model": "tts-1", "input": text, "voice": "alloy",
-                            "response_format": "wav"}) as response:
+    with httpx.stream(
+        "POST",
+        f"{front_door.front}/v1/audio/speech",
+        timeout=120,
+        json={"model": "tts-1", "input": text, "voice": "alloy", "response_format": "wav"},
+    ) as response:
         assert response.status_code == 200, response.read()
         # Streamed as it is made: chunked, no Content-Length to wait for.
         assert response.headers.get("transfer-encoding") == "chunked"
@@ -123,18 +142,24 @@ def test_speech_streams_through_nginx_and_transcribes_back(front_door: FrontDoor
         audio = b"".join(response.iter_bytes())
     assert audio[:4] == b"RIFF" and len(audio) > 16000
     # The same front door transcribes it back: the words survive the round trip.
-    heard = httpx.post(f"{front_door.front}/v1/audio/transcriptions", timeout=120,
-                       files={"file": ("speech.wav", audio, "audio/wav")},
-                       data={"model": "whisper-1", "language": "en"})
+    heard = httpx.post(
+        f"{front_door.front}/v1/audio/transcriptions",
+        timeout=120,
+        files={"file": ("speech.wav", audio, "audio/wav")},
+        data={"model": "whisper-1", "language": "en"},
+    )
     assert heard.status_code == 200, heard.text
     assert error_rate(text, heard.json()["text"]) <= 25, heard.json()["text"]
 
 
 def test_oversized_upload_gets_413_from_nginx(front_door: FrontDoorMesh) -> None:
     body = b"\0" * (GATEWAY_UPLOAD_LIMIT + 2 * 1024 * 1024)
-    response = httpx.post(f"{front_door.front}/v1/audio/transcriptions",
-                          files={"file": ("big.wav", body, "audio/wav")},
-                          data={"model": "whisper-1"}, timeout=60)
+    response = httpx.post(
+        f"{front_door.front}/v1/audio/transcriptions",
+        files={"file": ("big.wav", body, "audio/wav")},
+        data={"model": "whisper-1"},
+        timeout=60,
+    )
     assert response.status_code == 413, response.text
     error = response.json()["error"]
     assert error["code"] == "payload_too_large"
@@ -155,8 +180,9 @@ def test_control_panel_is_served_compressed_with_security_headers(
 
 
 def test_api_responses_are_not_compressed(front_door: FrontDoorMesh) -> None:
-    response = httpx.get(f"{front_door.front}/health", headers={"Accept-Encoding": "gzip"},
-                         timeout=10)
+    response = httpx.get(
+        f"{front_door.front}/health", headers={"Accept-Encoding": "gzip"}, timeout=10
+    )
     assert response.status_code == 200
     assert response.json()["service"] == "gateway"
     assert "content-encoding" not in response.headers
@@ -175,9 +201,9 @@ def test_metrics_only_for_allowed_addresses(front_door: FrontDoorMesh) -> None:
 
 async def test_rate_limit_answers_429(front_door: FrontDoorMesh) -> None:
     async with httpx.AsyncClient(timeout=20) as client:
-        responses = await asyncio.gather(*[
-            client.get(f"{front_door.front}/v1/admin/mode") for _ in range(20)
-        ])
+        responses = await asyncio.gather(
+            *[client.get(f"{front_door.front}/v1/admin/mode") for _ in range(20)]
+        )
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 429}, codes
     # At most the burst plus what the rate refilled meanwhile gets through.

@@ -173,8 +173,9 @@ async def stream_with_action(url: str, clip: Any, when: str, action) -> StreamRe
             done = True
             action(ready, message, t)
 
-    result = await stream_audio(url, load_clip_16k(clip.path), language="en",
-                                on_message=on_message, frame_ms=40)
+    result = await stream_audio(
+        url, load_clip_16k(clip.path), language="en", on_message=on_message, frame_ms=40
+    )
     assert done, f"no {when} message arrived: {result.messages}"
     return result
 
@@ -195,11 +196,14 @@ async def test_sigkill_mid_utterance_fails_over_without_losing_words(mesh: HaMes
     assert failover["from"] == killed["url"] and failover["to"] != killed["url"]
     assert failover["replayed_ms"] > 0
     assert_whole_clip(result, LJ)
-    after = [t for t, m in result.messages if m.get("type") in ("partial", "final")
-             and t > t_failover]
+    after = [
+        t for t, m in result.messages if m.get("type") in ("partial", "final") and t > t_failover
+    ]
     gap = (after[0] if after else float("nan")) - killed["t"]
-    print(f"SIGKILL failover: message {t_failover - killed['t']:.2f} s after the kill, "
-          f"next transcript message {gap:.2f} s after it; replayed {failover['replayed_ms']} ms")
+    print(
+        f"SIGKILL failover: message {t_failover - killed['t']:.2f} s after the kill, "
+        f"next transcript message {gap:.2f} s after it; replayed {failover['replayed_ms']} ms"
+    )
 
 
 async def test_stalled_backend_is_failed_over(mesh: HaMesh) -> None:
@@ -239,11 +243,17 @@ async def test_sigterm_drains_live_sessions_and_takes_no_new_ones(mesh: HaMesh) 
 
     async def second_session() -> StreamResult:
         await asyncio.sleep(2.5)  # after the SIGTERM, while the first still streams
-        return await stream_audio(mesh.ws_url, load_clip_16k(JFK.path)[:48000], language="en",
-                                  realtime=False, trailing_silence_s=1.0)
+        return await stream_audio(
+            mesh.ws_url,
+            load_clip_16k(JFK.path)[:48000],
+            language="en",
+            realtime=False,
+            trailing_silence_s=1.0,
+        )
 
     first, second = await asyncio.gather(
-        stream_with_action(mesh.ws_url, LJ, "partial", terminate), second_session())
+        stream_with_action(mesh.ws_url, LJ, "partial", terminate), second_session()
+    )
     assert first.of_type("failover") == [], first.messages
     assert_whole_clip(first, LJ)
     assert first_ready(second)["backend"] != drained["url"]
@@ -270,9 +280,9 @@ async def test_mode_change_moves_a_live_session_at_an_utterance_boundary(
 
 async def test_new_sessions_spread_over_the_least_loaded_replicas(mesh: HaMesh) -> None:
     audio = load_clip_16k(JFK.path)[:32000]
-    results = await asyncio.gather(*[
-        stream_audio(mesh.ws_url, audio, language="en", trailing_silence_s=0.5)
-        for _ in range(2)])
+    results = await asyncio.gather(
+        *[stream_audio(mesh.ws_url, audio, language="en", trailing_silence_s=0.5) for _ in range(2)]
+    )
     backends = {first_ready(r)["backend"] for r in results}
     assert backends == {p.url for p in mesh.cpu}, backends
 
@@ -288,7 +298,8 @@ async def test_redis_outage_under_a_live_session(mesh: HaMesh) -> None:
         mesh.redis.start()
 
     result, _ = await asyncio.gather(
-        stream_audio(mesh.ws_url, load_clip_16k(LJ.path), language="en"), outage())
+        stream_audio(mesh.ws_url, load_clip_16k(LJ.path), language="en"), outage()
+    )
     assert result.of_type("error") == []
     assert_whole_clip(result, LJ)
     # Replicas re-register on their next heartbeat; the gateway recovers by itself.

@@ -36,13 +36,15 @@ purpose: how fast it comes is for benchmarks."""
 @pytest.fixture(scope="module")
 def tight_gateway(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A gateway on the mesh's Redis: keys on, 1 session per key, 2 in all."""
-    env = {"VOICEMESH_REDIS_URL": mesh.redis.url,
-           "VOICEMESH_HOME": str(tmp_path_factory.getbasetemp() / "vmhome"),
-           "VOICEMESH_GATEWAY_API_KEYS": json.dumps(KEYS),
-           "VOICEMESH_GATEWAY_MAX_SESSIONS_PER_KEY": "1",
-           "VOICEMESH_GATEWAY_MAX_SESSIONS_TOTAL": "2",
-           "VOICEMESH_GATEWAY_BUSY_RETRY_AFTER_S": "3",
-           "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5"}
+    env = {
+        "VOICEMESH_REDIS_URL": mesh.redis.url,
+        "VOICEMESH_HOME": str(tmp_path_factory.getbasetemp() / "vmhome"),
+        "VOICEMESH_GATEWAY_API_KEYS": json.dumps(KEYS),
+        "VOICEMESH_GATEWAY_MAX_SESSIONS_PER_KEY": "1",
+        "VOICEMESH_GATEWAY_MAX_SESSIONS_TOTAL": "2",
+        "VOICEMESH_GATEWAY_BUSY_RETRY_AFTER_S": "3",
+        "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5",
+    }
     gateway = ServiceProcess("gateway", free_port(), env, tmp_path_factory.mktemp("limits"))
     gateway.start()
     try:
@@ -124,7 +126,7 @@ async def test_a_slot_is_given_back_when_the_session_ends(tight_gateway: str) ->
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
     async with session(tight_gateway, KEYS[0]) as ws:
         for i in range(0, len(pcm), 3200):  # 100 ms frames, as a microphone sends them
-            await ws.send(pcm[i:i + 3200])
+            await ws.send(pcm[i : i + 3200])
         await ws.send(json.dumps({"type": "stop"}))
         finals = []
         async for raw in ws:
@@ -142,9 +144,12 @@ async def test_refusals_and_admissions_are_in_metrics(tight_gateway: str) -> Non
         await refusal(tight_gateway, KEYS[2])
         await refusal(tight_gateway, "not-a-key")
     text = (await asyncio.to_thread(httpx.get, f"{tight_gateway}/metrics")).text
-    lines = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-             for line in text.splitlines() if line.startswith("voicemesh_gateway_requests_total")}
+    lines = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("voicemesh_gateway_requests_total")
+    }
     assert lines['voicemesh_gateway_requests_total{route="/ws/transcribe",status="1013"}'] >= 1
     assert lines['voicemesh_gateway_requests_total{route="/ws/transcribe",status="4401"}'] >= 1
     assert lines['voicemesh_gateway_requests_total{route="/ws/transcribe",status="101"}'] >= 1
-    assert 'voicemesh_gateway_backend_choice_total' in text
+    assert "voicemesh_gateway_backend_choice_total" in text

@@ -31,8 +31,7 @@ CUE_TIME = re.compile(
 
 def openai_client(base_url: str) -> openai.OpenAI:
     """The official client pointed at a gateway; no retries, so each call is one request."""
-    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0,
-                         timeout=120)
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +43,12 @@ def client(mesh: Mesh) -> Iterator[openai.OpenAI]:
 
 def start_static_gateway(backend_urls: list[str], log_dir: Path) -> ServiceProcess:
     """A gateway of its own that knows only ``backend_urls`` (no Redis)."""
-    env = {"VOICEMESH_REDIS_URL": "",
-           # No health probes: the request itself must discover the dead backend.
-           "VOICEMESH_GATEWAY_PROBE_INTERVAL_S": "0",
-           "VOICEMESH_GATEWAY_BACKEND_URLS": json.dumps(backend_urls)}
+    env = {
+        "VOICEMESH_REDIS_URL": "",
+        # No health probes: the request itself must discover the dead backend.
+        "VOICEMESH_GATEWAY_PROBE_INTERVAL_S": "0",
+        "VOICEMESH_GATEWAY_BACKEND_URLS": json.dumps(backend_urls),
+    }
     gateway = ServiceProcess("gateway", free_port(), env, log_dir).start()
     try:
         gateway.wait_healthy(timeout_s=60)
@@ -72,12 +73,17 @@ def cues(subtitles: str) -> list[tuple[float, float, str]]:
             continue
         h1, m1, s1, ms1, h2, m2, s2, ms2 = (int(g) for g in match.groups())
         text = []
-        for following in lines[index + 1:]:
+        for following in lines[index + 1 :]:
             if not following.strip():
                 break
             text.append(following.strip())
-        out.append((h1 * 3600 + m1 * 60 + s1 + ms1 / 1000,
-                    h2 * 3600 + m2 * 60 + s2 + ms2 / 1000, " ".join(text)))
+        out.append(
+            (
+                h1 * 3600 + m1 * 60 + s1 + ms1 / 1000,
+                h2 * 3600 + m2 * 60 + s2 + ms2 / 1000,
+                " ".join(text),
+            )
+        )
     return out
 
 
@@ -111,8 +117,9 @@ def test_json_gives_the_transcript(client: openai.OpenAI, mesh: Mesh) -> None:
 
 def test_text_is_plain(client: openai.OpenAI) -> None:
     with open(JFK.path, "rb") as audio:
-        text = client.audio.transcriptions.create(model="whisper-1", file=audio,
-                                                  response_format="text")
+        text = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="text"
+        )
     assert isinstance(text, str)
     assert not text.lstrip().startswith("{")
     assert error_rate(JFK.text, text) <= WER_LIMIT, text
@@ -120,8 +127,9 @@ def test_text_is_plain(client: openai.OpenAI) -> None:
 
 def test_srt_has_numbered_timed_cues(client: openai.OpenAI) -> None:
     with open(JFK.path, "rb") as audio:
-        srt = client.audio.transcriptions.create(model="whisper-1", file=audio,
-                                                 response_format="srt")
+        srt = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="srt"
+        )
     assert isinstance(srt, str)
     assert srt.startswith("1\n"), srt
     found = cues(srt)
@@ -132,8 +140,9 @@ def test_srt_has_numbered_timed_cues(client: openai.OpenAI) -> None:
 
 def test_vtt_has_a_header_and_timed_cues(client: openai.OpenAI) -> None:
     with open(JFK.path, "rb") as audio:
-        vtt = client.audio.transcriptions.create(model="whisper-1", file=audio,
-                                                 response_format="vtt")
+        vtt = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="vtt"
+        )
     assert isinstance(vtt, str)
     assert vtt.startswith("WEBVTT"), vtt
     found = cues(vtt)
@@ -144,8 +153,11 @@ def test_vtt_has_a_header_and_timed_cues(client: openai.OpenAI) -> None:
 def test_verbose_json_with_word_and_segment_times(client: openai.OpenAI) -> None:
     with open(JFK.path, "rb") as audio:
         result = client.audio.transcriptions.create(
-            model="whisper-1", file=audio, response_format="verbose_json",
-            timestamp_granularities=["word", "segment"])
+            model="whisper-1",
+            file=audio,
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+        )
     assert result.language == "en"
     assert abs(result.duration - JFK.duration_s) < 0.5
     assert error_rate(JFK.text, result.text) <= WER_LIMIT, result.text
@@ -165,8 +177,11 @@ def test_verbose_json_with_word_and_segment_times(client: openai.OpenAI) -> None
 def test_verbose_json_without_word_granularity_has_no_words(client: openai.OpenAI) -> None:
     with open(JFK.path, "rb") as audio:
         result = client.audio.transcriptions.create(
-            model="whisper-1", file=audio, response_format="verbose_json",
-            timestamp_granularities=["segment"])
+            model="whisper-1",
+            file=audio,
+            response_format="verbose_json",
+            timestamp_granularities=["segment"],
+        )
     assert result.segments
     assert not result.words
 
@@ -174,14 +189,18 @@ def test_verbose_json_without_word_granularity_has_no_words(client: openai.OpenA
 def test_language_hint_reaches_the_decoder(client: openai.OpenAI) -> None:
     # The clip is English and detected as such; a forced language is reported back.
     with open(JFK.path, "rb") as audio:
-        forced = client.audio.transcriptions.create(model="whisper-1", file=audio,
-                                                    response_format="verbose_json",
-                                                    language="de")
+        forced = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="verbose_json", language="de"
+        )
     assert forced.language == "de"
     with open(JFK.path, "rb") as audio:
-        english = client.audio.transcriptions.create(model="whisper-1", file=audio,
-                                                     response_format="verbose_json",
-                                                     language="en", temperature=0.2)
+        english = client.audio.transcriptions.create(
+            model="whisper-1",
+            file=audio,
+            response_format="verbose_json",
+            language="en",
+            temperature=0.2,
+        )
     assert english.language == "en"
     assert error_rate(JFK.text, english.text) <= WER_LIMIT, english.text
 
@@ -194,8 +213,10 @@ def test_prompt_steers_the_style_of_the_transcript(client: openai.OpenAI) -> Non
     assert "Americans," in plain.text, plain.text
     with open(JFK.path, "rb") as audio:
         steered = client.audio.transcriptions.create(
-            model="any-model-name", file=audio,
-            prompt="and so my fellow americans ask not what your country can do for you")
+            model="any-model-name",
+            file=audio,
+            prompt="and so my fellow americans ask not what your country can do for you",
+        )
     assert steered.text == steered.text.lower(), steered.text
     assert not re.search(r"[,.]", steered.text), steered.text
     assert error_rate(JFK.text, steered.text) <= WER_LIMIT, steered.text
@@ -209,8 +230,11 @@ def test_corrupt_file_is_a_bad_request_and_the_gateway_lives_on(
 ) -> None:
     garbage = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 8
     with pytest.raises(openai.BadRequestError) as caught:
-        client.audio.transcriptions.create(model="whisper-1", file=("broken.wav", garbage),
-                                           extra_headers={"X-Request-ID": "corrupt-upload-1"})
+        client.audio.transcriptions.create(
+            model="whisper-1",
+            file=("broken.wav", garbage),
+            extra_headers={"X-Request-ID": "corrupt-upload-1"},
+        )
     assert caught.value.status_code == 400
     error = caught.value.response.json()["error"]
     assert error["code"] == "undecodable_audio", error
@@ -232,9 +256,12 @@ def test_unknown_language_is_passed_through_as_400(client: openai.OpenAI) -> Non
 
 
 def test_unknown_response_format_is_a_validation_error(mesh: Mesh) -> None:
-    response = httpx.post(f"{mesh.gateway.url}/v1/audio/transcriptions",
-                          files={"file": ("jfk.wav", JFK.path.read_bytes(), "audio/wav")},
-                          data={"model": "whisper-1", "response_format": "lrc-ish"}, timeout=30)
+    response = httpx.post(
+        f"{mesh.gateway.url}/v1/audio/transcriptions",
+        files={"file": ("jfk.wav", JFK.path.read_bytes(), "audio/wav")},
+        data={"model": "whisper-1", "response_format": "lrc-ish"},
+        timeout=30,
+    )
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "validation_error"
 
@@ -243,8 +270,9 @@ def test_file_over_the_limit_is_413(client: openai.OpenAI, mesh: Mesh) -> None:
     # The mesh's gateway runs with the default limit.
     limit = GatewaySettings.model_fields["max_upload_bytes"].default
     with pytest.raises(openai.APIStatusError) as caught:
-        client.audio.transcriptions.create(model="whisper-1",
-                                           file=("huge.wav", b"\0" * (limit + 1)))
+        client.audio.transcriptions.create(
+            model="whisper-1", file=("huge.wav", b"\0" * (limit + 1))
+        )
     assert caught.value.status_code == 413
     assert caught.value.response.json()["error"]["code"] == "file_too_large"
     assert httpx.get(f"{mesh.gateway.url}/health", timeout=5).status_code == 200
@@ -261,7 +289,8 @@ def test_dead_backend_is_skipped_and_the_failover_is_named(mesh: Mesh, tmp_path:
         assert route[0] == dead, "the dead backend must be tried first for this test"
         with openai_client(gateway.url) as client, open(JFK.path, "rb") as audio:
             raw = client.audio.transcriptions.with_raw_response.create(
-                model="whisper-1", file=audio, response_format="verbose_json")
+                model="whisper-1", file=audio, response_format="verbose_json"
+            )
         result = raw.parse()
         assert raw.status_code == 200
         assert raw.headers["x-voicemesh-failover"] == "1"
@@ -270,7 +299,8 @@ def test_dead_backend_is_skipped_and_the_failover_is_named(mesh: Mesh, tmp_path:
         assert error_rate(JFK.text, result.text) <= WER_LIMIT, result.text
         # The failed replica is held out of routing for a while.
         assert httpx.get(f"{gateway.url}/health", timeout=5).json()["stt_route"] == [
-            mesh.stt_cpu.url]
+            mesh.stt_cpu.url
+        ]
     finally:
         gateway.stop()
 
@@ -278,8 +308,11 @@ def test_dead_backend_is_skipped_and_the_failover_is_named(mesh: Mesh, tmp_path:
 def test_no_backend_left_is_503(tmp_path: Path) -> None:
     gateway = start_static_gateway([dead_url()], tmp_path)
     try:
-        with openai_client(gateway.url) as client, open(JFK.path, "rb") as audio, \
-                pytest.raises(openai.InternalServerError) as caught:
+        with (
+            openai_client(gateway.url) as client,
+            open(JFK.path, "rb") as audio,
+            pytest.raises(openai.InternalServerError) as caught,
+        ):
             client.audio.transcriptions.create(model="whisper-1", file=audio)
         assert caught.value.status_code == 503
         error = caught.value.response.json()["error"]
@@ -287,9 +320,12 @@ def test_no_backend_left_is_503(tmp_path: Path) -> None:
         assert error["request_id"] == caught.value.response.headers["x-request-id"]
         # Now the dead replica is held out, so no backend is even tried.
         with open(JFK.path, "rb") as audio:
-            again = httpx.post(f"{gateway.url}/v1/audio/transcriptions",
-                               files={"file": ("jfk.wav", audio, "audio/wav")},
-                               data={"model": "whisper-1"}, timeout=30)
+            again = httpx.post(
+                f"{gateway.url}/v1/audio/transcriptions",
+                files={"file": ("jfk.wav", audio, "audio/wav")},
+                data={"model": "whisper-1"},
+                timeout=30,
+            )
         assert again.status_code == 503
         assert again.json()["error"]["code"] == "no_backend"
         assert httpx.get(f"{gateway.url}/health", timeout=5).status_code == 200

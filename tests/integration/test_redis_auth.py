@@ -40,10 +40,13 @@ class AuthMesh:
 
 
 def _env(redis_url: str, home: Path) -> dict[str, str]:
-    return {"VOICEMESH_REDIS_URL": redis_url, "VOICEMESH_HOME": str(home),
-            "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
-            "VOICEMESH_GATEWAY_USE_DETECTOR": "false",
-            "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5"}
+    return {
+        "VOICEMESH_REDIS_URL": redis_url,
+        "VOICEMESH_HOME": str(home),
+        "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
+        "VOICEMESH_GATEWAY_USE_DETECTOR": "false",
+        "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5",
+    }
 
 
 def _wait_for_route(gateway: ServiceProcess, url: str, timeout_s: float = 60.0) -> None:
@@ -56,8 +59,10 @@ def _wait_for_route(gateway: ServiceProcess, url: str, timeout_s: float = 60.0) 
         if body.get("stt_route") == [url]:
             return
         time.sleep(0.2)
-    pytest.fail(f"the gateway never routed to {url} through the password Redis: {body}\n"
-                f"{gateway.log_tail()}")
+    pytest.fail(
+        f"the gateway never routed to {url} through the password Redis: {body}\n"
+        f"{gateway.log_tail()}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +99,9 @@ def test_the_server_refuses_clients_without_the_password(auth_mesh: AuthMesh) ->
 
 async def test_a_session_streams_through_the_password_redis(auth_mesh: AuthMesh) -> None:
     ws_url = auth_mesh.gateway.url.replace("http://", "ws://") + "/ws/transcribe"
-    result = await stream_audio(ws_url, load_clip_16k(CLIP.path), language="en",
-                                realtime=False, trailing_silence_s=1.0)
+    result = await stream_audio(
+        ws_url, load_clip_16k(CLIP.path), language="en", realtime=False, trailing_silence_s=1.0
+    )
     assert not result.of_type("error"), result.of_type("error")
     assert result.messages[0][1]["backend"] == auth_mesh.stt.url
     assert error_rate(CLIP.text, result.transcript) <= 20, result.transcript
@@ -106,10 +112,19 @@ async def test_a_session_streams_through_the_password_redis(auth_mesh: AuthMesh)
 
 def test_the_password_is_in_no_status_and_no_log(auth_mesh: AuthMesh) -> None:
     gateway, stt = auth_mesh.gateway.url, auth_mesh.stt.url
-    pages = {path: httpx.get(path, timeout=10).text for path in (
-        f"{gateway}/health", f"{gateway}/ready", f"{gateway}/v1/admin/status",
-        f"{gateway}/v1/admin/services", f"{gateway}/v1/admin/mode", f"{gateway}/metrics",
-        f"{stt}/health", f"{stt}/metrics")}
+    pages = {
+        path: httpx.get(path, timeout=10).text
+        for path in (
+            f"{gateway}/health",
+            f"{gateway}/ready",
+            f"{gateway}/v1/admin/status",
+            f"{gateway}/v1/admin/services",
+            f"{gateway}/v1/admin/mode",
+            f"{gateway}/metrics",
+            f"{stt}/health",
+            f"{stt}/metrics",
+        )
+    }
     status = httpx.get(f"{gateway}/v1/admin/status", timeout=10).json()
     assert status["redis"] == "connected"
     assert status["services"]["stt_cpu_ws"][0]["url"] == stt
@@ -122,7 +137,8 @@ def test_the_password_is_in_no_status_and_no_log(auth_mesh: AuthMesh) -> None:
 
 
 def test_a_wrong_password_is_reported_without_showing_it(
-        auth_mesh: AuthMesh, tmp_path: Path) -> None:
+    auth_mesh: AuthMesh, tmp_path: Path
+) -> None:
     import time
 
     url = auth_mesh.redis.url.replace(PASSWORD, WRONG_PASSWORD)
@@ -140,8 +156,10 @@ def test_a_wrong_password_is_reported_without_showing_it(
             time.sleep(0.3)
         assert body.get("redis") == "unreachable", (body, gateway.log_tail())
         assert body.get("registry_error"), body
-        pages = [httpx.get(f"{gateway.url}{path}", timeout=10).text
-                 for path in ("/health", "/ready", "/v1/admin/status", "/metrics")]
+        pages = [
+            httpx.get(f"{gateway.url}{path}", timeout=10).text
+            for path in ("/health", "/ready", "/v1/admin/status", "/metrics")
+        ]
         gateway.stop()
         log = gateway.log_path.read_text(errors="replace")
         for text in [*pages, log]:

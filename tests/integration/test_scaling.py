@@ -32,16 +32,25 @@ class EmbeddedMesh:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.port = free_port()
-        self.env = {**clean_environ(), "VOICEMESH_HOME": str(home),
-                    "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
-                    "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.3",
-                    "VOICEMESH_STT_CPU_HEARTBEAT_INTERVAL_S": "0.5"}
+        self.env = {
+            **clean_environ(),
+            "VOICEMESH_HOME": str(home),
+            "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
+            "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.3",
+            "VOICEMESH_STT_CPU_HEARTBEAT_INTERVAL_S": "0.5",
+        }
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``voicemesh ARGS`` against this mesh."""
-        return subprocess.run([sys.executable, "-m", "voicemesh.cli", *args], cwd=REPO,
-                              env=self.env, capture_output=True, text=True, check=check,
-                              timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "voicemesh.cli", *args],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=300,
+        )
 
     def state(self) -> dict[str, Any]:
         """The runner's state file."""
@@ -72,8 +81,9 @@ class EmbeddedMesh:
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedMesh]:
     """``voicemesh up --scale stt_cpu_ws=3`` for the module, ``voicemesh down`` after."""
     mesh = EmbeddedMesh(tmp_path_factory.mktemp("scaled-home"))
-    up = mesh.cli("up", "--port", str(mesh.port), "--scale", "stt_cpu_ws=3", "--no-gpu",
-                  check=False)
+    up = mesh.cli(
+        "up", "--port", str(mesh.port), "--scale", "stt_cpu_ws=3", "--no-gpu", check=False
+    )
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         mesh.wait_routes(3)

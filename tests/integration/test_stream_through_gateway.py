@@ -27,16 +27,16 @@ over the clips is within it too; ``benchmarks/stt_stream.py`` prints that mean).
 async def test_clip_streamed_in_real_time_matches_offline_wer(mesh, index: int) -> None:
     clip = CLIPS[index]
     audio = load_clip_16k(clip.path)
-    result = await stream_audio(mesh.ws_url, audio, language=clip.language,
-                                frame_ms=FRAME_MS[index % len(FRAME_MS)])
+    result = await stream_audio(
+        mesh.ws_url, audio, language=clip.language, frame_ms=FRAME_MS[index % len(FRAME_MS)]
+    )
     assert not result.of_type("error"), result.of_type("error")
     streamed = error_rate(clip.text, result.transcript)
     offline = error_rate(clip.text, offline_transcript(clip))
     print(f"{clip.file}: streaming {streamed:.1f} offline {offline:.1f} | {result.transcript}")
     assert streamed <= offline + WER_MARGIN, (result.transcript, streamed, offline)
     finals = result.of_type("final")
-    assert finals and all(f["engine"] == "faster-whisper" and f["device"] == "cpu"
-                          for f in finals)
+    assert finals and all(f["engine"] == "faster-whisper" and f["device"] == "cpu" for f in finals)
     starts = [f["start"] for f in finals]
     assert starts == sorted(starts)
     assert all(0 <= f["start"] <= f["end"] <= result.sent_seconds + 0.1 for f in finals)
@@ -45,8 +45,9 @@ async def test_clip_streamed_in_real_time_matches_offline_wer(mesh, index: int) 
 async def test_flush_finalizes_the_utterance_in_progress(mesh) -> None:
     clip = next(c for c in CLIPS if c.file == "whisper-jfk.wav")
     audio = load_clip_16k(clip.path)[: int(1.9 * 16000)]  # "and so my fellow ..." mid-speech
-    result = await stream_audio(mesh.ws_url, audio, language="en", trailing_silence_s=0,
-                                end="flush")
+    result = await stream_audio(
+        mesh.ws_url, audio, language="en", trailing_silence_s=0, end="flush"
+    )
     finals = result.of_type("final")
     assert len(finals) == 1, result.messages
     assert finals[0]["reason"] == "flush"
@@ -62,7 +63,7 @@ async def test_stop_finalizes_and_closes(mesh) -> None:
     async with websockets.connect(mesh.ws_url) as ws:
         assert json.loads(await ws.recv())["type"] == "ready"
         for i in range(0, audio.size, 1600):
-            await ws.send(to_bytes(audio[i:i + 1600], "pcm_s16le"))
+            await ws.send(to_bytes(audio[i : i + 1600], "pcm_s16le"))
         await ws.send(json.dumps({"type": "stop"}))
         messages = [json.loads(m) async for m in ws if isinstance(m, str)]
         assert ws.close_code == 1000
@@ -74,20 +75,32 @@ async def test_stop_finalizes_and_closes(mesh) -> None:
 @pytest.mark.parametrize("kind", ["silence", "noise"])
 async def test_silence_or_noise_gives_no_final(mesh, kind: str) -> None:
     rng = np.random.default_rng(7)
-    audio = (np.zeros(16000, np.float32) if kind == "silence"
-             else (rng.standard_normal(16000) * 0.05).astype(np.float32))
+    audio = (
+        np.zeros(16000, np.float32)
+        if kind == "silence"
+        else (rng.standard_normal(16000) * 0.05).astype(np.float32)
+    )
     result = await stream_audio(mesh.ws_url, audio, trailing_silence_s=0.5)
     assert result.of_type("final") == []
     assert result.of_type("error") == []
 
 
-@pytest.mark.parametrize(("rate", "encoding"), [(8000, "pcm_s16le"), (48000, "pcm_s16le"),
-                                                (16000, "pcm_f32le"), (44100, "pcm_f32le")])
+@pytest.mark.parametrize(
+    ("rate", "encoding"),
+    [(8000, "pcm_s16le"), (48000, "pcm_s16le"), (16000, "pcm_f32le"), (44100, "pcm_f32le")],
+)
 async def test_other_rates_and_float32(mesh, rate: int, encoding: str) -> None:
     clip = next(c for c in CLIPS if c.file == "pocketsphinx-librivox-0870.wav")
     audio = resample(load_clip_16k(clip.path), 16000, rate)
-    result = await stream_audio(mesh.ws_url, audio, sample_rate=rate, encoding=encoding,
-                                language="en", realtime=False, trailing_silence_s=1.0)
+    result = await stream_audio(
+        mesh.ws_url,
+        audio,
+        sample_rate=rate,
+        encoding=encoding,
+        language="en",
+        realtime=False,
+        trailing_silence_s=1.0,
+    )
     assert not result.of_type("error")
     limit = 25.0 if rate == 8000 else 10.0  # telephone band loses some detail
     assert error_rate(clip.text, result.transcript) <= limit, result.transcript
@@ -107,7 +120,7 @@ async def test_bad_frames_get_errors_and_the_session_goes_on(mesh) -> None:
         await ws.send(json.dumps({"type": "start", "sample_rate": 3}))
         bad_start = json.loads(await asyncio.wait_for(ws.recv(), 30))
         for i in range(0, audio.size, 1600):
-            await ws.send(to_bytes(audio[i:i + 1600], "pcm_s16le"))
+            await ws.send(to_bytes(audio[i : i + 1600], "pcm_s16le"))
         await ws.send(json.dumps({"type": "stop"}))
         rest = [json.loads(m) async for m in ws if isinstance(m, str)]
     assert (odd["type"], odd["code"]) == ("error", "odd_length_frame")

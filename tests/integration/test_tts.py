@@ -45,6 +45,7 @@ _NUMBER = re.compile(r"(\d[\d,]*)(st|nd|rd|th)?\b")
 
 def spoken_numbers(text: str) -> str:
     """Whisper writes "1813", "15th", "42-line"; the references spell them out."""
+
     def words(match: re.Match[str]) -> str:
         value = int(match.group(1).replace(",", ""))
         if match.group(2):
@@ -63,8 +64,12 @@ def words(text: str) -> str:
 
 def transcribe(stt_url: str, wav: bytes) -> str:
     """The STT service's transcript of a WAV file."""
-    response = httpx.post(f"{stt_url}/v1/transcribe", files={"file": ("tts.wav", wav)},
-                          data={"language": "en", "response_format": "json"}, timeout=120)
+    response = httpx.post(
+        f"{stt_url}/v1/transcribe",
+        files={"file": ("tts.wav", wav)},
+        data={"language": "en", "response_format": "json"},
+        timeout=120,
+    )
     assert response.status_code == 200, response.text
     return str(response.json()["text"])
 
@@ -82,25 +87,27 @@ class RoundTrip:
 @pytest.fixture(scope="module")
 def round_trips(mesh: Mesh) -> list[RoundTrip]:
     """Every English sentence synthesised (4 at a time) and then transcribed, once."""
+
     def synthesise(text: str) -> tuple[bytes, float]:
-        response = httpx.post(f"{mesh.tts_vits.url}/v1/synthesize",
-                              json={"text": text, "format": "wav"},
-                              timeout=120)
+        response = httpx.post(
+            f"{mesh.tts_vits.url}/v1/synthesize", json={"text": text, "format": "wav"}, timeout=120
+        )
         assert response.status_code == 200, response.text
         return response.content, float(response.headers["x-voicemesh-duration"])
 
     with ThreadPoolExecutor(4) as pool:
         audio = list(pool.map(synthesise, [clip.text for clip in ENGLISH]))
-    return [RoundTrip(clip.text, wav, seconds, transcribe(mesh.stt_cpu.url, wav))
-            for clip, (wav, seconds) in zip(ENGLISH, audio, strict=True)]
+    return [
+        RoundTrip(clip.text, wav, seconds, transcribe(mesh.stt_cpu.url, wav))
+        for clip, (wav, seconds) in zip(ENGLISH, audio, strict=True)
+    ]
 
 
 def test_whisper_understands_the_voice(round_trips: list[RoundTrip]) -> None:
     references = [words(t.reference) for t in round_trips]
     heard = [words(t.transcript) for t in round_trips]
     wer = jiwer.wer(references, heard)
-    detail = "\n".join(f"{r!r} -> {h!r}" for r, h in zip(references, heard, strict=True)
-                       if r != h)
+    detail = "\n".join(f"{r!r} -> {h!r}" for r, h in zip(references, heard, strict=True) if r != h)
     print(f"aggregate WER {wer:.3f} over {len(references)} sentences")
     assert wer <= WER_LIMIT, f"aggregate WER {wer:.3f}\n{detail}"
 
@@ -127,25 +134,29 @@ def gateway(mesh: Mesh) -> Iterator[httpx.Client]:
 
 def test_openai_speech_route_with_the_official_client(mesh: Mesh) -> None:
     text = "Today only platforms one and three are used."
-    with openai.OpenAI(base_url=f"{mesh.gateway.url}/v1", api_key="unused",
-                       max_retries=0, timeout=120) as client:
+    with openai.OpenAI(
+        base_url=f"{mesh.gateway.url}/v1", api_key="unused", max_retries=0, timeout=120
+    ) as client:
         raw = client.audio.speech.with_raw_response.create(
-            model="tts-1", voice="alloy", input=text, response_format="wav")
+            model="tts-1", voice="alloy", input=text, response_format="wav"
+        )
         assert raw.headers["x-voicemesh-engine"] == "sherpa-onnx/piper"
         assert raw.headers["x-voicemesh-voice"] == "en_US-joe-medium"
         wav = raw.content
         with client.audio.speech.with_streaming_response.create(
-                model="tts-1", voice="en_US-joe-medium", input=text,
-                response_format="mp3", speed=1.25) as streamed:
+            model="tts-1", voice="en_US-joe-medium", input=text, response_format="mp3", speed=1.25
+        ) as streamed:
             mp3 = b"".join(streamed.iter_bytes())
-        pcm = client.audio.speech.create(model="tts-1", voice="nova", input=text,
-                                         response_format="pcm").read()
+        pcm = client.audio.speech.create(
+            model="tts-1", voice="nova", input=text, response_format="pcm"
+        ).read()
         with pytest.raises(openai.NotFoundError) as unknown:
             client.audio.speech.create(model="tts-1", voice="nobody", input=text)
         assert unknown.value.body["code"] == "unknown_voice"  # type: ignore[index]
         with pytest.raises(openai.BadRequestError):
-            client.audio.speech.create(model="tts-1", voice="alloy", input=text,
-                                       response_format="aac")
+            client.audio.speech.create(
+                model="tts-1", voice="alloy", input=text, response_format="aac"
+            )
     audio, rate = soundfile.read(io.BytesIO(_fix_stream_wav(wav)))
     assert rate == 22050 and 2.0 < len(audio) / rate < 5.0
     assert jiwer.wer(words(text), words(transcribe(mesh.stt_cpu.url, wav))) <= 0.25
@@ -157,8 +168,13 @@ def test_openai_speech_route_with_the_official_client(mesh: Mesh) -> None:
 def _fix_stream_wav(data: bytes) -> bytes:
     """A streamed WAV has "unknown" sizes; fill them in for readers that insist."""
     body = len(data) - 44
-    return (data[:4] + (36 + body).to_bytes(4, "little") + data[8:40]
-            + body.to_bytes(4, "little") + data[44:])
+    return (
+        data[:4]
+        + (36 + body).to_bytes(4, "little")
+        + data[8:40]
+        + body.to_bytes(4, "little")
+        + data[44:]
+    )
 
 
 def test_gateway_tts_routes_pass_through_with_engine_headers(gateway: httpx.Client) -> None:
@@ -170,9 +186,15 @@ def test_gateway_tts_routes_pass_through_with_engine_headers(gateway: httpx.Clie
     assert detail["sample"]["duration_s"] > 1
 
     chunks: list[bytes] = []
-    with gateway.stream("POST", "/v1/tts/synthesize", json={
+    with gateway.stream(
+        "POST",
+        "/v1/tts/synthesize",
+        json={
             "text": "One sentence here. Another one there. And the last one.",
-            "format": "pcm", "stream": True}) as response:
+            "format": "pcm",
+            "stream": True,
+        },
+    ) as response:
         assert response.status_code == 200
         assert response.headers["x-voicemesh-voice"] == "en_US-joe-medium"
         assert response.headers["x-voicemesh-engine"] == "sherpa-onnx/piper"
@@ -180,10 +202,16 @@ def test_gateway_tts_routes_pass_through_with_engine_headers(gateway: httpx.Clie
     assert len(chunks) > 1
     assert 3.0 < sum(map(len, chunks)) / 2 / 22050 < 8.0
 
-    compare = gateway.post("/v1/tts/compare", json={
-        "text": "Which one sounds better?",
-        "candidates": [{"voice": "en_US-joe-medium", "speed": 0.8},
-                       {"voice": "en_US-joe-medium", "speed": 1.2}]})
+    compare = gateway.post(
+        "/v1/tts/compare",
+        json={
+            "text": "Which one sounds better?",
+            "candidates": [
+                {"voice": "en_US-joe-medium", "speed": 0.8},
+                {"voice": "en_US-joe-medium", "speed": 1.2},
+            ],
+        },
+    )
     assert compare.status_code == 200
     assert len(compare.json()["candidates"]) == 2
     assert "rule" in compare.json()["recommendation"]
@@ -196,24 +224,33 @@ def test_gateway_tts_routes_pass_through_with_engine_headers(gateway: httpx.Clie
         response = gateway.post("/v1/tts/synthesize", json=body)
         assert response.status_code == status
         assert response.json()["error"]["code"] == code
-    bad_json = gateway.post("/v1/tts/synthesize", content=b"[1, 2]",
-                            headers={"content-type": "application/json"})
+    bad_json = gateway.post(
+        "/v1/tts/synthesize", content=b"[1, 2]", headers={"content-type": "application/json"}
+    )
     assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "bad_json"
 
 
 def test_gateway_fails_over_past_a_dead_tts_replica(mesh: Mesh, tmp_path: Path) -> None:
     """A registered replica that does not answer is skipped; the request still succeeds."""
     now = time.time()
-    dead = ReplicaInfo(instance_id="0-dead-tts", kind="tts_vits",
-                       url=f"http://127.0.0.1:{free_port()}", model="en_US-joe-medium",
-                       capabilities=["synthesize", "stream", "compare", "voices"],
-                       started_at=now, updated_at=now)
+    dead = ReplicaInfo(
+        instance_id="0-dead-tts",
+        kind="tts_vits",
+        url=f"http://127.0.0.1:{free_port()}",
+        model="en_US-joe-medium",
+        capabilities=["synthesize", "stream", "compare", "voices"],
+        started_at=now,
+        updated_at=now,
+    )
     store = redis.Redis.from_url(mesh.redis.url)
     key = f"voicemesh:replica:tts_vits:{dead.instance_id}"
     store.set(key, dead.model_dump_json(), ex=60)
     # A gateway of its own that never probes: the request itself meets the dead replica.
-    env = {"VOICEMESH_REDIS_URL": mesh.redis.url, "VOICEMESH_GATEWAY_PROBE_INTERVAL_S": "0",
-           "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5"}
+    env = {
+        "VOICEMESH_REDIS_URL": mesh.redis.url,
+        "VOICEMESH_GATEWAY_PROBE_INTERVAL_S": "0",
+        "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5",
+    }
     own = ServiceProcess("gateway", free_port(), env, tmp_path).start()
     try:
         own.wait_healthy(timeout_s=60)
@@ -222,10 +259,17 @@ def test_gateway_fails_over_past_a_dead_tts_replica(mesh: Mesh, tmp_path: Path) 
         while httpx.get(f"{own.url}/health", timeout=5).json()["replicas"].get("tts_vits") != 2:
             assert time.monotonic() < deadline, "the gateway never listed both TTS replicas"
             time.sleep(0.2)
-        response = httpx.post(f"{own.url}/v1/audio/speech", timeout=120, json={
-            # A catalogue id, not an OpenAI name: no voice lookup meets the dead replica first.
-            "model": "tts-1", "voice": "en_US-joe-medium", "input": "Still here.",
-            "response_format": "wav"})
+        response = httpx.post(
+            f"{own.url}/v1/audio/speech",
+            timeout=120,
+            json={
+                # A catalogue id, not an OpenAI name: no voice lookup meets the dead replica first.
+                "model": "tts-1",
+                "voice": "en_US-joe-medium",
+                "input": "Still here.",
+                "response_format": "wav",
+            },
+        )
         assert response.status_code == 200, response.text
         assert response.headers["x-voicemesh-failover"] == "1"
         assert response.headers["x-voicemesh-backend"] == mesh.tts_vits.url

@@ -20,7 +20,8 @@ def create_app() -> FastAPI:
         return {
             "pid": os.getpid(),
             "env": {
-                name: value for name, value in os.environ.items()
+                name: value
+                for name, value in os.environ.items()
                 if name.startswith("VOICEMESH_") or name == "PYTHONUNBUFFERED"
             },
         }

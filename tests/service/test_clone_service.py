@@ -44,17 +44,26 @@ def cpu_engine() -> WorldAdaptedVits:
 
 def make_settings(redis: RedisServer, home: Path, **overrides: object) -> CloneSettings:
     values: dict[str, object] = {
-        "port": free_port(), "redis_url": redis.url, "key_prefix": f"t{free_port()}",
-        "voices_dir": home / "voices", "cache_dir": home / "cache",
-        "backend_refresh_s": 0.2, "heartbeat_interval_s": 0.5, **overrides}
+        "port": free_port(),
+        "redis_url": redis.url,
+        "key_prefix": f"t{free_port()}",
+        "voices_dir": home / "voices",
+        "cache_dir": home / "cache",
+        "backend_refresh_s": 0.2,
+        "heartbeat_interval_s": 0.5,
+        **overrides,
+    }
     return CloneSettings(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture
-def client(redis_server: RedisServer, tmp_path: Path,
-           cpu_engine: WorldAdaptedVits) -> Iterator[TestClient]:
-    with TestClient(create_clone_app(make_settings(redis_server, tmp_path),
-                                     cpu_engine=cpu_engine), headers=ALICE) as test_client:
+def client(
+    redis_server: RedisServer, tmp_path: Path, cpu_engine: WorldAdaptedVits
+) -> Iterator[TestClient]:
+    with TestClient(
+        create_clone_app(make_settings(redis_server, tmp_path), cpu_engine=cpu_engine),
+        headers=ALICE,
+    ) as test_client:
         yield test_client
 
 
@@ -64,12 +73,19 @@ def wav_of(samples: np.ndarray, rate: int = 16000) -> bytes:
     return buffer.getvalue()
 
 
-def upload(client: TestClient, data: bytes, headers: dict[str, str] | None = None,
-           **fields: str) -> tuple[int, dict[str, object]]:
-    form = {"name": "me", "language": "en", "consent": "true",
-            "prompt_text": clip_named(REFERENCE).text, **fields}
-    response = client.post("/v1/voices", files={"audio": ("ref.wav", data, "audio/wav")},
-                           data=form, headers=headers)
+def upload(
+    client: TestClient, data: bytes, headers: dict[str, str] | None = None, **fields: str
+) -> tuple[int, dict[str, object]]:
+    form = {
+        "name": "me",
+        "language": "en",
+        "consent": "true",
+        "prompt_text": clip_named(REFERENCE).text,
+        **fields,
+    }
+    response = client.post(
+        "/v1/voices", files={"audio": ("ref.wav", data, "audio/wav")}, data=form, headers=headers
+    )
     body: dict[str, object] = response.json()
     return response.status_code, body
 
@@ -158,8 +174,7 @@ def test_another_key_gets_404_everywhere(client: TestClient) -> None:
     voice = body["voice_id"]
     assert client.get(f"/v1/voices/{voice}", headers=BOB).status_code == 404
     assert client.get("/v1/voices", headers=BOB).json() == {"voices": []}
-    response = client.post("/v1/synthesize", json={"text": "hi", "voice_id": voice},
-                           headers=BOB)
+    response = client.post("/v1/synthesize", json={"text": "hi", "voice_id": voice}, headers=BOB)
     assert response.status_code == 404
     assert error_code(response.json()) == "voice_not_found"
     assert client.delete(f"/v1/voices/{voice}", headers=BOB).status_code == 404
@@ -168,8 +183,7 @@ def test_another_key_gets_404_everywhere(client: TestClient) -> None:
     assert [v["voice_id"] for v in listed] == [voice]
 
 
-def test_delete_removes_the_file_with_the_last_profile(client: TestClient,
-                                                       tmp_path: Path) -> None:
+def test_delete_removes_the_file_with_the_last_profile(client: TestClient, tmp_path: Path) -> None:
     first = upload(client, reference_bytes())[1]
     second = upload(client, reference_bytes())[1]
     assert first["audio_sha256"] == second["audio_sha256"]
@@ -186,8 +200,10 @@ def test_delete_removes_the_file_with_the_last_profile(client: TestClient,
 
 def test_cpu_engine_synthesis_is_labelled_approximate(client: TestClient) -> None:
     voice = upload(client, reference_bytes())[1]["voice_id"]
-    response = client.post("/v1/synthesize", json={
-        "text": "Take one tablet with water after breakfast.", "voice_id": voice})
+    response = client.post(
+        "/v1/synthesize",
+        json={"text": "Take one tablet with water after breakfast.", "voice_id": voice},
+    )
     assert response.status_code == 200, response.text
     assert response.headers["x-voicemesh-engine"] == "world_vits"
     assert response.headers["x-voicemesh-approximate"] == "true"
@@ -222,14 +238,21 @@ def test_cache_miss_then_hit_with_the_same_bytes(client: TestClient) -> None:
     metrics = client.get("/metrics").text
     hits = 'voicemesh_requests_total{outcome="hit",route="cache",service="tts_clone"} 1.0'
     assert hits in metrics
-    assert 'voicemesh_clone_cache_hit_ratio' in metrics
+    assert "voicemesh_clone_cache_hit_ratio" in metrics
 
 
 def test_mp3_at_24k_for_the_openai_route(client: TestClient) -> None:
     voice = upload(client, reference_bytes())[1]["voice_id"]
-    response = client.post("/v1/synthesize", json={
-        "text": "Time for your evening walk.", "voice_id": voice, "format": "mp3",
-        "sample_rate": 24000, "stream": True})
+    response = client.post(
+        "/v1/synthesize",
+        json={
+            "text": "Time for your evening walk.",
+            "voice_id": voice,
+            "format": "mp3",
+            "sample_rate": 24000,
+            "stream": True,
+        },
+    )
     assert response.status_code == 200
     assert response.headers["content-type"] == "audio/mpeg"
     audio, rate = soundfile.read(io.BytesIO(response.content))
@@ -239,9 +262,16 @@ def test_mp3_at_24k_for_the_openai_route(client: TestClient) -> None:
 
 def test_streaming_passes_pcm_through(client: TestClient) -> None:
     voice = upload(client, reference_bytes())[1]["voice_id"]
-    with client.stream("POST", "/v1/synthesize", json={
-            "text": "One more sentence to stream.", "voice_id": voice, "format": "pcm",
-            "stream": True}) as response:
+    with client.stream(
+        "POST",
+        "/v1/synthesize",
+        json={
+            "text": "One more sentence to stream.",
+            "voice_id": voice,
+            "format": "pcm",
+            "stream": True,
+        },
+    ) as response:
         assert response.status_code == 200
         assert response.headers["x-voicemesh-sample-rate"] == "22050"
         data = b"".join(response.iter_bytes())
@@ -253,15 +283,14 @@ def test_bad_requests_are_clear(client: TestClient) -> None:
     voice = upload(client, reference_bytes())[1]["voice_id"]
     response = client.post("/v1/synthesize", json={"text": "", "voice_id": voice})
     assert response.status_code == 422
-    response = client.post("/v1/synthesize", json={"text": "x", "voice_id": voice,
-                                                   "format": "aac"})
+    response = client.post("/v1/synthesize", json={"text": "x", "voice_id": voice, "format": "aac"})
     assert response.status_code == 422
     assert error_code(response.json()) == "validation_error"
-    response = client.post("/v1/synthesize", json={"text": "x", "voice_id": voice,
-                                                   "speed": 9})
+    response = client.post("/v1/synthesize", json={"text": "x", "voice_id": voice, "speed": 9})
     assert response.status_code == 422
-    response = client.post("/v1/synthesize", json={"text": "你好", "voice_id": voice,
-                                                   "language": "zh"})
+    response = client.post(
+        "/v1/synthesize", json={"text": "你好", "voice_id": voice, "language": "zh"}
+    )
     assert response.status_code == 400
     assert error_code(response.json()) == "unsupported_language"
     response = client.post("/v1/synthesize", json={"text": "word " * 201, "voice_id": voice})
@@ -287,8 +316,15 @@ def test_fallback_when_the_registered_backend_is_down(
         registry = RegistryClient(redis_server.url, ttl_s=30)
         now = time.time()
         if on:
-            await registry.register(ReplicaInfo(instance_id=instance, kind="gpt_sovits",
-                                                url=dead, started_at=now, updated_at=now))
+            await registry.register(
+                ReplicaInfo(
+                    instance_id=instance,
+                    kind="gpt_sovits",
+                    url=dead,
+                    started_at=now,
+                    updated_at=now,
+                )
+            )
         else:
             await registry.deregister("gpt_sovits", instance)
         await registry.close()
@@ -298,8 +334,9 @@ def test_fallback_when_the_registered_backend_is_down(
         with TestClient(create_clone_app(settings, cpu_engine=cpu_engine), headers=ALICE) as client:
             assert client.get("/health").json()["gpt_sovits_backends"] == [dead]
             voice = upload(client, reference_bytes())[1]["voice_id"]
-            response = client.post("/v1/synthesize", json={"text": "Hello there.",
-                                                           "voice_id": voice})
+            response = client.post(
+                "/v1/synthesize", json={"text": "Hello there.", "voice_id": voice}
+            )
             assert response.status_code == 200, response.text
             assert response.headers["x-voicemesh-engine"] == "world_vits"
             assert response.headers["x-voicemesh-fallback"] == "backend_closed"
@@ -351,24 +388,37 @@ class FakeDyingGptSovits:
                     return
                 data += piece
             head, _, body = data.partition(b"\r\n\r\n")
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), 0)
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
             while len(body) < length:
                 body += conn.recv(65536)
             if head.startswith(b"GET"):
                 message = b'{"message": "text is required"}'
-                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-                             % (len(message), message))
+                conn.sendall(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(message), message)
+                )
                 return
             self.posts += 1
-            header = (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVEfmt "
-                      + struct.pack("<IHHIIHH", 16, 1, 1, 32000, 64000, 2, 16)
-                      + b"data" + struct.pack("<I", 0xFFFFFFFF))
+            header = (
+                b"RIFF"
+                + struct.pack("<I", 0xFFFFFFFF)
+                + b"WAVEfmt "
+                + struct.pack("<IHHIIHH", 16, 1, 1, 32000, 64000, 2, 16)
+                + b"data"
+                + struct.pack("<I", 0xFFFFFFFF)
+            )
             payload = header + bytes(self.audio_bytes)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\n"
-                         b"Transfer-Encoding: chunked\r\n\r\n"
-                         + b"%x\r\n%s\r\n" % (len(payload), payload))
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(payload), payload)
+            )
             # No terminating chunk: the backend died mid-reply.
 
     def close(self) -> None:
@@ -379,28 +429,42 @@ class FakeDyingGptSovits:
         self.server.close()
 
 
-@pytest.mark.parametrize(("audio_bytes", "stream"), [(0, True), (0, False), (6400, False)],
-                         ids=["header-then-dead-stream", "header-then-dead",
-                              "some-audio-then-dead"])
+@pytest.mark.parametrize(
+    ("audio_bytes", "stream"),
+    [(0, True), (0, False), (6400, False)],
+    ids=["header-then-dead-stream", "header-then-dead", "some-audio-then-dead"],
+)
 def test_backend_dying_mid_reply_falls_back_to_the_cpu_engine(
-    redis_server: RedisServer, tmp_path: Path, cpu_engine: WorldAdaptedVits,
-    audio_bytes: int, stream: bool,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    cpu_engine: WorldAdaptedVits,
+    audio_bytes: int,
+    stream: bool,
 ) -> None:
     fake = FakeDyingGptSovits(audio_bytes)
     # Its own registry kind: the fake must not outlive this test in other tests' view.
-    settings = make_settings(redis_server, tmp_path, gptsovits_urls=[fake.url],
-                             gptsovits_kind=f"gpt_sovits_fake{free_port()}")
+    settings = make_settings(
+        redis_server,
+        tmp_path,
+        gptsovits_urls=[fake.url],
+        gptsovits_kind=f"gpt_sovits_fake{free_port()}",
+    )
     try:
-        with TestClient(create_clone_app(settings, cpu_engine=cpu_engine),
-                        headers=ALICE) as client:
+        with TestClient(create_clone_app(settings, cpu_engine=cpu_engine), headers=ALICE) as client:
             deadline = time.monotonic() + 10
             while client.get("/health").json()["gpt_sovits_backends"] != [fake.url]:
                 assert time.monotonic() < deadline, "the fake backend was never registered"
                 time.sleep(0.1)
             voice = upload(client, reference_bytes())[1]["voice_id"]
-            response = client.post("/v1/synthesize", json={
-                "text": "Time for your tablets.", "voice_id": voice, "format": "pcm",
-                "stream": stream})
+            response = client.post(
+                "/v1/synthesize",
+                json={
+                    "text": "Time for your tablets.",
+                    "voice_id": voice,
+                    "format": "pcm",
+                    "stream": stream,
+                },
+            )
             assert response.status_code == 200, response.text
             assert fake.posts == 1
             assert response.headers["x-voicemesh-engine"] == "world_vits"
@@ -414,8 +478,9 @@ def test_backend_dying_mid_reply_falls_back_to_the_cpu_engine(
 def test_without_the_fallback_a_dead_backend_is_503(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    settings = make_settings(redis_server, tmp_path, cpu_engine=False,
-                             gptsovits_urls=[f"http://127.0.0.1:{free_port()}"])
+    settings = make_settings(
+        redis_server, tmp_path, cpu_engine=False, gptsovits_urls=[f"http://127.0.0.1:{free_port()}"]
+    )
     with TestClient(create_clone_app(settings), headers=ALICE) as client:
         voice = upload(client, reference_bytes())[1]["voice_id"]
         response = client.post("/v1/synthesize", json={"text": "Hello.", "voice_id": voice})
@@ -437,8 +502,7 @@ def test_cache_evicts_least_recently_used_past_its_bound(
         redis = Redis.from_url(redis_server.url, decode_responses=True)
         cache = ResultCache(redis, tmp_path / "cache", max_bytes=250, prefix=f"e{free_port()}")
         for key in ("a", "b"):
-            await cache.put(key, bytes(100), media_type="audio/wav", engine="e",
-                            approximate=True)
+            await cache.put(key, bytes(100), media_type="audio/wav", engine="e", approximate=True)
             await asyncio.sleep(0.01)
         assert await cache.get("a") is not None  # "a" is now the most recently used
         await cache.put("c", bytes(100), media_type="audio/wav", engine="e", approximate=True)

@@ -53,7 +53,7 @@ def _send_frames(ws: WebSocketTestSession, pcm: bytes) -> int:
     """Send ``pcm`` in 32 ms frames; returns how many complete windows were sent."""
     step = FRAME_SAMPLES * 2
     for i in range(0, len(pcm), step):
-        ws.send_bytes(pcm[i:i + step])
+        ws.send_bytes(pcm[i : i + step])
     return len(pcm) // step
 
 
@@ -76,8 +76,9 @@ def _receive_json(ws: WebSocketTestSession, timeout_s: float) -> dict:
     return dict(json.loads(message["text"]))
 
 
-def _collect(ws: WebSocketTestSession, detections: int, *,
-             until_speech_end: bool = False) -> tuple[list[dict], list[dict]]:
+def _collect(
+    ws: WebSocketTestSession, detections: int, *, until_speech_end: bool = False
+) -> tuple[list[dict], list[dict]]:
     """Read until ``detections`` per-frame messages (and a speech_end, if asked) arrived."""
     frames: list[dict] = []
     events: list[dict] = []
@@ -88,8 +89,7 @@ def _collect(ws: WebSocketTestSession, detections: int, *,
         started = sum(e["type"] == "speech_start" for e in events)
         ends = sum(e["type"] == "speech_end" for e in events)
         # Every speech_start is answered by a speech_end once its segment is decoded.
-        return (len(frames) >= detections and ends >= started
-                and (ended or not until_speech_end))
+        return len(frames) >= detections and ends >= started and (ended or not until_speech_end)
 
     while not done():
         remaining = deadline - time.monotonic()

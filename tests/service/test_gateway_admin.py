@@ -44,8 +44,12 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
 
 def settings(redis_url: str, **overrides: Any) -> GatewaySettings:
     """Gateway settings on ``redis_url`` with a fast registry refresh."""
-    values: dict[str, Any] = {"redis_url": redis_url, "use_detector": False,
-                              "registry_refresh_s": REFRESH_S, **overrides}
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "use_detector": False,
+        "registry_refresh_s": REFRESH_S,
+        **overrides,
+    }
     return GatewaySettings(**values)
 
 
@@ -56,16 +60,30 @@ def gateway(redis_url: str) -> Iterator[TestClient]:
         yield client
 
 
-def replica(instance_id: str, kind: str = "stt_cpu_ws", *, device: str = "cpu",
-            sessions: int = 0, draining: bool = False, port: int | None = None) -> ReplicaInfo:
+def replica(
+    instance_id: str,
+    kind: str = "stt_cpu_ws",
+    *,
+    device: str = "cpu",
+    sessions: int = 0,
+    draining: bool = False,
+    port: int | None = None,
+) -> ReplicaInfo:
     """A registry entry; its URL is a port nothing listens on unless ``port`` says."""
     now = time.time()
     return ReplicaInfo(
-        instance_id=instance_id, kind=kind, url=f"http://127.0.0.1:{port or free_port()}",
-        device=device, model="base" if kind != "stt_tiny_ws" else "tiny.en",
-        engine="faster-whisper", capabilities=["stream", "transcribe"],
-        load=ReplicaLoad(active_sessions=sessions, max_sessions=8), draining=draining,
-        started_at=now - 30, updated_at=now)
+        instance_id=instance_id,
+        kind=kind,
+        url=f"http://127.0.0.1:{port or free_port()}",
+        device=device,
+        model="base" if kind != "stt_tiny_ws" else "tiny.en",
+        engine="faster-whisper",
+        capabilities=["stream", "transcribe"],
+        load=ReplicaLoad(active_sessions=sessions, max_sessions=8),
+        draining=draining,
+        started_at=now - 30,
+        updated_at=now,
+    )
 
 
 def register(url: str, *replicas: ReplicaInfo) -> None:
@@ -107,8 +125,12 @@ def eventually(check: Callable[[], bool], timeout_s: float, step_s: float = 0.05
     pytest.fail(f"condition not met within {timeout_s} s")
 
 
-def next_of_type(ws: WebSocketTestSession, kind: str, max_messages: int = 20,
-                 seen: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def next_of_type(
+    ws: WebSocketTestSession,
+    kind: str,
+    max_messages: int = 20,
+    seen: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The next message of ``kind`` on the status feed (status updates in between)."""
     for _ in range(max_messages):
         message: dict[str, Any] = ws.receive_json()
@@ -141,8 +163,9 @@ def test_ready_is_503_without_a_backend_then_200_once_one_registers(
 
     # A detector alone is not an STT backend: still 503 once the gateway has seen it.
     register(redis_url, replica("det-1", "stt_tiny_ws"))
-    eventually(lambda: "stt_tiny_ws" in gateway.get("/v1/admin/services").json()["services"],
-               timeout_s=10)
+    eventually(
+        lambda: "stt_tiny_ws" in gateway.get("/v1/admin/services").json()["services"], timeout_s=10
+    )
     assert gateway.get("/ready").status_code == 503
 
     cpu = replica("cpu-1")
@@ -190,8 +213,7 @@ def test_post_mode_sets_redis_and_a_second_gateway_follows(
         assert response.json() == {"mode": "gpu", "previous": "auto", "scope": "shared"}
         assert plain.get("voicemesh:mode") == "gpu"
         assert gateway.get("/v1/admin/mode").json()["mode"] == "gpu"  # at once, here
-        took = eventually(lambda: other.get("/v1/admin/mode").json()["mode"] == "gpu",
-                          timeout_s=10)
+        took = eventually(lambda: other.get("/v1/admin/mode").json()["mode"] == "gpu", timeout_s=10)
         print(f"second gateway followed the mode change in {took * 1000:.0f} ms")
 
         assert gateway.post("/v1/admin/mode", json={"mode": "cpu"}).json()["previous"] == "gpu"
@@ -221,7 +243,10 @@ def test_mode_change_while_redis_is_down_is_a_503() -> None:
         assert response.json()["error"]["code"] == "registry_unavailable"
         # Not applied here either: the replicas must not disagree.
         assert client.get("/v1/admin/mode").json() == {
-            "mode": "auto", "default_mode": "auto", "redis": "unreachable"}
+            "mode": "auto",
+            "default_mode": "auto",
+            "redis": "unreachable",
+        }
 
 
 def test_mode_without_redis_is_local_to_the_replica() -> None:
@@ -263,7 +288,10 @@ def test_services_lists_replicas_and_the_route_order(gateway: TestClient, redis_
     assert body["mode"] == "auto"
     gateway.post("/v1/admin/mode", json={"mode": "cpu"})
     assert gateway.get("/v1/admin/services").json()["stt_route"] == [
-        cpu_idle.url, cpu_busy.url, gpu.url]
+        cpu_idle.url,
+        cpu_busy.url,
+        gpu.url,
+    ]
 
 
 def test_status_has_process_services_mode_and_request_stats(
@@ -324,8 +352,7 @@ def test_status_feed_sends_one_update_at_once_then_one_per_interval(redis_url: s
 
 
 @pytest.mark.timeout(60)
-def test_status_feed_forwards_mode_and_service_events(gateway: TestClient,
-                                                      redis_url: str) -> None:
+def test_status_feed_forwards_mode_and_service_events(gateway: TestClient, redis_url: str) -> None:
     cpu = replica("cpu-live")
     with gateway.websocket_connect("/v1/ws/status") as ws:
         assert ws.receive_json()["type"] == "status_update"
@@ -333,7 +360,10 @@ def test_status_feed_forwards_mode_and_service_events(gateway: TestClient,
         gateway.post("/v1/admin/mode", json={"mode": "gpu"})
         changed = next_of_type(ws, "mode_changed")
         assert (changed["mode"], changed["previous"], changed["source"]) == (
-            "gpu", "auto", "admin_api")
+            "gpu",
+            "auto",
+            "admin_api",
+        )
         assert changed["by"] == "anonymous"
 
         register(redis_url, cpu)
@@ -348,7 +378,10 @@ def test_status_feed_forwards_mode_and_service_events(gateway: TestClient,
         redis.Redis.from_url(redis_url).set("voicemesh:mode", "cpu")
         changed = next_of_type(ws, "mode_changed")
         assert (changed["mode"], changed["previous"], changed["source"]) == (
-            "cpu", "gpu", "registry")
+            "cpu",
+            "gpu",
+            "registry",
+        )
 
 
 @pytest.mark.timeout(60)
@@ -384,10 +417,14 @@ def test_metrics_has_the_gateway_series(gateway: TestClient) -> None:
 
     text = gateway.get("/metrics").text
 
-    for name in ("voicemesh_active_sessions", "voicemesh_gateway_requests_total",
-                 "voicemesh_gateway_failovers_total", "voicemesh_gateway_backend_choice_total",
-                 "voicemesh_gateway_first_partial_latency_seconds_bucket",
-                 "voicemesh_gateway_final_latency_seconds_bucket"):
+    for name in (
+        "voicemesh_active_sessions",
+        "voicemesh_gateway_requests_total",
+        "voicemesh_gateway_failovers_total",
+        "voicemesh_gateway_backend_choice_total",
+        "voicemesh_gateway_first_partial_latency_seconds_bucket",
+        "voicemesh_gateway_final_latency_seconds_bucket",
+    ):
         assert f"# TYPE {name.removesuffix('_bucket')}" in text or name in text, name
     assert 'voicemesh_gateway_requests_total{route="/v1/admin/mode",status="200"} 1.0' in text
     assert 'voicemesh_gateway_requests_total{route="/v1/admin/mode",status="422"} 1.0' in text

@@ -127,11 +127,11 @@ def test_without_keys_auth_is_off_and_routes_are_open() -> None:
 def test_admin_key_guards_admin_routes_and_opens_client_routes() -> None:
     app = create_app(settings(api_keys=[CLIENT_KEY], admin_key=ADMIN_KEY))
     with TestClient(app) as client:
-        forbidden = assert_error(client.get(PROTECTED, **by_header(CLIENT_KEY)), 403,
-                                 "forbidden")
+        forbidden = assert_error(client.get(PROTECTED, **by_header(CLIENT_KEY)), 403, "forbidden")
         assert "admin key" in forbidden["message"]
-        assert_error(client.post(PROTECTED, json={"mode": "cpu"}, **by_header(CLIENT_KEY)),
-                     403, "forbidden")
+        assert_error(
+            client.post(PROTECTED, json={"mode": "cpu"}, **by_header(CLIENT_KEY)), 403, "forbidden"
+        )
         assert_error(client.get(PROTECTED), 401, "unauthorized")
         assert_error(client.get(PROTECTED, **by_query("nope")), 401, "unauthorized")
         assert client.get(PROTECTED, **by_bearer(ADMIN_KEY)).status_code == 200

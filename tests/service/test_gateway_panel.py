@@ -19,8 +19,15 @@ ADMIN_KEY = "panel-admin-key"
 @pytest.fixture
 def gateway() -> TestClient:
     """A gateway with auth on (one client key, an admin key), no Redis."""
-    app = create_app(GatewaySettings(redis_url="", use_detector=False, probe_interval_s=0,
-                                     api_keys=["client-key"], admin_key=ADMIN_KEY))
+    app = create_app(
+        GatewaySettings(
+            redis_url="",
+            use_detector=False,
+            probe_interval_s=0,
+            api_keys=["client-key"],
+            admin_key=ADMIN_KEY,
+        )
+    )
     with TestClient(app) as client:
         yield client
 
@@ -55,19 +62,27 @@ def test_stream_route_still_wins_over_the_panel(gateway: TestClient) -> None:
 
 
 def test_unknown_websocket_path_is_closed_not_served(gateway: TestClient) -> None:
-    with pytest.raises(WebSocketDisconnect) as closed, \
-            gateway.websocket_connect("/ws/nothing-here") as ws:
+    with (
+        pytest.raises(WebSocketDisconnect) as closed,
+        gateway.websocket_connect("/ws/nothing-here") as ws,
+    ):
         ws.receive_text()
     assert closed.value.code == 1008
 
 
 def test_panel_can_be_turned_off(tmp_path: Path) -> None:
-    app = create_app(GatewaySettings(redis_url="", use_detector=False, probe_interval_s=0,
-                                     control_panel_dir=None))
+    app = create_app(
+        GatewaySettings(
+            redis_url="", use_detector=False, probe_interval_s=0, control_panel_dir=None
+        )
+    )
     with TestClient(app) as client:
         assert client.get("/").status_code == 404
         assert client.get("/health").status_code == 200
-    empty = create_app(GatewaySettings(redis_url="", use_detector=False, probe_interval_s=0,
-                                       control_panel_dir=tmp_path))
+    empty = create_app(
+        GatewaySettings(
+            redis_url="", use_detector=False, probe_interval_s=0, control_panel_dir=tmp_path
+        )
+    )
     with TestClient(empty) as client:
         assert client.get("/").status_code == 404

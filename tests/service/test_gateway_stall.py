@@ -68,10 +68,17 @@ class FakeSttBackend:
         """The registry entry this fake writes, as a real replica's heartbeat does."""
         now = time.time()
         return ReplicaInfo(
-            instance_id=self.name, kind="stt_cpu_ws", url=self.url, device="cpu", model="fake",
-            engine="fake", capabilities=["stream", "transcribe"],
+            instance_id=self.name,
+            kind="stt_cpu_ws",
+            url=self.url,
+            device="cpu",
+            model="fake",
+            engine="fake",
+            capabilities=["stream", "transcribe"],
             load=ReplicaLoad(active_sessions=self.sessions, queue=self.queue, max_sessions=8),
-            started_at=now - 10, updated_at=now)
+            started_at=now - 10,
+            updated_at=now,
+        )
 
     async def start(self) -> None:
         """Listen on loopback."""
@@ -86,8 +93,17 @@ class FakeSttBackend:
     async def _session(self, ws: ServerConnection) -> None:
         index = len(self.audio_s)
         self.audio_s.append(0.0)
-        await ws.send(json.dumps({"type": "ready", "session_id": f"{self.name}-{index}",
-                                  "engine": "fake", "device": "cpu", "model": "fake"}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "ready",
+                    "session_id": f"{self.name}-{index}",
+                    "engine": "fake",
+                    "device": "cpu",
+                    "model": "fake",
+                }
+            )
+        )
         with contextlib.suppress(websockets.ConnectionClosed):
             async for message in ws:
                 if isinstance(message, bytes):
@@ -145,14 +161,28 @@ class FakeSlowBackend(FakeSttBackend):
             ws.started = True  # type: ignore[attr-defined]
             await ws.send(partial(0.0, audio_s))
             asyncio.get_running_loop().call_later(
-                self.lag_s, lambda: asyncio.ensure_future(self._final(ws, audio_s)))
+                self.lag_s, lambda: asyncio.ensure_future(self._final(ws, audio_s))
+            )
 
     async def _final(self, ws: ServerConnection, end: float) -> None:
         with contextlib.suppress(websockets.ConnectionClosed):
-            await ws.send(json.dumps({
-                "type": "final", "utterance_id": 1, "text": "late but right", "segments": [],
-                "start": 0.0, "end": round(end, 3), "engine": "fake", "device": "cpu",
-                "model": "fake", "latency_ms": self.lag_s * 1000, "reason": "endpoint"}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "final",
+                        "utterance_id": 1,
+                        "text": "late but right",
+                        "segments": [],
+                        "start": 0.0,
+                        "end": round(end, 3),
+                        "engine": "fake",
+                        "device": "cpu",
+                        "model": "fake",
+                        "latency_ms": self.lag_s * 1000,
+                        "reason": "endpoint",
+                    }
+                )
+            )
             self.final_sent.set()
 
 
@@ -166,9 +196,15 @@ class FakeDetector:
     def replica(self) -> ReplicaInfo:
         """The detector's registry entry."""
         now = time.time()
-        return ReplicaInfo(instance_id="fake-detector", kind="stt_tiny_ws",
-                           url=f"http://127.0.0.1:{self.port}", model="fake",
-                           capabilities=["detect"], started_at=now - 10, updated_at=now)
+        return ReplicaInfo(
+            instance_id="fake-detector",
+            kind="stt_tiny_ws",
+            url=f"http://127.0.0.1:{self.port}",
+            model="fake",
+            capabilities=["detect"],
+            started_at=now - 10,
+            updated_at=now,
+        )
 
     async def start(self) -> None:
         """Listen on loopback."""
@@ -194,8 +230,16 @@ class FakeDetector:
 
 def partial(start: float, end: float) -> str:
     """A partial of utterance 1 over ``start``-``end``."""
-    return json.dumps({"type": "partial", "utterance_id": 1, "text": "so far",
-                       "stable_text": "", "start": round(start, 3), "end": round(end, 3)})
+    return json.dumps(
+        {
+            "type": "partial",
+            "utterance_id": 1,
+            "text": "so far",
+            "stable_text": "",
+            "start": round(start, 3),
+            "end": round(end, 3),
+        }
+    )
 
 
 @pytest.fixture
@@ -210,8 +254,9 @@ def redis_url(redis_server: RedisServer) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def mesh(redis_url: str, *fakes: FakeSttBackend | FakeDetector,
-               **overrides: Any) -> AsyncIterator[str]:
+async def mesh(
+    redis_url: str, *fakes: FakeSttBackend | FakeDetector, **overrides: Any
+) -> AsyncIterator[str]:
     """The fakes listening and registered, and a gateway on uvicorn; yields its WS URL."""
     registry = RegistryClient(redis_url, ttl_s=60.0)
     for fake in fakes:
@@ -219,12 +264,20 @@ async def mesh(redis_url: str, *fakes: FakeSttBackend | FakeDetector,
         await registry.register(fake.replica())
     await registry.close()
     values: dict[str, Any] = {
-        "redis_url": redis_url, "registry_refresh_s": 0.1, "probe_interval_s": 0,
+        "redis_url": redis_url,
+        "registry_refresh_s": 0.1,
+        "probe_interval_s": 0,
         "use_detector": any(isinstance(f, FakeDetector) for f in fakes),
-        "stall_timeout_s": STALL_TIMEOUT_S, "connect_timeout_s": 2.0, **overrides}
+        "stall_timeout_s": STALL_TIMEOUT_S,
+        "connect_timeout_s": 2.0,
+        **overrides,
+    }
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(GatewaySettings(**values)),
-                                           host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(GatewaySettings(**values)), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:
@@ -313,7 +366,7 @@ async def test_a_backend_sending_partials_but_never_a_final_is_failed_over(
     assert len(failovers) == 1, messages
     assert (failovers[0]["from"], failovers[0]["to"]) == (chatty.url, spare.url)
     assert failovers[0]["reason"].startswith("stalled: partials but no final"), failovers[0]
-    before = [m for m in messages[:messages.index(failovers[0])] if m["type"] == "partial"]
+    before = [m for m in messages[: messages.index(failovers[0])] if m["type"] == "partial"]
     assert len(before) >= 5, messages  # it kept talking all along: not a silent backend
 
 

@@ -29,8 +29,7 @@ def _restore_logger_levels() -> Iterator[None]:
         logging.getLogger(name).setLevel(level)
 
 
-def _startup_records(caplog: pytest.LogCaptureFixture,
-                     level: LogLevel) -> list[logging.LogRecord]:
+def _startup_records(caplog: pytest.LogCaptureFixture, level: LogLevel) -> list[logging.LogRecord]:
     """The shared package's log records while a detector starts, serves /health and stops."""
     settings = SttTinySettings(redis_url="", confirm=False, log_level=level)
     caplog.clear()
@@ -41,10 +40,15 @@ def _startup_records(caplog: pytest.LogCaptureFixture,
 
 def test_debug_level_logs_debug_lines(caplog: pytest.LogCaptureFixture) -> None:
     records = _startup_records(caplog, "debug")
-    assert any(r.levelno == logging.DEBUG and r.name == "voicemesh.lifecycle"
-               and "drain on SIGTERM" in r.getMessage() for r in records)
-    assert any(r.levelno == logging.INFO and "no Redis configured" in r.getMessage()
-               for r in records)
+    assert any(
+        r.levelno == logging.DEBUG
+        and r.name == "voicemesh.lifecycle"
+        and "drain on SIGTERM" in r.getMessage()
+        for r in records
+    )
+    assert any(
+        r.levelno == logging.INFO and "no Redis configured" in r.getMessage() for r in records
+    )
 
 
 def test_info_level_logs_info_but_not_debug(caplog: pytest.LogCaptureFixture) -> None:

@@ -39,9 +39,14 @@ def server() -> Iterator[str]:
 
 def probe(url: str) -> subprocess.CompletedProcess[str]:
     """Run ``voicemesh probe`` as a healthcheck would."""
-    return subprocess.run([sys.executable, "-m", "voicemesh.cli", "probe", url, "--timeout", "2"],
-                          cwd=REPO, capture_output=True, text=True, timeout=30,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "voicemesh.cli", "probe", url, "--timeout", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def test_probe_exit_codes(server: str) -> None:

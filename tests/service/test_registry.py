@@ -20,10 +20,16 @@ def make_info(kind: str = "stt_cpu_ws", instance_id: str = "a", port: int = 9001
     """A replica description with distinct values in every field."""
     now = time.time()
     return ReplicaInfo(
-        instance_id=instance_id, kind=kind, url=f"http://127.0.0.1:{port}", device="cpu",
-        model="base.en", engine="faster-whisper", capabilities=["stream", "file"],
+        instance_id=instance_id,
+        kind=kind,
+        url=f"http://127.0.0.1:{port}",
+        device="cpu",
+        model="base.en",
+        engine="faster-whisper",
+        capabilities=["stream", "file"],
         load=ReplicaLoad(active_sessions=2, queue=1, rtf=0.25, max_sessions=8),
-        started_at=now - 5, updated_at=now - 5,
+        started_at=now - 5,
+        updated_at=now - 5,
     )
 
 
@@ -205,6 +211,7 @@ async def test_heartbeat_survives_a_redis_outage_and_re_registers(redis_server) 
 
         redis_server.stop()
         try:
+
             async def disconnected() -> bool:
                 return not heartbeat.connected
 

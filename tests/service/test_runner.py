@@ -27,11 +27,11 @@ pytestmark = pytest.mark.service
 HERE = Path(__file__).resolve().parent
 
 
-def probe_spec(name: str = "probe", *, factory: str = "probe_app:create_app",
-               scalable: bool = True) -> ServiceSpec:
+def probe_spec(
+    name: str = "probe", *, factory: str = "probe_app:create_app", scalable: bool = True
+) -> ServiceSpec:
     """A service entry for the probe app on a free port."""
-    return ServiceSpec(name, factory, f"VOICEMESH_{name.upper()}_", free_port(),
-                       scalable=scalable)
+    return ServiceSpec(name, factory, f"VOICEMESH_{name.upper()}_", free_port(), scalable=scalable)
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -77,9 +77,9 @@ def mesh_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     home = tmp_path / "home"
     monkeypatch.setenv("VOICEMESH_HOME", str(home))
     monkeypatch.delenv("REDIS_URL", raising=False)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]
-    ))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])
+    )
     yield home
     cli.cmd_down(timeout=10)
     if Path("/proc/self").exists():
@@ -91,9 +91,17 @@ def test_up_status_restart_scale_and_down(
 ) -> None:
     spec = probe_spec()
     redis_port = free_port()
-    rc = cli.cmd_up(host="127.0.0.1", port=free_port(), redis_url=None,
-                       scale={"probe": 2}, no_gpu=True, foreground=False, timeout=30,
-                       services=[spec], redis_port=redis_port)
+    rc = cli.cmd_up(
+        host="127.0.0.1",
+        port=free_port(),
+        redis_url=None,
+        scale={"probe": 2},
+        no_gpu=True,
+        foreground=False,
+        timeout=30,
+        services=[spec],
+        redis_port=redis_port,
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "probe-1" in out and "probe-2" in out and "ready in" in out
@@ -124,9 +132,20 @@ def test_up_status_restart_scale_and_down(
     assert str(mesh_home.resolve() / "logs") in out
 
     # A second up finds the running mesh and changes nothing.
-    assert cli.cmd_up(host="127.0.0.1", port=free_port(), redis_url=None, scale={},
-                         no_gpu=True, foreground=False, timeout=30, services=[spec],
-                         redis_port=redis_port) == 0
+    assert (
+        cli.cmd_up(
+            host="127.0.0.1",
+            port=free_port(),
+            redis_url=None,
+            scale={},
+            no_gpu=True,
+            foreground=False,
+            timeout=30,
+            services=[spec],
+            redis_port=redis_port,
+        )
+        == 0
+    )
     assert "already running" in capsys.readouterr().out
     assert read_state(mesh_home)["supervisor_pid"] == supervisor_pid
 
@@ -166,9 +185,17 @@ def test_up_fails_and_cleans_up_when_a_service_cannot_start(
     good = probe_spec("probe")
     bad = probe_spec("broken", factory="probe_app:create_failing_app")
     started = time.monotonic()
-    rc = cli.cmd_up(host="127.0.0.1", port=free_port(), redis_url=None, scale={},
-                       no_gpu=True, foreground=False, timeout=25, services=[good, bad],
-                       redis_port=free_port())
+    rc = cli.cmd_up(
+        host="127.0.0.1",
+        port=free_port(),
+        redis_url=None,
+        scale={},
+        no_gpu=True,
+        foreground=False,
+        timeout=25,
+        services=[good, bad],
+        redis_port=free_port(),
+    )
     captured = capsys.readouterr()
     assert rc == 1
     assert time.monotonic() - started < 20  # gives up on repeated crashes before the timeout
@@ -194,8 +221,9 @@ def test_foreground_stops_everything_on_sigint(
     """)
     output = tmp_path / "foreground.out"
     with open(output, "wb") as sink:
-        process = subprocess.Popen([sys.executable, "-c", script], stdout=sink,
-                                   stderr=subprocess.STDOUT, cwd=Path.cwd())
+        process = subprocess.Popen(
+            [sys.executable, "-c", script], stdout=sink, stderr=subprocess.STDOUT, cwd=Path.cwd()
+        )
     try:
         wait_until(lambda: "voicemesh is up" in output.read_text(), 20, "foreground up")
         state = read_state(mesh_home)
@@ -222,9 +250,17 @@ def test_scale_errors_exit_2_and_start_nothing(
     specs = [probe_spec(), probe_spec("front", scalable=False)]
 
     def up(scale: dict[str, int]) -> int:
-        return cli.cmd_up(host="127.0.0.1", port=free_port(), redis_url=None,
-                             scale=scale, no_gpu=True, foreground=False, timeout=5,
-                             services=specs, redis_port=free_port())
+        return cli.cmd_up(
+            host="127.0.0.1",
+            port=free_port(),
+            redis_url=None,
+            scale=scale,
+            no_gpu=True,
+            foreground=False,
+            timeout=5,
+            services=specs,
+            redis_port=free_port(),
+        )
 
     assert up({"nope": 2}) == 2
     assert "unknown service 'nope'" in capsys.readouterr().err
@@ -236,8 +272,14 @@ def test_scale_errors_exit_2_and_start_nothing(
 
 
 def test_restart_backoff_doubles_to_the_cap_and_resets_after_a_long_run(tmp_path: Path) -> None:
-    plan = ProcessPlan(name="blip", argv=[sys.executable, "-c", "pass"], host="127.0.0.1",
-                              port=1, url="http://127.0.0.1:1", log=str(tmp_path / "blip.log"))
+    plan = ProcessPlan(
+        name="blip",
+        argv=[sys.executable, "-c", "pass"],
+        host="127.0.0.1",
+        port=1,
+        url="http://127.0.0.1:1",
+        log=str(tmp_path / "blip.log"),
+    )
     child = ChildProcess(plan, str(tmp_path))
     delays = []
     for _ in range(7):
@@ -263,9 +305,14 @@ def test_restart_backoff_doubles_to_the_cap_and_resets_after_a_long_run(tmp_path
 
 
 def test_a_process_that_cannot_be_spawned_counts_as_a_crash(tmp_path: Path) -> None:
-    plan = ProcessPlan(name="ghost", argv=[str(tmp_path / "no-such-binary")],
-                              host="127.0.0.1", port=1, url="http://127.0.0.1:1",
-                              log=str(tmp_path / "ghost.log"))
+    plan = ProcessPlan(
+        name="ghost",
+        argv=[str(tmp_path / "no-such-binary")],
+        host="127.0.0.1",
+        port=1,
+        url="http://127.0.0.1:1",
+        log=str(tmp_path / "ghost.log"),
+    )
     child = ChildProcess(plan, str(tmp_path))
     child.launch(fresh_log=True)
     assert child.process is None

@@ -25,8 +25,9 @@ def build_app(spec: ServiceSpec) -> Any:
 async def test_openapi_json_is_a_valid_openapi_document(spec: ServiceSpec) -> None:
     app = build_app(spec)
     # No lifespan: the document must not need a model, Redis or anything started.
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://service") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://service"
+    ) as client:
         response = await client.get("/openapi.json")
     assert response.status_code == 200, response.text
     document = response.json()

@@ -25,8 +25,9 @@ def scheduler() -> DecodeScheduler:
     return DecodeScheduler(load_transcriber("base", cpu_threads=2))
 
 
-async def run(scheduler: DecodeScheduler, audio: np.ndarray, config: StreamingConfig,
-              frame: int = 640) -> list[Any]:
+async def run(
+    scheduler: DecodeScheduler, audio: np.ndarray, config: StreamingConfig, frame: int = 640
+) -> list[Any]:
     out: list[Any] = []
 
     async def emit(message: Any) -> None:
@@ -34,7 +35,7 @@ async def run(scheduler: DecodeScheduler, audio: np.ndarray, config: StreamingCo
 
     session = StreamingSession(scheduler, emit, LABEL, config)
     for i in range(0, audio.size, frame):
-        await session.feed(audio[i:i + frame])
+        await session.feed(audio[i : i + frame])
     await session.close()
     return out
 
@@ -43,8 +44,9 @@ async def test_a_long_utterance_is_cut_at_a_quiet_point_and_nothing_is_lost(
     scheduler: DecodeScheduler,
 ) -> None:
     clip = clip_named("coqui-tts-LJ001-0001.wav")
-    out = await run(scheduler, load_clip_16k(clip.path),
-                    StreamingConfig(language="en", max_utterance_s=4.0))
+    out = await run(
+        scheduler, load_clip_16k(clip.path), StreamingConfig(language="en", max_utterance_s=4.0)
+    )
     finals = [m for m in out if m.type == "final"]
     assert any(f.reason == "max_length" for f in finals), [f.reason for f in finals]
     assert all(f.end - f.start <= 4.0 + 0.1 for f in finals if f.reason == "max_length")
@@ -101,7 +103,7 @@ async def test_a_flush_for_earlier_speech_does_not_cut_the_next_utterance(
     audio = np.concatenate([np.zeros(32000, np.float32), load_clip_16k(clip.path)[:24000]])
     session = StreamingSession(scheduler, emit, LABEL, StreamingConfig(language="en"))
     for i in range(0, audio.size, 640):
-        await session.feed(audio[i:i + 640])
+        await session.feed(audio[i : i + 640])
     assert session.in_utterance
     await session.flush("flush", until=1.0)  # meant for speech that ended at 1 s
     assert [m for m in out if m.type == "final"] == []
@@ -135,14 +137,17 @@ async def test_a_hesitant_far_field_speaker_is_decoded_whole(scheduler: DecodeSc
 
     clip = clip_named(HESITANT)
     audio = hesitant_far_field(load_clip_16k(clip.path))
-    held = [m for m in await run(scheduler, audio, StreamingConfig(language="zh"))
-            if m.type == "final"]
-    split = [m for m in await run(scheduler, audio, StreamingConfig(language="zh", hold_s=0))
-             if m.type == "final"]
+    held = [
+        m for m in await run(scheduler, audio, StreamingConfig(language="zh")) if m.type == "final"
+    ]
+    split = [
+        m
+        for m in await run(scheduler, audio, StreamingConfig(language="zh", hold_s=0))
+        if m.type == "final"
+    ]
     assert len(held) == 1 and len(split) >= 2, (held, split)
     assert held[0].start < 0.1  # the first word, before the VAD fired, is in the preroll
     whole = error_rate(clip.text, convert_for_language(held[0].text, "zh"))
     pieces = error_rate(clip.text, convert_for_language(" ".join(f.text for f in split), "zh"))
-    print(f"held: {whole:.1f}% {held[0].text} | split: {pieces:.1f}% "
-          f"{[f.text for f in split]}")
+    print(f"held: {whole:.1f}% {held[0].text} | split: {pieces:.1f}% {[f.text for f in split]}")
     assert whole < pieces - 10, (whole, pieces)

@@ -51,7 +51,7 @@ def _pcm16(path: os.PathLike[str]) -> bytes:
 
 def _frames(pcm: bytes) -> Iterator[bytes]:
     for i in range(0, len(pcm), FRAME_BYTES):
-        yield pcm[i:i + FRAME_BYTES]
+        yield pcm[i : i + FRAME_BYTES]
 
 
 @pytest.fixture(scope="module")
@@ -147,9 +147,11 @@ def _requests_total(client: TestClient, route: str, outcome: str) -> float:
     total = 0.0
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
-            if (sample.name == "voicemesh_requests_total"
-                    and sample.labels.get("route") == route
-                    and sample.labels.get("outcome") == outcome):
+            if (
+                sample.name == "voicemesh_requests_total"
+                and sample.labels.get("route") == route
+                and sample.labels.get("outcome") == outcome
+            ):
                 total += sample.value
     return total
 
@@ -256,8 +258,9 @@ def test_word_timestamps_give_aligned_words(client: TestClient, jfk_wav: bytes) 
         ("text", "text/plain", ""),
     ],
 )
-def test_text_formats(client: TestClient, jfk_wav: bytes, response_format: str,
-                      media_type: str, head: str) -> None:
+def test_text_formats(
+    client: TestClient, jfk_wav: bytes, response_format: str, media_type: str, head: str
+) -> None:
     response = _post(client, jfk_wav, response_format=response_format)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith(media_type)
@@ -270,7 +273,8 @@ def test_text_formats(client: TestClient, jfk_wav: bytes, response_format: str,
         assert " --> " in body
         # Cue text is every line that is not a header, an index or a timing line.
         spoken = " ".join(
-            line for line in body.splitlines()
+            line
+            for line in body.splitlines()
             if line and line != "WEBVTT" and not line.isdigit() and " --> " not in line
         )
     assert "fellow americans" in " ".join(normalize(spoken))
@@ -328,8 +332,9 @@ def test_chinese_comes_back_in_simplified_characters(client: TestClient) -> None
     # (廣州市 ... 協會); the service's default script is simplified.
     from voicemesh.stt.script import convert_text
 
-    response = _post(client, AISHELL.path.read_bytes(), response_format="verbose_json",
-                     language="zh")
+    response = _post(
+        client, AISHELL.path.read_bytes(), response_format="verbose_json", language="zh"
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     text = body["text"]
@@ -345,7 +350,8 @@ def test_chinese_comes_back_in_simplified_characters(client: TestClient) -> None
 def test_corrupt_bytes_are_rejected_as_undecodable(client: TestClient) -> None:
     garbage = np.random.default_rng(7).integers(0, 256, 4000, dtype=np.uint8).tobytes()
     response = client.post(
-        "/v1/transcribe", files={"file": ("clip.wav", garbage, "audio/wav")},
+        "/v1/transcribe",
+        files={"file": ("clip.wav", garbage, "audio/wav")},
         headers={"X-Request-ID": "test-corrupt-1"},
     )
     error = _assert_error(response, 400, "undecodable_audio")
@@ -364,9 +370,7 @@ def test_wav_header_without_samples_is_a_json_client_error(client: TestClient) -
     assert "no audio samples" in error["message"]
 
 
-def test_unknown_response_format_is_a_validation_error(
-    client: TestClient, jfk_wav: bytes
-) -> None:
+def test_unknown_response_format_is_a_validation_error(client: TestClient, jfk_wav: bytes) -> None:
     response = _post(client, jfk_wav, response_format="xml")
     error = _assert_error(response, 422, "validation_error")
     assert "response_format" in error["message"]
@@ -532,15 +536,15 @@ def test_silence_gives_no_final(client: TestClient) -> None:
 def test_a_full_replica_refuses_a_session_with_busy_and_1013(client: TestClient) -> None:
     """Past ``max_sessions`` a client gets a fatal ``busy`` error, then close 1013."""
     transcriber = client.app.state.stt.transcriber  # type: ignore[attr-defined]
-    app = create_stt_app(SttCpuSettings(redis_url="", cpu_threads=2, max_sessions=1),
-                         transcriber)
+    app = create_stt_app(SttCpuSettings(redis_url="", cpu_threads=2, max_sessions=1), transcriber)
     with TestClient(app) as full, full.websocket_connect("/ws/transcribe") as first:
         _ready(first)
         with full.websocket_connect("/ws/transcribe") as second:
             messages, close_code = _messages_until_close(second)
         assert close_code == 1013
         assert [(m["type"], m["code"], m["fatal"]) for m in messages] == [
-            ("error", "busy", True)], messages
+            ("error", "busy", True)
+        ], messages
         _stop(first)
         _, first_close = _messages_until_close(first)
     assert first_close == 1000

@@ -24,16 +24,20 @@ from voicemesh.audio_files import decode_audio_file
 
 pytestmark = pytest.mark.service
 
-THREE_SENTENCES = ("The first sentence is here, and it goes on for a little while. "
-                   "Then comes the second one. And a third sentence closes the text.")
+THREE_SENTENCES = (
+    "The first sentence is here, and it goes on for a little while. "
+    "Then comes the second one. And a third sentence closes the text."
+)
 SHORT = "Hello there. How are you today?"
 
 
-SIX_SENTENCES = ("Good morning. The weather today is calm and bright across the valley. "
-                 "Later in the afternoon a light wind will come in from the west. "
-                 "By the evening the clouds will gather over the hills. "
-                 "Some rain is expected during the night, mostly after midnight. "
-                 "Tomorrow will start cool and grey, and clear up by noon.")
+SIX_SENTENCES = (
+    "Good morning. The weather today is calm and bright across the valley. "
+    "Later in the afternoon a light wind will come in from the west. "
+    "By the evening the clouds will gather over the hills. "
+    "Some rain is expected during the night, mostly after midnight. "
+    "Tomorrow will start cool and grey, and clear up by noon."
+)
 """A short first sentence and five longer ones: streamed, the first arrives long before
 the end."""
 
@@ -46,8 +50,11 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _start(log_dir: Path, models: Path, **settings: str) -> ServiceProcess:
-    env = {"VOICEMESH_REDIS_URL": "", "VOICEMESH_MODELS_DIR": str(models),
-           **{f"VOICEMESH_TTS_VITS_{k.upper()}": v for k, v in settings.items()}}
+    env = {
+        "VOICEMESH_REDIS_URL": "",
+        "VOICEMESH_MODELS_DIR": str(models),
+        **{f"VOICEMESH_TTS_VITS_{k.upper()}": v for k, v in settings.items()},
+    }
     service = ServiceProcess("tts_vits", free_port(), env, log_dir).start()
     try:
         service.wait_healthy(timeout_s=120)
@@ -89,8 +96,9 @@ def test_voice_list_filters_and_pages(tts: httpx.Client) -> None:
     assert [v["id"] for v in installed["voices"]] == ["en_US-joe-medium"]
     assert installed["voices"][0]["installed"] is True
     page1 = tts.get("/v1/voices", params={"language": "zh", "limit": 100}).json()
-    page2 = tts.get("/v1/voices", params={"language": "zh", "limit": 100,
-                                          "offset": page1["next_offset"]}).json()
+    page2 = tts.get(
+        "/v1/voices", params={"language": "zh", "limit": 100, "offset": page1["next_offset"]}
+    ).json()
     assert page1["total"] == 361 and page1["next_offset"] == 100
     assert not {v["id"] for v in page1["voices"]} & {v["id"] for v in page2["voices"]}
     assert all(v["language"] == "zh-CN" for v in page1["voices"])
@@ -114,12 +122,22 @@ def test_voice_detail_carries_a_playable_sample(tts: httpx.Client) -> None:
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_voice"
 
 
-@pytest.mark.parametrize(("fmt", "wanted", "stated"), [
-    ("wav", None, 22050), ("wav", 16000, 16000), ("pcm", 8000, 8000), ("flac", 44100, 44100),
-    ("mp3", None, 22050), ("mp3", 16000, 16000), ("opus", None, 24000), ("opus", 48000, 48000),
-])
-def test_every_format_has_the_stated_rate_and_duration(tts: httpx.Client, fmt: str,
-                                                       wanted: int | None, stated: int) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "wanted", "stated"),
+    [
+        ("wav", None, 22050),
+        ("wav", 16000, 16000),
+        ("pcm", 8000, 8000),
+        ("flac", 44100, 44100),
+        ("mp3", None, 22050),
+        ("mp3", 16000, 16000),
+        ("opus", None, 24000),
+        ("opus", 48000, 48000),
+    ],
+)
+def test_every_format_has_the_stated_rate_and_duration(
+    tts: httpx.Client, fmt: str, wanted: int | None, stated: int
+) -> None:
     body: dict[str, object] = {"text": SHORT, "format": fmt}
     if wanted:
         body["sample_rate"] = wanted
@@ -147,8 +165,9 @@ def test_streaming_sends_chunks_early_and_matches_the_whole(tts: httpx.Client) -
     whole_s = len(whole.content) / 2 / 22050
     arrivals: list[tuple[float, int]] = []
     started = time.monotonic()
-    with tts.stream("POST", "/v1/synthesize",
-                    json={"text": SIX_SENTENCES, "format": "pcm", "stream": True}) as resp:
+    with tts.stream(
+        "POST", "/v1/synthesize", json={"text": SIX_SENTENCES, "format": "pcm", "stream": True}
+    ) as resp:
         assert resp.status_code == 200
         assert resp.headers["x-voicemesh-stream"] == "sentences"
         for chunk in resp.iter_raw():
@@ -169,8 +188,9 @@ def test_streaming_sends_chunks_early_and_matches_the_whole(tts: httpx.Client) -
 
 def test_streamed_wav_and_mp3_decode(tts: httpx.Client) -> None:
     for fmt in ("wav", "mp3", "opus", "flac"):
-        with tts.stream("POST", "/v1/synthesize",
-                        json={"text": THREE_SENTENCES, "format": fmt, "stream": True}) as resp:
+        with tts.stream(
+            "POST", "/v1/synthesize", json={"text": THREE_SENTENCES, "format": fmt, "stream": True}
+        ) as resp:
             data = resp.read()
             rate = int(resp.headers["x-voicemesh-sample-rate"])
         seconds = len(decode_audio_file(data, target_rate=rate)) / rate
@@ -179,8 +199,9 @@ def test_streamed_wav_and_mp3_decode(tts: httpx.Client) -> None:
 
 def test_speed_and_volume_change_the_audio(tts: httpx.Client) -> None:
     def synth(**extra: object) -> np.ndarray:
-        response = tts.post("/v1/synthesize", json={"text": THREE_SENTENCES, "format": "pcm",
-                                                    **extra})
+        response = tts.post(
+            "/v1/synthesize", json={"text": THREE_SENTENCES, "format": "pcm", **extra}
+        )
         assert response.status_code == 200, response.text
         return np.frombuffer(response.content, "<i2").astype(np.float32) / 32768
 
@@ -191,21 +212,25 @@ def test_speed_and_volume_change_the_audio(tts: httpx.Client) -> None:
     assert 0.06 < ratio < 0.16, ratio
 
 
-@pytest.mark.parametrize(("body", "status", "code"), [
-    ({"text": ""}, 422, "empty_text"),
-    ({"text": "   \n "}, 422, "empty_text"),
-    ({"text": "word " * 1001}, 413, "text_too_long"),
-    ({"text": "Hi.", "voice": "nobody"}, 404, "unknown_voice"),
-    ({"text": "Hi.", "voice": "kokoro-af"}, 404, "voice_not_installed"),
-    ({"text": "Hi.", "speed": 2.5}, 422, "validation_error"),
-    ({"text": "Hi.", "speed": 0.1}, 422, "validation_error"),
-    ({"text": "Hi.", "format": "aac"}, 422, "validation_error"),
-    ({"text": "Hi.", "sample_rate": 100}, 422, "validation_error"),
-    ({"voice": "en_US-joe-medium"}, 422, "validation_error"),
-    ({"text": "Hi.", "stream": True, "voice": "nobody"}, 404, "unknown_voice"),
-])
-def test_bad_requests_get_clear_errors(tts: httpx.Client, body: dict[str, object], status: int,
-                                       code: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"text": ""}, 422, "empty_text"),
+        ({"text": "   \n "}, 422, "empty_text"),
+        ({"text": "word " * 1001}, 413, "text_too_long"),
+        ({"text": "Hi.", "voice": "nobody"}, 404, "unknown_voice"),
+        ({"text": "Hi.", "voice": "kokoro-af"}, 404, "voice_not_installed"),
+        ({"text": "Hi.", "speed": 2.5}, 422, "validation_error"),
+        ({"text": "Hi.", "speed": 0.1}, 422, "validation_error"),
+        ({"text": "Hi.", "format": "aac"}, 422, "validation_error"),
+        ({"text": "Hi.", "sample_rate": 100}, 422, "validation_error"),
+        ({"voice": "en_US-joe-medium"}, 422, "validation_error"),
+        ({"text": "Hi.", "stream": True, "voice": "nobody"}, 404, "unknown_voice"),
+    ],
+)
+def test_bad_requests_get_clear_errors(
+    tts: httpx.Client, body: dict[str, object], status: int, code: str
+) -> None:
     response = tts.post("/v1/synthesize", json=body)
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -217,29 +242,38 @@ def test_bad_requests_get_clear_errors(tts: httpx.Client, body: dict[str, object
 
 
 def test_text_with_numbers_and_non_ascii_is_spoken(tts: httpx.Client) -> None:
-    response = tts.post("/v1/synthesize", json={
-        "text": "Dr. Müller paid $42.50 on 3 May — naïve café prices!", "format": "wav"})
+    response = tts.post(
+        "/v1/synthesize",
+        json={"text": "Dr. Müller paid $42.50 on 3 May — naïve café prices!", "format": "wav"},
+    )
     assert response.status_code == 200
     assert float(response.headers["x-voicemesh-duration"]) > 2.5
 
 
 def test_compare_returns_every_candidate_and_a_stated_rule(tts: httpx.Client) -> None:
-    response = tts.post("/v1/compare", json={
-        "text": "Compare how these two settings sound.",
-        "candidates": [{"voice": "en_US-joe-medium"},
-                       {"voice": "en_US-joe-medium", "speed": 1.5}],
-        "format": "mp3",
-    })
+    response = tts.post(
+        "/v1/compare",
+        json={
+            "text": "Compare how these two settings sound.",
+            "candidates": [
+                {"voice": "en_US-joe-medium"},
+                {"voice": "en_US-joe-medium", "speed": 1.5},
+            ],
+            "format": "mp3",
+        },
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     first, second = body["candidates"]
     assert second["duration_s"] < first["duration_s"]
     for candidate in (first, second):
-        audio = decode_audio_file(base64.b64decode(candidate["audio_base64"]),
-                                  target_rate=candidate["sample_rate"])
+        audio = decode_audio_file(
+            base64.b64decode(candidate["audio_base64"]), target_rate=candidate["sample_rate"]
+        )
         assert abs(len(audio) / candidate["sample_rate"] - candidate["duration_s"]) < 0.1
         assert candidate["rtf"] == pytest.approx(
-            candidate["synthesis_s"] / candidate["duration_s"], rel=0.02)
+            candidate["synthesis_s"] / candidate["duration_s"], rel=0.02
+        )
     assert body["recommendation"]["index"] in (0, 1)
     assert "real-time factor" in body["recommendation"]["rule"]
     bad = tts.post("/v1/compare", json={"text": "x", "candidates": [{"voice": "nobody"}]})
@@ -248,24 +282,36 @@ def test_compare_returns_every_candidate_and_a_stated_rule(tts: httpx.Client) ->
     assert empty.status_code == 422 and empty.json()["error"]["code"] == "validation_error"
 
 
-def test_metrics_report_synthesis_time_first_chunk_and_chars_per_second(
-        tts: httpx.Client) -> None:
+def test_metrics_report_synthesis_time_first_chunk_and_chars_per_second(tts: httpx.Client) -> None:
     tts.post("/v1/synthesize", json={"text": SHORT})
     text = tts.get("/metrics").text
-    for name in ("voicemesh_tts_synthesis_seconds_count", "voicemesh_tts_first_chunk_seconds_count",
-                 "voicemesh_tts_chars_per_second_count", "voicemesh_tts_rtf_count"):
+    for name in (
+        "voicemesh_tts_synthesis_seconds_count",
+        "voicemesh_tts_first_chunk_seconds_count",
+        "voicemesh_tts_chars_per_second_count",
+        "voicemesh_tts_rtf_count",
+    ):
         line = next(line for line in text.splitlines() if line.startswith(name))
         assert float(line.rsplit(" ", 1)[1]) >= 1
 
 
 def test_excess_requests_are_refused_busy_and_the_service_stays_up(
-        tmp_path: Path, models_dir: Path) -> None:
-    service = _start(tmp_path, models_dir, max_concurrent="1", max_queue="1", queue_timeout_s="0.5",
-                     pool_size="1")
+    tmp_path: Path, models_dir: Path
+) -> None:
+    service = _start(
+        tmp_path,
+        models_dir,
+        max_concurrent="1",
+        max_queue="1",
+        queue_timeout_s="0.5",
+        pool_size="1",
+    )
     try:
+
         def one(_: int) -> httpx.Response:
-            return httpx.post(f"{service.url}/v1/synthesize",
-                              json={"text": THREE_SENTENCES * 2}, timeout=120)
+            return httpx.post(
+                f"{service.url}/v1/synthesize", json={"text": THREE_SENTENCES * 2}, timeout=120
+            )
 
         with ThreadPoolExecutor(6) as pool:
             responses = list(pool.map(one, range(6)))
@@ -281,8 +327,11 @@ def test_excess_requests_are_refused_busy_and_the_service_stays_up(
         assert after.status_code == 200
         # A client that walks away mid-stream gives its slot back at once.
         with httpx.Client(base_url=service.url, timeout=60) as client:
-            with client.stream("POST", "/v1/synthesize", json={
-                    "text": THREE_SENTENCES * 6, "stream": True, "format": "pcm"}) as resp:
+            with client.stream(
+                "POST",
+                "/v1/synthesize",
+                json={"text": THREE_SENTENCES * 6, "stream": True, "format": "pcm"},
+            ) as resp:
                 next(resp.iter_raw())
             again = client.post("/v1/synthesize", json={"text": SHORT})
             assert again.status_code == 200

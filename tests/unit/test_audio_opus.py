@@ -26,8 +26,8 @@ def _snr_db(reference: np.ndarray, decoded: np.ndarray) -> float:
     """SNR after aligning for the codec's look-ahead."""
     corr = np.correlate(decoded[:32000], reference[:16000], mode="valid")
     lag = int(np.argmax(corr))
-    aligned = decoded[lag:lag + reference.size]
-    return float(10 * np.log10(np.sum(reference ** 2) / np.sum((reference - aligned) ** 2)))
+    aligned = decoded[lag : lag + reference.size]
+    return float(10 * np.log10(np.sum(reference**2) / np.sum((reference - aligned) ** 2)))
 
 
 def test_speech_survives_an_opus_round_trip() -> None:

@@ -20,8 +20,9 @@ SIMPLIFIED = "广州市房地产中介协会分析"
 
 def _result(text: str, language: str) -> TranscriptionResult:
     words = [Word(word=ch, start=i / 5, end=(i + 1) / 5) for i, ch in enumerate(text)]
-    return TranscriptionResult(text=text, language=language,
-                               segments=[Segment(start=0.0, end=2.0, text=text, words=words)])
+    return TranscriptionResult(
+        text=text, language=language, segments=[Segment(start=0.0, end=2.0, text=text, words=words)]
+    )
 
 
 def test_both_directions_and_model_leaves_text_alone() -> None:
@@ -58,8 +59,10 @@ class _Traditional:
 def test_scheduler_applies_the_postprocessor_to_every_result() -> None:
     async def run() -> tuple[str, str]:
         plain = DecodeScheduler(_Traditional())  # type: ignore[arg-type]
-        converted = DecodeScheduler(_Traditional(),  # type: ignore[arg-type]
-                                    postprocess=result_postprocessor("simplified"))
+        converted = DecodeScheduler(
+            _Traditional(),  # type: ignore[arg-type]
+            postprocess=result_postprocessor("simplified"),
+        )
         audio = np.zeros(1600, np.float32)
         a = await plain.decode(audio, Priority.FINAL)
         b = await converted.decode(audio, Priority.PARTIAL)

@@ -23,8 +23,9 @@ def test_the_sample_clip_ships_inside_the_client_package() -> None:
 
 
 @pytest.mark.parametrize("argv", [["stream"], ["stream", "some.wav", "--sample"]])
-def test_stream_wants_a_file_or_the_sample(argv: list[str],
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_stream_wants_a_file_or_the_sample(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(argv) == 2
     assert "give an audio FILE or --sample" in capsys.readouterr().err
 

@@ -19,8 +19,10 @@ def session(final_at: float = 5.3) -> StreamResult:
         (0.0, {"type": "ready"}),
         (1.5, {"type": "partial", "text": "", "end": 1.0}),
         (2.4, {"type": "partial", "text": "hello", "end": 2.0}),
-        (final_at, {"type": "final", "text": "hello world", "start": 0.2, "end": 3.9,
-                    "latency_ms": 300.0}),
+        (
+            final_at,
+            {"type": "final", "text": "hello world", "start": 0.2, "end": 3.9, "latency_ms": 300.0},
+        ),
     ]
     return result
 
@@ -65,8 +67,10 @@ def test_distribution_and_summary() -> None:
     assert (d["count"], d["mean"], d["median"], d["max"]) == (4, 2.5, 2.5, 4.0)
     assert d["p95"] == pytest.approx(3.85) and d["p99"] == pytest.approx(3.97)
     assert jitter([1.0]) is None
-    sessions = [session_stats(session(), realtime=True),
-                session_stats(session(final_at=7.0), realtime=True)]
+    sessions = [
+        session_stats(session(), realtime=True),
+        session_stats(session(final_at=7.0), realtime=True),
+    ]
     summary = summarize(sessions, failed=1)
     assert (summary["sessions"], summary["completed"], summary["failed"]) == (3, 2, 1)
     assert summary["real_time_sessions"] == 1 and not summary["all_real_time"]

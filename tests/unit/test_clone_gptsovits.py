@@ -22,17 +22,27 @@ pytestmark = pytest.mark.unit
 
 
 def header(rate: int, size: int, bits: int = 16, channels: int = 1) -> bytes:
-    return (b"RIFF" + struct.pack("<I", 36 + size) + b"WAVEfmt "
-            + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * 2 * channels,
-                          2 * channels, bits)
-            + b"data" + struct.pack("<I", size))
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + size)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * 2 * channels, 2 * channels, bits)
+        + b"data"
+        + struct.pack("<I", size)
+    )
 
 
 def request(**changes: object) -> CloneRequest:
     values: dict[str, object] = {
-        "text": "Hello.", "language": "en", "speed": 1.0, "reference_path": Path("/v/a.wav"),
-        "reference_sha256": "ab" * 32, "prompt_text": "what the reference says",
-        "prompt_language": "en", **changes}
+        "text": "Hello.",
+        "language": "en",
+        "speed": 1.0,
+        "reference_path": Path("/v/a.wav"),
+        "reference_sha256": "ab" * 32,
+        "prompt_text": "what the reference says",
+        "prompt_language": "en",
+        **changes,
+    }
     return CloneRequest(**values)  # type: ignore[arg-type]
 
 
@@ -73,8 +83,9 @@ def test_wav_reader_stops_at_the_declared_size() -> None:
     assert reader.feed(header(16000, 4) + b"\x01\x02\x03\x04LIST....") == b"\x01\x02\x03\x04"
 
 
-@pytest.mark.parametrize("data", [b"{\"message\": \"tts failed\"}" + bytes(40),
-                                  header(32000, 4, bits=32) + bytes(4)])
+@pytest.mark.parametrize(
+    "data", [b'{"message": "tts failed"}' + bytes(40), header(32000, 4, bits=32) + bytes(4)]
+)
 def test_wav_reader_refuses_what_it_cannot_pass_on(data: bytes) -> None:
     with pytest.raises(EngineUnavailable):
         WavStreamReader().feed(data)
@@ -99,23 +110,36 @@ def test_queue_serves_one_request_per_backend_and_times_out() -> None:
 
 
 def test_cache_key_changes_with_everything_that_changes_the_audio() -> None:
-    base = {"voice_sha256": "a", "text": "hi", "params": {"speed": 1.0}, "engine": "e",
-            "model_version": "m"}
+    base = {
+        "voice_sha256": "a",
+        "text": "hi",
+        "params": {"speed": 1.0},
+        "engine": "e",
+        "model_version": "m",
+    }
     key = cache_key(**base)  # type: ignore[arg-type]
     assert key == cache_key(**base)  # type: ignore[arg-type]
-    for field, value in (("voice_sha256", "b"), ("text", "ho"), ("params", {"speed": 1.1}),
-                         ("engine", "f"), ("model_version", "n")):
+    for field, value in (
+        ("voice_sha256", "b"),
+        ("text", "ho"),
+        ("params", {"speed": 1.1}),
+        ("engine", "f"),
+        ("model_version", "n"),
+    ):
         assert cache_key(**{**base, field: value}) != key  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("gpt", "cpu", "fallback", "expected"), [
-    (True, True, True, ["gpt_sovits", "world_vits"]),
-    (True, True, False, ["gpt_sovits"]),
-    (False, True, False, ["world_vits"]),
-    (False, True, True, ["world_vits"]),
-    (True, False, True, ["gpt_sovits"]),
-    (False, False, True, []),
-])
+@pytest.mark.parametrize(
+    ("gpt", "cpu", "fallback", "expected"),
+    [
+        (True, True, True, ["gpt_sovits", "world_vits"]),
+        (True, True, False, ["gpt_sovits"]),
+        (False, True, False, ["world_vits"]),
+        (False, True, True, ["world_vits"]),
+        (True, False, True, ["gpt_sovits"]),
+        (False, False, True, []),
+    ],
+)
 def test_engine_order(gpt: bool, cpu: bool, fallback: bool, expected: list[str]) -> None:
     from types import SimpleNamespace
 

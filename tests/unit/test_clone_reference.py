@@ -33,8 +33,11 @@ def speechlike(seconds: float, level: float = 0.2, seed: int = 0) -> np.ndarray:
 
 def silence(seconds: float, noise: float = 0.0) -> np.ndarray:
     rng = np.random.default_rng(1)
-    return rng.normal(0, noise, int(seconds * RATE)).astype(np.float32) if noise else (
-        np.zeros(int(seconds * RATE), dtype=np.float32))
+    return (
+        rng.normal(0, noise, int(seconds * RATE)).astype(np.float32)
+        if noise
+        else (np.zeros(int(seconds * RATE), dtype=np.float32))
+    )
 
 
 def test_trims_leading_and_trailing_silence() -> None:
@@ -48,8 +51,9 @@ def test_trims_leading_and_trailing_silence() -> None:
 def test_longer_speech_keeps_the_best_ten_seconds_and_says_so() -> None:
     # 6 s of speech, 4 s of near-silence (inside the speech), 8 s of speech: the best
     # 10 s window is the one with the most speech frames.
-    x = np.concatenate([speechlike(6.0, seed=2), silence(4.0, noise=0.0005),
-                        speechlike(8.0, seed=3)])
+    x = np.concatenate(
+        [speechlike(6.0, seed=2), silence(4.0, noise=0.0005), speechlike(8.0, seed=3)]
+    )
     ref = prepare_reference(x, RATE)
     assert ref.duration_s == pytest.approx(10.0, abs=0.05)
     assert ref.warnings and "best 10 s window" in ref.warnings[0]
@@ -93,8 +97,9 @@ def test_noise_is_refused() -> None:
 
 
 def test_too_quiet_is_refused() -> None:
-    x = np.concatenate([silence(0.5, noise=0.00001), speechlike(4.0, level=0.015),
-                        silence(0.5, noise=0.00001)])
+    x = np.concatenate(
+        [silence(0.5, noise=0.00001), speechlike(4.0, level=0.015), silence(0.5, noise=0.00001)]
+    )
     with pytest.raises(ReferenceRejected) as info:
         prepare_reference(x, RATE)
     assert info.value.code == "reference_too_quiet"

@@ -32,22 +32,22 @@ class LoudnessVad:
         self._pending = np.concatenate([self._pending, audio])
         n = self._pending.size // WINDOW
         block = self._pending[: n * WINDOW].reshape(n, WINDOW)
-        self._pending = self._pending[n * WINDOW:]
+        self._pending = self._pending[n * WINDOW :]
         return (np.abs(block).max(axis=1) > 0.1).astype(np.float32) * 0.9
 
 
 class ScriptedDecoder:
     """Decodes any block; unsure (log-probability -1.2) below ``sure_after_s`` of audio."""
 
-    def __init__(self, sure_after_s: float, retried: bool = False,
-                 partial_text: str | None = None) -> None:
+    def __init__(
+        self, sure_after_s: float, retried: bool = False, partial_text: str | None = None
+    ) -> None:
         self.sure_after_s = sure_after_s
         self.retried = retried
         self.partial_text = partial_text
         self.finals: list[float] = []
 
-    async def decode(self, audio: np.ndarray, priority: Priority,
-                     **_: Any) -> TranscriptionResult:
+    async def decode(self, audio: np.ndarray, priority: Priority, **_: Any) -> TranscriptionResult:
         seconds = audio.size / SAMPLE_RATE
         if priority != Priority.PARTIAL:
             self.finals.append(seconds)
@@ -55,8 +55,10 @@ class ScriptedDecoder:
         if priority == Priority.PARTIAL and self.partial_text is not None:
             return TranscriptionResult(text=self.partial_text, duration=seconds)
         return TranscriptionResult(
-            text=f"words of {seconds:.1f} seconds", duration=seconds,
-            avg_logprob=-0.2 if sure else -1.2, retried=self.retried and not sure,
+            text=f"words of {seconds:.1f} seconds",
+            duration=seconds,
+            avg_logprob=-0.2 if sure else -1.2,
+            retried=self.retried and not sure,
         )
 
 
@@ -69,28 +71,38 @@ def silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
 
 
-def session_for(decoder: ScriptedDecoder, config: StreamingConfig) -> tuple[StreamingSession,
-                                                                            list[Any]]:
+def session_for(
+    decoder: ScriptedDecoder, config: StreamingConfig
+) -> tuple[StreamingSession, list[Any]]:
     out: list[Any] = []
 
     async def emit(message: Any) -> None:
         if message.type in ("final", "partial"):
             out.append(message)
 
-    session = StreamingSession(decoder, emit,  # type: ignore[arg-type]
-                               EngineLabel("scripted", "cpu", "none"), config,
-                               vad=LoudnessVad())  # type: ignore[arg-type]
+    session = StreamingSession(
+        decoder,
+        emit,  # type: ignore[arg-type]
+        EngineLabel("scripted", "cpu", "none"),
+        config,
+        vad=LoudnessVad(),
+    )  # type: ignore[arg-type]
     return session, out
 
 
 async def feed(session: StreamingSession, pieces: list[np.ndarray]) -> None:
     audio = np.concatenate(pieces)
     for i in range(0, audio.size, 640):
-        await session.feed(audio[i:i + 640])
+        await session.feed(audio[i : i + 640])
 
 
-async def stream(decoder: ScriptedDecoder, pieces: list[np.ndarray], config: StreamingConfig,
-                 *, stop: bool = True) -> list[Any]:
+async def stream(
+    decoder: ScriptedDecoder,
+    pieces: list[np.ndarray],
+    config: StreamingConfig,
+    *,
+    stop: bool = True,
+) -> list[Any]:
     session, finals = session_for(decoder, config)
     await feed(session, pieces)
     if stop:
@@ -101,8 +113,9 @@ async def stream(decoder: ScriptedDecoder, pieces: list[np.ndarray], config: Str
 async def test_a_pause_after_an_unsure_piece_does_not_end_the_utterance() -> None:
     # 1.5 s of speech, a 0.8 s pause (past the 0.5 s endpoint), 1.5 s more, then silence.
     decoder = ScriptedDecoder(sure_after_s=2.5)
-    finals = await stream(decoder, [speech(1.5), silence(0.8), speech(1.5), silence(1.5)],
-                          StreamingConfig(hold_s=0.5))
+    finals = await stream(
+        decoder, [speech(1.5), silence(0.8), speech(1.5), silence(1.5)], StreamingConfig(hold_s=0.5)
+    )
     assert len(finals) == 1, [f.text for f in finals]
     assert finals[0].start == 0.0
     assert finals[0].end == pytest.approx(4.4, abs=0.1)  # second speech end + 0.5 s (+ onset)
@@ -114,15 +127,17 @@ async def test_a_pause_after_an_unsure_piece_does_not_end_the_utterance() -> Non
 
 async def test_without_the_hold_the_same_pause_splits_the_sentence() -> None:
     decoder = ScriptedDecoder(sure_after_s=2.5)
-    finals = await stream(decoder, [speech(1.5), silence(0.8), speech(1.5), silence(1.5)],
-                          StreamingConfig(hold_s=0.0))
+    finals = await stream(
+        decoder, [speech(1.5), silence(0.8), speech(1.5), silence(1.5)], StreamingConfig(hold_s=0.0)
+    )
     assert len(finals) == 2
 
 
 async def test_a_sure_final_is_not_held() -> None:
     decoder = ScriptedDecoder(sure_after_s=1.0)
-    finals = await stream(decoder, [speech(1.5), silence(0.8), speech(1.5), silence(1.5)],
-                          StreamingConfig(hold_s=0.5))
+    finals = await stream(
+        decoder, [speech(1.5), silence(0.8), speech(1.5), silence(1.5)], StreamingConfig(hold_s=0.5)
+    )
     assert len(finals) == 2
     # The first final ends at its own endpoint, not later.
     assert finals[0].end == pytest.approx(2.0, abs=0.1)
@@ -130,8 +145,9 @@ async def test_a_sure_final_is_not_held() -> None:
 
 async def test_a_held_final_comes_when_the_hold_runs_out() -> None:
     decoder = ScriptedDecoder(sure_after_s=10.0)
-    finals = await stream(decoder, [speech(1.5), silence(2.0)], StreamingConfig(hold_s=0.5),
-                          stop=False)
+    finals = await stream(
+        decoder, [speech(1.5), silence(2.0)], StreamingConfig(hold_s=0.5), stop=False
+    )
     assert len(finals) == 1
     # The utterance still ends at the endpoint; the hold only delays the message.
     assert finals[0].end == pytest.approx(2.0, abs=0.1)
@@ -140,8 +156,9 @@ async def test_a_held_final_comes_when_the_hold_runs_out() -> None:
 
 async def test_a_pause_longer_than_the_hold_still_ends_the_utterance() -> None:
     decoder = ScriptedDecoder(sure_after_s=10.0)
-    finals = await stream(decoder, [speech(1.5), silence(1.5), speech(1.5), silence(1.5)],
-                          StreamingConfig(hold_s=0.5))
+    finals = await stream(
+        decoder, [speech(1.5), silence(1.5), speech(1.5), silence(1.5)], StreamingConfig(hold_s=0.5)
+    )
     assert len(finals) == 2
     assert finals[0].end == pytest.approx(2.0, abs=0.1)
     assert finals[1].start >= finals[0].end
@@ -175,8 +192,9 @@ async def test_a_backstop_flush_for_the_pause_does_not_cut_the_resumed_speech() 
     assert len(finals) == 2 and finals[1].reason == "flush"
 
 
-@pytest.mark.parametrize(("partial", "sent"), [("y y y y y y y y", False),
-                                                ("the quick brown fox", True)])
+@pytest.mark.parametrize(
+    ("partial", "sent"), [("y y y y y y y y", False), ("the quick brown fox", True)]
+)
 async def test_a_looping_partial_is_not_sent(partial: str, sent: bool) -> None:
     decoder = ScriptedDecoder(sure_after_s=0.0, partial_text=partial)
     session, out = session_for(decoder, StreamingConfig(hold_s=0.5))

@@ -34,8 +34,15 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "errors.md"
-SERVICE_DIRS = ("voicemesh", "gateway", "stt_cpu_ws", "stt_gpu_ws", "stt_tiny_ws", "tts_vits",
-                "tts_clone")
+SERVICE_DIRS = (
+    "voicemesh",
+    "gateway",
+    "stt_cpu_ws",
+    "stt_gpu_ws",
+    "stt_tiny_ws",
+    "tts_vits",
+    "tts_clone",
+)
 CODE_CALLS = {"error", "refuse", "refuse_websocket", "error_body", "Refusal"}
 NOT_SENT_BY = {"metrics", "_LOGGER", "logger", "logging"}
 """Receivers whose ``error(...)`` counts or logs rather than tells a client."""
@@ -49,8 +56,9 @@ def source_files() -> list[Path]:
 
 
 def _strings(node: ast.AST) -> list[str]:
-    return [n.value for n in ast.walk(node)
-            if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    return [
+        n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    ]
 
 
 def _name(func: ast.expr) -> str | None:
@@ -80,8 +88,11 @@ def read_classes(trees: dict[Path, ast.Module]) -> dict[str, ErrorClass]:
             code: str | None = None
             status: int | None = None
             for item in node.body:
-                target = item.targets[0] if isinstance(item, ast.Assign) else (
-                    item.target if isinstance(item, ast.AnnAssign) else None)
+                target = (
+                    item.targets[0]
+                    if isinstance(item, ast.Assign)
+                    else (item.target if isinstance(item, ast.AnnAssign) else None)
+                )
                 value = getattr(item, "value", None)
                 if not isinstance(target, ast.Name) or not isinstance(value, ast.Constant):
                     continue
@@ -141,8 +152,11 @@ def used_codes() -> tuple[dict[str, set[str]], dict[str, set[int]]]:
                             if status is not None:
                                 statuses[code].add(status)
                 receiver = node.func.value if isinstance(node.func, ast.Attribute) else None
-                if (_name(node.func) in CODE_CALLS and node.args
-                        and (receiver is None or _name(receiver) not in NOT_SENT_BY)):
+                if (
+                    _name(node.func) in CODE_CALLS
+                    and node.args
+                    and (receiver is None or _name(receiver) not in NOT_SENT_BY)
+                ):
                     first = node.args[0]
                     if isinstance(first, ast.Constant) and isinstance(first.value, str):
                         found.append(first.value)
@@ -184,8 +198,11 @@ def test_a_code_has_one_status_and_it_is_the_documented_one() -> None:
     listed = listed_codes(DOC.read_text(encoding="utf-8"))
     conflicting = {code: sorted(found) for code, found in statuses.items() if len(found) > 1}
     assert not conflicting, f"one code, several HTTP statuses: {conflicting}"
-    wrong = {code: (listed.get(code), sorted(found)) for code, found in statuses.items()
-             if listed.get(code) not in (str(next(iter(found))), None)}
+    wrong = {
+        code: (listed.get(code), sorted(found))
+        for code, found in statuses.items()
+        if listed.get(code) not in (str(next(iter(found))), None)
+    }
     assert not wrong, f"documented status differs from the error class's: {wrong}"
 
 
@@ -205,9 +222,13 @@ def test_every_exception_class_is_in_errors_py_and_drawn_in_its_tree() -> None:
     from voicemesh import errors
 
     tree = errors.__doc__ or ""
-    defined = {name for name, obj in vars(errors).items()
-               if inspect.isclass(obj) and issubclass(obj, BaseException)
-               and obj.__module__ == errors.__name__}
+    defined = {
+        name
+        for name, obj in vars(errors).items()
+        if inspect.isclass(obj)
+        and issubclass(obj, BaseException)
+        and obj.__module__ == errors.__name__
+    }
     assert {"VoiceMeshError", "PlanError", "ConnectionLost"} <= defined
     undrawn = sorted(name for name in defined if not re.search(rf"\b{name}\b", tree))
     assert not undrawn, f"classes of errors.py missing from its tree: {undrawn}"
@@ -217,8 +238,9 @@ def test_every_exception_class_is_in_errors_py_and_drawn_in_its_tree() -> None:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ClassDef) and any(
-                    (name := _name(base)) and (name in defined or name.endswith(
-                        ("Error", "Exception"))) for base in node.bases):
+                (name := _name(base)) and (name in defined or name.endswith(("Error", "Exception")))
+                for base in node.bases
+            ):
                 elsewhere.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
     assert not elsewhere, f"exception classes outside voicemesh/errors.py: {elsewhere}"
 

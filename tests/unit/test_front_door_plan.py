@@ -25,16 +25,22 @@ from voicemesh.settings import ServiceSettings, own_address
 
 pytestmark = pytest.mark.unit
 
-GATEWAY = ServiceSpec("gateway", "gateway.app:create_app", "VOICEMESH_GATEWAY_", 1,
-                      scalable=False)
+GATEWAY = ServiceSpec("gateway", "gateway.app:create_app", "VOICEMESH_GATEWAY_", 1, scalable=False)
 
 
-def plan_with_nginx(tmp_path: Path, settings: NginxSettings, scale: dict[str, int] | None = None
-                    ) -> MeshPlan:
+def plan_with_nginx(
+    tmp_path: Path, settings: NginxSettings, scale: dict[str, int] | None = None
+) -> MeshPlan:
     """A plan of the gateway alone behind nginx, on free ports, with an external Redis."""
-    return build_plan([GATEWAY], paths=MeshPaths(tmp_path), host="127.0.0.1",
-                             port=free_port(), redis_url="redis://127.0.0.1:1/0",
-                             scale=scale or {}, nginx=settings)
+    return build_plan(
+        [GATEWAY],
+        paths=MeshPaths(tmp_path),
+        host="127.0.0.1",
+        port=free_port(),
+        redis_url="redis://127.0.0.1:1/0",
+        scale=scale or {},
+        nginx=settings,
+    )
 
 
 def test_plan_puts_nginx_after_the_gateway_in_its_own_run_folder(tmp_path: Path) -> None:
@@ -43,11 +49,24 @@ def test_plan_puts_nginx_after_the_gateway_in_its_own_run_folder(tmp_path: Path)
     gateway, nginx = plan.services
     assert (gateway.name, nginx.name, nginx.kind) == ("gateway", "nginx", "nginx")
     prefix = tmp_path / "run" / f"nginx-{port}"
-    assert nginx.argv == ["/usr/sbin/nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
-                          "-e", str(prefix / "error.log"), "-g", "daemon off;"]
+    assert nginx.argv == [
+        "/usr/sbin/nginx",
+        "-p",
+        str(prefix),
+        "-c",
+        str(prefix / "nginx.conf"),
+        "-e",
+        str(prefix / "error.log"),
+        "-g",
+        "daemon off;",
+    ]
     assert nginx.url == f"http://127.0.0.1:{port}"
-    write_nginx_conf(plan, MeshPaths(tmp_path), NginxSettings(port=port),
-                     body_limit_bytes=UpstreamGateway().body_limit_bytes)
+    write_nginx_conf(
+        plan,
+        MeshPaths(tmp_path),
+        NginxSettings(port=port),
+        body_limit_bytes=UpstreamGateway().body_limit_bytes,
+    )
     conf = (prefix / "nginx.conf").read_text()
     assert f"server 127.0.0.1:{gateway.port} " in conf
     assert f"listen 127.0.0.1:{port};" in conf
@@ -62,38 +81,55 @@ def test_plan_refuses_a_busy_port_a_missing_binary_and_no_gateway(tmp_path: Path
         with pytest.raises(PlanError, match="--nginx-port"):
             plan_with_nginx(tmp_path, NginxSettings(port=busy, binary="/usr/sbin/nginx"))
     with pytest.raises(PlanError, match="setup-nginx"):
-        plan_with_nginx(tmp_path, NginxSettings(port=free_port(),
-                                                binary=str(tmp_path / "no-such-nginx")))
+        plan_with_nginx(
+            tmp_path, NginxSettings(port=free_port(), binary=str(tmp_path / "no-such-nginx"))
+        )
     other = ServiceSpec("other", "other.app:create_app", "VOICEMESH_OTHER_", free_port())
     with pytest.raises(PlanError, match="scaled to 0"):
-        build_plan([other, GATEWAY], paths=MeshPaths(tmp_path), host="127.0.0.1",
-                          port=free_port(), redis_url="redis://127.0.0.1:1/0",
-                          scale={"gateway": 0}, nginx=NginxSettings(port=free_port()))
+        build_plan(
+            [other, GATEWAY],
+            paths=MeshPaths(tmp_path),
+            host="127.0.0.1",
+            port=free_port(),
+            redis_url="redis://127.0.0.1:1/0",
+            scale={"gateway": 0},
+            nginx=NginxSettings(port=free_port()),
+        )
 
 
 def test_compose_config_is_the_committed_rendering() -> None:
     assert COMPOSE_CONF.read_text() == render_compose_conf(), (
         "nginx/nginx.conf is stale: voicemesh nginx render --target compose "
-        "--output nginx/nginx.conf")
+        "--output nginx/nginx.conf"
+    )
 
 
-def test_body_limit_follows_the_gateway_upload_limit(monkeypatch: pytest.MonkeyPatch,
-                                                     tmp_path: Path) -> None:
+def test_body_limit_follows_the_gateway_upload_limit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     default = GatewaySettings.model_fields["max_upload_bytes"].default
     assert f"client_max_body_size {default + MULTIPART_SLACK_BYTES};" in render_compose_conf()
     monkeypatch.setenv("VOICEMESH_GATEWAY_MAX_UPLOAD_BYTES", str(4 * 1024 * 1024))
     upstream = UpstreamGateway()
     assert upstream.max_upload_bytes == GatewaySettings().max_upload_bytes == 4 * 1024 * 1024
-    conf = render_nginx_conf(NginxSettings(), target="embedded", upstreams=["127.0.0.1:9"],
-                             body_limit_bytes=upstream.body_limit_bytes,
-                             layout=NginxLayout(tmp_path))
+    conf = render_nginx_conf(
+        NginxSettings(),
+        target="embedded",
+        upstreams=["127.0.0.1:9"],
+        body_limit_bytes=upstream.body_limit_bytes,
+        layout=NginxLayout(tmp_path),
+    )
     assert f"client_max_body_size {5 * 1024 * 1024};" in conf
     # The environment never leaks into the committed compose rendering.
     assert f"client_max_body_size {default + MULTIPART_SLACK_BYTES};" in render_compose_conf()
     explicit = NginxSettings(body_limit_bytes=3 * 1024 * 1024)
-    conf = render_nginx_conf(explicit, target="embedded", upstreams=["127.0.0.1:9"],
-                             body_limit_bytes=upstream.body_limit_bytes,
-                             layout=NginxLayout(tmp_path))
+    conf = render_nginx_conf(
+        explicit,
+        target="embedded",
+        upstreams=["127.0.0.1:9"],
+        body_limit_bytes=upstream.body_limit_bytes,
+        layout=NginxLayout(tmp_path),
+    )
     assert f"client_max_body_size {3 * 1024 * 1024};" in conf
 
 
@@ -103,8 +139,9 @@ def test_the_upstream_gateway_mirrors_the_gateway_settings(
     # The shared package reads these two gateway settings without importing the gateway.
     for name in UpstreamGateway.model_fields:
         assert name in GatewaySettings.model_fields
-        assert (UpstreamGateway.model_fields[name].default
-                == GatewaySettings.model_fields[name].default), name
+        assert (
+            UpstreamGateway.model_fields[name].default == GatewaySettings.model_fields[name].default
+        ), name
     assert UpstreamGateway.model_config["env_prefix"] == GatewaySettings.model_config["env_prefix"]
     monkeypatch.setenv("VOICEMESH_GATEWAY_PORT", "9099")
     assert UpstreamGateway().port == GatewaySettings().port == 9099
@@ -114,7 +151,7 @@ def test_the_upstream_gateway_mirrors_the_gateway_settings(
 def _location(conf: str, opening: str) -> str:
     """The text of one location block (locations here do not nest)."""
     start = conf.index(opening)
-    return conf[start:conf.index("\n        }", start)]
+    return conf[start : conf.index("\n        }", start)]
 
 
 def test_compose_config_limits_streams_and_compression() -> None:
@@ -130,15 +167,23 @@ def test_compose_config_limits_streams_and_compression() -> None:
     assert conf.count("gzip on;") == 1 and "gzip on;" in _location(conf, "location / {")
     metrics = _location(conf, "location = /metrics {")
     assert "allow 127.0.0.1;" in metrics and "deny all;" in metrics
-    for header in ("X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy",
-                   "Content-Security-Policy"):
+    for header in (
+        "X-Content-Type-Options",
+        "X-Frame-Options",
+        "Referrer-Policy",
+        "Content-Security-Policy",
+    ):
         assert header in conf
 
 
 def test_metrics_can_be_closed_to_everyone(tmp_path: Path) -> None:
-    conf = render_nginx_conf(NginxSettings(metrics_allow=[]), target="embedded",
-                             upstreams=["127.0.0.1:9"], layout=NginxLayout(tmp_path),
-                             body_limit_bytes=2048)
+    conf = render_nginx_conf(
+        NginxSettings(metrics_allow=[]),
+        target="embedded",
+        upstreams=["127.0.0.1:9"],
+        layout=NginxLayout(tmp_path),
+        body_limit_bytes=2048,
+    )
     assert "allow " not in _location(conf, "location = /metrics {")
 
 
@@ -146,8 +191,13 @@ def test_bad_settings_fail_fast(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="workers"):
         NginxSettings(workers="many")
     with pytest.raises(ValueError, match="upstream"):
-        render_nginx_conf(NginxSettings(), target="embedded", upstreams=[],
-                          body_limit_bytes=2048, layout=NginxLayout(tmp_path))
+        render_nginx_conf(
+            NginxSettings(),
+            target="embedded",
+            upstreams=[],
+            body_limit_bytes=2048,
+            layout=NginxLayout(tmp_path),
+        )
 
 
 def test_replicas_advertise_their_own_address(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -157,9 +207,12 @@ def test_replicas_advertise_their_own_address(monkeypatch: pytest.MonkeyPatch) -
     assert own_address() == socket.gethostbyname(socket.gethostname())
     pod = ServiceSettings(host="0.0.0.0", port=8092, advertise_host="10.1.2.3")
     assert pod.public_url == "http://10.1.2.3:8092"
-    assert ServiceSettings(port=8092, advertise_host="fd00::7").public_url == "http://[fd00::7]:8092"
-    both = ServiceSettings(port=8092, advertise_host="10.1.2.3",
-                           advertise_url="http://stt.example:80/")
+    assert (
+        ServiceSettings(port=8092, advertise_host="fd00::7").public_url == "http://[fd00::7]:8092"
+    )
+    both = ServiceSettings(
+        port=8092, advertise_host="10.1.2.3", advertise_url="http://stt.example:80/"
+    )
     assert both.public_url == "http://stt.example:80"
 
 

@@ -15,8 +15,16 @@ import pytest
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("voicemesh", "gateway", "client", "stt_tiny_ws", "stt_cpu_ws", "stt_gpu_ws",
-            "tts_vits", "tts_clone")
+PACKAGES = (
+    "voicemesh",
+    "gateway",
+    "client",
+    "stt_tiny_ws",
+    "stt_cpu_ws",
+    "stt_gpu_ws",
+    "tts_vits",
+    "tts_clone",
+)
 SERVICES = ("stt_tiny_ws", "stt_cpu_ws", "stt_gpu_ws", "tts_vits", "tts_clone")
 MAX_MODULE_LINES = 450
 MAX_FACTORY_LINES = 45
@@ -56,8 +64,9 @@ def private_imports(path: Path, root: Path = REPO) -> list[str]:
                 continue
             for name in node.names:
                 if name.name.startswith("_") and not name.name.startswith("__"):
-                    found.append(f"{path.relative_to(root)}:{node.lineno} imports "
-                                 f"{module}.{name.name}")
+                    found.append(
+                        f"{path.relative_to(root)}:{node.lineno} imports {module}.{name.name}"
+                    )
                 else:
                     aliases[name.asname or name.name] = f"{module}.{name.name}"
         elif isinstance(node, ast.Import):
@@ -65,17 +74,23 @@ def private_imports(path: Path, root: Path = REPO) -> list[str]:
                 if name.name.split(".")[0] in PACKAGES:
                     aliases[name.asname or name.name.split(".")[0]] = name.name
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id in aliases and node.attr.startswith("_")
-                and not node.attr.startswith("__")):
-            found.append(f"{path.relative_to(root)}:{node.lineno} uses "
-                         f"{aliases[node.value.id]}.{node.attr}")
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            found.append(
+                f"{path.relative_to(root)}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}"
+            )
     return found
 
 
 def test_no_module_imports_a_private_name_of_another() -> None:
-    found = [hit for path in _modules(*PACKAGES, "tests", "benchmarks")
-             for hit in private_imports(path)]
+    found = [
+        hit for path in _modules(*PACKAGES, "tests", "benchmarks") for hit in private_imports(path)
+    ]
     assert found == []
 
 
@@ -83,14 +98,19 @@ def test_the_private_import_check_sees_one(tmp_path: Path) -> None:
     # The check itself must be able to fail: a file inside the project that does it.
     (tmp_path / "gateway").mkdir()
     probe = tmp_path / "gateway" / "probe.py"
-    probe.write_text("from gateway.stream import _x\nfrom .state import _z\n"
-                     "from .probe import _own\nimport voicemesh.audio as va\nva._y\n")
+    probe.write_text(
+        "from gateway.stream import _x\nfrom .state import _z\n"
+        "from .probe import _own\nimport voicemesh.audio as va\nva._y\n"
+    )
     assert len(private_imports(probe, tmp_path)) == 3
 
 
 def test_no_shared_or_gateway_module_is_over_450_lines() -> None:
-    long = {str(p.relative_to(REPO)): n for p in _modules("voicemesh", "gateway")
-            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    long = {
+        str(p.relative_to(REPO)): n
+        for p in _modules("voicemesh", "gateway")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
     assert long == {}
 
 
@@ -100,11 +120,15 @@ def test_a_service_folder_holds_only_a_short_factory(service: str) -> None:
     source = app.read_text(encoding="utf-8")
     assert len(source.splitlines()) <= MAX_FACTORY_LINES
     tree = ast.parse(source)
-    routes = [node.lineno for node in ast.walk(tree)
-              if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-              for deco in node.decorator_list
-              if isinstance(deco, ast.Call) and isinstance(deco.func, ast.Attribute)
-              and deco.func.attr in {"get", "post", "put", "delete", "websocket", "patch"}]
+    routes = [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        for deco in node.decorator_list
+        if isinstance(deco, ast.Call)
+        and isinstance(deco.func, ast.Attribute)
+        and deco.func.attr in {"get", "post", "put", "delete", "websocket", "patch"}
+    ]
     assert routes == []
     python_files = sorted(p.name for p in (REPO / service).glob("*.py"))
     assert python_files == ["__init__.py", "app.py"]
@@ -118,12 +142,13 @@ def test_no_route_is_declared_inside_a_function() -> None:
             if not isinstance(outer, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
             for inner in ast.walk(outer):
-                if inner is outer or not isinstance(inner,
-                                                    ast.FunctionDef | ast.AsyncFunctionDef):
+                if inner is outer or not isinstance(inner, ast.FunctionDef | ast.AsyncFunctionDef):
                     continue
                 for deco in inner.decorator_list:
-                    if (isinstance(deco, ast.Call) and isinstance(deco.func, ast.Attribute)
-                            and deco.func.attr in {"get", "post", "put", "delete",
-                                                   "websocket", "patch"}):
+                    if (
+                        isinstance(deco, ast.Call)
+                        and isinstance(deco.func, ast.Attribute)
+                        and deco.func.attr in {"get", "post", "put", "delete", "websocket", "patch"}
+                    ):
                         nested.append(f"{path.relative_to(REPO)}:{inner.lineno}")
     assert nested == []

@@ -136,8 +136,9 @@ def test_releasing_more_than_held_never_goes_negative() -> None:
 
 def test_session_needs_a_slot_and_a_place_in_the_rate() -> None:
     clock = FakeClock()
-    limits = GatewayLimits(requests_per_key=2, requests_total=100, sessions_per_key=5,
-                           sessions_total=5, clock=clock)
+    limits = GatewayLimits(
+        requests_per_key=2, requests_total=100, sessions_per_key=5, sessions_total=5, clock=clock
+    )
     assert limits.admit_session("a") is None
     limits.end_session("a")
     assert limits.admit_request("a") is None
@@ -153,8 +154,9 @@ def test_session_needs_a_slot_and_a_place_in_the_rate() -> None:
 
 def test_session_refused_for_slots_does_not_use_up_the_rate() -> None:
     clock = FakeClock()
-    limits = GatewayLimits(requests_per_key=2, requests_total=100, sessions_per_key=1,
-                           sessions_total=5, clock=clock)
+    limits = GatewayLimits(
+        requests_per_key=2, requests_total=100, sessions_per_key=1, sessions_total=5, clock=clock
+    )
     assert limits.admit_session("a") is None
     for _ in range(3):
         refused = limits.admit_session("a")

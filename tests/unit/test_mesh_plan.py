@@ -28,12 +28,17 @@ EXTERNAL_REDIS = "redis://127.0.0.1:1/0"
 
 def spec(name: str, *, scalable: bool = True, needs_cuda: bool = False) -> ServiceSpec:
     """A service entry on a free port."""
-    return ServiceSpec(name, f"{name}.app:create_app", f"VOICEMESH_{name.upper()}_", free_port(),
-                       needs_cuda=needs_cuda, scalable=scalable)
+    return ServiceSpec(
+        name,
+        f"{name}.app:create_app",
+        f"VOICEMESH_{name.upper()}_",
+        free_port(),
+        needs_cuda=needs_cuda,
+        scalable=scalable,
+    )
 
 
-GATEWAY = ServiceSpec("gateway", "gateway.app:create_app", "VOICEMESH_GATEWAY_", 1,
-                      scalable=False)
+GATEWAY = ServiceSpec("gateway", "gateway.app:create_app", "VOICEMESH_GATEWAY_", 1, scalable=False)
 
 
 def test_plan_ports_env_and_gpu_selection(tmp_path: Path) -> None:
@@ -55,8 +60,13 @@ def test_plan_ports_env_and_gpu_selection(tmp_path: Path) -> None:
         holder.listen()
         notes = []
         plan = build_plan(
-            [busy, free, GATEWAY], paths=paths, host="127.0.0.1", port=gateway_port,
-            redis_url=EXTERNAL_REDIS, scale={"free": 3}, notes=notes,
+            [busy, free, GATEWAY],
+            paths=paths,
+            host="127.0.0.1",
+            port=gateway_port,
+            redis_url=EXTERNAL_REDIS,
+            scale={"free": 3},
+            notes=notes,
         )
         assert plan.redis is None
         by_label = {item.label: item for item in plan.services}
@@ -77,18 +87,36 @@ def test_plan_ports_env_and_gpu_selection(tmp_path: Path) -> None:
         }
 
         with pytest.raises(PlanError, match="in use"):
-            build_plan([GATEWAY], paths=paths, host="127.0.0.1", port=busy.default_port,
-                       redis_url=None, scale={}, redis_port=free_port())
+            build_plan(
+                [GATEWAY],
+                paths=paths,
+                host="127.0.0.1",
+                port=busy.default_port,
+                redis_url=None,
+                scale={},
+                redis_port=free_port(),
+            )
 
 
 def test_processes_start_in_the_order_of_the_table_with_redis_first(tmp_path: Path) -> None:
     detector, engine = spec("detector"), spec("engine")
     redis_port = free_port()
-    plan = build_plan([detector, engine, GATEWAY], paths=MeshPaths(tmp_path), host="127.0.0.1",
-                      port=free_port(), redis_url=None, scale={"engine": 2},
-                      redis_port=redis_port)
+    plan = build_plan(
+        [detector, engine, GATEWAY],
+        paths=MeshPaths(tmp_path),
+        host="127.0.0.1",
+        port=free_port(),
+        redis_url=None,
+        scale={"engine": 2},
+        redis_port=redis_port,
+    )
     assert [item.label for item in plan.processes()] == [
-        "redis", "detector", "engine-1", "engine-2", "gateway"]
+        "redis",
+        "detector",
+        "engine-1",
+        "engine-2",
+        "gateway",
+    ]
     assert plan.redis is not None and plan.redis.kind == "redis"
     assert plan.redis_url == f"redis://127.0.0.1:{redis_port}/0"
     assert "--bind" in plan.redis.argv and "127.0.0.1" in plan.redis.argv
@@ -102,18 +130,28 @@ def test_a_busy_redis_port_moves_redis_and_says_so(tmp_path: Path) -> None:
         holder.listen()
         busy = holder.getsockname()[1]
         notes: list[str] = []
-        plan = build_plan([spec("engine")], paths=MeshPaths(tmp_path), host="127.0.0.1",
-                          port=free_port(), redis_url=None, scale={}, redis_port=busy,
-                          notes=notes)
+        plan = build_plan(
+            [spec("engine")],
+            paths=MeshPaths(tmp_path),
+            host="127.0.0.1",
+            port=free_port(),
+            redis_url=None,
+            scale={},
+            redis_port=busy,
+            notes=notes,
+        )
     assert plan.redis is not None and plan.redis.port != busy
     assert notes == [f"redis: port {busy} is in use, using {plan.redis.port}"]
 
 
-@pytest.mark.parametrize(("scale", "message"), [
-    ({"nope": 2}, "unknown service 'nope'"),
-    ({"front": 2}, "front cannot be scaled"),
-    ({"engine": -1}, "must be 0 or more"),
-])
+@pytest.mark.parametrize(
+    ("scale", "message"),
+    [
+        ({"nope": 2}, "unknown service 'nope'"),
+        ({"front": 2}, "front cannot be scaled"),
+        ({"engine": -1}, "must be 0 or more"),
+    ],
+)
 def test_scale_checks(scale: dict[str, int], message: str) -> None:
     with pytest.raises(PlanError, match=message):
         check_scale([spec("engine"), spec("front", scalable=False)], scale)
@@ -124,21 +162,36 @@ def test_scale_checks_accept_zero_and_one_of_a_single_replica_service() -> None:
     check_scale([spec("front", scalable=False)], {"front": 0})
 
 
-def test_plan_mesh_checks_selects_and_lays_out(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plan_mesh_checks_selects_and_lays_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("VOICEMESH_REDIS_URL", raising=False)
     monkeypatch.setenv("REDIS_URL", EXTERNAL_REDIS)
     engine, gpu = spec("engine"), spec("stt_gpu_ws", needs_cuda=True)
-    plan, notes = plan_mesh([engine, gpu], paths=MeshPaths(tmp_path), host="127.0.0.1",
-                            port=free_port(), redis_url=None, scale={}, no_gpu=False,
-                            cuda_present=lambda: False)
+    plan, notes = plan_mesh(
+        [engine, gpu],
+        paths=MeshPaths(tmp_path),
+        host="127.0.0.1",
+        port=free_port(),
+        redis_url=None,
+        scale={},
+        no_gpu=False,
+        cuda_present=lambda: False,
+    )
     assert isinstance(plan, MeshPlan)
     assert [item.name for item in plan.services] == ["engine"]
     assert plan.redis is None and plan.redis_url == EXTERNAL_REDIS  # from REDIS_URL
     assert notes == ["skipping stt_gpu_ws: no CUDA device"]
     with pytest.raises(PlanError, match="nothing to start"):
-        plan_mesh([engine], paths=MeshPaths(tmp_path), host="127.0.0.1", port=free_port(),
-                  redis_url=EXTERNAL_REDIS, scale={"engine": 0}, no_gpu=True)
+        plan_mesh(
+            [engine],
+            paths=MeshPaths(tmp_path),
+            host="127.0.0.1",
+            port=free_port(),
+            redis_url=EXTERNAL_REDIS,
+            scale={"engine": 0},
+            no_gpu=True,
+        )
 
 
 def test_urls_reach_a_wildcard_bind_through_loopback(tmp_path: Path) -> None:
@@ -146,8 +199,14 @@ def test_urls_reach_a_wildcard_bind_through_loopback(tmp_path: Path) -> None:
     assert url_host("::") == "127.0.0.1"
     assert url_host("::1") == "[::1]"
     assert url_host("10.0.0.5") == "10.0.0.5"
-    plan = build_plan([spec("engine")], paths=MeshPaths(tmp_path), host="0.0.0.0",
-                      port=free_port(), redis_url=EXTERNAL_REDIS, scale={})
+    plan = build_plan(
+        [spec("engine")],
+        paths=MeshPaths(tmp_path),
+        host="0.0.0.0",
+        port=free_port(),
+        redis_url=EXTERNAL_REDIS,
+        scale={},
+    )
     (engine,) = plan.services
     assert engine.url == f"http://127.0.0.1:{engine.port}"
     assert engine.env["VOICEMESH_ENGINE_HOST"] == "0.0.0.0"

@@ -35,8 +35,16 @@ EPS = 1e-3
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1-layer, 64-wide multilingual Whisper with random weights, saved like a real .pt."""
     dims = ModelDimensions(
-        n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
-        n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1,
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=64,
+        n_audio_head=2,
+        n_audio_layer=1,
+        n_vocab=51865,
+        n_text_ctx=448,
+        n_text_state=64,
+        n_text_head=2,
+        n_text_layer=1,
     )
     torch.manual_seed(0)
     model = Whisper(dims)

@@ -31,11 +31,18 @@ def test_start_message_defaults_and_values() -> None:
     assert isinstance(parse_control('{"type":"stop"}'), StopMessage)
 
 
-@pytest.mark.parametrize("text", [
-    "garbage", "[1,2]", '{"no_type": 1}', '{"type":"dance"}',
-    '{"type":"start","sample_rate":3}', '{"type":"start","encoding":"mp3"}',
-    '{"type":"start","channels":6}',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "garbage",
+        "[1,2]",
+        '{"no_type": 1}',
+        '{"type":"dance"}',
+        '{"type":"start","sample_rate":3}',
+        '{"type":"start","encoding":"mp3"}',
+        '{"type":"start","channels":6}',
+    ],
+)
 def test_bad_control_messages_raise_bad_request(text: str) -> None:
     with pytest.raises(BadRequest) as info:
         parse_control(text)
@@ -44,14 +51,29 @@ def test_bad_control_messages_raise_bad_request(text: str) -> None:
 
 
 def test_failover_message_uses_from_key() -> None:
-    payload = json.loads(FailoverMessage(**{"from": "a"}, to="b", replayed_ms=120.0,
-                                         reason="closed").dumps())
-    assert payload == {"type": "failover", "from": "a", "to": "b", "replayed_ms": 120.0,
-                       "reason": "closed"}
+    payload = json.loads(
+        FailoverMessage(**{"from": "a"}, to="b", replayed_ms=120.0, reason="closed").dumps()
+    )
+    assert payload == {
+        "type": "failover",
+        "from": "a",
+        "to": "b",
+        "replayed_ms": 120.0,
+        "reason": "closed",
+    }
 
 
 def test_server_messages_round_trip_by_type() -> None:
-    final = {"type": "final", "utterance_id": 0, "text": "hi", "start": 0.0, "end": 1.0,
-             "engine": "faster-whisper", "device": "cpu", "model": "base", "latency_ms": 3.0}
+    final = {
+        "type": "final",
+        "utterance_id": 0,
+        "text": "hi",
+        "start": 0.0,
+        "end": 1.0,
+        "engine": "faster-whisper",
+        "device": "cpu",
+        "model": "base",
+        "latency_ms": 3.0,
+    }
     parsed = SERVER_MESSAGE.validate_python(final)
     assert parsed.type == "final" and parsed.reason == "endpoint"

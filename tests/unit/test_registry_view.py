@@ -13,8 +13,9 @@ pytestmark = pytest.mark.unit
 
 
 def view() -> RegistryView:
-    replicas = static_replicas("stt_cpu_ws", ["http://ok", "http://sick", "http://gone"],
-                               ["transcribe", "stream"])
+    replicas = static_replicas(
+        "stt_cpu_ws", ["http://ok", "http://sick", "http://gone"], ["transcribe", "stream"]
+    )
     return RegistryView(None, default_mode="auto", static=replicas, probe_interval_s=5.0)
 
 

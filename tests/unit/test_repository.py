@@ -37,16 +37,18 @@ def outside_paths(path: str, text: str) -> list[str]:
         hits = [m.group(0) for m in _SHARED_TESTDATA.finditer(line)]
         if not in_container:
             hits += [m.group(0) for m in _MACHINE_PATH.finditer(line)]
-        hits += [m.group(1) for m in _PARENT_RUN.finditer(line)
-                 if m.group(1).count("../") > depth]
+        hits += [m.group(1) for m in _PARENT_RUN.finditer(line) if m.group(1).count("../") > depth]
         found += [f"{path}:{number}: {hit!r} in {line.strip()[:100]!r}" for hit in hits]
     return found
 
 
 def tracked_text_files() -> list[tuple[str, str]]:
     """(path, text) of every tracked file that is text (UTF-8, no NUL byte)."""
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
-                            check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
     files = []
     for name in filter(None, listed):
         try:
@@ -62,29 +64,35 @@ def tracked_text_files() -> list[tuple[str, str]]:
     return files
 
 
-@pytest.mark.parametrize(("path", "line"), [
-    ("README.md", ".venv/bin/voicemesh-client stream ../shared/testdata/speech/x.wav"),
-    ("README.md", "see [the clips](../clips/README.md)"),
-    ("tests/unit/test_x.py", 'JFK = Path("/work/shared/testdata/speech/whisper-jfk.wav")'),
-    ("tests/unit/test_x.py", 'CLIPS = "../../../speech"'),
-    ("client/cli.py", 'base = Path.home() / "shared" / "testdata"; "shared/testdata"'),
-    ("docs/deploy.md", "copy it from /home/alice/models first"),
-    ("scripts/setup", "cp -r /root/.cache/voicemesh ."),
-    ("Dockerfile", "COPY ../secrets /app"),
-])
+@pytest.mark.parametrize(
+    ("path", "line"),
+    [
+        ("README.md", ".venv/bin/voicemesh-client stream ../shared/testdata/speech/x.wav"),
+        ("README.md", "see [the clips](../clips/README.md)"),
+        ("tests/unit/test_x.py", 'JFK = Path("/work/shared/testdata/speech/whisper-jfk.wav")'),
+        ("tests/unit/test_x.py", 'CLIPS = "../../../speech"'),
+        ("client/cli.py", 'base = Path.home() / "shared" / "testdata"; "shared/testdata"'),
+        ("docs/deploy.md", "copy it from /home/alice/models first"),
+        ("scripts/setup", "cp -r /root/.cache/voicemesh ."),
+        ("Dockerfile", "COPY ../secrets /app"),
+    ],
+)
 def test_outside_paths_are_found(path: str, line: str) -> None:
     assert outside_paths(path, line), line
 
 
-@pytest.mark.parametrize(("path", "line"), [
-    ("voicemesh/nginx.py", 'return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK)'),
-    ("nginx/nginx.conf", "include /etc/nginx/mime.types; client_body_temp_path /var/cache/x;"),
-    ("deploy/k8s/overlays/gpu/kustomization.yaml", "  - ../../base"),
-    ("docs/deploy.md", "[compose](../docker-compose.yml)"),
-    ("tts_vits/Dockerfile", "RUN useradd --create-home --home-dir /home/voicemesh voicemesh"),
-    ("README.md", "https://github.com/home/work/root/x and https://example.org/work/"),
-    ("tests/unit/test_x.py", 'Path(__file__).parent / "data" / "speech"'),
-])
+@pytest.mark.parametrize(
+    ("path", "line"),
+    [
+        ("voicemesh/nginx.py", 'return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK)'),
+        ("nginx/nginx.conf", "include /etc/nginx/mime.types; client_body_temp_path /var/cache/x;"),
+        ("deploy/k8s/overlays/gpu/kustomization.yaml", "  - ../../base"),
+        ("docs/deploy.md", "[compose](../docker-compose.yml)"),
+        ("tts_vits/Dockerfile", "RUN useradd --create-home --home-dir /home/voicemesh voicemesh"),
+        ("README.md", "https://github.com/home/work/root/x and https://example.org/work/"),
+        ("tests/unit/test_x.py", 'Path(__file__).parent / "data" / "speech"'),
+    ],
+)
 def test_legitimate_paths_are_not_flagged(path: str, line: str) -> None:
     assert outside_paths(path, line) == []
 
@@ -93,6 +101,5 @@ def test_no_tracked_file_names_a_path_outside_the_repository() -> None:
     files = tracked_text_files()
     assert len(files) > 100  # the listing worked
     this_file = "tests/unit/test_repository.py"  # its examples name such paths on purpose
-    found = [hit for path, text in files if path != this_file
-             for hit in outside_paths(path, text)]
+    found = [hit for path, text in files if path != this_file for hit in outside_paths(path, text)]
     assert not found, "\n".join(found)

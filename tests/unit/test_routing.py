@@ -10,13 +10,28 @@ from voicemesh.registry import ReplicaInfo, ReplicaLoad
 pytestmark = pytest.mark.unit
 
 
-def replica(name: str, kind: str, *, sessions: int = 0, device: str = "cpu",
-            draining: bool = False, healthy: bool = True,
-            capabilities: tuple[str, ...] = ("transcribe", "stream")) -> ReplicaInfo:
-    return ReplicaInfo(instance_id=name, kind=kind, url=f"http://{name}", device=device,
-                       capabilities=list(capabilities), draining=draining, healthy=healthy,
-                       load=ReplicaLoad(active_sessions=sessions, max_sessions=10),
-                       started_at=0.0, updated_at=0.0)
+def replica(
+    name: str,
+    kind: str,
+    *,
+    sessions: int = 0,
+    device: str = "cpu",
+    draining: bool = False,
+    healthy: bool = True,
+    capabilities: tuple[str, ...] = ("transcribe", "stream"),
+) -> ReplicaInfo:
+    return ReplicaInfo(
+        instance_id=name,
+        kind=kind,
+        url=f"http://{name}",
+        device=device,
+        capabilities=list(capabilities),
+        draining=draining,
+        healthy=healthy,
+        load=ReplicaLoad(active_sessions=sessions, max_sessions=10),
+        started_at=0.0,
+        updated_at=0.0,
+    )
 
 
 CPU_A = replica("cpu-a", "stt_cpu_ws", sessions=3)

@@ -27,7 +27,8 @@ def test_redis_url_falls_back_to_the_shared_one_when_built(
 def test_own_redis_url_wins_and_empty_disables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VOICEMESH_REDIS_URL", "redis://shared:6379/1")
     assert ServiceSettings(redis_url="redis://own:6379/0").resolved_redis_url() == (
-        "redis://own:6379/0")
+        "redis://own:6379/0"
+    )
     assert ServiceSettings(redis_url="").resolved_redis_url() is None
 
 
@@ -36,7 +37,8 @@ def test_default_redis_url_without_any_variable() -> None:
 
 
 def test_folders_follow_the_home_of_when_they_were_built(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("VOICEMESH_HOME", str(tmp_path / "home"))
     clone = CloneSettings(redis_url="")

@@ -31,10 +31,12 @@ def test_whisper_no_speech_signal_rejects_blocks() -> None:
     assert looks_like_speech(TranscriptionResult(text="Hello."), config)
     assert not looks_like_speech(TranscriptionResult(text=" ... "), config)
     assert not looks_like_speech(
-        TranscriptionResult(text="Thank you.", no_speech_prob=0.9, avg_logprob=-1.5), config)
+        TranscriptionResult(text="Thank you.", no_speech_prob=0.9, avg_logprob=-1.5), config
+    )
     loop = "ddech, " * 40
     assert not looks_like_speech(
-        TranscriptionResult(text=loop, compression_ratio=compression_ratio(loop)), config)
+        TranscriptionResult(text=loop, compression_ratio=compression_ratio(loop)), config
+    )
 
 
 def windows(seconds: float, p: float) -> np.ndarray:
@@ -43,8 +45,7 @@ def windows(seconds: float, p: float) -> np.ndarray:
 
 def test_endpointer_fires_start_onset_and_end_in_order() -> None:
     ep = Endpointer(EndpointerConfig(min_speech_s=0.1, silence_onset_s=0.1, min_silence_s=0.5))
-    events = ep.update(np.concatenate([windows(0.5, 0.0), windows(1.0, 0.9),
-                                       windows(0.7, 0.05)]))
+    events = ep.update(np.concatenate([windows(0.5, 0.0), windows(1.0, 0.9), windows(0.7, 0.05)]))
     kinds = [e.kind for e in events]
     assert kinds == ["speech_start", "silence_onset", "speech_end"]
     start, onset, end = events
@@ -55,8 +56,12 @@ def test_endpointer_fires_start_onset_and_end_in_order() -> None:
 
 def test_short_pause_resumes_without_ending_the_utterance() -> None:
     ep = Endpointer(EndpointerConfig(silence_onset_s=0.1, min_silence_s=0.5))
-    kinds = [e.kind for e in ep.update(np.concatenate(
-        [windows(0.5, 0.9), windows(0.3, 0.1), windows(0.5, 0.9)]))]
+    kinds = [
+        e.kind
+        for e in ep.update(
+            np.concatenate([windows(0.5, 0.9), windows(0.3, 0.1), windows(0.5, 0.9)])
+        )
+    ]
     assert kinds == ["speech_start", "silence_onset", "speech_resume"]
     assert ep.in_speech
 
@@ -79,9 +84,19 @@ def test_session_buffer_drops_what_a_final_covered() -> None:
 
 
 def test_shift_times_moves_every_time_field() -> None:
-    message = {"type": "final", "start": 0.5, "end": 1.0,
-               "segments": [{"start": 0.5, "end": 1.0, "text": "x",
-                             "words": [{"word": "x", "start": 0.6, "end": 0.9}]}]}
+    message = {
+        "type": "final",
+        "start": 0.5,
+        "end": 1.0,
+        "segments": [
+            {
+                "start": 0.5,
+                "end": 1.0,
+                "text": "x",
+                "words": [{"word": "x", "start": 0.6, "end": 0.9}],
+            }
+        ],
+    }
     shifted = shift_times(message, 2.0)
     assert (shifted["start"], shifted["end"]) == (2.5, 3.0)
     assert shifted["segments"][0]["words"][0]["start"] == 2.6
@@ -92,11 +107,18 @@ def test_ws_url_from_http_url() -> None:
     assert ws_url("https://h", "/ws/x") == "wss://h/ws/x"
 
 
-@pytest.mark.parametrize(("text", "loop"), [
-    ("首先 上 上 上 上 上 上", True), ("ddech, ddech, ddech, ddech,", True),
-    ("that that that is", False), ("好 首先说一下", False), ("I said hello hello", False),
-    ("您您您", True), ("谢谢", False),
-])
+@pytest.mark.parametrize(
+    ("text", "loop"),
+    [
+        ("首先 上 上 上 上 上 上", True),
+        ("ddech, ddech, ddech, ddech,", True),
+        ("that that that is", False),
+        ("好 首先说一下", False),
+        ("I said hello hello", False),
+        ("您您您", True),
+        ("谢谢", False),
+    ],
+)
 def test_repetition_loops_are_spotted(text: str, loop: bool) -> None:
     assert has_repetition_loop(text) is loop
     assert suspicious(TranscriptionResult(text=text, compression_ratio=1.0)) is loop
@@ -123,6 +145,7 @@ def test_a_looping_window_decode_is_redone_and_marked_retried() -> None:
     result = engine.transcribe(np.zeros(16000, np.float32), language="zh")
     assert pads == [6.0, None] and result.text == "首先" and result.retried
     pads.clear()
-    assert not engine.transcribe(np.zeros(16000, np.float32), language="zh",
-                                 quality_fallback=False).retried
+    assert not engine.transcribe(
+        np.zeros(16000, np.float32), language="zh", quality_fallback=False
+    ).retried
     assert pads == [6.0]

@@ -42,10 +42,16 @@ def test_shipped_catalogue_lists_every_model_family_and_expands_speakers(tmp_pat
     assert len(catalogue.filter(model="vits-zh-aishell3")) == 174
     joe = catalogue.voice("en_US-joe-medium")
     assert joe.describe() | {"installed": None} == {
-        "id": "en_US-joe-medium", "name": "Joe", "model": "piper-en_US-joe-medium",
-        "speaker_id": 0, "language": "en-US", "gender": "male",
-        "tags": ["neutral", "calm", "narration", "default"], "family": "piper",
-        "sample_rate": 22050, "installed": None,
+        "id": "en_US-joe-medium",
+        "name": "Joe",
+        "model": "piper-en_US-joe-medium",
+        "speaker_id": 0,
+        "language": "en-US",
+        "gender": "male",
+        "tags": ["neutral", "calm", "narration", "default"],
+        "family": "piper",
+        "sample_rate": 22050,
+        "installed": None,
     }
     # Nothing is in an empty models folder.
     assert catalogue.installed_models == set()
@@ -72,13 +78,16 @@ def test_a_model_is_installed_exactly_when_all_its_files_are_there(tmp_path: Pat
 def test_filters_combine_and_language_matches_by_prefix(tmp_path: Path) -> None:
     catalogue = VoiceCatalogue.load(tmp_path)
     british = catalogue.filter(language="en-GB")
-    assert {v.id for v in british} == {"kokoro-bf_emma", "kokoro-bf_isabella",
-                                       "kokoro-bm_george", "kokoro-bm_lewis"}
+    assert {v.id for v in british} == {
+        "kokoro-bf_emma",
+        "kokoro-bf_isabella",
+        "kokoro-bm_george",
+        "kokoro-bm_lewis",
+    }
     english_men = catalogue.filter(language="en", gender="male")
     assert "en_US-joe-medium" in {v.id for v in english_men}
     assert all(v.entry.gender == "male" for v in english_men)
-    assert {v.id for v in catalogue.filter(tag="DEEP")} == {"kokoro-am_adam",
-                                                           "kokoro-bm_george"}
+    assert {v.id for v in catalogue.filter(tag="DEEP")} == {"kokoro-am_adam", "kokoro-bm_george"}
     assert len(catalogue.filter(language="zh")) == 187 + 174
 
 

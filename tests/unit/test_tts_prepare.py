@@ -49,8 +49,7 @@ def test_prepare_is_idempotent_and_verify_hashes(prepared: Path) -> None:
     assert listed["en_US-joe-medium"].ok
 
 
-def test_a_damaged_model_is_found_and_prepare_repairs_it(tmp_path: Path,
-                                                         prepared: Path) -> None:
+def test_a_damaged_model_is_found_and_prepare_repairs_it(tmp_path: Path, prepared: Path) -> None:
     folder = tmp_path / JOE_FOLDER
     folder.mkdir()
     for name in os.listdir(prepared / JOE_FOLDER):
@@ -63,8 +62,7 @@ def test_a_damaged_model_is_found_and_prepare_repairs_it(tmp_path: Path,
     assert not status.ok and "sha256" in status.detail
     with model.open("r+b") as handle:
         handle.truncate(1000)
-    assert "truncated" in (piper_voice_problem(tmp_path, assets.PackageLookup(), full=False)
-                           or "")
+    assert "truncated" in (piper_voice_problem(tmp_path, assets.PackageLookup(), full=False) or "")
     assets.prepare_model("en_US-joe-medium", models_dir=tmp_path, progress=False)
     assert assets.verify_model("en_US-joe-medium", models_dir=tmp_path).ok
 

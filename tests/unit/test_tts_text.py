@@ -16,18 +16,21 @@ from voicemesh.tts.text import normalize_text, split_for_streaming, split_senten
 pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize(("text", "spoken"), [
-    ("Dr. Smith met Mr. Jones.", "Doctor Smith met Mister Jones."),
-    ("It costs $42.50 today.", "It costs 42 dollars and 50 cents today."),
-    ("It costs $1 now.", "It costs 1 dollar now."),
-    ("Only £3.05 left.", "Only 3 pounds and 5 pence left."),
-    ("A 15% rise in 1,200 homes", "A 15 percent rise in 1200 homes"),
-    ("Fruit, e.g. apples, i.e. food", "Fruit, for example apples, that is food"),
-    ("See No. 5 and say no.", "See number 5 and say no."),
-    ("IT WAS THE FIRST GREAT SORROW", "it was the first great sorrow"),
-    ("NASA launched it", "NASA launched it"),
-    ("  spaced\u00a0 out\ttext ", "spaced out text"),
-])
+@pytest.mark.parametrize(
+    ("text", "spoken"),
+    [
+        ("Dr. Smith met Mr. Jones.", "Doctor Smith met Mister Jones."),
+        ("It costs $42.50 today.", "It costs 42 dollars and 50 cents today."),
+        ("It costs $1 now.", "It costs 1 dollar now."),
+        ("Only £3.05 left.", "Only 3 pounds and 5 pence left."),
+        ("A 15% rise in 1,200 homes", "A 15 percent rise in 1200 homes"),
+        ("Fruit, e.g. apples, i.e. food", "Fruit, for example apples, that is food"),
+        ("See No. 5 and say no.", "See number 5 and say no."),
+        ("IT WAS THE FIRST GREAT SORROW", "it was the first great sorrow"),
+        ("NASA launched it", "NASA launched it"),
+        ("  spaced\u00a0 out\ttext ", "spaced out text"),
+    ],
+)
 def test_normalize_text_reads_abbreviations_money_and_shouting(text: str, spoken: str) -> None:
     assert normalize_text(text) == spoken
 
@@ -38,7 +41,12 @@ def test_normalize_text_leaves_other_languages_alone() -> None:
 
 def test_split_sentences_keeps_abbreviation_free_sentences_and_quotes() -> None:
     assert split_sentences('One here. "Two there." Three? (Four.) five') == [
-        "One here.", '"Two there."', "Three?", "(Four.)", "five"]
+        "One here.",
+        '"Two there."',
+        "Three?",
+        "(Four.)",
+        "five",
+    ]
     cjk = "你好。今天很好！走吧"  # noqa: RUF001 - CJK sentence ends
     assert split_sentences(cjk) == [cjk[:3], cjk[3:8], cjk[8:]]
     assert split_sentences("   ") == []
@@ -55,7 +63,10 @@ def test_split_sentences_cuts_long_text_at_clauses_then_words() -> None:
 def test_split_for_streaming_sends_a_long_first_clause_alone() -> None:
     text = "The quick brown fox jumps over, the lazy dog today. Second one."
     assert split_for_streaming(text) == [
-        "The quick brown fox jumps over,", "the lazy dog today.", "Second one."]
+        "The quick brown fox jumps over,",
+        "the lazy dog today.",
+        "Second one.",
+    ]
     # A short first clause is not worth its own chunk.
     assert split_for_streaming("Yes, it is. Fine.") == ["Yes, it is.", "Fine."]
 
@@ -87,15 +98,24 @@ async def test_catalogue_voices_are_served_by_tts_vits() -> None:
 
 
 def _replica(iid: str, kind: str, active: int, **extra: object) -> ReplicaInfo:
-    return ReplicaInfo(instance_id=iid, kind=kind, url=f"http://{iid}", started_at=0,
-                       updated_at=0, capabilities=["synthesize", "voices"],
-                       load=ReplicaLoad(active_sessions=active, max_sessions=10), **extra)
+    return ReplicaInfo(
+        instance_id=iid,
+        kind=kind,
+        url=f"http://{iid}",
+        started_at=0,
+        updated_at=0,
+        capabilities=["synthesize", "voices"],
+        load=ReplicaLoad(active_sessions=active, max_sessions=10),
+        **extra,
+    )
 
 
 def test_choose_service_orders_one_kind_by_load_and_skips_draining() -> None:
     replicas = [
-        _replica("a", "tts_vits", 5), _replica("b", "tts_vits", 1),
-        _replica("c", "tts_vits", 0, draining=True), _replica("d", "stt_cpu_ws", 0),
+        _replica("a", "tts_vits", 5),
+        _replica("b", "tts_vits", 1),
+        _replica("c", "tts_vits", 0, draining=True),
+        _replica("d", "stt_cpu_ws", 0),
         _replica("e", "tts_vits", 0, healthy=False),
     ]
     chosen = choose_service("tts_vits", replicas, capability="synthesize")

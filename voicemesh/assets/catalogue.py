@@ -53,8 +53,9 @@ def prepare_model(
 ) -> Path:
     """Make a bundled model ready to load and return its path (idempotent, no download)."""
     model = find_model(name)
-    return model.prepare(cache_root(models_dir), packages or INSTALLED, force=force,
-                         progress=progress)
+    return model.prepare(
+        cache_root(models_dir), packages or INSTALLED, force=force, progress=progress
+    )
 
 
 def model_status(
@@ -117,4 +118,3 @@ def resolve_whisper_model(
     if local.exists():
         return str(local)
     return name
-

@@ -93,9 +93,7 @@ class JoinedWhisper(BundledModel):
                 + _reinstall_hint()
             )
         versions = package_versions((BASE_PART1, BASE_PART2), lookup)
-        pinned = _PINNED.get(
-            (versions[BASE_PART1.distribution], versions[BASE_PART2.distribution])
-        )
+        pinned = _PINNED.get((versions[BASE_PART1.distribution], versions[BASE_PART2.distribution]))
         return JoinSources(
             part1=part1,
             part2=part2,
@@ -166,19 +164,28 @@ class JoinedWhisper(BundledModel):
             if not sources.pinned:
                 _LOGGER.warning(
                     "no pinned checksum for Whisper base packages %s; recorded the computed "
-                    "sha256 %s instead", sources.versions, sha,
+                    "sha256 %s instead",
+                    sources.versions,
+                    sha,
                 )
-            write_marker(folder, {
-                "name": self.name,
-                "sha256": sha,
-                "size": size,
-                "mtime_ns": (folder / "model.bin").stat().st_mtime_ns,
-                "packages": sources.versions,
-                "checksum": "pinned" if sources.pinned else "computed",
-                "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            })
-            _LOGGER.info("Whisper base ready in %s (%.1f s, sha256 %s)",
-                         folder, time.monotonic() - started, sha)
+            write_marker(
+                folder,
+                {
+                    "name": self.name,
+                    "sha256": sha,
+                    "size": size,
+                    "mtime_ns": (folder / "model.bin").stat().st_mtime_ns,
+                    "packages": sources.versions,
+                    "checksum": "pinned" if sources.pinned else "computed",
+                    "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                },
+            )
+            _LOGGER.info(
+                "Whisper base ready in %s (%.1f s, sha256 %s)",
+                folder,
+                time.monotonic() - started,
+                sha,
+            )
         return folder
 
     def ready_folder(self, root: Path, lookup: PackageLookup) -> Path:
@@ -226,8 +233,15 @@ def _join_parts(sources: JoinSources, target: Path, *, progress: bool) -> tuple[
     try:
         with (
             os.fdopen(fd, "wb") as out,
-            tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                 desc="whisper-base", file=sys.stderr, disable=not progress) as bar,
+            tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc="whisper-base",
+                file=sys.stderr,
+                disable=not progress,
+            ) as bar,
         ):
             for part in (sources.part1, sources.part2):
                 with part.open("rb") as handle:

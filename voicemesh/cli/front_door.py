@@ -7,8 +7,7 @@ import sys
 from voicemesh.nginx import UpstreamGateway
 
 
-def nginx_render(target: str, output: str | None,
-                 gateway: UpstreamGateway | None = None) -> int:
+def nginx_render(target: str, output: str | None, gateway: UpstreamGateway | None = None) -> int:
     """Print (or write to ``output``) the nginx config for ``target``; exit 0.
 
     ``gateway`` is the gateway nginx fronts (default: its ``VOICEMESH_GATEWAY_*``
@@ -24,7 +23,9 @@ def nginx_render(target: str, output: str | None,
         settings = nginx.get_settings()
         upstream = gateway or UpstreamGateway()
         text = nginx.render_nginx_conf(
-            settings, target="embedded", upstreams=[f"127.0.0.1:{upstream.port}"],
+            settings,
+            target="embedded",
+            upstreams=[f"127.0.0.1:{upstream.port}"],
             body_limit_bytes=upstream.body_limit_bytes,
             layout=nginx_layout(MeshPaths.from_settings(), settings.port),
         )

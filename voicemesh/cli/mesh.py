@@ -61,8 +61,9 @@ def _print_urls(state: MeshState) -> None:
 
 def _print_stop(report: StopReport, timeout: float) -> None:
     if report.supervisor == "killed":
-        _complain(f"supervisor (pid {report.supervisor_pid}) did not stop in {timeout:.0f} s; "
-                  "killing it")
+        _complain(
+            f"supervisor (pid {report.supervisor_pid}) did not stop in {timeout:.0f} s; killing it"
+        )
     elif report.supervisor == "stopped":
         _say(f"stopped supervisor (pid {report.supervisor_pid})")
     for label in report.stopped:
@@ -122,8 +123,15 @@ def cmd_up(
     specs = list(SERVICES.values()) if services is None else list(services)
     try:
         plan, notes = plan_mesh(
-            specs, paths=paths, host=host, port=port, redis_url=redis_url, scale=scale,
-            no_gpu=no_gpu, redis_port=redis_port, nginx=nginx,
+            specs,
+            paths=paths,
+            host=host,
+            port=port,
+            redis_url=redis_url,
+            scale=scale,
+            no_gpu=no_gpu,
+            redis_port=redis_port,
+            nginx=nginx,
         )
         if nginx is not None:
             upstream = gateway or UpstreamGateway()
@@ -135,8 +143,10 @@ def cmd_up(
         _say(note)
     write_plan(plan, paths)
     count = len(plan.services)
-    _say(f"starting voicemesh ({count} service process{'' if count == 1 else 'es'}"
-         f"{', bundled redis' if plan.redis else ''}); logs in {paths.logs}")
+    _say(
+        f"starting voicemesh ({count} service process{'' if count == 1 else 'es'}"
+        f"{', bundled redis' if plan.redis else ''}); logs in {paths.logs}"
+    )
     if foreground:
         return _up_foreground(plan, paths, timeout)
     return _up_detached(plan, paths, timeout)
@@ -145,8 +155,9 @@ def cmd_up(
 def _up_detached(plan: MeshPlan, paths: MeshPaths, timeout: float) -> int:
     supervisor = spawn_supervisor(plan, paths)
     try:
-        outcome = wait_until_healthy(plan, paths, timeout=timeout,
-                                     on_ready=_ready_printer(plan), supervisor=supervisor)
+        outcome = wait_until_healthy(
+            plan, paths, timeout=timeout, on_ready=_ready_printer(plan), supervisor=supervisor
+        )
     except KeyboardInterrupt:
         outcome = HealthWait(False, "interrupted")
     if not outcome.ok:
@@ -168,8 +179,12 @@ def _up_foreground(plan: MeshPlan, paths: MeshPaths, timeout: float) -> int:
         try:
             supervisor.start()
             outcome = wait_until_healthy(
-                plan, paths, timeout=timeout, on_ready=_ready_printer(plan),
-                tick=supervisor.tick, stopped=lambda: supervisor.stop_requested,
+                plan,
+                paths,
+                timeout=timeout,
+                on_ready=_ready_printer(plan),
+                tick=supervisor.tick,
+                stopped=lambda: supervisor.stop_requested,
             )
             if not outcome.ok:
                 if outcome.reason == "interrupted":
@@ -199,15 +214,26 @@ def cmd_status() -> int:
     if state is None:
         stale = read_state(paths)
         if stale is not None:
-            _say(f"(a stale state from supervisor pid {stale.supervisor_pid} remains; "
-                 "voicemesh down cleans it up)")
+            _say(
+                f"(a stale state from supervisor pid {stale.supervisor_pid} remains; "
+                "voicemesh down cleans it up)"
+            )
         _say("voicemesh is not running; start it with: voicemesh up")
         return 3
     checked = check_mesh_health(state)
     rows = [("SERVICE", "REPLICA", "PID", "PORT", "HEALTH", "RESTARTS", "URL")]
     for item, status in zip(state.processes(), checked.health, strict=True):
-        rows.append((item.name, str(item.replica), str(item.pid or "-"), str(item.port),
-                     status, str(item.restarts), item.url))
+        rows.append(
+            (
+                item.name,
+                str(item.replica),
+                str(item.pid or "-"),
+                str(item.port),
+                status,
+                str(item.restarts),
+                item.url,
+            )
+        )
     widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]))]
     uptime = int(time.time() - state.started_at)
     _say(f"voicemesh supervisor pid {state.supervisor_pid}, up {uptime // 60}m {uptime % 60}s")

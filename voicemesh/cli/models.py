@@ -34,8 +34,7 @@ def cli_list() -> int:
     width = max(len(s.name) for s in statuses)
     for status in statuses:
         state = "ready" if status.ok else ("not prepared" if status.installed else "missing")
-        print(f"{status.name:<{width}}  {status.kind:<19}  {state:<12}  "
-              f"{status.path or '-'}")
+        print(f"{status.name:<{width}}  {status.kind:<19}  {state:<12}  {status.path or '-'}")
         print(f"{'':<{width}}  from {', '.join(status.packages)}: {status.detail}")
     _print_tts_catalogue(root)
     return 0
@@ -50,8 +49,10 @@ def _print_tts_catalogue(root: Path) -> None:
     for model, missing in catalogue.model_status():
         voices = len(catalogue.filter(model=model.id))
         state = "installed" if not missing else f"not installed ({len(missing)} files missing)"
-        print(f"  {model.id:<30}  {model.family:<7}  {voices:>3} voices  {state}  "
-              f"{model_folder(model, root)}")
+        print(
+            f"  {model.id:<30}  {model.family:<7}  {voices:>3} voices  {state}  "
+            f"{model_folder(model, root)}"
+        )
 
 
 def cli_prepare(names: list[str], force: bool) -> int:

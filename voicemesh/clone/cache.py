@@ -35,9 +35,15 @@ def cache_key(
 ) -> str:
     """The key of one result: a hash over everything that changes the audio."""
     material = json.dumps(
-        {"voice": voice_sha256, "text": text, "params": params, "engine": engine,
-         "model": model_version},
-        sort_keys=True, ensure_ascii=False,
+        {
+            "voice": voice_sha256,
+            "text": text,
+            "params": params,
+            "engine": engine,
+            "model": model_version,
+        },
+        sort_keys=True,
+        ensure_ascii=False,
     )
     return hashlib.sha256(material.encode()).hexdigest()
 
@@ -55,8 +61,15 @@ class CachedResult:
 class ResultCache:
     """LRU cache of encoded synthesis results, bounded by ``max_bytes``."""
 
-    def __init__(self, redis: Redis, cache_dir: Path, *, max_bytes: int,
-                 prefix: str = "voicemesh", timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        cache_dir: Path,
+        *,
+        max_bytes: int,
+        prefix: str = "voicemesh",
+        timeout_s: float = 1.0,
+    ) -> None:
         self.redis = redis
         self.cache_dir = cache_dir
         self.max_bytes = max_bytes
@@ -89,8 +102,9 @@ class ResultCache:
     async def get(self, key: str) -> CachedResult | None:
         """The cached result, or None (a miss); marks it most recently used."""
         try:
-            meta = await asyncio.wait_for(self.redis.hgetall(self._meta_key(key)),
-                                          timeout=self.timeout_s)
+            meta = await asyncio.wait_for(
+                self.redis.hgetall(self._meta_key(key)), timeout=self.timeout_s
+            )
         except (RedisError, OSError, TimeoutError) as exc:
             _LOGGER.warning("cache index unavailable, counting a miss: %s", exc)
             self.misses += 1
@@ -107,16 +121,21 @@ class ResultCache:
             return None
         self.hits += 1
         try:
-            await asyncio.wait_for(self.redis.zadd(self._lru_key, {key: time.time()}),
-                                   timeout=self.timeout_s)
+            await asyncio.wait_for(
+                self.redis.zadd(self._lru_key, {key: time.time()}), timeout=self.timeout_s
+            )
         except (RedisError, OSError, TimeoutError) as exc:
             _LOGGER.debug("could not refresh LRU order: %s", exc)
-        return CachedResult(data=data, media_type=str(meta.get("media_type", "audio/wav")),
-                            engine=str(meta.get("engine", "")),
-                            approximate=meta.get("approximate") == "1")
+        return CachedResult(
+            data=data,
+            media_type=str(meta.get("media_type", "audio/wav")),
+            engine=str(meta.get("engine", "")),
+            approximate=meta.get("approximate") == "1",
+        )
 
-    async def put(self, key: str, data: bytes, *, media_type: str, engine: str,
-                  approximate: bool) -> None:
+    async def put(
+        self, key: str, data: bytes, *, media_type: str, engine: str, approximate: bool
+    ) -> None:
         """Store a result, then evict least recently used ones past the size bound."""
         if len(data) > self.max_bytes:
             return
@@ -127,9 +146,15 @@ class ResultCache:
         try:
             pipe = self.redis.pipeline(transaction=True)
             pipe.exists(self._meta_key(key))
-            pipe.hset(self._meta_key(key), mapping={
-                "media_type": media_type, "engine": engine, "size": len(data),
-                "approximate": "1" if approximate else "0"})
+            pipe.hset(
+                self._meta_key(key),
+                mapping={
+                    "media_type": media_type,
+                    "engine": engine,
+                    "size": len(data),
+                    "approximate": "1" if approximate else "0",
+                },
+            )
             pipe.zadd(self._lru_key, {key: time.time()})
             existed = (await asyncio.wait_for(pipe.execute(), timeout=self.timeout_s))[0]
             if not existed:

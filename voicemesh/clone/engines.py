@@ -102,7 +102,7 @@ class _WholeStream:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         for start in range(0, len(self.pcm), self.chunk_bytes):
-            yield self.pcm[start:start + self.chunk_bytes]
+            yield self.pcm[start : start + self.chunk_bytes]
 
 
 class WorldAdaptedVits:
@@ -113,14 +113,18 @@ class WorldAdaptedVits:
     languages: tuple[str, ...] = ("en",)
     """What the stock voice can speak (the bundled Piper voice is English)."""
 
-    def __init__(self, voice: BaseVoice, voice_name: str,
-                 strength: AdaptStrength | None = None, max_cached_speakers: int = 256) -> None:
+    def __init__(
+        self,
+        voice: BaseVoice,
+        voice_name: str,
+        strength: AdaptStrength | None = None,
+        max_cached_speakers: int = 256,
+    ) -> None:
         self.voice = voice
         self.sample_rate = voice.sample_rate
         self.strength = strength or AdaptStrength()
         s = self.strength
-        self.model_version = (f"{voice_name}+world:p{s.pitch:g}s{s.spread:g}"
-                              f"w{s.warp:g}t{s.timbre:g}")
+        self.model_version = f"{voice_name}+world:p{s.pitch:g}s{s.spread:g}w{s.warp:g}t{s.timbre:g}"
         self._source: SpeakerStats | None = None
         self._speakers: dict[str, SpeakerStats] = {}
         self._max_cached = max_cached_speakers
@@ -161,7 +165,13 @@ class WorldAdaptedVits:
             raise BadRequest(
                 f"the CPU cloning engine speaks {', '.join(self.languages)} only, not "
                 f"{request.language!r}; other languages need a GPT-SoVITS backend",
-                code="unsupported_language")
-        audio = await asyncio.to_thread(self.render, request.text, request.speed,
-                                        request.reference_path, request.reference_sha256)
+                code="unsupported_language",
+            )
+        audio = await asyncio.to_thread(
+            self.render,
+            request.text,
+            request.speed,
+            request.reference_path,
+            request.reference_sha256,
+        )
         return _WholeStream(self.sample_rate, float32_to_pcm16(audio))

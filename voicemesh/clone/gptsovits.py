@@ -41,8 +41,19 @@ from voicemesh.errors import (
 _LOGGER = logging.getLogger(__name__)
 
 TTS_PATH = "/tts"
-LANGUAGES = ("auto", "auto_yue", "en", "zh", "ja", "yue", "ko", "all_zh", "all_ja",
-             "all_yue", "all_ko")
+LANGUAGES = (
+    "auto",
+    "auto_yue",
+    "en",
+    "zh",
+    "ja",
+    "yue",
+    "ko",
+    "all_zh",
+    "all_ja",
+    "all_yue",
+    "all_ko",
+)
 """Language codes a v2 GPT-SoVITS model accepts for ``text_lang`` / ``prompt_lang``."""
 _HEADER_LIMIT = 4096
 
@@ -52,13 +63,21 @@ def backend_language(language: str) -> str:
     code = language.strip().lower().replace("-", "_")
     code = {"cmn": "zh", "zh_cn": "zh", "jp": "ja", "kr": "ko", "en_us": "en"}.get(code, code)
     if code not in LANGUAGES:
-        raise BadRequest(f"GPT-SoVITS cannot speak language {language!r}; one of "
-                         f"{', '.join(LANGUAGES)}", code="unsupported_language")
+        raise BadRequest(
+            f"GPT-SoVITS cannot speak language {language!r}; one of {', '.join(LANGUAGES)}",
+            code="unsupported_language",
+        )
     return code
 
 
-def tts_payload(request: CloneRequest, ref_audio_path: str, *, streaming: bool,
-                top_k: int = 15, temperature: float = 1.0) -> dict[str, object]:
+def tts_payload(
+    request: CloneRequest,
+    ref_audio_path: str,
+    *,
+    streaming: bool,
+    top_k: int = 15,
+    temperature: float = 1.0,
+) -> dict[str, object]:
     """The JSON body of ``POST /tts`` for one request."""
     return {
         "text": request.text,
@@ -91,8 +110,9 @@ class WavStreamReader:
             pcm = self._parse_header()
             if pcm is None:
                 if len(self._buffer) > _HEADER_LIMIT:
-                    raise EngineUnavailable("GPT-SoVITS sent no WAV header",
-                                            code="backend_bad_audio")
+                    raise EngineUnavailable(
+                        "GPT-SoVITS sent no WAV header", code="backend_bad_audio"
+                    )
                 return b""
             data = pcm
         if self._remaining is not None:
@@ -105,18 +125,20 @@ class WavStreamReader:
         if len(buf) < 12:
             return None
         if buf[:4] != b"RIFF" or buf[8:12] != b"WAVE":
-            raise EngineUnavailable("GPT-SoVITS answered with something that is not WAV",
-                                    code="backend_bad_audio")
+            raise EngineUnavailable(
+                "GPT-SoVITS answered with something that is not WAV", code="backend_bad_audio"
+            )
         pos, rate, bits, channels = 12, None, None, None
         while pos + 8 <= len(buf):
-            chunk_id = buf[pos:pos + 4]
-            (size,) = struct.unpack("<I", buf[pos + 4:pos + 8])
+            chunk_id = buf[pos : pos + 4]
+            (size,) = struct.unpack("<I", buf[pos + 4 : pos + 8])
             body = pos + 8
             if chunk_id == b"data":
                 if rate is None or bits != 16 or channels != 1:
                     raise EngineUnavailable(
-                        f"GPT-SoVITS sent {bits}-bit {channels}-channel WAV; 16-bit mono "
-                        "expected", code="backend_bad_audio")
+                        f"GPT-SoVITS sent {bits}-bit {channels}-channel WAV; 16-bit mono expected",
+                        code="backend_bad_audio",
+                    )
                 self.sample_rate = rate
                 # Streaming headers carry a placeholder size: read to the end then.
                 if 0 < size < 0x7FFFFFF0:
@@ -126,8 +148,8 @@ class WavStreamReader:
             if body + size > len(buf):
                 return None
             if chunk_id == b"fmt ":
-                channels, rate = struct.unpack("<HI", buf[body + 2:body + 8])
-                (bits,) = struct.unpack("<H", buf[body + 14:body + 16])
+                channels, rate = struct.unpack("<HI", buf[body + 2 : body + 8])
+                (bits,) = struct.unpack("<H", buf[body + 14 : body + 16])
             pos = body + size + (size & 1)
         return None
 
@@ -153,8 +175,7 @@ class BackendQueue:
     async def claim(self, urls: list[str]) -> AsyncIterator[str]:
         """Hold the least-queued backend of ``urls`` for one request."""
         if not urls:
-            raise EngineUnavailable("no GPT-SoVITS backend is registered",
-                                    code="no_backend")
+            raise EngineUnavailable("no GPT-SoVITS backend is registered", code="no_backend")
         url = min(urls, key=lambda u: (self.waiting.get(u, 0), urls.index(u)))
         lock = self.locks.setdefault(url, asyncio.Lock())
         self.waiting[url] = self.waiting.get(url, 0) + 1
@@ -164,7 +185,8 @@ class BackendQueue:
             except TimeoutError as exc:
                 raise BackendTimeout(
                     f"GPT-SoVITS backend {url} stayed busy for {self.queue_timeout_s:g} s",
-                    code="backend_queue_timeout") from exc
+                    code="backend_queue_timeout",
+                ) from exc
             try:
                 yield url
             finally:
@@ -176,9 +198,16 @@ class BackendQueue:
 class GptSovitsStream:
     """A reply being read from a GPT-SoVITS backend, holding the backend until closed."""
 
-    def __init__(self, sample_rate: int, first: bytes, reader: WavStreamReader,
-                 body: AsyncIterator[bytes], close: Callable[[], object], *,
-                 url: str = "GPT-SoVITS") -> None:
+    def __init__(
+        self,
+        sample_rate: int,
+        first: bytes,
+        reader: WavStreamReader,
+        body: AsyncIterator[bytes],
+        close: Callable[[], object],
+        *,
+        url: str = "GPT-SoVITS",
+    ) -> None:
         self.sample_rate = sample_rate
         self.url = url
         self._first = first
@@ -253,8 +282,9 @@ class GptSovitsCloner:
         Up to then a failure raises here and the service falls back to another engine;
         a streaming backend that sends its WAV header and then dies is caught too.
         """
-        payload = tts_payload(request, self.reference_path(request.reference_sha256),
-                              streaming=streaming)
+        payload = tts_payload(
+            request, self.reference_path(request.reference_sha256), streaming=streaming
+        )
         # The backend stays claimed until the reply is read to the end (or abandoned):
         # the stack is handed to the stream, which closes it.
         stack = contextlib.AsyncExitStack()
@@ -262,8 +292,9 @@ class GptSovitsCloner:
         try:
             target = f"{url}{TTS_PATH}"
             with backend_errors(target):
-                req = self.client.build_request("POST", target, json=payload,
-                                                headers={"X-Request-ID": request.request_id})
+                req = self.client.build_request(
+                    "POST", target, json=payload, headers={"X-Request-ID": request.request_id}
+                )
                 response = await self.client.send(req, stream=True)
                 stack.push_async_callback(response.aclose)
             if response.status_code != 200:
@@ -277,13 +308,19 @@ class GptSovitsCloner:
                     with backend_errors(target, doing="read the reply of"):
                         raw = await anext(body)
                 except StopAsyncIteration as exc:
-                    raise EngineUnavailable(f"{target} ended its reply before any audio",
-                                            code="backend_bad_audio") from exc
+                    raise EngineUnavailable(
+                        f"{target} ended its reply before any audio", code="backend_bad_audio"
+                    ) from exc
                 first += reader.feed(raw)
-            _LOGGER.info("request %s: GPT-SoVITS %s answering at %d Hz", request.request_id,
-                         url, reader.sample_rate)
-            return GptSovitsStream(reader.sample_rate, first, reader, body, stack.aclose,
-                                   url=target)
+            _LOGGER.info(
+                "request %s: GPT-SoVITS %s answering at %d Hz",
+                request.request_id,
+                url,
+                reader.sample_rate,
+            )
+            return GptSovitsStream(
+                reader.sample_rate, first, reader, body, stack.aclose, url=target
+            )
         except BaseException:
             await stack.aclose()
             raise
@@ -296,8 +333,9 @@ async def probe_gptsovits(client: httpx.AsyncClient, url: str, timeout_s: float 
     nothing; a 5xx or no answer means it is down or not a GPT-SoVITS api_v2.
     """
     try:
-        response = await client.get(f"{url}{TTS_PATH}", params={"text_lang": "en",
-                                    "prompt_lang": "en"}, timeout=timeout_s)
+        response = await client.get(
+            f"{url}{TTS_PATH}", params={"text_lang": "en", "prompt_lang": "en"}, timeout=timeout_s
+        )
     except httpx.HTTPError:
         return False
     return response.status_code == 400
@@ -310,5 +348,6 @@ def _backend_error(target: str, response: httpx.Response) -> EngineUnavailable:
         message = f"{body.get('message', '')} {body.get('Exception', '')}".strip()
     except ValueError:
         message = response.text[:200]
-    return EngineUnavailable(f"{target} answered {response.status_code}: {message}",
-                             code="backend_error")
+    return EngineUnavailable(
+        f"{target} answered {response.status_code}: {message}", code="backend_error"
+    )

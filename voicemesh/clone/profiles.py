@@ -82,8 +82,9 @@ def wav_bytes(audio: np.ndarray, rate: int) -> bytes:
 class ProfileStore:
     """Profiles in Redis and their audio in ``voices_dir``."""
 
-    def __init__(self, redis: Redis, voices_dir: Path, prefix: str = "voicemesh",
-                 timeout_s: float = 3.0) -> None:
+    def __init__(
+        self, redis: Redis, voices_dir: Path, prefix: str = "voicemesh", timeout_s: float = 3.0
+    ) -> None:
         self.redis = redis
         self.voices_dir = voices_dir
         self.prefix = prefix
@@ -109,7 +110,8 @@ class ProfileStore:
         except (RedisError, OSError, TimeoutError) as exc:
             raise RegistryUnavailable(
                 f"the profile store (Redis) is unavailable during {what}: "
-                f"{str(exc) or type(exc).__name__}", code="profiles_unavailable",
+                f"{str(exc) or type(exc).__name__}",
+                code="profiles_unavailable",
             ) from exc
 
     def store_audio(self, data: bytes) -> str:

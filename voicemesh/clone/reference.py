@@ -16,9 +16,17 @@ import numpy as np
 from voicemesh.errors import ReferenceRejected
 
 # ReferenceRejected is named here too (it lives with the whole error tree).
-__all__ = ["FRAME_S", "PreparedReference", "ReferenceLimits", "ReferenceRejected",
-           "best_window", "clipped_ratio", "estimate_snr_db", "frame_energies_db",
-           "prepare_reference"]
+__all__ = [
+    "FRAME_S",
+    "PreparedReference",
+    "ReferenceLimits",
+    "ReferenceRejected",
+    "best_window",
+    "clipped_ratio",
+    "estimate_snr_db",
+    "frame_energies_db",
+    "prepare_reference",
+]
 
 FRAME_S = 0.02
 """Analysis frame for energy, speech activity and SNR."""
@@ -155,9 +163,10 @@ def prepare_reference(
     if duration < limits.min_s:
         raise ReferenceRejected(
             f"the speech is {duration:.1f} s long after trimming silence; at least "
-            f"{limits.min_s:g} s is needed", code="reference_too_short",
+            f"{limits.min_s:g} s is needed",
+            code="reference_too_short",
         )
-    kept = x[first * hop: last * hop]
+    kept = x[first * hop : last * hop]
     kept_energies = energies[first:last]
     kept_mask = mask[first:last]
     speech_power = np.mean(10.0 ** (kept_energies[kept_mask] / 10.0))
@@ -165,7 +174,8 @@ def prepare_reference(
     if level < limits.min_level_dbfs:
         raise ReferenceRejected(
             f"the speech is too quiet ({level:.1f} dBFS; at least {limits.min_level_dbfs:g} "
-            "dBFS is needed): record closer to the microphone", code="reference_too_quiet",
+            "dBFS is needed): record closer to the microphone",
+            code="reference_too_quiet",
         )
     clipped = clipped_ratio(kept)
     if clipped > limits.max_clipped_ratio:
@@ -178,14 +188,22 @@ def prepare_reference(
     if snr < limits.min_snr_db:
         raise ReferenceRejected(
             f"the recording is too noisy (estimated SNR {snr:.1f} dB; at least "
-            f"{limits.min_snr_db:g} dB is needed)", code="reference_noisy",
+            f"{limits.min_snr_db:g} dB is needed)",
+            code="reference_noisy",
         )
     peak = float(np.max(np.abs(kept)))
     gain = 10.0 ** ((limits.target_dbfs - level) / 20.0)
     gain = min(gain, 0.95 / max(peak, _EPS))  # never clip while levelling
     levelled = (kept * gain).astype(np.float32)
     return PreparedReference(
-        audio=levelled, sample_rate=rate, duration_s=duration, level_dbfs=level, peak=peak,
-        clipped_ratio=clipped, snr_db=snr, trimmed_from_s=first * FRAME_S,
-        trimmed_to_s=last * FRAME_S, warnings=warnings,
+        audio=levelled,
+        sample_rate=rate,
+        duration_s=duration,
+        level_dbfs=level,
+        peak=peak,
+        clipped_ratio=clipped,
+        snr_db=snr,
+        trimmed_from_s=first * FRAME_S,
+        trimmed_to_s=last * FRAME_S,
+        warnings=warnings,
     )

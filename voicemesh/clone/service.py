@@ -68,8 +68,9 @@ Owner = Annotated[str, Depends(get_owner)]
 router = APIRouter()
 
 
-def create_clone_app(settings: CloneSettings, cpu_engine: WorldAdaptedVits | None = None
-                     ) -> FastAPI:
+def create_clone_app(
+    settings: CloneSettings, cpu_engine: WorldAdaptedVits | None = None
+) -> FastAPI:
     """Build the cloning app; the lifespan loads the CPU engine unless one is given."""
     apply_log_level(settings, settings.kind)
     metrics = ServiceMetrics(settings.kind)
@@ -88,8 +89,9 @@ def create_clone_app(settings: CloneSettings, cpu_engine: WorldAdaptedVits | Non
                 _LOGGER.error("the CPU cloning engine cannot load: %s", exc)
         if cpu is not None:
             await asyncio.to_thread(lambda: cpu.source)  # calibrate before the first request
-        redis = Redis.from_url(redis_url, decode_responses=True, socket_timeout=3.0,
-                               socket_connect_timeout=3.0)
+        redis = Redis.from_url(
+            redis_url, decode_responses=True, socket_timeout=3.0, socket_connect_timeout=3.0
+        )
         state = CloneState(settings, redis, metrics, cpu)
         app.state.clone = state
         async with httpx.AsyncClient() as probe_client:
@@ -98,8 +100,9 @@ def create_clone_app(settings: CloneSettings, cpu_engine: WorldAdaptedVits | Non
             try:
                 async with serve_replica(settings, state.replica_info) as heartbeat:
                     state.heartbeat = heartbeat
-                    _LOGGER.info("%s ready: engines %s", settings.kind,
-                                 [e.name for e in state.engines()])
+                    _LOGGER.info(
+                        "%s ready: engines %s", settings.kind, [e.name for e in state.engines()]
+                    )
                     try:
                         yield
                     finally:
@@ -122,18 +125,23 @@ async def health(state: Clone) -> JSONResponse:
     """Which engines serve, the known backends, the cache and the fallbacks so far."""
     settings = state.settings
     engines = state.engines()
-    return JSONResponse({
-        "status": "ok" if engines else "degraded",
-        "service": settings.kind,
-        "instance_id": settings.instance_id,
-        "engines": [e.name for e in engines],
-        "gpt_sovits_backends": state.backend_urls,
-        "cpu_engine": None if state.cpu is None else state.cpu.model_version,
-        "cache": {"hits": state.cache.hits, "misses": state.cache.misses,
-                  "hit_rate": state.cache.hit_rate},
-        "fallbacks": state.fallbacks,
-        "registry": registry_status(state.heartbeat),
-    })
+    return JSONResponse(
+        {
+            "status": "ok" if engines else "degraded",
+            "service": settings.kind,
+            "instance_id": settings.instance_id,
+            "engines": [e.name for e in engines],
+            "gpt_sovits_backends": state.backend_urls,
+            "cpu_engine": None if state.cpu is None else state.cpu.model_version,
+            "cache": {
+                "hits": state.cache.hits,
+                "misses": state.cache.misses,
+                "hit_rate": state.cache.hit_rate,
+            },
+            "fallbacks": state.fallbacks,
+            "registry": registry_status(state.heartbeat),
+        }
+    )
 
 
 @router.post("/v1/voices", status_code=201)
@@ -152,17 +160,23 @@ async def create_voice(
     settings = state.settings
     request_id: str = request.state.request_id
     if settings.require_consent and not consent:
-        raise BadRequest("set consent=true to confirm the speaker agreed to be cloned",
-                         code="consent_required")
+        raise BadRequest(
+            "set consent=true to confirm the speaker agreed to be cloned", code="consent_required"
+        )
     data = await audio.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
-        raise PayloadTooLarge(f"the reference is larger than {settings.max_upload_bytes} "
-                              "bytes", code="file_too_large")
-    samples = await asyncio.to_thread(decode_audio_file, data,
-                                      target_rate=settings.reference_rate,
-                                      max_seconds=settings.max_upload_seconds)
-    prepared = await asyncio.to_thread(prepare_reference, samples, settings.reference_rate,
-                                       settings.reference_limits())
+        raise PayloadTooLarge(
+            f"the reference is larger than {settings.max_upload_bytes} bytes", code="file_too_large"
+        )
+    samples = await asyncio.to_thread(
+        decode_audio_file,
+        data,
+        target_rate=settings.reference_rate,
+        max_seconds=settings.max_upload_seconds,
+    )
+    prepared = await asyncio.to_thread(
+        prepare_reference, samples, settings.reference_rate, settings.reference_limits()
+    )
     lang = (language or settings.default_language).strip().lower()
     text = (prompt_text or "").strip()
     source = "given"
@@ -171,15 +185,23 @@ async def create_voice(
         text = await transcribe_reference(state, audio_16k, lang, request_id)
         source = "transcribed"
         if not text:
-            raise ReferenceRejected("no words could be heard in the reference",
-                                    code="reference_without_speech")
+            raise ReferenceRejected(
+                "no words could be heard in the reference", code="reference_without_speech"
+            )
     wav = await asyncio.to_thread(wav_bytes, prepared.audio, settings.reference_rate)
     digest = await asyncio.to_thread(state.store.store_audio, wav)
     profile = VoiceProfile(
-        voice_id=new_voice_id(), owner=owner, name=name.strip(), language=lang,
-        prompt_text=text, prompt_source=source, audio_sha256=digest,
-        sample_rate=settings.reference_rate, duration_s=round(prepared.duration_s, 3),
-        consent=consent, quality=prepared.report(),
+        voice_id=new_voice_id(),
+        owner=owner,
+        name=name.strip(),
+        language=lang,
+        prompt_text=text,
+        prompt_source=source,
+        audio_sha256=digest,
+        sample_rate=settings.reference_rate,
+        duration_s=round(prepared.duration_s, 3),
+        consent=consent,
+        quality=prepared.report(),
     )
     await state.store.create(profile)
     state.metrics.count("create_voice", "ok")
@@ -207,12 +229,13 @@ async def delete_voice(state: Clone, owner: Owner, voice_id: str) -> dict[str, o
 
 
 @router.post("/v1/synthesize", response_model=None)
-async def synthesize(request: Request, state: Clone, owner: Owner,
-                     body: SynthesizeBody) -> Response:
+async def synthesize(
+    request: Request, state: Clone, owner: Owner, body: SynthesizeBody
+) -> Response:
     """Speak the text in one of the caller's voices (falling back visibly)."""
     if len(body.text) > state.settings.max_text_chars:
         raise PayloadTooLarge(
-            f"text is longer than {state.settings.max_text_chars} characters",
-            code="text_too_long")
+            f"text is longer than {state.settings.max_text_chars} characters", code="text_too_long"
+        )
     profile = await state.store.get(body.voice_id, owner)
     return await Synthesis(state, profile, body, request.state.request_id).respond()

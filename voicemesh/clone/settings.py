@@ -83,5 +83,6 @@ class CloneSettings(ServiceSettings):
 
     def reference_limits(self) -> ReferenceLimits:
         """The reference checks these settings ask for."""
-        return ReferenceLimits(min_s=self.min_reference_s, max_s=self.max_reference_s,
-                               min_snr_db=self.min_snr_db)
+        return ReferenceLimits(
+            min_s=self.min_reference_s, max_s=self.max_reference_s, min_snr_db=self.min_snr_db
+        )

@@ -32,8 +32,10 @@ def load_cpu_engine(settings: CloneSettings) -> WorldAdaptedVits:
 
     return WorldAdaptedVits(load_base_voice(settings.vits_voice), settings.vits_voice)
 
-def engine_order(gpt: VoiceCloner | None, cpu: VoiceCloner | None, *,
-                 fallback: bool) -> list[VoiceCloner]:
+
+def engine_order(
+    gpt: VoiceCloner | None, cpu: VoiceCloner | None, *, fallback: bool
+) -> list[VoiceCloner]:
     """Engines a request tries, in order: GPT-SoVITS when a backend is known, then the CPU
     engine (as the fallback when ``fallback`` is on, alone when there is no backend)."""
     order: list[VoiceCloner] = [gpt] if gpt is not None else []
@@ -45,17 +47,27 @@ def engine_order(gpt: VoiceCloner | None, cpu: VoiceCloner | None, *,
 class CloneState:
     """What the app holds while it runs."""
 
-    def __init__(self, settings: CloneSettings, redis: Redis, metrics: ServiceMetrics,
-                 cpu: WorldAdaptedVits | None) -> None:
+    def __init__(
+        self,
+        settings: CloneSettings,
+        redis: Redis,
+        metrics: ServiceMetrics,
+        cpu: WorldAdaptedVits | None,
+    ) -> None:
         self.settings = settings
         self.redis = redis
         self.metrics = metrics
         self.store = ProfileStore(redis, settings.voices_path, settings.key_prefix)
-        self.cache = ResultCache(redis, settings.cache_path, max_bytes=settings.cache_max_bytes,
-                                 prefix=settings.key_prefix)
+        self.cache = ResultCache(
+            redis,
+            settings.cache_path,
+            max_bytes=settings.cache_max_bytes,
+            prefix=settings.key_prefix,
+        )
         # The registry is the mesh's own (default prefix): STT replicas and backends live there.
-        self.registry = RegistryClient(str(settings.resolved_redis_url()),
-                                       ttl_s=settings.registry_ttl_s)
+        self.registry = RegistryClient(
+            str(settings.resolved_redis_url()), ttl_s=settings.registry_ttl_s
+        )
         self.backend_urls: list[str] = []
         self.gpt = GptSovitsCloner(
             lambda: list(self.backend_urls),
@@ -70,27 +82,38 @@ class CloneState:
         self.heartbeat: RegistryHeartbeat | None = None
         self.active = 0
         self.fallbacks = 0
-        self.hit_ratio = Gauge("voicemesh_clone_cache_hit_ratio",
-                               "Cache hits over lookups on this replica", ["service"],
-                               registry=metrics.registry)
+        self.hit_ratio = Gauge(
+            "voicemesh_clone_cache_hit_ratio",
+            "Cache hits over lookups on this replica",
+            ["service"],
+            registry=metrics.registry,
+        )
 
     def engines(self) -> list[VoiceCloner]:
         """Engines to try, in order (see :func:`engine_order`)."""
-        return engine_order(self.gpt if self.backend_urls else None, self.cpu,
-                            fallback=self.settings.fallback)
+        return engine_order(
+            self.gpt if self.backend_urls else None, self.cpu, fallback=self.settings.fallback
+        )
 
     def replica_info(self) -> ReplicaInfo:
         """This replica as the registry shows it (with the cache hit rate)."""
         s = self.settings
         names = [e.name for e in self.engines()]
         return ReplicaInfo(
-            instance_id=s.instance_id, kind=s.kind, url=s.public_url, device="cpu",
+            instance_id=s.instance_id,
+            kind=s.kind,
+            url=s.public_url,
+            device="cpu",
             model=s.vits_voice if not self.backend_urls else s.gptsovits_model_version,
             engine="+".join(names) or "none",
             capabilities=["clone", "synthesize", "stream"],
-            load=ReplicaLoad(active_sessions=self.active, queue=self.gpt.queue.depth(),
-                             cache_hit_rate=self.cache.hit_rate),
-            started_at=self.started_at, updated_at=time.time(),
+            load=ReplicaLoad(
+                active_sessions=self.active,
+                queue=self.gpt.queue.depth(),
+                cache_hit_rate=self.cache.hit_rate,
+            ),
+            started_at=self.started_at,
+            updated_at=time.time(),
         )
 
     async def refresh_backends(self, client: httpx.AsyncClient) -> None:
@@ -102,10 +125,16 @@ class CloneState:
             now = time.time()
             # Named by the URL, so every tts_clone replica refreshes the same entry.
             digest = hashlib.sha256(url.encode()).hexdigest()[:12]
-            info = ReplicaInfo(instance_id=f"{s.gptsovits_kind}-{digest}",
-                               kind=s.gptsovits_kind, url=url, engine="gpt-sovits",
-                               model=s.gptsovits_model_version, capabilities=["clone"],
-                               started_at=now, updated_at=now)
+            info = ReplicaInfo(
+                instance_id=f"{s.gptsovits_kind}-{digest}",
+                kind=s.gptsovits_kind,
+                url=url,
+                engine="gpt-sovits",
+                model=s.gptsovits_model_version,
+                capabilities=["clone"],
+                started_at=now,
+                updated_at=now,
+            )
             with contextlib.suppress(RegistryUnavailable):
                 await self.registry.heartbeat(info)
         try:
@@ -126,22 +155,28 @@ class CloneState:
             urls += [r.url for r in replicas if r.healthy and not r.draining]
         return urls + [u.rstrip("/") for u in self.settings.stt_urls]
 
-async def transcribe_reference(state: CloneState, audio_16k: np.ndarray, language: str,
-                               request_id: str) -> str:
+
+async def transcribe_reference(
+    state: CloneState, audio_16k: np.ndarray, language: str, request_id: str
+) -> str:
     """What the reference says, from the first STT replica that answers."""
     urls = await state.stt_urls()
     if not urls:
-        raise EngineUnavailable("prompt_text is missing and no STT service is registered to "
-                                "transcribe the reference", code="no_stt_backend")
+        raise EngineUnavailable(
+            "prompt_text is missing and no STT service is registered to transcribe the reference",
+            code="no_stt_backend",
+        )
     data = wav_bytes(audio_16k, SAMPLE_RATE)
     last = ""
     async with httpx.AsyncClient(timeout=state.settings.stt_timeout_s) as client:
         for url in urls:
             try:
                 response = await client.post(
-                    f"{url}/v1/transcribe", files={"file": ("reference.wav", data, "audio/wav")},
+                    f"{url}/v1/transcribe",
+                    files={"file": ("reference.wav", data, "audio/wav")},
                     data={"language": language, "response_format": "json"},
-                    headers={"X-Request-ID": request_id})
+                    headers={"X-Request-ID": request_id},
+                )
             except httpx.HTTPError as exc:
                 last = f"{url}: {exc!r}"
                 continue
@@ -150,8 +185,9 @@ async def transcribe_reference(state: CloneState, audio_16k: np.ndarray, languag
             last = f"{url} answered {response.status_code}"
             if response.status_code < 500:
                 break
-    raise EngineUnavailable(f"could not transcribe the reference: {last}",
-                            code="transcription_failed")
+    raise EngineUnavailable(
+        f"could not transcribe the reference: {last}", code="transcription_failed"
+    )
 
 
 async def refresh_backends_forever(state: CloneState, client: httpx.AsyncClient) -> None:

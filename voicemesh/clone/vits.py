@@ -31,8 +31,9 @@ class VitsBaseVoice:
         return audio
 
 
-def load_base_voice(name: str, num_threads: int = 2, duration_noise: float = 0.0,
-                    voice_noise: float = 0.0) -> VitsBaseVoice:
+def load_base_voice(
+    name: str, num_threads: int = 2, duration_noise: float = 0.0, voice_noise: float = 0.0
+) -> VitsBaseVoice:
     """Load the bundled Piper voice of the shared TTS engine (prepared into the model cache).
 
     ``duration_noise`` (VITS noise_w) is 0 by default as in ``tts_vits``: steady timing is
@@ -48,10 +49,10 @@ def load_base_voice(name: str, num_threads: int = 2, duration_noise: float = 0.0
     from voicemesh.tts.prepare import default_voice_files
 
     if name not in (BUNDLED_VOICE, "joe"):
-        raise UnknownModel(f"the CPU cloning engine adapts the voice {BUNDLED_VOICE}, "
-                           f"not {name!r}")
-    files = dataclasses.replace(default_voice_files(), noise_scale_w=duration_noise,
-                                noise_scale=voice_noise)
+        raise UnknownModel(f"the CPU cloning engine adapts the voice {BUNDLED_VOICE}, not {name!r}")
+    files = dataclasses.replace(
+        default_voice_files(), noise_scale_w=duration_noise, noise_scale=voice_noise
+    )
     synthesizer = SherpaSynthesizer(files, num_threads=num_threads)
     _LOGGER.info("CPU cloning engine adapts %s (%d Hz)", name, synthesizer.sample_rate)
     return VitsBaseVoice(synthesizer)

@@ -72,8 +72,9 @@ def _world_analysis(x: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray, n
 
     x64 = np.ascontiguousarray(x, dtype=np.float64)
     # Harvest: fewer voicing errors than DIO, which the resynthesis would turn into buzz.
-    f0, times = pyworld.harvest(x64, rate, frame_period=FRAME_PERIOD_MS, f0_floor=60.0,
-                                f0_ceil=600.0)
+    f0, times = pyworld.harvest(
+        x64, rate, frame_period=FRAME_PERIOD_MS, f0_floor=60.0, f0_ceil=600.0
+    )
     sp = pyworld.cheaptrick(x64, f0, times, rate)
     ap = pyworld.d4c(x64, f0, times, rate)
     return f0, sp, ap
@@ -83,8 +84,11 @@ def _on_grid(sp: np.ndarray, rate: int, grid: np.ndarray = GRID_HZ) -> np.ndarra
     """Log envelopes (frames x bins) resampled onto a frequency grid."""
     bins = np.linspace(0.0, rate / 2.0, sp.shape[1])
     log_sp = np.log(np.maximum(sp, 1e-16))
-    return np.stack([np.interp(grid, bins, frame) for frame in log_sp]) if len(log_sp) else (
-        np.zeros((0, grid.size)))
+    return (
+        np.stack([np.interp(grid, bins, frame) for frame in log_sp])
+        if len(log_sp)
+        else (np.zeros((0, grid.size)))
+    )
 
 
 def _stats_from(f0: np.ndarray, sp: np.ndarray, rate: int) -> SpeakerStats:
@@ -93,8 +97,9 @@ def _stats_from(f0: np.ndarray, sp: np.ndarray, rate: int) -> SpeakerStats:
         raise ValueError("too little voiced speech to describe the speaker")
     lf0 = np.log(f0[voiced])
     env = _on_grid(sp[voiced], rate).mean(axis=0)
-    return SpeakerStats(lf0_mean=float(lf0.mean()), lf0_std=float(max(lf0.std(), 1e-3)),
-                        mean_log_env=env)
+    return SpeakerStats(
+        lf0_mean=float(lf0.mean()), lf0_std=float(max(lf0.std(), 1e-3)), mean_log_env=env
+    )
 
 
 def analyze_speaker(x: np.ndarray, rate: int) -> SpeakerStats:
@@ -124,8 +129,10 @@ def estimate_warp(source: SpeakerStats, target: SpeakerStats) -> float:
         return centred
 
     goal = shape(target.mean_log_env)
-    errors = [float(np.mean((shape(_warp_env(source.mean_log_env, a)) - goal) ** 2))
-              for a in _WARP_CANDIDATES]
+    errors = [
+        float(np.mean((shape(_warp_env(source.mean_log_env, a)) - goal) ** 2))
+        for a in _WARP_CANDIDATES
+    ]
     return float(_WARP_CANDIDATES[int(np.argmin(errors))])
 
 
@@ -177,8 +184,9 @@ def adapt_toward(
     log_sp = np.log(np.maximum(sp, 1e-16))
     warped = np.stack([np.interp(bins / alpha, bins, frame) for frame in log_sp])
     new_sp = np.exp(warped + gain[None, :])
-    y = pyworld.synthesize(new_f0, np.ascontiguousarray(new_sp), ap, rate,
-                           frame_period=FRAME_PERIOD_MS)
+    y = pyworld.synthesize(
+        new_f0, np.ascontiguousarray(new_sp), ap, rate, frame_period=FRAME_PERIOD_MS
+    )
     y = y[: x.size]
     # Keep the loudness of the input: WORLD and the gain change the level.
     rms_in = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))) + 1e-9)

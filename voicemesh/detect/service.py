@@ -57,8 +57,9 @@ def load_confirmer(settings: DetectorSettings) -> Transcriber | None:
 class DetectorState:
     """What the detector app holds while it runs."""
 
-    def __init__(self, settings: DetectorSettings, confirmer: Transcriber | None,
-                 metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, settings: DetectorSettings, confirmer: Transcriber | None, metrics: ServiceMetrics
+    ) -> None:
         self.settings = settings
         self.confirmer = confirmer
         self.scheduler = DecodeScheduler(confirmer, workers=1) if confirmer else None
@@ -71,13 +72,19 @@ class DetectorState:
         """This replica as the registry shows it."""
         s = self.settings
         return ReplicaInfo(
-            instance_id=s.instance_id, kind=s.kind, url=s.public_url, device="cpu",
+            instance_id=s.instance_id,
+            kind=s.kind,
+            url=s.public_url,
+            device="cpu",
             model=f"silero-vad+{s.model}" if self.confirmer else "silero-vad",
-            engine="silero-vad", capabilities=["detect", "confirm"] if self.confirmer else
-            ["detect"],
-            load=ReplicaLoad(active_sessions=self.sessions,
-                             queue=self.scheduler.queue_depth if self.scheduler else 0),
-            started_at=self.started_at, updated_at=time.time(),
+            engine="silero-vad",
+            capabilities=["detect", "confirm"] if self.confirmer else ["detect"],
+            load=ReplicaLoad(
+                active_sessions=self.sessions,
+                queue=self.scheduler.queue_depth if self.scheduler else 0,
+            ),
+            started_at=self.started_at,
+            updated_at=time.time(),
         )
 
 
@@ -91,8 +98,9 @@ Detector = Annotated[DetectorState, Depends(get_detector_state)]
 router = APIRouter()
 
 
-def create_detector_app(settings: DetectorSettings,
-                        confirmer: Transcriber | None = None) -> FastAPI:
+def create_detector_app(
+    settings: DetectorSettings, confirmer: Transcriber | None = None
+) -> FastAPI:
     """The detector app; the lifespan loads Silero and (unless given) Whisper tiny.en."""
     apply_log_level(settings, settings.kind)
     metrics = ServiceMetrics(settings.kind)
@@ -121,12 +129,19 @@ def create_detector_app(settings: DetectorSettings,
 async def health(state: Detector) -> JSONResponse:
     """Whether the detector serves, and how many sessions it holds."""
     settings = state.settings
-    return JSONResponse({
-        "status": "ok", "service": settings.kind, "instance_id": settings.instance_id,
-        "model_loaded": True, "vad": "silero", "confirm_model": settings.model
-        if state.confirmer else None, "device": "cpu", "sessions": state.sessions,
-        "registry": registry_status(state.heartbeat),
-    })
+    return JSONResponse(
+        {
+            "status": "ok",
+            "service": settings.kind,
+            "instance_id": settings.instance_id,
+            "model_loaded": True,
+            "vad": "silero",
+            "confirm_model": settings.model if state.confirmer else None,
+            "device": "cpu",
+            "sessions": state.sessions,
+            "registry": registry_status(state.heartbeat),
+        }
+    )
 
 
 @router.websocket("/ws/detect")
@@ -149,10 +164,14 @@ class DetectSession:
         s = state.settings
         self.decoder: AudioStreamDecoder = PcmStreamDecoder(max_frame_bytes=s.max_frame_bytes)
         self.vad = StreamingVad()
-        self.endpointer = Endpointer(EndpointerConfig(
-            threshold=s.threshold, neg_threshold=max(0.01, s.threshold - 0.15),
-            min_speech_s=s.min_speech_s, min_silence_s=s.min_silence_s,
-        ))
+        self.endpointer = Endpointer(
+            EndpointerConfig(
+                threshold=s.threshold,
+                neg_threshold=max(0.01, s.threshold - 0.15),
+                min_speech_s=s.min_speech_s,
+                min_silence_s=s.min_silence_s,
+            )
+        )
         self.samples = 0
         self._segment: list[np.ndarray] = []
         self._segment_start_sample = 0
@@ -166,9 +185,11 @@ class DetectSession:
                 await self._on_audio(item)
             elif isinstance(item, StartMessage):
                 self.decoder = stream_decoder(
-                    sample_rate=item.sample_rate, encoding=item.encoding,
+                    sample_rate=item.sample_rate,
+                    encoding=item.encoding,
                     channels=item.channels,
-                    max_frame_bytes=self.state.settings.max_frame_bytes)
+                    max_frame_bytes=self.state.settings.max_frame_bytes,
+                )
             elif isinstance(item, StopMessage):
                 break
         if self._confirmations:
@@ -194,18 +215,23 @@ class DetectSession:
         self._keep_audio(audio, was_speech)
         if probs.size:
             p = float(probs.max())
-            await self.client.send(DetectionMessage(
-                speech_detected=self.endpointer.in_speech or p >= self.endpointer.config.threshold,
-                probability=round(p, 3), t=round(self.samples / SAMPLE_RATE, 3),
-            ))
+            await self.client.send(
+                DetectionMessage(
+                    speech_detected=self.endpointer.in_speech
+                    or p >= self.endpointer.config.threshold,
+                    probability=round(p, 3),
+                    t=round(self.samples / SAMPLE_RATE, 3),
+                )
+            )
         for event in events:
             if event.kind == "speech_start":
                 await self.client.send(SpeechStartEvent(t=round(event.t, 3)))
             elif event.kind == "speech_end":
                 segment = np.concatenate(self._segment) if self._segment else np.zeros(0)
                 self._segment = []
-                task = asyncio.create_task(self._confirm(segment, event.speech_start,
-                                                         event.speech_end))
+                task = asyncio.create_task(
+                    self._confirm(segment, event.speech_start, event.speech_end)
+                )
                 self._confirmations.add(task)
                 task.add_done_callback(self._confirmations.discard)
 
@@ -236,5 +262,6 @@ class DetectSession:
             confirmed = bool(text.strip()) and not (
                 result.no_speech_prob > 0.6 and result.avg_logprob < -1.0
             )
-        await self.client.send(SpeechEndEvent(t=round(end, 3), start=round(start, 3),
-                                              confirmed=confirmed, text=text))
+        await self.client.send(
+            SpeechEndEvent(t=round(end, 3), start=round(start, 3), confirmed=confirmed, text=text)
+        )

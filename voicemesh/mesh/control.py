@@ -33,16 +33,20 @@ def write_plan(plan: MeshPlan, paths: MeshPaths) -> None:
     write_atomic(paths.plan, plan.model_dump_json(indent=2))
 
 
-def write_nginx_conf(plan: MeshPlan, paths: MeshPaths, settings: NginxSettings, *,
-                     body_limit_bytes: int) -> None:
+def write_nginx_conf(
+    plan: MeshPlan, paths: MeshPaths, settings: NginxSettings, *, body_limit_bytes: int
+) -> None:
     """Render the front door's config for the plan's gateway (no-op without nginx)."""
     front = plan.front_door()
     if front is None:
         return
     gateway = next(item for item in plan.services if item.name == GATEWAY)
-    write_embedded_conf(settings, nginx_layout(paths, front.port),
-                        [f"{url_host(gateway.host)}:{gateway.port}"],
-                        body_limit_bytes=body_limit_bytes)
+    write_embedded_conf(
+        settings,
+        nginx_layout(paths, front.port),
+        [f"{url_host(gateway.host)}:{gateway.port}"],
+        body_limit_bytes=body_limit_bytes,
+    )
 
 
 def spawn_supervisor(plan: MeshPlan, paths: MeshPaths) -> subprocess.Popen[bytes]:
@@ -50,7 +54,10 @@ def spawn_supervisor(plan: MeshPlan, paths: MeshPaths) -> subprocess.Popen[bytes
     with open(paths.supervisor_log, "wb") as log:
         supervisor = subprocess.Popen(
             [sys.executable, "-m", "voicemesh.cli", "supervise", "--plan", str(paths.plan)],
-            cwd=plan.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=plan.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     # Reap the supervisor whenever it ends so it never lingers as a zombie of this process.
@@ -62,7 +69,8 @@ def stop_leftovers(state: MeshState, grace_s: float = 5.0) -> list[str]:
     """Stop every recorded process still alive (SIGTERM, then SIGKILL); returns their labels."""
     # The port in the command line guards against a recycled pid.
     leftovers = [
-        item for item in [*state.services, state.redis]
+        item
+        for item in [*state.services, state.redis]
         if item and item.pid and pid_alive(item.pid) and cmdline_mentions(item.pid, str(item.port))
     ]
     for item in leftovers:
@@ -111,7 +119,8 @@ def stop_mesh(paths: MeshPaths, timeout: float) -> StopReport:
     left = read_state(paths) or state
     report.leftovers = stop_leftovers(left)
     report.stopped = [
-        label for label in (f"{item.label} (pid {item.pid})" for item in running)
+        label
+        for label in (f"{item.label} (pid {item.pid})" for item in running)
         if label not in report.leftovers
     ]
     remove_run_files(paths)

@@ -32,7 +32,9 @@ def redis_answers(url: str, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
     from redis.retry import Retry
 
     client = redis.Redis.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
     )
     try:
@@ -127,8 +129,11 @@ def wait_until_healthy(
             if stopped():
                 return HealthWait(False, "interrupted")
             if supervisor is not None and supervisor.poll() is not None:
-                return HealthWait(False, f"the supervisor exited with {supervisor.returncode}",
-                                  str(paths.supervisor_log))
+                return HealthWait(
+                    False,
+                    f"the supervisor exited with {supervisor.returncode}",
+                    str(paths.supervisor_log),
+                )
             state = read_state(paths)
             recorded = {item.label: item for item in state.processes()} if state else {}
             for item in wanted:
@@ -140,12 +145,18 @@ def wait_until_healthy(
                     if on_ready is not None:
                         on_ready(item, time.monotonic() - started)
                 elif current.exits >= UP_CRASH_LIMIT:
-                    return HealthWait(False, f"{item.label} exited {current.exits} times before "
-                                      "it became healthy", item.log)
+                    return HealthWait(
+                        False,
+                        f"{item.label} exited {current.exits} times before it became healthy",
+                        item.log,
+                    )
             if len(healthy) == len(wanted):
                 return HealthWait(True)
             if time.monotonic() >= deadline:
                 failing = next(item for item in wanted if item.label not in healthy)
-                return HealthWait(False, f"{failing.label} did not become healthy within "
-                                  f"{timeout:.0f} s", failing.log)
+                return HealthWait(
+                    False,
+                    f"{failing.label} did not become healthy within {timeout:.0f} s",
+                    failing.log,
+                )
             time.sleep(POLL_S)

@@ -219,8 +219,7 @@ def check_scale(specs: Sequence[ServiceSpec], scale: dict[str, int]) -> None:
 # ----------------------------------------------------------------------------- layout
 
 
-def _redis_plan(paths: MeshPaths, redis_port: int, used: set[int],
-                notes: list[str]) -> ProcessPlan:
+def _redis_plan(paths: MeshPaths, redis_port: int, used: set[int], notes: list[str]) -> ProcessPlan:
     """The bundled Redis, on its usual port or a free one."""
     binary = redis_server_binary()
     if binary is None:
@@ -234,18 +233,42 @@ def _redis_plan(paths: MeshPaths, redis_port: int, used: set[int],
         redis_port = chosen
     used.add(redis_port)
     return ProcessPlan(
-        name="redis", kind="redis",
+        name="redis",
+        kind="redis",
         # Loopback only whatever --host says: Redis has no password here.
-        argv=[binary, "--port", str(redis_port), "--bind", "127.0.0.1",
-              "--dir", str(paths.redis_data), "--dbfilename", "dump.rdb",
-              "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"],
-        host="127.0.0.1", port=redis_port, url=f"redis://127.0.0.1:{redis_port}/0",
+        argv=[
+            binary,
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(paths.redis_data),
+            "--dbfilename",
+            "dump.rdb",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+        ],
+        host="127.0.0.1",
+        port=redis_port,
+        url=f"redis://127.0.0.1:{redis_port}/0",
         log=str(paths.logs / "redis.log"),
     )
 
 
-def _service_port(spec: ServiceSpec, replica: int, *, host: str, gateway_port: int,
-                  used: set[int], notes: list[str]) -> int:
+def _service_port(
+    spec: ServiceSpec,
+    replica: int,
+    *,
+    host: str,
+    gateway_port: int,
+    used: set[int],
+    notes: list[str],
+) -> int:
     """The port of one replica: the gateway's ``--port``, else the default, else a free one."""
     if spec.name == GATEWAY:
         if gateway_port in used or not port_is_free(host, gateway_port):
@@ -283,29 +306,38 @@ def build_plan(
     for spec in specs:
         count = scale.get(spec.name, 1)
         for replica in range(1, count + 1):
-            chosen = _service_port(spec, replica, host=host, gateway_port=port, used=used,
-                                   notes=notes)
+            chosen = _service_port(
+                spec, replica, host=host, gateway_port=port, used=used, notes=notes
+            )
             used.add(chosen)
             stem = spec.name if count == 1 else f"{spec.name}-{replica}"
-            services.append(ProcessPlan(
-                name=spec.name, replica=replica,
-                argv=[sys.executable, "-m", *spec.uvicorn_args(host, chosen)],
-                env={
-                    f"{spec.env_prefix}HOST": host,
-                    f"{spec.env_prefix}PORT": str(chosen),
-                    "VOICEMESH_REDIS_URL": redis_url,
-                    "VOICEMESH_HOME": str(paths.home),
-                    "PYTHONUNBUFFERED": "1",
-                },
-                host=host, port=chosen, url=f"http://{url_host(host)}:{chosen}",
-                log=str(paths.logs / f"{stem}.log"),
-            ))
+            services.append(
+                ProcessPlan(
+                    name=spec.name,
+                    replica=replica,
+                    argv=[sys.executable, "-m", *spec.uvicorn_args(host, chosen)],
+                    env={
+                        f"{spec.env_prefix}HOST": host,
+                        f"{spec.env_prefix}PORT": str(chosen),
+                        "VOICEMESH_REDIS_URL": redis_url,
+                        "VOICEMESH_HOME": str(paths.home),
+                        "PYTHONUNBUFFERED": "1",
+                    },
+                    host=host,
+                    port=chosen,
+                    url=f"http://{url_host(host)}:{chosen}",
+                    log=str(paths.logs / f"{stem}.log"),
+                )
+            )
     if not services:
         raise PlanError("nothing to start: every service is scaled to 0")
     if nginx is not None:
         services.append(_nginx_plan(nginx, paths, services, used))
     return MeshPlan(
-        home=str(paths.home), cwd=os.getcwd(), redis_url=redis_url, redis=redis,
+        home=str(paths.home),
+        cwd=os.getcwd(),
+        redis_url=redis_url,
+        redis=redis,
         services=services,
     )
 
@@ -327,8 +359,15 @@ def plan_mesh(
     check_scale(specs, scale)
     chosen, notes = select_services(specs, no_gpu=no_gpu, cuda_present=cuda_present)
     plan = build_plan(
-        chosen, paths=paths, host=host, port=port, redis_url=external_redis_url(redis_url),
-        scale=scale, redis_port=redis_port, notes=notes, nginx=nginx,
+        chosen,
+        paths=paths,
+        host=host,
+        port=port,
+        redis_url=external_redis_url(redis_url),
+        scale=scale,
+        redis_port=redis_port,
+        notes=notes,
+        nginx=nginx,
     )
     return plan, notes
 
@@ -345,8 +384,10 @@ def _nginx_plan(
     if not any(item.name == GATEWAY for item in services):
         raise PlanError("--with-nginx needs the gateway, which is scaled to 0")
     if settings.port in used or not port_is_free(settings.host, settings.port):
-        raise PlanError(f"nginx port {settings.port} on {settings.host} is in use; "
-                        "pick another with --nginx-port")
+        raise PlanError(
+            f"nginx port {settings.port} on {settings.host} is in use; "
+            "pick another with --nginx-port"
+        )
     used.add(settings.port)
     layout = nginx_layout(paths, settings.port)
     try:
@@ -354,7 +395,11 @@ def _nginx_plan(
     except FileNotFoundError as exc:
         raise PlanError(str(exc)) from exc
     return ProcessPlan(
-        name=NGINX, kind="nginx", argv=argv, host=settings.host, port=settings.port,
+        name=NGINX,
+        kind="nginx",
+        argv=argv,
+        host=settings.host,
+        port=settings.port,
         url=f"http://{url_host(settings.host)}:{settings.port}",
         log=str(paths.logs / "nginx.log"),
     )

@@ -99,7 +99,10 @@ class ChildProcess:
         self.restart_at = now + self.backoff_s
         _LOGGER.warning(
             "%s %s; restarting in %.0f s (log: %s)",
-            self.plan.label, why, self.backoff_s, self.plan.log,
+            self.plan.label,
+            why,
+            self.backoff_s,
+            self.plan.log,
         )
         self.backoff_s = min(self.backoff_s * 2, BACKOFF_MAX_S)
 
@@ -111,10 +114,17 @@ class ChildProcess:
         """This child as recorded in ``state.json``."""
         running = self.process is not None
         return ProcessState(
-            name=self.plan.name, replica=self.plan.replica, kind=self.plan.kind,
+            name=self.plan.name,
+            replica=self.plan.replica,
+            kind=self.plan.kind,
             pid=self.process.pid if self.process is not None else None,
-            host=self.plan.host, port=self.plan.port, url=self.plan.url, log=self.plan.log,
-            restarts=self.restarts, exits=self.exits, started_at=self.started_at,
+            host=self.plan.host,
+            port=self.plan.port,
+            url=self.plan.url,
+            log=self.plan.log,
+            restarts=self.restarts,
+            exits=self.exits,
+            started_at=self.started_at,
             status="running" if running else ("backoff" if self.restart_at else "stopped"),
         )
 
@@ -164,8 +174,9 @@ class Supervisor:
                 self._write_state()
                 return
             time.sleep(0.05)
-        _LOGGER.warning("redis did not answer within %.0f s; starting services anyway",
-                        REDIS_START_TIMEOUT_S)
+        _LOGGER.warning(
+            "redis did not answer within %.0f s; starting services anyway", REDIS_START_TIMEOUT_S
+        )
 
     def tick(self) -> None:
         """Reap exited processes and restart the ones whose backoff is over."""
@@ -216,8 +227,9 @@ class Supervisor:
             try:
                 child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _LOGGER.warning("%s ignored SIGTERM for %.0f s; killing it",
-                                child.plan.label, self.plan.grace_s)
+                _LOGGER.warning(
+                    "%s ignored SIGTERM for %.0f s; killing it", child.plan.label, self.plan.grace_s
+                )
                 signal_group(child.process.pid, signal.SIGKILL)
                 child.process.wait()
             child.process = None
@@ -229,8 +241,11 @@ class Supervisor:
     def state(self) -> MeshState:
         """The state to record."""
         return MeshState(
-            supervisor_pid=os.getpid(), started_at=self.started_at, home=self.plan.home,
-            logs_dir=str(self.paths.logs), redis_url=self.plan.redis_url,
+            supervisor_pid=os.getpid(),
+            started_at=self.started_at,
+            home=self.plan.home,
+            logs_dir=str(self.paths.logs),
+            redis_url=self.plan.redis_url,
             redis=self.redis.state() if self.redis else None,
             services=[child.state() for child in self.services],
         )

@@ -78,11 +78,14 @@ def load_transcriber(
     _LOGGER.info("loading faster-whisper model %s from %s", model, model_path)
     # cast: the class narrows ``device`` to Literal["cpu", "cuda"], which the Protocol's
     # mutable ``device: str`` attribute does not accept as a structural match.
-    return cast(Transcriber, FasterWhisperTranscriber(
-        model_path,
-        model_name=model,
-        device=resolved,
-        compute_type=compute_type,
-        cpu_threads=cpu_threads,
-        beam_size=beam_size,
-    ))
+    return cast(
+        Transcriber,
+        FasterWhisperTranscriber(
+            model_path,
+            model_name=model,
+            device=resolved,
+            compute_type=compute_type,
+            cpu_threads=cpu_threads,
+            beam_size=beam_size,
+        ),
+    )

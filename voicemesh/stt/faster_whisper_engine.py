@@ -62,8 +62,7 @@ class FasterWhisperTranscriber:
             ) from exc
         self.multilingual = bool(self._model.model.is_multilingual)
         self.languages: frozenset[str] = (
-            frozenset(self._model.supported_languages) if self.multilingual
-            else frozenset({"en"})
+            frozenset(self._model.supported_languages) if self.multilingual else frozenset({"en"})
         )
 
     def transcribe(
@@ -87,20 +86,34 @@ class FasterWhisperTranscriber:
         if not self.multilingual:
             language = "en"
         seconds = len(audio) / SAMPLE_RATE
-        if not word_timestamps and not segment_timestamps and self.window_pad_s > 0 and (
-            seconds + self.window_pad_s <= MAX_WINDOW_S
+        if (
+            not word_timestamps
+            and not segment_timestamps
+            and self.window_pad_s > 0
+            and (seconds + self.window_pad_s <= MAX_WINDOW_S)
         ):
             samples = np.ascontiguousarray(audio, dtype=np.float32)
             beam = beam_size or self.beam_size
-            result = self._transcribe_window(samples, language=language, prefix=prefix,
-                                             beam_size=beam, pad_s=self.window_pad_s,
-                                             prompt=prompt)
+            result = self._transcribe_window(
+                samples,
+                language=language,
+                prefix=prefix,
+                beam_size=beam,
+                pad_s=self.window_pad_s,
+                prompt=prompt,
+            )
             if quality_fallback and suspicious(result):
                 # Short windows occasionally send Whisper into a loop on hard audio
                 # (quiet, far-field); the full 30 s window is the reference behaviour.
                 # Like Whisper's own fallback, the retry drops the context prompt.
-                result = self._transcribe_window(samples, language=language, prefix=prefix,
-                                                 beam_size=beam, pad_s=None, prompt=None)
+                result = self._transcribe_window(
+                    samples,
+                    language=language,
+                    prefix=prefix,
+                    beam_size=beam,
+                    pad_s=None,
+                    prompt=None,
+                )
                 result.retried = True
             return result
         segments_iter, info = self._model.transcribe(
@@ -124,13 +137,21 @@ class FasterWhisperTranscriber:
             words = None
             if seg.words:
                 words = [
-                    Word(word=w.word, start=round(w.start, 3), end=round(w.end, 3),
-                         probability=round(w.probability, 3))
+                    Word(
+                        word=w.word,
+                        start=round(w.start, 3),
+                        end=round(w.end, 3),
+                        probability=round(w.probability, 3),
+                    )
                     for w in seg.words
                 ]
             segments.append(
-                Segment(start=round(seg.start, 3), end=round(seg.end, 3), text=seg.text.strip(),
-                        words=words)
+                Segment(
+                    start=round(seg.start, 3),
+                    end=round(seg.end, 3),
+                    text=seg.text.strip(),
+                    words=words,
+                )
             )
             texts.append(seg.text)
             no_speech.append(seg.no_speech_prob)
@@ -146,8 +167,14 @@ class FasterWhisperTranscriber:
         )
 
     def _transcribe_window(
-        self, audio: np.ndarray, *, language: str | None, prefix: str | None, beam_size: int,
-        pad_s: float | None, prompt: str | None = None,
+        self,
+        audio: np.ndarray,
+        *,
+        language: str | None,
+        prefix: str | None,
+        beam_size: int,
+        pad_s: float | None,
+        prompt: str | None = None,
     ) -> TranscriptionResult:
         """Encode only the audio plus ``window_pad_s`` of silence, not a padded 30 s.
 
@@ -173,8 +200,9 @@ class FasterWhisperTranscriber:
             detected = model.model.detect_language(encoder_output)[0][0]
             language = detected[0][2:-2]
             language_probability = float(detected[1])
-        tokenizer = Tokenizer(model.hf_tokenizer, self.multilingual, task="transcribe",
-                              language=language)
+        tokenizer = Tokenizer(
+            model.hf_tokenizer, self.multilingual, task="transcribe", language=language
+        )
         tokens_in: list[int] = []
         if prompt and prompt.strip():
             context = tokenizer.encode(" " + prompt.strip())[-MAX_PROMPT_TOKENS:]
@@ -195,7 +223,7 @@ class FasterWhisperTranscriber:
             suppress_tokens=get_suppressed_tokens(tokenizer, (-1,)),
         )[0]
         # The result repeats the forced prefix before the generated tokens.
-        tokens = [t for t in result.sequences_ids[0][len(prefix_tokens):] if t < tokenizer.eot]
+        tokens = [t for t in result.sequences_ids[0][len(prefix_tokens) :] if t < tokenizer.eot]
         text = tokenizer.decode(tokens)
         if prefix:
             text = prefix.strip() + text

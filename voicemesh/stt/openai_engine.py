@@ -153,12 +153,14 @@ class OpenAIWhisperTranscriber:
                 words = []
                 for w in seg["words"]:
                     w_start = _clamp(w["start"], duration)
-                    words.append(Word(
-                        word=str(w["word"]),
-                        start=w_start,
-                        end=max(w_start, _clamp(w["end"], duration)),
-                        probability=round(float(w.get("probability", 0.0)), 3),
-                    ))
+                    words.append(
+                        Word(
+                            word=str(w["word"]),
+                            start=w_start,
+                            end=max(w_start, _clamp(w["end"], duration)),
+                            probability=round(float(w.get("probability", 0.0)), 3),
+                        )
+                    )
             segments.append(Segment(start=start, end=end, text=text.strip(), words=words))
             texts.append(text)
             no_speech.append(float(seg.get("no_speech_prob", 0.0)))

@@ -43,8 +43,9 @@ def is_chinese(language: str | None) -> bool:
     return (language or "").lower().startswith("zh")
 
 
-def convert_for_language(text: str, language: str | None,
-                         script: ChineseScript = "simplified") -> str:
+def convert_for_language(
+    text: str, language: str | None, script: ChineseScript = "simplified"
+) -> str:
     """``text`` in ``script`` when ``language`` is Chinese; other languages unchanged."""
     return convert_text(text, script) if is_chinese(language) else text
 
@@ -61,13 +62,26 @@ def result_postprocessor(
         if not is_chinese(result.language):
             return result
         segments = [
-            Segment(start=s.start, end=s.end, text=convert_text(s.text, script),
-                    words=[Word(word=convert_text(w.word, script), start=w.start, end=w.end,
-                                probability=w.probability) for w in s.words]
-                    if s.words is not None else None)
+            Segment(
+                start=s.start,
+                end=s.end,
+                text=convert_text(s.text, script),
+                words=[
+                    Word(
+                        word=convert_text(w.word, script),
+                        start=w.start,
+                        end=w.end,
+                        probability=w.probability,
+                    )
+                    for w in s.words
+                ]
+                if s.words is not None
+                else None,
+            )
             for s in result.segments
         ]
-        return dataclasses.replace(result, text=convert_text(result.text, script),
-                                   segments=segments)
+        return dataclasses.replace(
+            result, text=convert_text(result.text, script), segments=segments
+        )
 
     return convert

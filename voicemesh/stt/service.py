@@ -83,7 +83,8 @@ class SttState:
         self.settings = settings
         self.transcriber = transcriber
         self.scheduler = DecodeScheduler(
-            transcriber, workers=settings.workers,
+            transcriber,
+            workers=settings.workers,
             postprocess=result_postprocessor(settings.chinese_script),
         )
         self.metrics = metrics
@@ -100,8 +101,12 @@ class SttState:
     def label(self) -> EngineLabel:
         """Engine, device and model as finals report them."""
         t = self.transcriber
-        return EngineLabel(engine=t.engine, device=t.device, model=self.settings.model,
-                           backend=self.settings.instance_id)
+        return EngineLabel(
+            engine=t.engine,
+            device=t.device,
+            model=self.settings.model,
+            backend=self.settings.instance_id,
+        )
 
     def replica_info(self) -> ReplicaInfo:
         """This replica as the registry shows it."""
@@ -144,20 +149,29 @@ def create_stt_app(settings: SttSettings, transcriber: Transcriber | None = None
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine: Transcriber = (
-            transcriber if transcriber is not None
+            transcriber
+            if transcriber is not None
             else await asyncio.to_thread(load_engine, settings)
         )
         state = SttState(settings, engine, metrics)
         app.state.stt = state
         await asyncio.to_thread(_warm_up, state)
         try:
-            async with serve_replica(settings, state.replica_info,
-                                     is_idle=lambda: not state.sessions,
-                                     mark_draining=state.mark_draining,
-                                     max_drain_s=settings.max_drain_s) as heartbeat:
+            async with serve_replica(
+                settings,
+                state.replica_info,
+                is_idle=lambda: not state.sessions,
+                mark_draining=state.mark_draining,
+                max_drain_s=settings.max_drain_s,
+            ) as heartbeat:
                 state.heartbeat = heartbeat
-                _LOGGER.info("%s ready: %s %s on %s", settings.kind, engine.engine,
-                             settings.model, engine.device)
+                _LOGGER.info(
+                    "%s ready: %s %s on %s",
+                    settings.kind,
+                    engine.engine,
+                    settings.model,
+                    engine.device,
+                )
                 yield
         finally:
             state.scheduler.close()
@@ -214,8 +228,12 @@ async def transcribe_file(
     language = check_language(state.transcriber, language or settings.language)
     started = time.perf_counter()
     result = await state.scheduler.decode(
-        audio, Priority.BATCH, language=language, word_timestamps=word_timestamps,
-        segment_timestamps=True, prompt=prompt or None,
+        audio,
+        Priority.BATCH,
+        language=language,
+        word_timestamps=word_timestamps,
+        segment_timestamps=True,
+        prompt=prompt or None,
     )
     state.metrics.observe("transcribe_file", time.perf_counter() - started)
     state.metrics.count("transcribe_file", "ok")
@@ -253,12 +271,14 @@ class StreamHandler:
         self.session_id = uuid.uuid4().hex[:12]
         self.client = ClientSocket(ws, metrics=state.metrics, name=self.session_id)
         self.decoder: AudioStreamDecoder = PcmStreamDecoder(
-            max_frame_bytes=self.settings.max_frame_bytes)
+            max_frame_bytes=self.settings.max_frame_bytes
+        )
         self.session: StreamingSession | None = None
         self.audio_seen = False
 
-    async def send(self, message: ReadyMessage | PartialMessage | FinalMessage
-                   | VadMessage) -> None:
+    async def send(
+        self, message: ReadyMessage | PartialMessage | FinalMessage | VadMessage
+    ) -> None:
         """Send one message; a final that reached the client is counted."""
         await self.client.send(message)
         if isinstance(message, FinalMessage) and self.client.open:
@@ -266,7 +286,9 @@ class StreamHandler:
 
     def _new_session(self, language: str | None) -> StreamingSession:
         return StreamingSession(
-            self.state.scheduler, self.send, self.state.label,
+            self.state.scheduler,
+            self.send,
+            self.state.label,
             self.settings.streaming_config(language),
         )
 
@@ -274,22 +296,30 @@ class StreamHandler:
         """Serve the connection until the client stops or goes away."""
         state = self.state
         if state.draining or len(state.sessions) >= self.settings.max_sessions:
-            await self.client.refuse("busy", "this replica takes no new sessions; try another",
-                                     CLOSE_TRY_AGAIN)
+            await self.client.refuse(
+                "busy", "this replica takes no new sessions; try another", CLOSE_TRY_AGAIN
+            )
             return
         self.session = self._new_session(None)
         state.sessions[self.session_id] = self.session
         state.metrics.active_sessions.labels(self.settings.kind).inc()
         label = state.label
-        await self.send(ReadyMessage(session_id=self.session_id, engine=label.engine,
-                                     device=label.device, model=label.model,
-                                     backend=label.backend))
+        await self.send(
+            ReadyMessage(
+                session_id=self.session_id,
+                engine=label.engine,
+                device=label.device,
+                model=label.model,
+                backend=label.backend,
+            )
+        )
         try:
             await self._receive_loop()
         except Exception:
             _LOGGER.exception("session %s failed", self.session_id)
-            await self.client.error("internal_error", "the engine failed on this session",
-                                    fatal=True)
+            await self.client.error(
+                "internal_error", "the engine failed on this session", fatal=True
+            )
             await self.client.close(CLOSE_INTERNAL)
         finally:
             self.client.open = False
@@ -322,18 +352,20 @@ class StreamHandler:
 
     async def _start(self, start: StartMessage) -> None:
         if self.audio_seen:
-            await self.client.error("bad_message",
-                                    "'start' must come before the first audio frame")
+            await self.client.error("bad_message", "'start' must come before the first audio frame")
             return
         try:
-            language = check_language(self.state.transcriber,
-                                      start.language or self.settings.language)
+            language = check_language(
+                self.state.transcriber, start.language or self.settings.language
+            )
         except VoiceMeshError as exc:
             await self.client.error(exc.code, exc.message)
             return
         try:
             self.decoder = stream_decoder(
-                sample_rate=start.sample_rate, encoding=start.encoding, channels=start.channels,
+                sample_rate=start.sample_rate,
+                encoding=start.encoding,
+                channels=start.channels,
                 max_frame_bytes=self.settings.max_frame_bytes,
             )
         except VoiceMeshError as exc:

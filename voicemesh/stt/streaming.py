@@ -139,8 +139,9 @@ class StreamingSession:
         ``until``; the engine's own endpoint will end it).
         """
         async with self._lock:
-            if until is not None and (self._buf_start / SAMPLE_RATE >= until
-                                      or self._last_speech_start > until):
+            if until is not None and (
+                self._buf_start / SAMPLE_RATE >= until or self._last_speech_start > until
+            ):
                 return
             if self.in_utterance or self._speech_samples > 0:
                 await self._finalize(reason, end_sample=self.samples)
@@ -178,8 +179,7 @@ class StreamingSession:
     async def _hold(self) -> bool:
         """Hold a doubtful speculative final for more silence; True when it is held."""
         spec = self._spec
-        if (self.config.hold_s <= 0 or spec is None
-                or spec[1].cancelled()):
+        if self.config.hold_s <= 0 or spec is None or spec[1].cancelled():
             return False
         try:
             result = await spec[1]
@@ -188,8 +188,9 @@ class StreamingSession:
         if not looks_like_speech(result, self.config) or not doubtful(result, self.config):
             return False
         self._spec = None
-        self._held = _Held(result, end=self.samples,
-                           until=self.samples + int(self.config.hold_s * SAMPLE_RATE))
+        self._held = _Held(
+            result, end=self.samples, until=self.samples + int(self.config.hold_s * SAMPLE_RATE)
+        )
         return True
 
     def _drop_front(self, samples: int) -> None:
@@ -328,8 +329,12 @@ class StreamingSession:
             _LOGGER.debug("utterance %d dropped: no speech", utterance_id)
             return
         segments = [
-            Segment(start=round(start_s + s.start, 3), end=round(start_s + s.end, 3),
-                    text=s.text, words=s.words)
+            Segment(
+                start=round(start_s + s.start, 3),
+                end=round(start_s + s.end, 3),
+                text=s.text,
+                words=s.words,
+            )
             for s in result.segments
         ]
         self.finals += 1

@@ -158,15 +158,17 @@ class Endpointer:
                         self.in_speech = True
                         self._silence_run = 0.0
                         self._onset_sent = False
-                        events.append(VadEvent("speech_start", self.speech_start,
-                                               speech_start=self.speech_start))
+                        events.append(
+                            VadEvent(
+                                "speech_start", self.speech_start, speech_start=self.speech_start
+                            )
+                        )
                 else:
                     self._speech_run = 0.0
                 continue
             if p >= cfg.threshold:
                 if self._onset_sent:
-                    events.append(VadEvent("speech_resume", self.t,
-                                           speech_start=self.speech_start))
+                    events.append(VadEvent("speech_resume", self.t, speech_start=self.speech_start))
                 self._silence_run = 0.0
                 self._onset_sent = False
             elif p < cfg.neg_threshold or self._silence_run > 0.0:
@@ -176,13 +178,24 @@ class Endpointer:
                 self._silence_run += WINDOW_S
                 if not self._onset_sent and self._silence_run >= cfg.silence_onset_s:
                     self._onset_sent = True
-                    events.append(VadEvent("silence_onset", self.t,
-                                           speech_start=self.speech_start,
-                                           speech_end=self.last_speech_end))
+                    events.append(
+                        VadEvent(
+                            "silence_onset",
+                            self.t,
+                            speech_start=self.speech_start,
+                            speech_end=self.last_speech_end,
+                        )
+                    )
                 if self._silence_run >= cfg.min_silence_s:
                     self.in_speech = False
                     self._speech_run = 0.0
                     self._silence_run = 0.0
-                    events.append(VadEvent("speech_end", self.t, speech_start=self.speech_start,
-                                           speech_end=self.last_speech_end))
+                    events.append(
+                        VadEvent(
+                            "speech_end",
+                            self.t,
+                            speech_start=self.speech_start,
+                            speech_end=self.last_speech_end,
+                        )
+                    )
         return events

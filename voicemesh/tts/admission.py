@@ -24,7 +24,8 @@ class Admission:
         if self.waiting >= self.max_queue and self._semaphore.locked():
             raise Busy(
                 f"this replica is busy ({self.active} running, {self.waiting} waiting); "
-                "try again or another replica")
+                "try again or another replica"
+            )
         self.waiting += 1
         try:
             await asyncio.wait_for(self._semaphore.acquire(), timeout=self.timeout_s)

@@ -132,8 +132,12 @@ def _expand(catalogue: CatalogueFile) -> list[tuple[VoiceEntry, ModelEntry]]:
         for rng in model.speaker_ranges:
             for sid in range(rng.first, rng.last + 1):
                 entry = VoiceEntry(
-                    id=rng.id.format(sid=sid), name=rng.name.format(sid=sid), model=model.id,
-                    speaker_id=sid, language=model.language, gender=rng.gender,
+                    id=rng.id.format(sid=sid),
+                    name=rng.name.format(sid=sid),
+                    model=model.id,
+                    speaker_id=sid,
+                    language=model.language,
+                    gender=rng.gender,
                     tags=list(rng.tags),
                 )
                 pairs.append((entry, model))
@@ -179,9 +183,7 @@ class VoiceCatalogue:
         self.file = catalogue
         self.models_dir = models_dir
         self.models = {m.id: m for m in catalogue.models}
-        self.installed_models = {
-            m.id for m in catalogue.models if not missing_files(m, models_dir)
-        }
+        self.installed_models = {m.id for m in catalogue.models if not missing_files(m, models_dir)}
         self.voices: dict[str, Voice] = {}
         for entry, model in _expand(catalogue):
             self.voices[entry.id] = Voice(entry, model, model.id in self.installed_models)
@@ -198,7 +200,8 @@ class VoiceCatalogue:
             sample = ", ".join(v.id for v in self.voices.values() if v.installed) or "none"
             raise UnknownModel(
                 f"no voice named {voice_id!r}; installed voices: {sample} "
-                "(GET /v1/voices lists all)", code="unknown_voice",
+                "(GET /v1/voices lists all)",
+                code="unknown_voice",
             )
         return found
 

@@ -31,7 +31,8 @@ def recommend(candidates: list[CandidateMeasure]) -> int | None:
     lengths = [c.duration_s * c.speed for c in candidates]
     median = statistics.median(lengths)
     eligible = [
-        i for i, length in enumerate(lengths)
+        i
+        for i, length in enumerate(lengths)
         if median <= 0 or abs(length - median) <= LENGTH_TOLERANCE * median
     ]
     pool = eligible or list(range(len(candidates)))

@@ -26,8 +26,11 @@ MEDIA_TYPES: dict[str, str] = {
 }
 _OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 _MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
-_SOUNDFILE_FORMAT = {"flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III"),
-                     "opus": ("OGG", "OPUS")}
+_SOUNDFILE_FORMAT = {
+    "flac": ("FLAC", "PCM_16"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+    "opus": ("OGG", "OPUS"),
+}
 _UNKNOWN_SIZE = 0xFFFFFFFF
 
 
@@ -59,9 +62,14 @@ def wav_header(sample_rate: int, data_bytes: int | None) -> bytes:
     """A 44-byte PCM16 mono WAV header; ``None`` writes the streaming "unknown" sizes."""
     size = _UNKNOWN_SIZE if data_bytes is None else data_bytes
     riff = _UNKNOWN_SIZE if data_bytes is None else 36 + data_bytes
-    return (b"RIFF" + struct.pack("<I", riff) + b"WAVEfmt "
-            + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
-            + b"data" + struct.pack("<I", size))
+    return (
+        b"RIFF"
+        + struct.pack("<I", riff)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", size)
+    )
 
 
 class _ByteSink:
@@ -120,7 +128,7 @@ class _ForwardSink(io.RawIOBase):
             start = self._pos - self._sent
             if self._pos > end:
                 self._pending.extend(b"\0" * (self._pos - end))
-            self._pending[start:start + len(chunk)] = chunk
+            self._pending[start : start + len(chunk)] = chunk
         self._pos += len(chunk)
         return len(chunk)
 
@@ -158,8 +166,14 @@ class AudioEncoder:
 
             major, subtype = _SOUNDFILE_FORMAT[fmt]
             self._sink = _ForwardSink()
-            self._file = soundfile.SoundFile(self._sink, mode="w", samplerate=sample_rate,
-                                             channels=1, format=major, subtype=subtype)
+            self._file = soundfile.SoundFile(
+                self._sink,
+                mode="w",
+                samplerate=sample_rate,
+                channels=1,
+                format=major,
+                subtype=subtype,
+            )
 
     def feed(self, audio: np.ndarray) -> bytes:
         """Encoded bytes for the next piece of audio (may be empty for compressed formats)."""
@@ -219,8 +233,9 @@ def encode_audio(audio: np.ndarray, sample_rate: int, fmt: AudioFormat) -> bytes
 
     container, subtype = _SOUNDFILE_FORMAT[fmt]
     buffer = io.BytesIO()
-    with soundfile.SoundFile(buffer, mode="w", samplerate=sample_rate, channels=1,
-                             format=container, subtype=subtype) as out:
+    with soundfile.SoundFile(
+        buffer, mode="w", samplerate=sample_rate, channels=1, format=container, subtype=subtype
+    ) as out:
         out.write(np.clip(audio, -1.0, 1.0).astype(np.float32))
     return buffer.getvalue()
 

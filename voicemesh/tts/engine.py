@@ -151,8 +151,7 @@ def _espeak() -> Any:
             from piper.phonemize_espeak import EspeakPhonemizer
         except ImportError as exc:
             raise ModelAssetError(
-                "Piper voices need espeak-ng from the PyPI package piper-tts; "
-                "pip install piper-tts"
+                "Piper voices need espeak-ng from the PyPI package piper-tts; pip install piper-tts"
             ) from exc
         _ESPEAK = EspeakPhonemizer()
     return _ESPEAK
@@ -176,24 +175,35 @@ def _sherpa_config(files: TtsModelFiles, num_threads: int, provider: str) -> Any
     model_kw: dict[str, Any] = {"num_threads": num_threads, "provider": provider, "debug": False}
     if files.family in ("piper", "vits"):
         model_kw["vits"] = sherpa_onnx.OfflineTtsVitsModelConfig(
-            model=str(files.model), tokens=str(files.tokens), lexicon=s(files.lexicon),
+            model=str(files.model),
+            tokens=str(files.tokens),
+            lexicon=s(files.lexicon),
             dict_dir=s(files.dict_dir),
             # espeak text is phonemised here; sherpa-onnx only maps code points to ids.
             data_dir="" if files.espeak_voice else s(files.data_dir),
-            noise_scale=files.noise_scale, noise_scale_w=files.noise_scale_w,
+            noise_scale=files.noise_scale,
+            noise_scale_w=files.noise_scale_w,
             length_scale=files.length_scale,
         )
     elif files.family == "kokoro":
         model_kw["kokoro"] = sherpa_onnx.OfflineTtsKokoroModelConfig(
-            model=str(files.model), voices=s(files.voices), tokens=str(files.tokens),
-            data_dir=s(files.data_dir), lexicon=s(files.lexicon),
+            model=str(files.model),
+            voices=s(files.voices),
+            tokens=str(files.tokens),
+            data_dir=s(files.data_dir),
+            lexicon=s(files.lexicon),
             length_scale=files.length_scale,
         )
     else:
         model_kw["matcha"] = sherpa_onnx.OfflineTtsMatchaModelConfig(
-            acoustic_model=str(files.model), vocoder=s(files.vocoder), tokens=str(files.tokens),
-            lexicon=s(files.lexicon), data_dir=s(files.data_dir), dict_dir=s(files.dict_dir),
-            noise_scale=files.noise_scale, length_scale=files.length_scale,
+            acoustic_model=str(files.model),
+            vocoder=s(files.vocoder),
+            tokens=str(files.tokens),
+            lexicon=s(files.lexicon),
+            data_dir=s(files.data_dir),
+            dict_dir=s(files.dict_dir),
+            noise_scale=files.noise_scale,
+            length_scale=files.length_scale,
         )
     return sherpa_onnx.OfflineTtsConfig(
         model=sherpa_onnx.OfflineTtsModelConfig(**model_kw),
@@ -251,8 +261,13 @@ class SherpaSynthesizer:
         self._num_speakers = max(1, int(first.num_speakers))
         _LOGGER.info(
             "loaded %s model %s (%d Hz, %d speakers, pool %d x %d threads) in %.1f s",
-            files.family, files.model, self._sample_rate, self._num_speakers, pool_size,
-            num_threads, time.monotonic() - started,
+            files.family,
+            files.model,
+            self._sample_rate,
+            self._num_speakers,
+            pool_size,
+            num_threads,
+            time.monotonic() - started,
         )
 
     @property
@@ -268,8 +283,9 @@ class SherpaSynthesizer:
     def _check(self, text: str, speaker_id: int, speed: float) -> str:
         """Normalised text, or BadRequest for empty text, a bad speaker or speed."""
         if not MIN_SPEED <= speed <= MAX_SPEED:
-            raise BadRequest(f"speed must be between {MIN_SPEED} and {MAX_SPEED}, got {speed}",
-                             code="bad_speed")
+            raise BadRequest(
+                f"speed must be between {MIN_SPEED} and {MAX_SPEED}, got {speed}", code="bad_speed"
+            )
         if not 0 <= speaker_id < self._num_speakers:
             raise BadRequest(
                 f"speaker id {speaker_id} is out of range: this model has "
@@ -310,8 +326,13 @@ class SherpaSynthesizer:
             audio = self._generate(piece, speaker_id, speed)
             if index < len(pieces) - 1 and piece[-1:] in SENTENCE_END_CHARS:
                 audio = np.concatenate([audio, pause])
-            yield SynthesisChunk(audio=audio, sample_rate=self._sample_rate, text=piece,
-                                 index=index, synthesis_s=time.monotonic() - started)
+            yield SynthesisChunk(
+                audio=audio,
+                sample_rate=self._sample_rate,
+                text=piece,
+                index=index,
+                synthesis_s=time.monotonic() - started,
+            )
 
     def synthesize_chunks(
         self, text: str, *, speaker_id: int = 0, speed: float = 1.0
@@ -332,9 +353,13 @@ class SherpaSynthesizer:
                 first = time.monotonic() - started
             parts.append(chunk.audio)
         audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
-        return SynthesisResult(audio=audio, sample_rate=self._sample_rate,
-                               synthesis_s=time.monotonic() - started, first_chunk_s=first,
-                               sentences=sentences)
+        return SynthesisResult(
+            audio=audio,
+            sample_rate=self._sample_rate,
+            synthesis_s=time.monotonic() - started,
+            first_chunk_s=first,
+            sentences=sentences,
+        )
 
 
 VitsSynthesizer = SherpaSynthesizer

@@ -34,8 +34,9 @@ def espeak_data_dir(packages: PackageLookup | None = None) -> Path:
     return PIPER_JOE.sources(packages or INSTALLED).espeak_data
 
 
-def prepare_piper_voice(root: Path, packages: PackageLookup, *, force: bool = False,
-                        progress: bool = False) -> Path:
+def prepare_piper_voice(
+    root: Path, packages: PackageLookup, *, force: bool = False, progress: bool = False
+) -> Path:
     """Prepare the Joe voice in ``root/vits-piper-en_US-joe-medium`` unless already there."""
     return PIPER_JOE.prepare(root, packages, force=force, progress=progress)
 
@@ -61,8 +62,9 @@ def piper_model_files(folder: Path, espeak_data: Path) -> TtsModelFiles:
     )
 
 
-def default_voice_files(models_dir: Path | None = None, *, prepare: bool = True,
-                        packages: PackageLookup | None = None) -> TtsModelFiles:
+def default_voice_files(
+    models_dir: Path | None = None, *, prepare: bool = True, packages: PackageLookup | None = None
+) -> TtsModelFiles:
     """The bundled Joe voice, prepared into the model cache when needed, as engine files."""
     lookup = packages or INSTALLED
     root = cache_root(models_dir)

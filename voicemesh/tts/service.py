@@ -58,8 +58,9 @@ Tts = Annotated[TtsState, Depends(get_tts_state)]
 router = APIRouter()
 
 
-def create_tts_app(settings: TtsSettings,
-                   engines: Mapping[str, Synthesizer] | None = None) -> FastAPI:
+def create_tts_app(
+    settings: TtsSettings, engines: Mapping[str, Synthesizer] | None = None
+) -> FastAPI:
     """Build the TTS app; ``engines`` (by catalogue model id) are used instead of loading."""
     apply_log_level(settings, settings.kind)
     metrics = TtsMetrics(settings.kind)
@@ -68,14 +69,21 @@ def create_tts_app(settings: TtsSettings,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await asyncio.to_thread(load_state, settings, metrics, engines)
         app.state.tts = state
-        async with serve_replica(settings, state.replica_info,
-                                 is_idle=lambda: state.admission.active == 0,
-                                 mark_draining=state.mark_draining,
-                                 max_drain_s=settings.max_drain_s) as heartbeat:
+        async with serve_replica(
+            settings,
+            state.replica_info,
+            is_idle=lambda: state.admission.active == 0,
+            mark_draining=state.mark_draining,
+            max_drain_s=settings.max_drain_s,
+        ) as heartbeat:
             state.heartbeat = heartbeat
-            _LOGGER.info("%s ready: default voice %s, %d voices (%d models installed)",
-                         settings.kind, settings.default_voice, len(state.catalogue.voices),
-                         len(state.catalogue.installed_models))
+            _LOGGER.info(
+                "%s ready: default voice %s, %d voices (%d models installed)",
+                settings.kind,
+                settings.default_voice,
+                len(state.catalogue.voices),
+                len(state.catalogue.installed_models),
+            )
             yield
 
     app = FastAPI(title=f"VoiceMesh {settings.kind}", lifespan=lifespan)
@@ -89,7 +97,8 @@ def check_text(text: str, limit: int) -> str:
     if len(text) > limit:
         raise PayloadTooLarge(
             f"text is {len(text)} characters, over the limit of {limit}; split it into "
-            "several requests", code="text_too_long",
+            "several requests",
+            code="text_too_long",
         )
     if not text.strip():
         raise EmptyText("text is empty: give at least one word to speak", code="empty_text")
@@ -141,18 +150,21 @@ async def list_voices(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JSONResponse:
     """The catalogue, filtered and paged."""
-    found = state.catalogue.filter(model=model, language=language, gender=gender, tag=tag,
-                                   installed=installed)
-    page = found[offset:offset + limit]
+    found = state.catalogue.filter(
+        model=model, language=language, gender=gender, tag=tag, installed=installed
+    )
+    page = found[offset : offset + limit]
     after = offset + len(page)
-    return JSONResponse({
-        "voices": [v.describe() for v in page],
-        "total": len(found),
-        "limit": limit,
-        "offset": offset,
-        "next_offset": after if after < len(found) else None,
-        "default_voice": state.settings.default_voice,
-    })
+    return JSONResponse(
+        {
+            "voices": [v.describe() for v in page],
+            "total": len(found),
+            "limit": limit,
+            "offset": offset,
+            "next_offset": after if after < len(found) else None,
+            "default_voice": state.settings.default_voice,
+        }
+    )
 
 
 @router.get("/v1/voices/{voice_id}")
@@ -178,12 +190,15 @@ async def voice_sample(state: TtsState, voice: Voice) -> dict[str, Any]:
     text = _SAMPLE_TEXT.get(language, _SAMPLE_TEXT["en"]).format(name=voice.entry.name)
     async with state.admission.slot():
         engine = await asyncio.to_thread(state.engines.get, voice.model)
-        result = await asyncio.to_thread(engine.synthesize, text,
-                                         speaker_id=voice.entry.speaker_id)
+        result = await asyncio.to_thread(engine.synthesize, text, speaker_id=voice.entry.speaker_id)
     data = await asyncio.to_thread(encode_audio, result.audio, result.sample_rate, "wav")
-    sample = {"text": text, "format": "wav", "sample_rate": result.sample_rate,
-              "duration_s": round(result.duration_s, 3),
-              "audio_base64": base64.b64encode(data).decode("ascii")}
+    sample = {
+        "text": text,
+        "format": "wav",
+        "sample_rate": result.sample_rate,
+        "duration_s": round(result.duration_s, 3),
+        "audio_base64": base64.b64encode(data).decode("ascii"),
+    }
     state.samples[voice.id] = sample
     return sample
 
@@ -198,36 +213,55 @@ async def synthesize(request: Request, state: Tts, body: SynthesizeRequest) -> R
     rate = output_rate(body.format, body.sample_rate or voice.model.sample_rate)
     headers = audio_headers(voice, body.format, rate)
     if body.stream:
-        return await stream_synthesis(request, state, voice, text, body=body, rate=rate,
-                                      headers=headers)
+        return await stream_synthesis(
+            request, state, voice, text, body=body, rate=rate, headers=headers
+        )
     started = time.monotonic()
     async with state.admission.slot():
         engine = await asyncio.to_thread(state.engines.get, voice.model)
-        result = await asyncio.to_thread(engine.synthesize, text,
-                                         speaker_id=voice.entry.speaker_id, speed=body.speed)
+        result = await asyncio.to_thread(
+            engine.synthesize, text, speaker_id=voice.entry.speaker_id, speed=body.speed
+        )
     audio = prepare_output(result.audio, result.sample_rate, rate, body.volume_db)
     data = await asyncio.to_thread(encode_audio, audio, rate, body.format)
     elapsed = time.monotonic() - started
-    observe(state, voice, "whole", chars=len(text), elapsed=elapsed,
-            first_s=result.first_chunk_s, audio_s=result.duration_s)
-    headers.update({
-        "X-VoiceMesh-Duration": f"{len(audio) / rate:.3f}",
-        "X-VoiceMesh-Synthesis-Time": f"{result.synthesis_s:.3f}",
-        "X-VoiceMesh-RTF": f"{result.rtf:.4f}",
-    })
+    observe(
+        state,
+        voice,
+        "whole",
+        chars=len(text),
+        elapsed=elapsed,
+        first_s=result.first_chunk_s,
+        audio_s=result.duration_s,
+    )
+    headers.update(
+        {
+            "X-VoiceMesh-Duration": f"{len(audio) / rate:.3f}",
+            "X-VoiceMesh-Synthesis-Time": f"{result.synthesis_s:.3f}",
+            "X-VoiceMesh-RTF": f"{result.rtf:.4f}",
+        }
+    )
     return Response(data, media_type=media_type(body.format, rate), headers=headers)
 
 
-async def stream_synthesis(request: Request, state: TtsState, voice: Voice, text: str, *,
-                           body: SynthesizeRequest, rate: int, headers: dict[str, str],
-                           ) -> Response:
+async def stream_synthesis(
+    request: Request,
+    state: TtsState,
+    voice: Voice,
+    text: str,
+    *,
+    body: SynthesizeRequest,
+    rate: int,
+    headers: dict[str, str],
+) -> Response:
     """Stream the audio as the engine speaks each piece (one slot held until the end)."""
     started = time.monotonic()
     await state.admission.acquire()
     try:
         engine = await asyncio.to_thread(state.engines.get, voice.model)
         pieces: Iterator[SynthesisChunk] = engine.synthesize_chunks(
-            text, speaker_id=voice.entry.speaker_id, speed=body.speed)
+            text, speaker_id=voice.entry.speaker_id, speed=body.speed
+        )
         # The first piece is made before the response starts, so a bad request still
         # gets a proper error status instead of a broken stream.
         first = await asyncio.to_thread(next, pieces, None)
@@ -241,8 +275,11 @@ async def stream_synthesis(request: Request, state: TtsState, voice: Voice, text
         import soxr
 
         encoder = AudioEncoder(body.format, rate, streaming=True)
-        resampler = (soxr.ResampleStream(engine.sample_rate, rate, 1, dtype="float32")
-                     if rate != engine.sample_rate else None)
+        resampler = (
+            soxr.ResampleStream(engine.sample_rate, rate, 1, dtype="float32")
+            if rate != engine.sample_rate
+            else None
+        )
         audio_s = 0.0
         try:
             piece = first
@@ -263,16 +300,26 @@ async def stream_synthesis(request: Request, state: TtsState, voice: Voice, text
             tail += encoder.close()
             if tail:
                 yield tail
-            observe(state, voice, "stream", chars=len(text),
-                    elapsed=time.monotonic() - started, first_s=first_s, audio_s=audio_s)
+            observe(
+                state,
+                voice,
+                "stream",
+                chars=len(text),
+                elapsed=time.monotonic() - started,
+                first_s=first_s,
+                audio_s=audio_s,
+            )
         except Exception:
             _LOGGER.exception("request %s: stream failed after it started", rid)
             state.metrics.error("stream_failed")
         finally:
             state.admission.release()
 
-    return StreamingResponse(chunks(), media_type=media_type(body.format, rate),
-                             headers={**headers, "X-VoiceMesh-Stream": "sentences"})
+    return StreamingResponse(
+        chunks(),
+        media_type=media_type(body.format, rate),
+        headers={**headers, "X-VoiceMesh-Stream": "sentences"},
+    )
 
 
 @router.post("/v1/compare")
@@ -284,43 +331,63 @@ async def compare(state: Tts, body: CompareRequest) -> JSONResponse:
     if len(body.candidates) > settings.max_compare_candidates:
         raise BadRequest(
             f"{len(body.candidates)} candidates; at most {settings.max_compare_candidates}",
-            code="too_many_candidates")
+            code="too_many_candidates",
+        )
     voices = [state.catalogue.installed_voice(c.voice) for c in body.candidates]
     out: list[dict[str, Any]] = []
     measures: list[CandidateMeasure] = []
     async with state.admission.slot():
         for index, (candidate, voice) in enumerate(zip(body.candidates, voices, strict=True)):
             engine = await asyncio.to_thread(state.engines.get, voice.model)
-            result = await asyncio.to_thread(engine.synthesize, text,
-                                             speaker_id=voice.entry.speaker_id,
-                                             speed=candidate.speed)
+            result = await asyncio.to_thread(
+                engine.synthesize, text, speaker_id=voice.entry.speaker_id, speed=candidate.speed
+            )
             rate = output_rate(body.format, body.sample_rate or result.sample_rate)
             audio = prepare_output(result.audio, result.sample_rate, rate, 0.0)
             data = await asyncio.to_thread(encode_audio, audio, rate, body.format)
             state.note_rtf(result.rtf)
             measures.append(CandidateMeasure(result.duration_s, candidate.speed, result.rtf))
-            out.append({
-                "index": index, "voice": voice.id, "model": voice.model.id,
-                "engine": f"{ENGINE_NAME}/{voice.model.family}", "speed": candidate.speed,
-                "format": body.format, "sample_rate": rate,
-                "duration_s": round(result.duration_s, 3),
-                "synthesis_s": round(result.synthesis_s, 4),
-                "rtf": round(result.rtf, 4),
-                "chars_per_s": round(len(text) / max(result.synthesis_s, 1e-6), 1),
-                "audio_base64": base64.b64encode(data).decode("ascii"),
-            })
+            out.append(
+                {
+                    "index": index,
+                    "voice": voice.id,
+                    "model": voice.model.id,
+                    "engine": f"{ENGINE_NAME}/{voice.model.family}",
+                    "speed": candidate.speed,
+                    "format": body.format,
+                    "sample_rate": rate,
+                    "duration_s": round(result.duration_s, 3),
+                    "synthesis_s": round(result.synthesis_s, 4),
+                    "rtf": round(result.rtf, 4),
+                    "chars_per_s": round(len(text) / max(result.synthesis_s, 1e-6), 1),
+                    "audio_base64": base64.b64encode(data).decode("ascii"),
+                }
+            )
     best = recommend(measures)
     state.metrics.count("compare", "ok")
-    return JSONResponse({
-        "text": text,
-        "candidates": out,
-        "recommendation": {"index": best, "voice": out[best]["voice"] if best is not None
-                           else None, "rule": RECOMMENDATION_RULE},
-    })
+    return JSONResponse(
+        {
+            "text": text,
+            "candidates": out,
+            "recommendation": {
+                "index": best,
+                "voice": out[best]["voice"] if best is not None else None,
+                "rule": RECOMMENDATION_RULE,
+            },
+        }
+    )
 
 
-def observe(state: TtsState, voice: Voice, mode: str, *, chars: int, elapsed: float,
-            first_s: float, audio_s: float) -> None:
+def observe(
+    state: TtsState,
+    voice: Voice,
+    mode: str,
+    *,
+    chars: int,
+    elapsed: float,
+    first_s: float,
+    audio_s: float,
+) -> None:
     """Record one finished synthesis in the metrics and the replica's moving RTF."""
     metrics = state.metrics
     metrics.synthesis_time.labels(voice.id).observe(elapsed)

@@ -32,19 +32,28 @@ class TtsMetrics(ServiceMetrics):
     def __init__(self, service: str) -> None:
         super().__init__(service)
         self.synthesis_time = Histogram(
-            "voicemesh_tts_synthesis_seconds", "Wall time of a whole synthesis",
-            ["voice"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "voicemesh_tts_synthesis_seconds",
+            "Wall time of a whole synthesis",
+            ["voice"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.first_chunk = Histogram(
-            "voicemesh_tts_first_chunk_seconds", "Time from request to the first audio chunk",
-            ["mode"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "voicemesh_tts_first_chunk_seconds",
+            "Time from request to the first audio chunk",
+            ["mode"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.chars_per_second = Histogram(
-            "voicemesh_tts_chars_per_second", "Characters synthesised per second of wall time",
-            buckets=(25, 50, 100, 200, 400, 800, 1600, 3200), registry=self.registry,
+            "voicemesh_tts_chars_per_second",
+            "Characters synthesised per second of wall time",
+            buckets=(25, 50, 100, 200, 400, 800, 1600, 3200),
+            registry=self.registry,
         )
         self.rtf = Histogram(
-            "voicemesh_tts_rtf", "Real-time factor (synthesis time / audio duration)",
+            "voicemesh_tts_rtf",
+            "Real-time factor (synthesis time / audio duration)",
             buckets=(0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, 0.5, 1.0),
             registry=self.registry,
         )
@@ -53,9 +62,13 @@ class TtsMetrics(ServiceMetrics):
 class EngineSet:
     """One loaded engine per catalogue model, loaded on first use (thread-safe)."""
 
-    def __init__(self, settings: TtsSettings, catalogue: VoiceCatalogue,
-                 espeak_data: Path | None, loaded: Mapping[str, Synthesizer] | None = None,
-                 ) -> None:
+    def __init__(
+        self,
+        settings: TtsSettings,
+        catalogue: VoiceCatalogue,
+        espeak_data: Path | None,
+        loaded: Mapping[str, Synthesizer] | None = None,
+    ) -> None:
         self.settings = settings
         self.catalogue = catalogue
         self.espeak_data = espeak_data
@@ -86,22 +99,31 @@ class EngineSet:
             files = dataclasses.replace(files, noise_scale_w=self.settings.duration_noise)
         if self.settings.voice_noise is not None:
             files = dataclasses.replace(files, noise_scale=self.settings.voice_noise)
-        return SherpaSynthesizer(files, language=model.language,
-                                 num_threads=self.settings.num_threads,
-                                 pool_size=self.settings.pool_size)
+        return SherpaSynthesizer(
+            files,
+            language=model.language,
+            num_threads=self.settings.num_threads,
+            pool_size=self.settings.pool_size,
+        )
 
 
 class TtsState:
     """What the app holds while it runs."""
 
-    def __init__(self, settings: TtsSettings, catalogue: VoiceCatalogue, engines: EngineSet,
-                 metrics: TtsMetrics) -> None:
+    def __init__(
+        self,
+        settings: TtsSettings,
+        catalogue: VoiceCatalogue,
+        engines: EngineSet,
+        metrics: TtsMetrics,
+    ) -> None:
         self.settings = settings
         self.catalogue = catalogue
         self.engines = engines
         self.metrics = metrics
-        self.admission = Admission(settings.max_concurrent, settings.max_queue,
-                                   settings.queue_timeout_s)
+        self.admission = Admission(
+            settings.max_concurrent, settings.max_queue, settings.queue_timeout_s
+        )
         self.draining = False
         self.started_at = time.time()
         self.heartbeat: RegistryHeartbeat | None = None
@@ -127,13 +149,22 @@ class TtsState:
         """This replica as the registry shows it."""
         s = self.settings
         return ReplicaInfo(
-            instance_id=s.instance_id, kind=s.kind, url=s.public_url, device="cpu",
-            model=s.default_voice, engine=ENGINE_NAME,
+            instance_id=s.instance_id,
+            kind=s.kind,
+            url=s.public_url,
+            device="cpu",
+            model=s.default_voice,
+            engine=ENGINE_NAME,
             capabilities=["synthesize", "stream", "compare", "voices"],
-            load=ReplicaLoad(active_sessions=self.admission.active, queue=self.admission.waiting,
-                             rtf=self.recent_rtf,
-                             max_sessions=s.max_concurrent + s.max_queue),
-            draining=self.draining, started_at=self.started_at, updated_at=time.time(),
+            load=ReplicaLoad(
+                active_sessions=self.admission.active,
+                queue=self.admission.waiting,
+                rtf=self.recent_rtf,
+                max_sessions=s.max_concurrent + s.max_queue,
+            ),
+            draining=self.draining,
+            started_at=self.started_at,
+            updated_at=time.time(),
         )
 
 
@@ -145,8 +176,7 @@ def prepare_bundled(catalogue: VoiceCatalogue) -> Path | None:
     for model in catalogue.models.values():
         if model.bundled:
             try:
-                assets.prepare_model(model.bundled, models_dir=catalogue.models_dir,
-                                     progress=False)
+                assets.prepare_model(model.bundled, models_dir=catalogue.models_dir, progress=False)
             except ModelAssetError as exc:
                 _LOGGER.warning("bundled model %s not prepared: %s", model.bundled, exc.message)
     try:
@@ -157,8 +187,9 @@ def prepare_bundled(catalogue: VoiceCatalogue) -> Path | None:
         return None
 
 
-def load_state(settings: TtsSettings, metrics: TtsMetrics,
-               loaded: Mapping[str, Synthesizer] | None = None) -> TtsState:
+def load_state(
+    settings: TtsSettings, metrics: TtsMetrics, loaded: Mapping[str, Synthesizer] | None = None
+) -> TtsState:
     """Prepare bundled voices, read the catalogue, load the default voice (and preloads).
 
     ``loaded``: engines already built, by catalogue model id (tests pass their own).

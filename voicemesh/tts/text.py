@@ -35,8 +35,11 @@ _LATIN = (
     (re.compile(r"\be\.g\.", re.I), "for example"),
     (re.compile(r"\bi\.e\.", re.I), "that is"),
 )
-_CURRENCY = {"$": ("dollar", "dollars", "cent", "cents"), "€": ("euro", "euros", "cent", "cents"),
-             "£": ("pound", "pounds", "penny", "pence")}
+_CURRENCY = {
+    "$": ("dollar", "dollars", "cent", "cents"),
+    "€": ("euro", "euros", "cent", "cents"),
+    "£": ("pound", "pounds", "penny", "pence"),
+}
 _MONEY_RE = re.compile(r"([$€£])\s?(\d[\d,]*)(?:\.(\d{1,2}))?\b")
 _PERCENT_RE = re.compile(r"(\d)\s?%")
 _THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}\b)")
@@ -150,6 +153,6 @@ def split_for_streaming(text: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[
         return sentences
     clauses = [c for c in _CLAUSE_END_RE.split(sentences[0]) if c.strip()]
     if len(clauses) > 1 and len(clauses[0]) >= FIRST_CLAUSE_MIN_CHARS:
-        rest = sentences[0][len(clauses[0]):].strip()
+        rest = sentences[0][len(clauses[0]) :].strip()
         return [clauses[0].strip(), rest, *sentences[1:]]
     return sentences
