@@ -121,7 +121,12 @@ async def test_sessions_spread_and_survive_a_killed_replica(embedded: EmbeddedMe
     backends = {r.messages[0][1]["backend"] for r in results}
     assert len(backends) == 3, backends
     killed = results[0]
-    assert len(killed.of_type("failover")) == 1, killed.messages
+    failovers = killed.of_type("failover")
+    # The first move is off the killed replica. On a loaded machine the replica that took
+    # the session over (now serving two) may fall behind and pass it on once more: that
+    # is the stall watch doing its job, and the transcript below must still be whole.
+    assert failovers and failovers[0]["from"] == victim["url"], killed.messages
+    assert failovers[0]["to"] != victim["url"], killed.messages
     for result in results:
         assert error_rate(LJ.text, result.transcript) <= 10, result.transcript
     # The supervisor brings the killed replica back, and the gateway routes to it again.
