@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from gateway.state import GatewayState
 from voicemesh.http import error_body
 from voicemesh.metrics import GatewayMetrics
 from voicemesh.registry import ReplicaInfo, RoutingMode
+from voicemesh.tasks import stop_task, within
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -140,10 +140,7 @@ class StatusMonitor:
 
     async def stop(self) -> None:
         """Stop watching."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _run(self) -> None:
         while True:
@@ -360,7 +357,7 @@ async def status_feed(ws: WebSocket, state: GatewayStateDep, monitor: StatusMoni
                     next_update += interval
                     continue
                 try:
-                    event = await asyncio.wait_for(events.get(), wait)
+                    event = await within(wait, events.get())
                 except TimeoutError:
                     continue
                 await ws.send_text(_compact(event))
@@ -377,11 +374,10 @@ async def status_feed(ws: WebSocket, state: GatewayStateDep, monitor: StatusMoni
             if error is not None and not isinstance(error, WebSocketDisconnect | RuntimeError):
                 _LOGGER.error("status feed failed: %r", error)
     finally:
+        # stop_task waits with asyncio.wait, not gather: if this handler is itself
+        # being cancelled, the CancelledError it raises must stay the canceller's own.
         for task in tasks:
-            task.cancel()
-        # asyncio.wait, not gather: if this handler is itself being cancelled, the
-        # CancelledError it raises must stay the canceller's own.
-        await asyncio.wait(tasks)
+            await stop_task(task)
 
 
 def count_requests(app: FastAPI, metrics: GatewayMetrics) -> None:

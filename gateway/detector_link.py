@@ -25,6 +25,7 @@ from gateway.routing import choose_detector
 from gateway.stt_backend import StallWatch, ws_url
 from voicemesh.errors import EngineUnavailable, backend_errors
 from voicemesh.protocol import VadMessage
+from voicemesh.tasks import within
 from voicemesh.wire import ClientSocket
 
 _LOGGER = logging.getLogger(__name__)
@@ -38,9 +39,7 @@ async def open_detector(
         url = ws_url(replica.url, "/ws/detect")
         try:
             with backend_errors(url, doing="connect to"):
-                return await asyncio.wait_for(
-                    websockets.connect(url, max_size=None), connect_timeout_s
-                )
+                return await within(connect_timeout_s, websockets.connect(url, max_size=None))
         except EngineUnavailable as exc:
             _LOGGER.warning(
                 "session %s: detector %s unavailable: %s", session_id, replica.url, exc.message

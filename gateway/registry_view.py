@@ -8,7 +8,6 @@ mode, reports ``degraded`` in ``/health``, and picks up again when Redis returns
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import httpx
 
 from voicemesh.errors import RegistryUnavailable
 from voicemesh.registry import RegistryClient, ReplicaInfo
+from voicemesh.tasks import stop_task
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -164,10 +164,7 @@ class RegistryView:
     async def stop(self) -> None:
         """Stop refreshing and close the Redis connection."""
         for task in (self._task, self._probe_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await stop_task(task)
         if self.client is not None:
             await self.client.close()
 

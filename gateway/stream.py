@@ -44,6 +44,7 @@ from voicemesh.protocol import (
     StopMessage,
 )
 from voicemesh.registry import ReplicaInfo
+from voicemesh.tasks import within
 from voicemesh.wire import ClientSocket
 
 __all__ = ["GatewayStream"]
@@ -117,7 +118,7 @@ class GatewayStream:
             if self.stopping:
                 # Let the backend send its last final and close by itself.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(backend_task), timeout=30)
+                    await within(30, asyncio.shield(backend_task))
         finally:
             self.client.open = self.client.open and not self.stopping
             for task in (backend_task, detector_task):
@@ -300,7 +301,7 @@ class GatewayStream:
         try:
             while True:
                 try:
-                    raw = await asyncio.wait_for(backend.ws.recv(), STALL_CHECK_S)
+                    raw = await within(STALL_CHECK_S, backend.ws.recv())
                     self.stall.heard()
                 except TimeoutError:
                     raw = None

@@ -23,7 +23,6 @@ how far behind the backend is (:func:`slow_backend_message`).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -37,6 +36,7 @@ from gateway.registry_view import RegistryView
 from voicemesh.errors import BackendClosed, BackendTimeout, EngineUnavailable, backend_errors
 from voicemesh.protocol import StartMessage
 from voicemesh.registry import ReplicaInfo
+from voicemesh.tasks import within
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ async def connect_backend(
     timeout = connect_timeout_s
     with backend_errors(url, doing="connect to"):
         try:
-            ws = await asyncio.wait_for(
+            ws = await within(
+                timeout,
                 websockets.connect(
                     url,
                     max_size=None,
@@ -105,7 +106,6 @@ async def connect_backend(
                     ping_interval=PING_INTERVAL_S,
                     ping_timeout=ping_timeout_s + PING_GRACE_S,
                 ),
-                timeout,
             )
         except TimeoutError as exc:
             # A connection that does not even open is a closed door, not a slow reply.
@@ -113,7 +113,7 @@ async def connect_backend(
     try:
         with backend_errors(url, doing="get ready from"):
             try:
-                raw = await asyncio.wait_for(ws.recv(), timeout)
+                raw = await within(timeout, ws.recv())
                 ready = json.loads(raw)
                 if ready.get("type") != "ready":
                     raise BackendClosed(f"{url} refused the session: {ready.get('message', raw)}")

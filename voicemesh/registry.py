@@ -27,6 +27,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from voicemesh.errors import BadRequest, RegistryUnavailable
+from voicemesh.tasks import stop_task, within
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class RegistryClient:
 
     async def _call(self, what: str, operation: Awaitable[_T]) -> _T:
         try:
-            return await asyncio.wait_for(operation, timeout=self.timeout_s * 3)
+            return await within(self.timeout_s * 3, operation)
         except (RedisError, OSError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
             raise RegistryUnavailable(
@@ -258,10 +259,7 @@ class RegistryHeartbeat:
     async def stop(self, deregister: bool = True) -> None:
         """Stop refreshing and, by default, remove the registration."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         if deregister and self._last is not None:
             try:
                 await self.client.deregister(self._last.kind, self._last.instance_id)

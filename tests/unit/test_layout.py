@@ -152,3 +152,17 @@ def test_no_route_is_declared_inside_a_function() -> None:
                     ):
                         nested.append(f"{path.relative_to(REPO)}:{inner.lineno}")
     assert nested == []
+
+
+def test_no_service_code_bounds_a_wait_with_asyncio_wait_for() -> None:
+    """3.11's ``wait_for`` can swallow a cancellation (see ``voicemesh.tasks``); use ``within``."""
+    found = [
+        f"{path.relative_to(REPO)}:{node.lineno}"
+        for path in _modules(*(p for p in PACKAGES if p != "client"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Attribute)
+        and node.attr == "wait_for"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "asyncio"
+    ]
+    assert found == []

@@ -27,6 +27,8 @@ from pathlib import Path
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from voicemesh.tasks import within
+
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -102,9 +104,7 @@ class ResultCache:
     async def get(self, key: str) -> CachedResult | None:
         """The cached result, or None (a miss); marks it most recently used."""
         try:
-            meta = await asyncio.wait_for(
-                self.redis.hgetall(self._meta_key(key)), timeout=self.timeout_s
-            )
+            meta = await within(self.timeout_s, self.redis.hgetall(self._meta_key(key)))
         except (RedisError, OSError, TimeoutError) as exc:
             _LOGGER.warning("cache index unavailable, counting a miss: %s", exc)
             self.misses += 1
@@ -121,9 +121,7 @@ class ResultCache:
             return None
         self.hits += 1
         try:
-            await asyncio.wait_for(
-                self.redis.zadd(self._lru_key, {key: time.time()}), timeout=self.timeout_s
-            )
+            await within(self.timeout_s, self.redis.zadd(self._lru_key, {key: time.time()}))
         except (RedisError, OSError, TimeoutError) as exc:
             _LOGGER.debug("could not refresh LRU order: %s", exc)
         return CachedResult(
@@ -156,7 +154,7 @@ class ResultCache:
                 },
             )
             pipe.zadd(self._lru_key, {key: time.time()})
-            existed = (await asyncio.wait_for(pipe.execute(), timeout=self.timeout_s))[0]
+            existed = (await within(self.timeout_s, pipe.execute()))[0]
             if not existed:
                 await self.redis.incrby(self._bytes_key, len(data))
             await self._evict()

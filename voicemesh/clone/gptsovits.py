@@ -37,6 +37,7 @@ from voicemesh.errors import (
     EngineUnavailable,
     backend_errors,
 )
+from voicemesh.tasks import within
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class BackendQueue:
         self.waiting[url] = self.waiting.get(url, 0) + 1
         try:
             try:
-                await asyncio.wait_for(lock.acquire(), timeout=self.queue_timeout_s)
+                await within(self.queue_timeout_s, lock.acquire())
             except TimeoutError as exc:
                 raise BackendTimeout(
                     f"GPT-SoVITS backend {url} stayed busy for {self.queue_timeout_s:g} s",

@@ -14,7 +14,6 @@ keys' voices leak nothing.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import logging
@@ -31,6 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from voicemesh.errors import RegistryUnavailable, VoiceNotFound
+from voicemesh.tasks import within
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class ProfileStore:
 
     async def _call(self, what: str, operation: Awaitable[_T]) -> _T:
         try:
-            return await asyncio.wait_for(operation, timeout=self.timeout_s)
+            return await within(self.timeout_s, operation)
         except (RedisError, OSError, TimeoutError) as exc:
             raise RegistryUnavailable(
                 f"the profile store (Redis) is unavailable during {what}: "

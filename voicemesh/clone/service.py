@@ -48,6 +48,7 @@ from voicemesh.http import install_http_basics
 from voicemesh.lifecycle import apply_log_level, registry_status, serve_replica
 from voicemesh.metrics import ServiceMetrics
 from voicemesh.protocol import ANONYMOUS, OWNER_HEADER, SAMPLE_RATE
+from voicemesh.tasks import stop_task
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -106,9 +107,7 @@ def create_clone_app(
                     try:
                         yield
                     finally:
-                        refresher.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await refresher
+                        await stop_task(refresher)
             finally:
                 await state.gpt.close()
                 await state.registry.close()

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from voicemesh.errors import Busy
+from voicemesh.tasks import within
 
 
 class Admission:
@@ -28,7 +29,7 @@ class Admission:
             )
         self.waiting += 1
         try:
-            await asyncio.wait_for(self._semaphore.acquire(), timeout=self.timeout_s)
+            await within(self.timeout_s, self._semaphore.acquire())
         except TimeoutError as exc:
             raise Busy(
                 f"no synthesis slot within {self.timeout_s:g} s ({self.active} running, "
