@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import jiwer
+import numpy as np
 import openai
 import pytest
 import redis
@@ -28,6 +29,7 @@ from num2words import num2words
 from tests.harness import ServiceProcess, free_port, load_manifest, normalize
 from tests.integration.conftest import Mesh
 from voicemesh.registry import ReplicaInfo
+from voicemesh.tts.text import normalize_text, split_for_streaming, split_sentences
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +125,52 @@ def test_concurrent_requests_each_get_their_own_audio(round_trips: list[RoundTri
         # The audio's length fits its own text (mixed audio would be far off).
         seconds_per_word = trip.duration_s / len(own.split())
         assert 0.2 < seconds_per_word < 0.8, (trip.reference, trip.duration_s)
+
+
+def _pcm_wav(pcm: bytes, rate: int) -> bytes:
+    buffer = io.BytesIO()
+    samples = np.frombuffer(pcm, dtype="<i2")
+    soundfile.write(buffer, samples, rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def test_streaming_with_a_short_first_piece_keeps_length_and_intelligibility(
+    mesh: Mesh, round_trips: list[RoundTrip]
+) -> None:
+    """Streamed, a long first sentence is spoken in two pieces (the first one short, for a
+    fast first audio); joined, they last as long as the whole sentence and Whisper hears
+    them as well."""
+    cut = [
+        trip
+        for trip in round_trips
+        if len(split_for_streaming(normalize_text(trip.reference)))
+        > len(split_sentences(normalize_text(trip.reference)))
+    ]
+    assert len(cut) >= 5, "the reference sentences no longer exercise the first-piece cut"
+    references, heard = [], []
+    for trip in cut:
+        with httpx.stream(
+            "POST",
+            f"{mesh.tts_vits.url}/v1/synthesize",
+            json={"text": trip.reference, "format": "pcm", "stream": True},
+            timeout=120,
+        ) as response:
+            assert response.status_code == 200, response.read()
+            rate = int(response.headers["x-voicemesh-sample-rate"])
+            chunks = [chunk for chunk in response.iter_bytes() if chunk]
+        pcm = b"".join(chunks)
+        seconds = len(pcm) / 2 / rate
+        assert abs(seconds - trip.duration_s) / trip.duration_s < 0.05, (
+            trip.reference,
+            seconds,
+            trip.duration_s,
+        )
+        references.append(words(trip.reference))
+        heard.append(words(transcribe(mesh.stt_cpu.url, _pcm_wav(pcm, rate))))
+    whole = jiwer.wer(references, [words(t.transcript) for t in cut])
+    streamed = jiwer.wer(references, heard)
+    print(f"{len(cut)} sentences cut: WER streamed {streamed:.3f}, whole {whole:.3f}")
+    assert streamed <= WER_LIMIT, list(zip(references, heard, strict=True))
 
 
 @pytest.fixture(scope="module")

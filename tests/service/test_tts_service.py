@@ -357,3 +357,53 @@ def test_in_process_with_an_engine_given_to_the_factory(models_dir: Path) -> Non
         assert response.headers["x-voicemesh-voice"] == "en_US-joe-medium"
         assert soundfile.info(io.BytesIO(response.content)).duration > 1.0
         assert client.get("/health").json()["models_loaded"] == ["piper-en_US-joe-medium"]
+
+
+def test_a_lone_synthesis_runs_on_every_core_and_concurrent_ones_share_the_pool() -> None:
+    import threading
+
+    from voicemesh.tts import VitsSynthesizer, default_voice_files
+    from voicemesh.tts.text import split_sentences
+
+    files = default_voice_files()
+    assert VitsSynthesizer(files, num_threads=1, solo_threads=1).solo_generations == 0
+    engine = VitsSynthesizer(files, num_threads=1, pool_size=2, solo_threads=2)
+    engine.synthesize("Hello there. How are you?")
+    assert engine.solo_generations == 2  # alone: both sentences on the solo instance
+
+    start = threading.Barrier(2)
+    results = []
+
+    def speak() -> None:
+        start.wait()
+        results.append(engine.synthesize(SIX_SENTENCES))
+
+    threads = [threading.Thread(target=speak) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    pieces = 2 * len(split_sentences(SIX_SENTENCES))
+    assert len(results) == 2
+    # While the two overlap, pieces go to the one-thread pool, not the solo instance.
+    assert engine.solo_generations - 2 < pieces / 2, engine.solo_generations
+
+
+def test_a_long_first_sentence_streams_its_first_words_on_their_own(tts: httpx.Client) -> None:
+    text = "Please remind me to take my medicine at eight o'clock tonight."
+    whole = tts.post("/v1/synthesize", json={"text": text, "format": "pcm"})
+    assert whole.status_code == 200
+    whole_s = len(whole.content) / 2 / 22050
+    with tts.stream(
+        "POST", "/v1/synthesize", json={"text": text, "format": "pcm", "stream": True}
+    ) as resp:
+        assert resp.status_code == 200
+        chunks = [chunk for chunk in resp.iter_raw() if chunk]
+    streamed_s = sum(map(len, chunks)) / 2 / 22050
+    # The same speech, not a piece lost or doubled (the two pieces' own prosody makes
+    # them a few percent longer or shorter; tests/integration/test_tts.py holds the
+    # reference sentences to 5%).
+    assert abs(streamed_s - whole_s) / whole_s < 0.15, (streamed_s, whole_s)
+    # "Please remind me" comes first, alone: about a third of the sentence, not all of it.
+    assert len(chunks) >= 2, [len(c) for c in chunks]
+    assert len(chunks[0]) / 2 / 22050 < 0.5 * streamed_s, [len(c) for c in chunks]

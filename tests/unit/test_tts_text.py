@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import cast
 
+import numpy as np
 import pytest
 
 from gateway.routing import choose_service
@@ -11,7 +12,8 @@ from gateway.state import GatewayState
 from gateway.tts import OPENAI_VOICES, backend_kind_for_voice, map_openai_voice
 from voicemesh.registry import ReplicaInfo, ReplicaLoad
 from voicemesh.tts.compare import CandidateMeasure, recommend
-from voicemesh.tts.text import normalize_text, split_for_streaming, split_sentences
+from voicemesh.tts.joins import trim_join
+from voicemesh.tts.text import normalize_text, phrase_cut, split_for_streaming, split_sentences
 
 pytestmark = pytest.mark.unit
 
@@ -69,6 +71,62 @@ def test_split_for_streaming_sends_a_long_first_clause_alone() -> None:
     ]
     # A short first clause is not worth its own chunk.
     assert split_for_streaming("Yes, it is. Fine.") == ["Yes, it is.", "Fine."]
+
+
+def test_split_for_streaming_cuts_a_long_first_sentence_at_an_early_phrase_break() -> None:
+    text = "Please remind me to take my medicine at eight o'clock tonight. Thanks."
+    assert split_for_streaming(text) == [
+        "Please remind me,",
+        "to take my medicine at eight o'clock tonight.",
+        "Thanks.",
+    ]
+    # After a comma whose clause is too short to go alone.
+    assert split_for_streaming("I have added milk, eggs and bread to your list.") == [
+        "I have added milk,",
+        "eggs and bread to your list.",
+    ]
+    # Only the first sentence is cut; later ones are whole.
+    later = "Please remind me to take my medicine at eight o'clock tonight."
+    assert split_for_streaming(f"Hello there. {later}") == ["Hello there.", later]
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "Turn the lights off now please.",  # under 8 words: spoken whole
+        "Bright yellow sunflowers filled every single field and meadow there.",  # no break
+        "One two to three four five six seven.",  # break too early (after 2 words)
+        "The quick brown fox jumps over the lazy dog at dawn.",  # break at word 9: too late
+        "今天天气很好\uff0c我们去公园散步吧\uff0c然后回家吃饭。",  # no spaces: never cut by words
+    ],
+)
+def test_phrase_cut_leaves_a_sentence_whole_without_an_early_break(sentence: str) -> None:
+    assert phrase_cut(sentence) is None
+
+
+def test_phrase_cut_keeps_enough_words_after_the_cut() -> None:
+    # "for" is a starter at word 4, but only three words would follow it.
+    assert phrase_cut("We waited a long time for the bus.") is None
+    cut = phrase_cut("We waited a long time for the late evening bus.")
+    assert cut is not None
+    assert "We waited a long time for the late evening bus."[cut:] == "for the late evening bus."
+
+
+def test_trim_join_cuts_silence_at_a_join_to_a_short_pause_and_fades() -> None:
+    rate = 1000
+    speech = np.full(500, 0.5, dtype=np.float32)
+    silence = np.zeros(200, dtype=np.float32)
+    audio = np.concatenate([silence, speech, silence])
+    before = trim_join(audio, rate, end_s=0.05)
+    assert len(before) == 750  # all its leading silence, the speech, 50 ms of silence
+    assert before[-1] == 0.0  # faded to nothing: no click at the join
+    assert before[400] == 0.5  # the speech itself is untouched
+    after = trim_join(audio, rate, start_s=0.01)
+    assert len(after) == 710  # 10 ms of silence, the speech, all its trailing silence
+    assert after[0] == 0.0
+    assert after[300] == 0.5
+    # Nothing but silence: kept as it is.
+    assert len(trim_join(silence, rate, start_s=0.0, end_s=0.0)) == 200
 
 
 def test_recommend_prefers_the_fastest_candidate_of_ordinary_length() -> None:

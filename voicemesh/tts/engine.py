@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from voicemesh.errors import BadRequest, Busy, EmptyText, ModelAssetError
+from voicemesh.tts.joins import JOIN_LEAD_S, JOIN_PAUSE_S, trim_join
 from voicemesh.tts.text import (
     SENTENCE_END_CHARS,
     normalize_text,
@@ -39,7 +40,6 @@ MIN_SPEED = 0.25
 MAX_SPEED = 4.0
 SENTENCE_PAUSE_S = 0.12
 """Silence after each sentence (scaled by 1/speed); none after a clause or the last one."""
-
 # espeak-ng keeps one global voice and state per process: phonemise one text at a time.
 _ESPEAK_LOCK = threading.Lock()
 _ESPEAK: Any = None
@@ -218,6 +218,12 @@ class SherpaSynthesizer:
     One OfflineTts must not run two generations at once, so each call borrows an
     instance from a pool of ``pool_size`` and gives it back: concurrent callers never
     share an instance, and at most ``pool_size`` generations run in parallel.
+
+    The pool's instances use ``num_threads`` each, the right size when several
+    requests share the cores. A piece generated while no other generation runs goes
+    to a separate *solo* instance of ``solo_threads`` instead (when that is more than
+    ``num_threads``): one request alone gets every core, and the latency of one
+    request is not traded for the throughput of many.
     """
 
     def __init__(
@@ -227,6 +233,7 @@ class SherpaSynthesizer:
         language: str = "en",
         num_threads: int = 2,
         pool_size: int = 1,
+        solo_threads: int = 0,
         provider: str = "cpu",
         acquire_timeout_s: float | None = None,
     ) -> None:
@@ -257,16 +264,24 @@ class SherpaSynthesizer:
         self._pool.put(first)
         for _ in range(pool_size - 1):
             self._pool.put(sherpa_onnx.OfflineTts(config))
+        self._solo: Any = None
+        if solo_threads > num_threads:
+            self._solo = sherpa_onnx.OfflineTts(_sherpa_config(files, solo_threads, provider))
+        self._lock = threading.Lock()
+        self._running = 0
+        self._solo_busy = False
+        self._solo_count = 0
         self._sample_rate = int(first.sample_rate)
         self._num_speakers = max(1, int(first.num_speakers))
         _LOGGER.info(
-            "loaded %s model %s (%d Hz, %d speakers, pool %d x %d threads) in %.1f s",
+            "loaded %s model %s (%d Hz, %d speakers, pool %d x %d threads, solo %s) in %.1f s",
             files.family,
             files.model,
             self._sample_rate,
             self._num_speakers,
             pool_size,
             num_threads,
+            f"{solo_threads} threads" if self._solo is not None else "off",
             time.monotonic() - started,
         )
 
@@ -309,23 +324,59 @@ class SherpaSynthesizer:
             if not codepoints:
                 return np.zeros(0, dtype=np.float32)
             config.phoneme_codepoints = codepoints
+        tts, solo = self._borrow()
+        try:
+            generated = tts.generate(text, config)
+        finally:
+            self._give_back(tts, solo)
+        return np.asarray(generated.samples, dtype=np.float32)
+
+    @property
+    def solo_generations(self) -> int:
+        """How many pieces the solo instance has generated (0 when there is none)."""
+        return self._solo_count
+
+    def _borrow(self) -> tuple[Any, bool]:
+        """An idle instance: the solo one when nothing else runs, else one from the pool."""
+        with self._lock:
+            if self._solo is not None and not self._solo_busy and self._running == 0:
+                self._solo_busy = True
+                self._running += 1
+                self._solo_count += 1
+                return self._solo, True
         try:
             tts = self._pool.get(timeout=self.acquire_timeout_s)
         except queue.Empty as exc:
             raise Busy("every synthesis engine stayed busy") from exc
-        try:
-            generated = tts.generate(text, config)
-        finally:
+        with self._lock:
+            self._running += 1
+        return tts, False
+
+    def _give_back(self, tts: Any, solo: bool) -> None:
+        with self._lock:
+            self._running -= 1
+            if solo:
+                self._solo_busy = False
+        if not solo:
             self._pool.put(tts)
-        return np.asarray(generated.samples, dtype=np.float32)
 
     def _pieces(self, pieces: list[str], speaker_id: int, speed: float) -> Iterator[SynthesisChunk]:
         pause = np.zeros(int(self._sample_rate * SENTENCE_PAUSE_S / speed), dtype=np.float32)
+        after_cut = False
         for index, piece in enumerate(pieces):
             started = time.monotonic()
             audio = self._generate(piece, speaker_id, speed)
-            if index < len(pieces) - 1 and piece[-1:] in SENTENCE_END_CHARS:
+            cut = index < len(pieces) - 1 and piece[-1:] not in SENTENCE_END_CHARS
+            if cut or after_cut:
+                audio = trim_join(
+                    audio,
+                    self._sample_rate,
+                    start_s=JOIN_LEAD_S / speed if after_cut else None,
+                    end_s=JOIN_PAUSE_S / speed if cut else None,
+                )
+            elif index < len(pieces) - 1:
                 audio = np.concatenate([audio, pause])
+            after_cut = cut
             yield SynthesisChunk(
                 audio=audio,
                 sample_rate=self._sample_rate,

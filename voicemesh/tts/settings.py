@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -26,6 +27,11 @@ class TtsSettings(ServiceSettings):
     """ONNX Runtime threads per synthesis (1 gives the best throughput on 2 cores)."""
     pool_size: int = Field(2, ge=1, le=16)
     """Engine instances per loaded model: syntheses that run in parallel."""
+    solo_threads: int | None = Field(None, ge=1, le=32)
+    """Threads of the extra engine instance used while only one synthesis runs, so one
+    request alone gets every core; None: one per usable core (at most 4); a value no
+    larger than ``num_threads`` turns the solo instance off."""
+
     max_concurrent: int = Field(2, ge=1, le=256)
     """Requests synthesising at once; more wait in the queue."""
     max_queue: int = Field(32, ge=0)
@@ -52,3 +58,9 @@ class TtsSettings(ServiceSettings):
     def models_path(self) -> Path:
         """The resolved model folder (this service's, else the shared cache)."""
         return self.models_dir or self.common.models_path
+
+    def resolved_solo_threads(self) -> int:
+        """``solo_threads``, with None resolved to the cores this process may use (<= 4)."""
+        if self.solo_threads is not None:
+            return self.solo_threads
+        return min(4, len(os.sched_getaffinity(0)))

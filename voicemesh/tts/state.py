@@ -104,6 +104,7 @@ class EngineSet:
             language=model.language,
             num_threads=self.settings.num_threads,
             pool_size=self.settings.pool_size,
+            solo_threads=self.settings.resolved_solo_threads(),
         )
 
 

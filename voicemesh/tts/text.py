@@ -147,12 +147,61 @@ def split_sentences(text: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[str]
 
 
 def split_for_streaming(text: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[str]:
-    """Sentences, with the first clause of the first sentence on its own for a fast start."""
+    """Sentences, with a short first piece on its own so the first audio comes fast.
+
+    The first piece is the first sentence's first clause when that is long enough
+    to sound whole, and the words before an early phrase break when that sentence
+    or clause has many words (see :func:`phrase_cut`).
+    """
     sentences = split_sentences(text, max_chars)
     if not sentences:
         return sentences
-    clauses = [c for c in _CLAUSE_END_RE.split(sentences[0]) if c.strip()]
+    first, rest = sentences[0], sentences[1:]
+    clauses = [c for c in _CLAUSE_END_RE.split(first) if c.strip()]
+    pieces = [first]
     if len(clauses) > 1 and len(clauses[0]) >= FIRST_CLAUSE_MIN_CHARS:
-        rest = sentences[0][len(clauses[0]) :].strip()
-        return [clauses[0].strip(), rest, *sentences[1:]]
-    return sentences
+        pieces = [clauses[0].strip(), first[len(clauses[0]) :].strip()]
+    cut = phrase_cut(pieces[0])
+    if cut is not None:
+        head = pieces[0][:cut].strip()
+        # Spoken as a clause, not as a sentence: a comma gives it the voice's
+        # mid-sentence intonation and short pause, where a bare phrase would end
+        # falling and drawn out, as if the sentence were over.
+        head = head if head.endswith((",", ";", ":")) else f"{head},"
+        pieces[:1] = [head, pieces[0][cut:].strip()]
+    return [*pieces, *rest]
+
+
+PHRASE_CUT_MIN_WORDS = 8
+"""A first sentence is cut at a phrase break only when it has at least this many words..."""
+PHRASE_HEAD_WORDS = (3, 6)
+"""...after this many words (fewest, most), so the first piece is short but not a stub..."""
+PHRASE_TAIL_MIN_WORDS = 4
+"""...and the rest keeps at least this many words."""
+_PHRASE_STARTERS = frozenset(
+    {
+        *("to", "at", "in", "on", "for", "with", "from", "into", "about", "by"),
+        *("and", "but", "or", "so", "because", "that", "which", "who"),
+        *("when", "while", "if", "before", "after", "until"),
+    }
+)
+"""Words a new phrase starts with: a cut before one falls where a speaker may breathe."""
+
+
+def phrase_cut(sentence: str) -> int | None:
+    """Where to cut ``sentence`` (a character offset) at an early phrase break, or None.
+
+    The cut falls after a comma, or before an English preposition or conjunction,
+    between the 3rd and 6th word, and only in a sentence of 8 words or more (text
+    without spaces between words, such as Chinese, is never cut this way).
+    """
+    words = list(re.finditer(r"\S+", sentence))
+    if len(words) < PHRASE_CUT_MIN_WORDS:
+        return None
+    fewest, most = PHRASE_HEAD_WORDS
+    for index in range(fewest, min(most, len(words) - PHRASE_TAIL_MIN_WORDS) + 1):
+        before, word = words[index - 1].group(), words[index].group()
+        starter = word.lower().strip("\"'(") in _PHRASE_STARTERS
+        if before.endswith((",", ";", ":")) or starter:
+            return words[index].start()
+    return None
