@@ -516,3 +516,27 @@ def test_cache_evicts_least_recently_used_past_its_bound(
         await redis.aclose()
 
     asyncio.run(scenario())
+
+
+async def test_the_cpu_engine_streams_a_long_sentence_piece_by_piece(
+    cpu_engine: WorldAdaptedVits,
+) -> None:
+    from voicemesh.clone.engines import CloneRequest
+
+    request = CloneRequest(
+        text="Please remind me to take my medicine at eight o'clock tonight. Thank you.",
+        language="en",
+        speed=1.0,
+        reference_path=clip_named(REFERENCE, SPEECH_DIR).path,
+        reference_sha256="streams-piece-by-piece",
+        prompt_text="",
+        prompt_language="en",
+    )
+    streamed = [chunk async for chunk in (await cpu_engine.start(request, True)).chunks()]
+    whole = b"".join([c async for c in (await cpu_engine.start(request, False)).chunks()])
+    total = sum(map(len, streamed))
+    # "Please remind me", the rest of the sentence, "Thank you.": adapted one by one, the
+    # short first piece sent on its own, the same speech as the whole.
+    assert len(streamed) == 3, [len(c) for c in streamed]
+    assert len(streamed[0]) < 0.4 * total
+    assert abs(total - len(whole)) / len(whole) < 0.15, (total, len(whole))

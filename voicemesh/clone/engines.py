@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -86,12 +86,30 @@ class BaseVoice(Protocol):
         """Float32 mono samples at ``sample_rate``."""
         ...
 
+    def pieces(self, text: str, speed: float = 1.0) -> Iterator[np.ndarray]:
+        """The same speech in pieces, the first one short, as they are made."""
+        ...
+
 
 CALIBRATION_TEXT = (
     "The quick brown fox jumps over the lazy dog. She sells sea shells by the sea shore, "
     "and the shells she sells are surely sea shells. How much wood would a woodchuck chuck?"
 )
 """Speech the stock voice is described by, rich in vowels of every kind."""
+
+
+@dataclass
+class _PieceStream:
+    """PCM of each piece as the worker thread renders it (the first one is ready)."""
+
+    sample_rate: int
+    first: bytes
+    rest: Iterator[np.ndarray]
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield self.first
+        while (audio := await asyncio.to_thread(next, self.rest, None)) is not None:
+            yield float32_to_pcm16(audio)
 
 
 @dataclass
@@ -159,14 +177,34 @@ class WorldAdaptedVits:
         plain = self.voice.synthesize(text, speed)
         return adapt_toward(plain, self.sample_rate, self.source, target, self.strength)
 
+    def render_pieces(
+        self, text: str, speed: float, path: Path, digest: str
+    ) -> Iterator[np.ndarray]:
+        """Synthesise and adapt piece by piece (blocking; iterate in a worker thread).
+
+        WORLD adapts each piece on its own; it works frame by frame, so the pieces
+        sound as the whole would, and the first one is ready long before the whole.
+        """
+        target = self.speaker(path, digest)
+        for plain in self.voice.pieces(text, speed):
+            yield adapt_toward(plain, self.sample_rate, self.source, target, self.strength)
+
     async def start(self, request: CloneRequest, streaming: bool) -> SynthesisStream:
-        """Render the whole utterance in a worker thread; streamed in chunks afterwards."""
+        """Render in a worker thread: streamed, piece by piece as each is ready (the first
+        before answering, so a failure is still an error status); else the whole."""
         if request.language.split("-")[0].lower() not in self.languages:
             raise BadRequest(
                 f"the CPU cloning engine speaks {', '.join(self.languages)} only, not "
                 f"{request.language!r}; other languages need a GPT-SoVITS backend",
                 code="unsupported_language",
             )
+        if streaming:
+            rest = self.render_pieces(
+                request.text, request.speed, request.reference_path, request.reference_sha256
+            )
+            first = await asyncio.to_thread(next, rest, None)
+            if first is not None:
+                return _PieceStream(self.sample_rate, float32_to_pcm16(first), rest)
         audio = await asyncio.to_thread(
             self.render,
             request.text,

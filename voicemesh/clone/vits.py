@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,6 +30,11 @@ class VitsBaseVoice:
         result = self.synthesizer.synthesize(text, speed=speed)
         audio: np.ndarray = np.asarray(result.audio, dtype=np.float32)
         return audio
+
+    def pieces(self, text: str, speed: float = 1.0) -> Iterator[np.ndarray]:
+        """The same speech piece by piece, as ``tts_vits`` streams it (short first piece)."""
+        for chunk in self.synthesizer.synthesize_chunks(text, speed=speed):
+            yield np.asarray(chunk.audio, dtype=np.float32)
 
 
 def load_base_voice(
