@@ -17,11 +17,17 @@ of the clip manifest once each. Then ``--clients`` concurrent clients (default 4
 loop over the five texts through the gateway for ``--seconds``: requests per second,
 first-audio p50/p95 under that load, and how many were refused (503 ``busy``).
 
+``--clone`` adds the CPU cloning engine (``tts_clone``, the stock voice moved toward
+a reference with WORLD) through the same gateway route with a cloned voice id: first
+audio and RTF of a synthesis (each text once: a repeat would be a cache hit), then
+``--hits`` rounds of the five texts again, all served from the result cache, timed to
+the last byte.
+
 ``--profile`` adds where the time of one request goes inside tts_vits's engine
 (normalising and splitting, espeak phonemes, the VITS model on one and on every
 core, resampling to 24 kHz, PCM encoding), measured in this process.
 
-Usage: ``python -m benchmarks.tts_speed [--reps 3] [--clients 4 8] [--profile]``.
+Usage: ``python -m benchmarks.tts_speed [--reps 3] [--clients 4 8] [--clone] [--profile]``.
 Service settings can be passed as environment variables (``VOICEMESH_TTS_VITS_*``).
 """
 
@@ -77,12 +83,14 @@ def ms(values: list[float], q: float) -> float:
 
 
 def summary(name: str, timings: list[Timing]) -> str:
-    """One table row: first audio p50 / p95 and RTF p50 / p95."""
+    """One table row: first audio, RTF and whole response, p50 / p95."""
     first = [t.first_s for t in timings]
+    total = [t.total_s for t in timings]
     rtf = [t.rtf for t in timings]
     return (
         f"| {name} | {ms(first, 50):.0f} / {ms(first, 95):.0f} ms | "
-        f"{np.percentile(rtf, 50):.3f} / {np.percentile(rtf, 95):.3f} | {len(timings)} |"
+        f"{np.percentile(rtf, 50):.3f} / {np.percentile(rtf, 95):.3f} | "
+        f"{ms(total, 50):.0f} / {ms(total, 95):.0f} ms | {len(timings)} |"
     )
 
 
@@ -140,11 +148,11 @@ def streamed(client: httpx.Client, path: str, body: dict[str, object]) -> Timing
     return Timing(first or total, total, size / 2 / rate)
 
 
-def via_gateway(client: httpx.Client) -> Callable[[str], Timing]:
+def via_gateway(client: httpx.Client, voice: str = VOICE) -> Callable[[str], Timing]:
     """OpenAI's speech route through the gateway, PCM at 24 kHz."""
 
     def speak(text: str) -> Timing:
-        body = {"model": "tts-1", "input": text, "voice": VOICE, "response_format": "pcm"}
+        body = {"model": "tts-1", "input": text, "voice": voice, "response_format": "pcm"}
         return streamed(client, "/v1/audio/speech", body)
 
     return speak
@@ -195,6 +203,34 @@ def load_run(url: str, clients: int, seconds: float) -> tuple[list[Timing], int,
         sum(r[2] for r in results),
         elapsed,
     )
+
+
+def clone_voice(client: httpx.Client, clips: Path) -> str:
+    """Upload a shared clip as a cloned voice through the gateway; its voice id."""
+    from tests.harness import clip_named
+
+    reference = clip_named("pocketsphinx-librivox-0870.wav", clips)
+    response = client.post(
+        "/v1/clone/voices",
+        files={"audio": (reference.file, reference.path.read_bytes(), "audio/wav")},
+        data={"name": "bench", "prompt_text": reference.text, "consent": "true"},
+    )
+    response.raise_for_status()
+    return str(response.json()["voice_id"])
+
+
+def clone_rows(
+    gateway: httpx.Client, clips: Path, english: list[str], hits: int
+) -> dict[str, list[Timing]]:
+    """Cloned-voice syntheses (each text once) and cache hits (the five again, ``hits`` times)."""
+    speak = wait_for_route(via_gateway(gateway, clone_voice(gateway, clips)))
+    rows: dict[str, list[Timing]] = {}
+    rows["five: cloned voice, CPU engine, synthesis"] = [speak(text) for text in FIVE]
+    rows["reference sentences: cloned voice, CPU engine, synthesis"] = [
+        speak(text) for text in english
+    ]
+    rows["five: cloned voice, cache hit"] = [speak(text) for _ in range(hits) for text in FIVE]
+    return rows
 
 
 def profile(reps: int) -> None:
@@ -252,6 +288,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, nargs="*", default=[4, 8])
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of each load run")
     parser.add_argument("--profile", action="store_true", help="time each step in process")
+    parser.add_argument("--clone", action="store_true", help="the CPU cloning engine too")
+    parser.add_argument("--hits", type=int, default=10, help="cache-hit rounds (--clone)")
     add_clips_option(parser)
     args = parser.parse_args()
     english = [c.text for c in load_manifest(args.clips) if c.language == "en"]
@@ -270,12 +308,15 @@ def main() -> int:
     }
     tts = ServiceProcess("tts_vits", free_port(), env, home)
     gateway = ServiceProcess("gateway", free_port(), env, home)
+    processes = [tts, gateway]
+    if args.clone:
+        processes.insert(1, ServiceProcess("tts_clone", free_port(), env, home))
     rows: dict[str, list[Timing]] = {}
     loads = []
     try:
-        for process in (tts, gateway):
+        for process in processes:
             process.start()
-        for process in (tts, gateway):
+        for process in processes:
             process.wait_healthy(timeout_s=180)
         with (
             httpx.Client(base_url=gateway.url, timeout=120) as gw,
@@ -298,16 +339,18 @@ def main() -> int:
             for name, speak in systems.items():
                 for text in english:
                     rows.setdefault(f"reference sentences: {name}", []).append(speak(text))
+            if args.clone:
+                rows.update(clone_rows(gw, args.clips, english, args.hits))
         for clients in args.clients:
             loads.append((clients, *load_run(gateway.url, clients, args.seconds)))
     finally:
-        gateway.stop()
-        tts.stop()
+        for process in reversed(processes):
+            process.stop()
         redis.stop()
 
     print(f"TTS speed, {VOICE}, {os.cpu_count()} cores, one request at a time")
-    print("| system | first audio p50 / p95 | RTF p50 / p95 | requests |")
-    print("|---|---|---|---|")
+    print("| system | first audio p50 / p95 | RTF p50 / p95 | whole answer p50 / p95 | requests |")
+    print("|---|---|---|---|---|")
     for name, timings in rows.items():
         print(summary(name, timings))
     print("\nunder load, through the gateway (the five texts in turn):")

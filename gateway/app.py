@@ -41,6 +41,7 @@ def build_view(settings: GatewaySettings) -> RegistryView:
         refresh_s=settings.registry_refresh_s,
         static=static,
         probe_interval_s=settings.probe_interval_s,
+        failed_hold_s=settings.failed_hold_s,
     )
 
 

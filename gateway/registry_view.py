@@ -50,6 +50,7 @@ class RegistryView:
         refresh_s: float = 1.0,
         static: list[ReplicaInfo] | None = None,
         probe_interval_s: float = 0.0,
+        failed_hold_s: float = 5.0,
     ) -> None:
         self.client = client
         self.default_mode = default_mode
@@ -67,6 +68,7 @@ class RegistryView:
         self.probe_interval_s = probe_interval_s
         self._probe_task: asyncio.Task[None] | None = None
         self._probe_misses: dict[str, int] = {}
+        self.failed_hold_s = failed_hold_s
 
     @property
     def degraded(self) -> bool:
@@ -124,9 +126,11 @@ class RegistryView:
         else:
             self._assigned.pop(replica.instance_id, None)
 
-    def mark_failed(self, replica: ReplicaInfo, hold_s: float = 5.0) -> None:
-        """Keep a replica that just failed out of routing for a short while."""
-        self._failed[replica.instance_id] = time.monotonic() + hold_s
+    def mark_failed(self, replica: ReplicaInfo, hold_s: float | None = None) -> None:
+        """Keep a replica that just failed out of routing for ``hold_s`` (default
+        ``failed_hold_s``)."""
+        hold = self.failed_hold_s if hold_s is None else hold_s
+        self._failed[replica.instance_id] = time.monotonic() + hold
 
     async def refresh(self) -> None:
         """Read the registry and the mode once; keep the old view if Redis fails."""

@@ -40,6 +40,9 @@ class GatewaySettings(ServiceSettings):
     """Static detector backends used when the registry lists none."""
     probe_interval_s: float = Field(5.0, ge=0)
     """How often every replica's /health is probed (0: never); failures leave routing."""
+    failed_hold_s: float = Field(5.0, gt=0)
+    """How long a replica that just failed (refused a connection, timed out, stalled) is
+    tried only after every other one."""
     stall_timeout_s: float = Field(3.0, gt=0)
     """A backend that sends nothing this long while audio is pending is failed over."""
     max_utterance_s: float = Field(30.0, gt=0)

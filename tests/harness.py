@@ -15,8 +15,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from client.streaming import StreamResult
 
 REPO = Path(__file__).resolve().parent.parent
 SPEECH_DIR = REPO / "tests" / "data" / "speech"
@@ -308,3 +312,17 @@ def offline_transcript(clip: Clip) -> str:
 def clip_named(name: str, folder: Path = SPEECH_DIR) -> Clip:
     """The manifest entry of one clip."""
     return next(c for c in load_manifest(folder) if c.file == name)
+
+
+LOAD_NOTICES = frozenset({"backend_slow"})
+"""Non-fatal error codes a loaded machine may cause while the product works as designed
+(``backend_slow``: the replica is behind and no other can take the session)."""
+
+
+def stream_errors(result: StreamResult) -> list[dict[str, Any]]:
+    """The ``error`` messages of a stream, less non-fatal load notices."""
+    return [
+        m
+        for m in result.of_type("error")
+        if m.get("fatal", True) or m.get("code") not in LOAD_NOTICES
+    ]

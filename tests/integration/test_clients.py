@@ -17,7 +17,7 @@ from client.cli import main
 from client.mic import Backoff, FileCaptureSource, MicStreamer, SlidingBuffer
 from client.stats import DEFAULT_SLACK_S
 from client.streaming import stream_audio
-from tests.harness import clip_named, error_rate, offline_transcript
+from tests.harness import clip_named, error_rate, offline_transcript, stream_errors
 from voicemesh.audio import OpusStreamEncoder
 from voicemesh.audio_files import load_clip_16k
 
@@ -117,7 +117,7 @@ def test_stream_command_reports_unreachable_gateway(capsys: Any) -> None:
 async def test_opus_straight_to_the_stt_service(mesh: Any) -> None:
     url = mesh.stt_cpu.url.replace("http://", "ws://") + "/ws/transcribe"
     result = await stream_audio(url, load_clip_16k(CLIP.path), encoding="opus", language="en")
-    assert not result.of_type("error"), result.of_type("error")
+    assert not stream_errors(result), stream_errors(result)
     assert_within_wer(CLIP, result.transcript)
 
 

@@ -20,7 +20,7 @@ import pytest
 import websockets
 
 from client.streaming import stream_audio
-from tests.harness import clip_named, error_rate, free_port
+from tests.harness import clip_named, error_rate, free_port, stream_errors
 from tests.integration.test_scaling import EmbeddedMesh
 from voicemesh.audio_files import load_clip_16k
 from voicemesh.mesh.plan import port_is_free
@@ -99,7 +99,7 @@ def test_nginx_runs_supervised_as_this_user(front_door: FrontDoorMesh) -> None:
 async def test_a_clip_streams_through_nginx(front_door: FrontDoorMesh) -> None:
     ws_url = f"ws://127.0.0.1:{front_door.nginx_port}/ws/transcribe"
     result = await stream_audio(ws_url, load_clip_16k(JFK.path), language="en")
-    assert not result.of_type("error"), result.of_type("error")
+    assert not stream_errors(result), stream_errors(result)
     assert result.of_type("ready")[0]["backend"].startswith("http://127.0.0.1:")
     assert result.of_type("final"), result.messages
     assert error_rate(JFK.text, result.transcript) <= 15, result.transcript

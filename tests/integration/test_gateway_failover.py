@@ -29,6 +29,7 @@ from tests.harness import (
     error_rate,
     free_port,
     offline_transcript,
+    stream_errors,
 )
 from voicemesh.audio_files import load_clip_16k
 
@@ -37,6 +38,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 JFK = clip_named("whisper-jfk.wav")
 LJ = clip_named("coqui-tts-LJ001-0001.wav")
 WER_MARGIN = 1.0
+STALL_S = 6.0
+"""The gateway's stall timeout in this mesh (the default is 3 s)."""
 
 
 @dataclass
@@ -111,6 +114,9 @@ def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaMesh]:
         "VOICEMESH_STT_GPU_DEVICE": "cpu",
         "VOICEMESH_STT_GPU_WORKERS": "1",
         "VOICEMESH_STT_CPU_CPU_THREADS": "2",
+        # Four engines share two cores here (five processes with the gateway): a loaded
+        # replica can fall a few seconds behind without having stalled.
+        "VOICEMESH_GATEWAY_STALL_TIMEOUT_S": str(STALL_S),
     }
     cpu = [ServiceProcess("stt_cpu_ws", free_port(), env, logs) for _ in range(2)]
     gpu = ServiceProcess("stt_gpu_ws", free_port(), env, logs)
@@ -227,8 +233,8 @@ async def test_stalled_backend_is_failed_over(mesh: HaMesh) -> None:
     # The stall watch decided, not the pings (they give a frozen backend 2 s longer):
     # speech was pending and the backend went quiet.
     assert failover["reason"].startswith("stalled: no message"), failover
-    # default stall timeout 3 s
-    assert t_failover - stopped["t"] < 5.0, t_failover - stopped["t"]
+    # Within the stall timeout and a check period (pings would take 2 s more).
+    assert t_failover - stopped["t"] < STALL_S + 2.0, t_failover - stopped["t"]
     assert_whole_clip(result, LJ)
 
 
@@ -300,7 +306,7 @@ async def test_redis_outage_under_a_live_session(mesh: HaMesh) -> None:
     result, _ = await asyncio.gather(
         stream_audio(mesh.ws_url, load_clip_16k(LJ.path), language="en"), outage()
     )
-    assert result.of_type("error") == []
+    assert stream_errors(result) == []
     assert_whole_clip(result, LJ)
     # Replicas re-register on their next heartbeat; the gateway recovers by itself.
     body = await asyncio.to_thread(wait_for_replicas, mesh.gateway.url, 3)
@@ -313,5 +319,5 @@ async def test_session_goes_on_when_the_detector_dies(mesh: HaMesh) -> None:
         os.kill(mesh.detector.process.pid, signal.SIGKILL)
 
     result = await stream_with_action(mesh.ws_url, LJ, "partial", kill_detector)
-    assert result.of_type("error") == [] and result.of_type("failover") == []
+    assert stream_errors(result) == [] and result.of_type("failover") == []
     assert_whole_clip(result, LJ)

@@ -48,6 +48,9 @@ def start_static_gateway(backend_urls: list[str], log_dir: Path) -> ServiceProce
         # No health probes: the request itself must discover the dead backend.
         "VOICEMESH_GATEWAY_PROBE_INTERVAL_S": "0",
         "VOICEMESH_GATEWAY_BACKEND_URLS": json.dumps(backend_urls),
+        # Held out for longer than a transcription takes on a loaded machine, so the
+        # tests see the hold whatever the load.
+        "VOICEMESH_GATEWAY_FAILED_HOLD_S": "120",
     }
     gateway = ServiceProcess("gateway", free_port(), env, log_dir).start()
     try:

@@ -14,7 +14,14 @@ import pytest
 import redis
 
 from client.streaming import stream_audio
-from tests.harness import RedisServer, ServiceProcess, clip_named, error_rate, free_port
+from tests.harness import (
+    RedisServer,
+    ServiceProcess,
+    clip_named,
+    error_rate,
+    free_port,
+    stream_errors,
+)
 from voicemesh.audio_files import load_clip_16k
 from voicemesh.settings import default_home
 
@@ -102,7 +109,7 @@ async def test_a_session_streams_through_the_password_redis(auth_mesh: AuthMesh)
     result = await stream_audio(
         ws_url, load_clip_16k(CLIP.path), language="en", realtime=False, trailing_silence_s=1.0
     )
-    assert not result.of_type("error"), result.of_type("error")
+    assert not stream_errors(result), stream_errors(result)
     assert result.messages[0][1]["backend"] == auth_mesh.stt.url
     assert error_rate(CLIP.text, result.transcript) <= 20, result.transcript
     async with httpx.AsyncClient(timeout=5) as client:

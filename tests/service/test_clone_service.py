@@ -226,6 +226,8 @@ def test_cache_miss_then_hit_with_the_same_bytes(client: TestClient) -> None:
     assert second.headers["x-voicemesh-cache"] == "hit"
     assert second.headers["x-voicemesh-engine"] == "world_vits"
     assert second.headers["x-voicemesh-approximate"] == "true"
+    # A hit names its sample rate as the miss did (a PCM client needs it to play the audio).
+    assert second.headers["x-voicemesh-sample-rate"] == first.headers["x-voicemesh-sample-rate"]
     assert second.content == first.content
     # Served without synthesizing: a fraction of the miss, whatever the machine's load
     # (the benchmark measures the hit's p50).

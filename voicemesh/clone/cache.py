@@ -58,6 +58,8 @@ class CachedResult:
     media_type: str
     engine: str
     approximate: bool
+    sample_rate: int | None = None
+    """Rate of the audio (None for entries cached before it was recorded)."""
 
 
 class ResultCache:
@@ -129,10 +131,18 @@ class ResultCache:
             media_type=str(meta.get("media_type", "audio/wav")),
             engine=str(meta.get("engine", "")),
             approximate=meta.get("approximate") == "1",
+            sample_rate=int(meta["sample_rate"]) if meta.get("sample_rate") else None,
         )
 
     async def put(
-        self, key: str, data: bytes, *, media_type: str, engine: str, approximate: bool
+        self,
+        key: str,
+        data: bytes,
+        *,
+        media_type: str,
+        engine: str,
+        approximate: bool,
+        sample_rate: int | None = None,
     ) -> None:
         """Store a result, then evict least recently used ones past the size bound."""
         if len(data) > self.max_bytes:
@@ -151,6 +161,7 @@ class ResultCache:
                     "engine": engine,
                     "size": len(data),
                     "approximate": "1" if approximate else "0",
+                    "sample_rate": sample_rate or "",
                 },
             )
             pipe.zadd(self._lru_key, {key: time.time()})

@@ -116,7 +116,7 @@ class Synthesis:
                 return Response(
                     hit.data,
                     media_type=hit.media_type,
-                    headers=self.headers(hit.engine, hit.approximate, "hit", None),
+                    headers=self.headers(hit.engine, hit.approximate, "hit", hit.sample_rate),
                 )
             state.metrics.count("cache", "miss")
             pcm: bytes | None = None
@@ -229,4 +229,5 @@ class Synthesis:
                 media_type=media_type(self.body.format, rate),
                 engine=engine.name,
                 approximate=engine.approximate,
+                sample_rate=rate,
             )
