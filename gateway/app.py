@@ -109,6 +109,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         finally:
             await monitor.stop()
             await view.stop()
+            await state.http.aclose()
 
     # Every HTTP route but the probes needs a client key (see gateway.auth).
     app = FastAPI(

@@ -86,12 +86,10 @@ class Routed:
     response: httpx.Response
     replica: ReplicaInfo
     failovers: int
-    client: httpx.AsyncClient
 
     async def aclose(self) -> None:
-        """Release the response and its connection pool."""
+        """Release the response (its connection goes back to the gateway's pool)."""
         await self.response.aclose()
-        await self.client.aclose()
 
 
 def error_code(response: httpx.Response) -> str | None:
@@ -166,41 +164,33 @@ async def route(
     ``service`` names the backends in the ``no_backend`` error; ``kind`` is the
     request kind failover events carry (``tts``, ``transcription``).
     """
-    settings = state.settings
     candidates = state.view.route(choose)
-    timeout = httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s)
-    client = httpx.AsyncClient(timeout=timeout)
     last_error = f"no {service} replica is registered"
     failovers = 0
-    try:
-        for index, replica in enumerate(candidates):
-            state.view.assign(replica)
-            try:
-                response = await send_call(client, replica, call)
-            except EngineUnavailable as exc:
-                last_error = exc.message
-                if not isinstance(exc, Busy):  # a busy replica is alive: keep it in routing
-                    state.view.mark_failed(replica)
-                _LOGGER.warning(
-                    "request %s: %s failed: %s: %s",
-                    call.request_id,
-                    replica.url,
-                    exc.code,
-                    exc.message,
+    for index, replica in enumerate(candidates):
+        state.view.assign(replica)
+        try:
+            response = await send_call(state.http, replica, call)
+        except EngineUnavailable as exc:
+            last_error = exc.message
+            if not isinstance(exc, Busy):  # a busy replica is alive: keep it in routing
+                state.view.mark_failed(replica)
+            _LOGGER.warning(
+                "request %s: %s failed: %s: %s",
+                call.request_id,
+                replica.url,
+                exc.code,
+                exc.message,
+            )
+            if index + 1 < len(candidates):
+                failovers += 1
+                count_failover(
+                    state, call.request_id, replica, candidates[index + 1], exc, kind=kind
                 )
-                if index + 1 < len(candidates):
-                    failovers += 1
-                    count_failover(
-                        state, call.request_id, replica, candidates[index + 1], exc, kind=kind
-                    )
-                continue
-            finally:
-                state.view.release(replica)
-            return Routed(response, replica, failovers, client)
-    except BaseException:
-        await client.aclose()
-        raise
-    await client.aclose()
+            continue
+        finally:
+            state.view.release(replica)
+        return Routed(response, replica, failovers)
     raise EngineUnavailable(
         f"no {service} backend could serve the request: {last_error}", code="no_backend"
     )
