@@ -103,8 +103,8 @@ def main() -> None:
 
     from tts_vits.app import TtsVitsSettings
     from voicemesh.stt.engines import load_transcriber
-    from voicemesh.tts.engine import SherpaSynthesizer
     from voicemesh.tts.prepare import default_voice_files
+    from voicemesh.tts.sherpa import SherpaSynthesizer
 
     overrides = {
         k: v

@@ -240,9 +240,10 @@ def profile(reps: int) -> None:
     import soxr
 
     from voicemesh.audio import float32_to_pcm16
-    from voicemesh.tts.engine import SherpaSynthesizer, phonemize_piper
+    from voicemesh.tts.engine import phonemize_piper
     from voicemesh.tts.prepare import default_voice_files
     from voicemesh.tts.settings import TtsSettings
+    from voicemesh.tts.sherpa import SherpaSynthesizer
     from voicemesh.tts.text import normalize_text, split_for_streaming
 
     settings = TtsSettings()

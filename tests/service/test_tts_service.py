@@ -407,3 +407,38 @@ def test_a_long_first_sentence_streams_its_first_words_on_their_own(tts: httpx.C
     # "Please remind me" comes first, alone: about a third of the sentence, not all of it.
     assert len(chunks) >= 2, [len(c) for c in chunks]
     assert len(chunks[0]) / 2 / 22050 < 0.5 * streamed_s, [len(c) for c in chunks]
+
+
+def test_piper_voices_run_on_onnxruntime_with_the_same_speech_as_sherpa_onnx(
+    tmp_path: Path,
+) -> None:
+    import dataclasses
+    import shutil
+
+    from voicemesh.tts import default_voice_files
+    from voicemesh.tts.piper_runtime import PiperRuntimeSynthesizer, load_synthesizer
+    from voicemesh.tts.sherpa import SherpaSynthesizer
+
+    # Noiseless, so both runtimes draw the same durations from the same model.
+    files = dataclasses.replace(default_voice_files(), noise_scale=0.0, noise_scale_w=0.0)
+    onnx = load_synthesizer(files, num_threads=1)
+    sherpa = load_synthesizer(files, piper_runtime="sherpa-onnx", num_threads=1)
+    assert isinstance(onnx, PiperRuntimeSynthesizer)
+    assert isinstance(sherpa, SherpaSynthesizer)
+    assert (onnx.sample_rate, onnx.num_speakers) == (sherpa.sample_rate, sherpa.num_speakers)
+    text = "Please remind me to take my medicine at eight o'clock tonight."
+    a = onnx.synthesize(text).audio
+    b = sherpa.synthesize(text).audio
+    assert abs(len(a) - len(b)) <= 0.01 * len(b), (len(a), len(b))
+    level_a, level_b = float(np.sqrt(np.mean(a**2))), float(np.sqrt(np.mean(b**2)))
+    assert abs(level_a - level_b) < 0.1 * level_b, (level_a, level_b)
+    # Faster speech is shorter on onnxruntime too (speed reaches the length scale).
+    assert len(onnx.synthesize(text, speed=1.5).audio) < 0.8 * len(a)
+
+    # A Piper model without Piper's config beside it runs on sherpa-onnx.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("model.onnx", "tokens.txt"):
+        shutil.copy(files.model.parent / name, bare / name)
+    bare_files = dataclasses.replace(files, model=bare / "model.onnx", tokens=bare / "tokens.txt")
+    assert isinstance(load_synthesizer(bare_files, num_threads=1), SherpaSynthesizer)

@@ -51,7 +51,7 @@ def load_base_voice(
     """
     import dataclasses
 
-    from voicemesh.tts.engine import SherpaSynthesizer
+    from voicemesh.tts.piper_runtime import load_synthesizer
     from voicemesh.tts.prepare import default_voice_files
 
     if name not in (BUNDLED_VOICE, "joe"):
@@ -59,6 +59,6 @@ def load_base_voice(
     files = dataclasses.replace(
         default_voice_files(), noise_scale_w=duration_noise, noise_scale=voice_noise
     )
-    synthesizer = SherpaSynthesizer(files, num_threads=num_threads)
+    synthesizer = load_synthesizer(files, num_threads=num_threads)
     _LOGGER.info("CPU cloning engine adapts %s (%d Hz)", name, synthesizer.sample_rate)
     return VitsBaseVoice(synthesizer)

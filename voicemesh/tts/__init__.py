@@ -30,15 +30,9 @@ The API, small on purpose::
   text helpers the engine uses.
 """
 
-from voicemesh.tts.engine import (
-    SherpaSynthesizer,
-    SynthesisChunk,
-    SynthesisResult,
-    Synthesizer,
-    TtsModelFiles,
-    VitsSynthesizer,
-)
+from voicemesh.tts.engine import SynthesisChunk, SynthesisResult, Synthesizer, TtsModelFiles
 from voicemesh.tts.prepare import default_voice_files
+from voicemesh.tts.sherpa import SherpaSynthesizer, VitsSynthesizer
 from voicemesh.tts.text import normalize_text, split_for_streaming, split_sentences
 
 __all__ = [

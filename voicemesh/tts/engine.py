@@ -1,8 +1,11 @@
-"""The ``Synthesizer`` interface and the sherpa-onnx engine (VITS, Piper, Kokoro, Matcha).
+"""The ``Synthesizer`` interface and what every engine shares (:class:`PooledSynthesizer`).
 
-``sherpa_onnx`` (and, for Piper voices, ``piper``'s espeak-ng bridge) are imported only
-when a :class:`SherpaSynthesizer` is built, never at module import, so code that only
-needs the types (the gateway, unit tests) does not load a model library.
+The engines themselves are :class:`~voicemesh.tts.sherpa.SherpaSynthesizer` (every
+family on sherpa-onnx) and :class:`~voicemesh.tts.piper_runtime.PiperRuntimeSynthesizer`
+(Piper voices on onnxruntime, as Piper itself runs them). Model libraries (and, for
+Piper voices, ``piper``'s espeak-ng bridge) are imported only when an engine is built,
+never at module import, so code that only needs the types (the gateway, unit tests)
+does not load one.
 
 Piper voices (and any model whose files name an ``espeak_voice``: Kokoro, Matcha):
 sherpa-onnx 2.x has no espeak-ng of its own, so the text is phonemised here with the
@@ -164,58 +167,10 @@ def phonemize_piper(text: str, voice: str) -> list[list[int]]:
     return [[ord(ch) for ph in sentence for ch in ph] for sentence in sentences if sentence]
 
 
-def _sherpa_config(files: TtsModelFiles, num_threads: int, provider: str) -> Any:
-    """The sherpa-onnx OfflineTtsConfig for ``files``."""
-    import sherpa_onnx
+class PooledSynthesizer:
+    """The engine-independent part of a synthesizer: text checks, pieces, a pool of instances.
 
-    def s(path: Path | None) -> str:
-        return str(path) if path is not None else ""
-
-    fsts = ",".join(str(p) for p in files.rule_fsts)
-    model_kw: dict[str, Any] = {"num_threads": num_threads, "provider": provider, "debug": False}
-    if files.family in ("piper", "vits"):
-        model_kw["vits"] = sherpa_onnx.OfflineTtsVitsModelConfig(
-            model=str(files.model),
-            tokens=str(files.tokens),
-            lexicon=s(files.lexicon),
-            dict_dir=s(files.dict_dir),
-            # espeak text is phonemised here; sherpa-onnx only maps code points to ids.
-            data_dir="" if files.espeak_voice else s(files.data_dir),
-            noise_scale=files.noise_scale,
-            noise_scale_w=files.noise_scale_w,
-            length_scale=files.length_scale,
-        )
-    elif files.family == "kokoro":
-        model_kw["kokoro"] = sherpa_onnx.OfflineTtsKokoroModelConfig(
-            model=str(files.model),
-            voices=s(files.voices),
-            tokens=str(files.tokens),
-            data_dir=s(files.data_dir),
-            lexicon=s(files.lexicon),
-            length_scale=files.length_scale,
-        )
-    else:
-        model_kw["matcha"] = sherpa_onnx.OfflineTtsMatchaModelConfig(
-            acoustic_model=str(files.model),
-            vocoder=s(files.vocoder),
-            tokens=str(files.tokens),
-            lexicon=s(files.lexicon),
-            data_dir=s(files.data_dir),
-            dict_dir=s(files.dict_dir),
-            noise_scale=files.noise_scale,
-            length_scale=files.length_scale,
-        )
-    return sherpa_onnx.OfflineTtsConfig(
-        model=sherpa_onnx.OfflineTtsModelConfig(**model_kw),
-        rule_fsts=fsts,
-        max_num_sentences=1,
-    )
-
-
-class SherpaSynthesizer:
-    """A sherpa-onnx OfflineTts model behind a pool of instances (thread-safe).
-
-    One OfflineTts must not run two generations at once, so each call borrows an
+    One model instance must not run two generations at once, so each call borrows an
     instance from a pool of ``pool_size`` and gives it back: concurrent callers never
     share an instance, and at most ``pool_size`` generations run in parallel.
 
@@ -224,7 +179,13 @@ class SherpaSynthesizer:
     to a separate *solo* instance of ``solo_threads`` instead (when that is more than
     ``num_threads``): one request alone gets every core, and the latency of one
     request is not traded for the throughput of many.
+
+    A subclass opens instances (:meth:`_open`), reads their rate and speakers
+    (:meth:`_describe`) and generates one piece on one (:meth:`_speak`).
     """
+
+    runtime = "?"
+    """The inference library, for log lines and headers."""
 
     def __init__(
         self,
@@ -234,7 +195,6 @@ class SherpaSynthesizer:
         num_threads: int = 2,
         pool_size: int = 1,
         solo_threads: int = 0,
-        provider: str = "cpu",
         acquire_timeout_s: float | None = None,
     ) -> None:
         missing = files.missing()
@@ -242,12 +202,6 @@ class SherpaSynthesizer:
             raise ModelAssetError(
                 f"{files.family} model files are missing: {', '.join(map(str, missing))}"
             )
-        try:
-            import sherpa_onnx
-        except ImportError as exc:
-            raise ModelAssetError(
-                "text-to-speech needs the PyPI package sherpa-onnx; pip install sherpa-onnx"
-            ) from exc
         if files.family == "piper" and not files.espeak_voice:
             raise ModelAssetError(f"Piper model {files.model} has no espeak voice set")
         if files.espeak_voice:
@@ -255,28 +209,24 @@ class SherpaSynthesizer:
         self.files = files
         self.language = language
         self.acquire_timeout_s = acquire_timeout_s
-        config = _sherpa_config(files, num_threads, provider)
-        if not config.validate():
-            raise ModelAssetError(f"sherpa-onnx rejected the config for {files.model}")
         started = time.monotonic()
         self._pool: queue.Queue[Any] = queue.Queue()
-        first = sherpa_onnx.OfflineTts(config)
+        first = self._open(num_threads)
         self._pool.put(first)
         for _ in range(pool_size - 1):
-            self._pool.put(sherpa_onnx.OfflineTts(config))
-        self._solo: Any = None
-        if solo_threads > num_threads:
-            self._solo = sherpa_onnx.OfflineTts(_sherpa_config(files, solo_threads, provider))
+            self._pool.put(self._open(num_threads))
+        self._solo: Any = self._open(solo_threads) if solo_threads > num_threads else None
         self._lock = threading.Lock()
         self._running = 0
         self._solo_busy = False
         self._solo_count = 0
-        self._sample_rate = int(first.sample_rate)
-        self._num_speakers = max(1, int(first.num_speakers))
+        self._sample_rate, self._num_speakers = self._describe(first)
         _LOGGER.info(
-            "loaded %s model %s (%d Hz, %d speakers, pool %d x %d threads, solo %s) in %.1f s",
+            "loaded %s model %s on %s (%d Hz, %d speakers, pool %d x %d threads, solo %s) "
+            "in %.1f s",
             files.family,
             files.model,
+            self.runtime,
             self._sample_rate,
             self._num_speakers,
             pool_size,
@@ -284,6 +234,25 @@ class SherpaSynthesizer:
             f"{solo_threads} threads" if self._solo is not None else "off",
             time.monotonic() - started,
         )
+
+    def _open(self, threads: int) -> Any:
+        """A new model instance running on ``threads`` threads."""
+        raise NotImplementedError
+
+    def _describe(self, instance: Any) -> tuple[int, int]:
+        """(sample rate, number of speakers) of an instance."""
+        raise NotImplementedError
+
+    def _speak(
+        self,
+        instance: Any,
+        text: str,
+        codepoints: list[list[int]] | None,
+        speaker_id: int,
+        speed: float,
+    ) -> np.ndarray:
+        """Audio of one piece on ``instance`` (``codepoints``: its espeak phonemes, if any)."""
+        raise NotImplementedError
 
     @property
     def sample_rate(self) -> int:
@@ -314,22 +283,16 @@ class SherpaSynthesizer:
 
     def _generate(self, text: str, speaker_id: int, speed: float) -> np.ndarray:
         """Audio of one piece of text, on a borrowed engine instance."""
-        import sherpa_onnx
-
-        config = sherpa_onnx.GenerationConfig()
-        config.sid = speaker_id
-        config.speed = speed
+        codepoints = None
         if self.files.espeak_voice:
             codepoints = phonemize_piper(text, self.files.espeak_voice)
             if not codepoints:
                 return np.zeros(0, dtype=np.float32)
-            config.phoneme_codepoints = codepoints
-        tts, solo = self._borrow()
+        instance, solo = self._borrow()
         try:
-            generated = tts.generate(text, config)
+            return self._speak(instance, text, codepoints, speaker_id, speed)
         finally:
-            self._give_back(tts, solo)
-        return np.asarray(generated.samples, dtype=np.float32)
+            self._give_back(instance, solo)
 
     @property
     def solo_generations(self) -> int:
@@ -411,7 +374,3 @@ class SherpaSynthesizer:
             first_chunk_s=first,
             sentences=sentences,
         )
-
-
-VitsSynthesizer = SherpaSynthesizer
-"""The name other code uses for the VITS engine (Piper voices are VITS)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -27,6 +28,9 @@ class TtsSettings(ServiceSettings):
     """ONNX Runtime threads per synthesis (1 gives the best throughput on 2 cores)."""
     pool_size: int = Field(2, ge=1, le=16)
     """Engine instances per loaded model: syntheses that run in parallel."""
+    piper_runtime: Literal["onnxruntime", "sherpa-onnx"] = "onnxruntime"
+    """What runs Piper voices: onnxruntime, as Piper itself does (about 17% faster here), or
+    sherpa-onnx; every other family runs on sherpa-onnx."""
     solo_threads: int | None = Field(None, ge=1, le=32)
     """Threads of the extra engine instance used while only one synthesis runs, so one
     request alone gets every core; None: one per usable core (at most 4); a value no

@@ -88,7 +88,7 @@ class EngineSet:
         return engine
 
     def _load(self, model: ModelEntry) -> Synthesizer:
-        from voicemesh.tts.engine import SherpaSynthesizer
+        from voicemesh.tts.piper_runtime import load_synthesizer
 
         files = model_files(model, self.catalogue.models_dir, self.espeak_data)
         if model.bundled:
@@ -99,8 +99,9 @@ class EngineSet:
             files = dataclasses.replace(files, noise_scale_w=self.settings.duration_noise)
         if self.settings.voice_noise is not None:
             files = dataclasses.replace(files, noise_scale=self.settings.voice_noise)
-        return SherpaSynthesizer(
+        return load_synthesizer(
             files,
+            piper_runtime=self.settings.piper_runtime,
             language=model.language,
             num_threads=self.settings.num_threads,
             pool_size=self.settings.pool_size,
