@@ -18,6 +18,10 @@ The API, small on purpose::
 
 * :class:`Synthesizer` is the ``typing.Protocol`` every engine satisfies
   (``sample_rate``, ``num_speakers``, ``synthesize``, ``synthesize_chunks``).
+* :func:`~voicemesh.tts.piper_runtime.load_synthesizer` picks the engine for a model:
+  :class:`~voicemesh.tts.piper_runtime.PiperRuntimeSynthesizer` (Piper voices on
+  onnxruntime) or :class:`SherpaSynthesizer`; both are
+  :class:`~voicemesh.tts.engine.PooledSynthesizer`.
 * :class:`VitsSynthesizer` (alias of :class:`SherpaSynthesizer`) loads any sherpa-onnx
   TTS model described by :class:`TtsModelFiles` (family ``piper``, ``vits``,
   ``kokoro``, ``matcha``). It is thread-safe: calls borrow one of ``pool_size``
