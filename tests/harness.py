@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -308,3 +309,35 @@ def offline_transcript(clip: Clip) -> str:
 def clip_named(name: str, folder: Path = SPEECH_DIR) -> Clip:
     """The manifest entry of one clip."""
     return next(c for c in load_manifest(folder) if c.file == name)
+
+
+class ThreadedServer:
+    """An ASGI app under a real uvicorn on loopback, in a thread of the test process.
+
+    The app's lifespan runs as it would in its own process (model load, registration);
+    ``with ThreadedServer(app) as server:`` waits for it to serve and stops it after.
+    """
+
+    def __init__(self, app: object, port: int | None = None) -> None:
+        import uvicorn
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")  # type: ignore[arg-type]
+        self.server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> ThreadedServer:
+        self._thread = threading.Thread(target=self.server.run, name="threaded-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 180
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the app on port {self.port} did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)
