@@ -315,6 +315,30 @@ def test_a_dead_replica_is_failed_over_and_listed_as_failed(
         register(redis_url, dead, remove=True)
 
 
+def test_a_replica_of_another_model_is_never_tried(gateway: TestClient, redis_url: str) -> None:
+    now = time.time()
+    other = ReplicaInfo(
+        instance_id="0-small",  # first in routing order, were the model not looked at
+        kind="stt_cpu_ws",
+        url=f"http://127.0.0.1:{free_port()}",
+        model="small",
+        engine="faster-whisper",
+        capabilities=["transcribe", "stream"],
+        asr_models=[AsrModel(name="small", engine="faster-whisper")],
+        started_at=now,
+        updated_at=now,
+    )
+    register(redis_url, other)
+    try:
+        wait_for(gateway, lambda b: any(m["id"] == "small" for m in b["models"]))
+        response = post(gateway, SHORT.path.read_bytes(), model="base")
+        assert response.status_code == 200, response.text
+        assert "x-voicemesh-failover" not in response.headers
+        assert response.json()["model"] == "base"
+    finally:
+        register(redis_url, other, remove=True)
+
+
 # ---------------------------------------------------------------- models
 
 
