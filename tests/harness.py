@@ -281,6 +281,22 @@ class ServiceProcess:
             self.process.wait(timeout=5)
 
 
+def start_routing_gateway(env: dict[str, str], log_dir: Path) -> ServiceProcess:
+    """A gateway process with ``env``, once healthy and routing to an STT replica."""
+    gateway = ServiceProcess("gateway", free_port(), env, log_dir).start()
+    try:
+        gateway.wait_healthy()
+        deadline = time.monotonic() + 30
+        while not httpx.get(f"{gateway.url}/health", timeout=2).json().get("stt_route"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway never routed to STT:\n{gateway.log_tail()}")
+            time.sleep(0.2)
+    except BaseException:
+        gateway.stop()
+        raise
+    return gateway
+
+
 @functools.lru_cache(maxsize=1)
 def _offline_model():  # type: ignore[no-untyped-def]
     from faster_whisper import WhisperModel

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.harness import ServiceProcess, clip_named, error_rate, free_port
+from tests.harness import clip_named, error_rate, start_routing_gateway
 from tests.integration.conftest import Mesh
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -41,14 +40,8 @@ def asr_gateway(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "VOICEMESH_GATEWAY_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
         "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5",
     }
-    gateway = ServiceProcess("gateway", free_port(), env, tmp_path_factory.mktemp("asr-api"))
-    gateway.start()
+    gateway = start_routing_gateway(env, tmp_path_factory.mktemp("asr-api"))
     try:
-        gateway.wait_healthy()
-        deadline = time.monotonic() + 30
-        while not httpx.get(f"{gateway.url}/health", timeout=2).json().get("stt_route"):
-            assert time.monotonic() < deadline, gateway.log_tail()
-            time.sleep(0.2)
         yield gateway.url
     finally:
         gateway.stop()

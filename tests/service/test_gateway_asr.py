@@ -95,6 +95,22 @@ def detector_entry() -> ReplicaInfo:
     )
 
 
+def dead_stt_entry(instance_id: str, model: str) -> ReplicaInfo:
+    """An STT replica's registry entry holding ``model``, on a port nothing listens on."""
+    now = time.time()
+    return ReplicaInfo(
+        instance_id=instance_id,
+        kind="stt_cpu_ws",
+        url=f"http://127.0.0.1:{free_port()}",
+        model=model,
+        engine="faster-whisper",
+        capabilities=["transcribe", "stream"],
+        asr_models=[AsrModel(name=model, engine="faster-whisper")],
+        started_at=now,
+        updated_at=now,
+    )
+
+
 @pytest.fixture(scope="module")
 def stt(redis_url: str) -> Iterator[ThreadedServer]:
     """The real stt_cpu_ws app (Whisper base) on loopback, registered in the test Redis."""
@@ -288,18 +304,7 @@ def test_a_file_over_the_upload_limit_is_a_413(stt: ThreadedServer, redis_url: s
 def test_a_dead_replica_is_failed_over_and_listed_as_failed(
     gateway: TestClient, redis_url: str
 ) -> None:
-    now = time.time()
-    dead = ReplicaInfo(
-        instance_id="0-dead",  # sorts first at equal load: the request tries it first
-        kind="stt_cpu_ws",
-        url=f"http://127.0.0.1:{free_port()}",
-        model="base",
-        engine="faster-whisper",
-        capabilities=["transcribe", "stream"],
-        asr_models=[AsrModel(name="base", engine="faster-whisper")],
-        started_at=now,
-        updated_at=now,
-    )
+    dead = dead_stt_entry("0-dead", "base")  # sorts first at equal load: tried first
     register(redis_url, dead)
     try:
         wait_for(gateway, lambda b: len(model_entry(b, "base")["replicas"]) == 2)
@@ -316,18 +321,7 @@ def test_a_dead_replica_is_failed_over_and_listed_as_failed(
 
 
 def test_a_replica_of_another_model_is_never_tried(gateway: TestClient, redis_url: str) -> None:
-    now = time.time()
-    other = ReplicaInfo(
-        instance_id="0-small",  # first in routing order, were the model not looked at
-        kind="stt_cpu_ws",
-        url=f"http://127.0.0.1:{free_port()}",
-        model="small",
-        engine="faster-whisper",
-        capabilities=["transcribe", "stream"],
-        asr_models=[AsrModel(name="small", engine="faster-whisper")],
-        started_at=now,
-        updated_at=now,
-    )
+    other = dead_stt_entry("0-small", "small")  # first in routing order, were the model ignored
     register(redis_url, other)
     try:
         wait_for(gateway, lambda b: any(m["id"] == "small" for m in b["models"]))
