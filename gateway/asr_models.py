@@ -170,7 +170,9 @@ def check_model(model: str, known: list[ReplicaInfo]) -> None:
     if any(transcribes_with(r, model) for r in known):
         return
     can = sorted({m.name for r in known if (m := transcribe_model(r)) is not None})
-    offer = ", ".join(can) if can else "none (no STT replica is up)"
+    silent = any(r.kind in STT_KINDS for r in known)  # static backends name no model
+    none = "none reported (leave model out)" if silent else "none (no STT replica is up)"
+    offer = ", ".join(can) if can else none
     held = {m.name for r in known for m in models_of(r)} | {b.name for b in BUNDLED_ASR}
     if not any(same_model(model, name) for name in held):
         raise UnknownModel(f"no ASR model named {model!r} in the mesh; models available: {offer}")

@@ -136,3 +136,10 @@ def test_check_model_refuses_a_bundled_model_no_replica_holds_with_409() -> None
 
 def test_check_model_accepts_a_served_model_by_alias() -> None:
     check_model("whisper-base", [replica("a")])
+
+
+def test_static_backends_name_no_model_and_the_refusal_says_so() -> None:
+    static = replica("static", model="").model_copy(update={"asr_models": []})
+    with pytest.raises(UnknownModel) as refused:
+        check_model("base-x", [static])
+    assert "leave model out" in refused.value.message
