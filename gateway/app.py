@@ -1,4 +1,4 @@
-"""Entry point of the gateway: ``WS /ws/transcribe`` routed to an STT backend.
+"""Entry point of the gateway: ``WS /ws/transcribe`` (and ``/v1/asr/stream``) routed to STT.
 
 Run: ``uvicorn --factory gateway.app:create_app``.
 """
@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, FastAPI, WebSocket
 from fastapi.responses import JSONResponse
 
-from gateway import admin, auth, clone, transcriptions, tts
+from gateway import admin, asr, auth, clone, transcriptions, tts
 from gateway.deps import GatewayStateDep
 from gateway.panel import mount_control_panel
 from gateway.registry_view import RegistryView, static_replicas
@@ -79,8 +79,9 @@ async def health(state: GatewayStateDep) -> JSONResponse:
 
 
 @router.websocket("/ws/transcribe")
+@router.websocket("/v1/asr/stream")
 async def transcribe(ws: WebSocket, state: GatewayStateDep) -> None:
-    """``WS /ws/transcribe``: one streaming session, routed and failed over (gateway.stream)."""
+    """``WS /ws/transcribe`` and ``/v1/asr/stream``: one session, routed and failed over."""
     await ws.accept()
     slot = await auth.claim_session(ws)
     if slot is None:
@@ -119,6 +120,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     auth.install_access_errors(app)
     admin.count_requests(app, metrics)
     app.include_router(transcriptions.router)
+    app.include_router(asr.router)
     app.include_router(tts.router)
     app.include_router(clone.router)
     app.include_router(admin.router)

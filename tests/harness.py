@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -284,6 +285,22 @@ class ServiceProcess:
             self.process.wait(timeout=5)
 
 
+def start_routing_gateway(env: dict[str, str], log_dir: Path) -> ServiceProcess:
+    """A gateway process with ``env``, once healthy and routing to an STT replica."""
+    gateway = ServiceProcess("gateway", free_port(), env, log_dir).start()
+    try:
+        gateway.wait_healthy()
+        deadline = time.monotonic() + 30
+        while not httpx.get(f"{gateway.url}/health", timeout=2).json().get("stt_route"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway never routed to STT:\n{gateway.log_tail()}")
+            time.sleep(0.2)
+    except BaseException:
+        gateway.stop()
+        raise
+    return gateway
+
+
 @functools.lru_cache(maxsize=1)
 def _offline_model():  # type: ignore[no-untyped-def]
     from faster_whisper import WhisperModel
@@ -326,3 +343,35 @@ def stream_errors(result: StreamResult) -> list[dict[str, Any]]:
         for m in result.of_type("error")
         if m.get("fatal", True) or m.get("code") not in LOAD_NOTICES
     ]
+
+
+class ThreadedServer:
+    """An ASGI app under a real uvicorn on loopback, in a thread of the test process.
+
+    The app's lifespan runs as it would in its own process (model load, registration);
+    ``with ThreadedServer(app) as server:`` waits for it to serve and stops it after.
+    """
+
+    def __init__(self, app: object, port: int | None = None) -> None:
+        import uvicorn
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")  # type: ignore[arg-type]
+        self.server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> ThreadedServer:
+        self._thread = threading.Thread(target=self.server.run, name="threaded-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 180
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the app on port {self.port} did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)

@@ -6,8 +6,11 @@
     ├── BadRequest                 the caller sent something wrong (4xx, never fail over)
     │   ├── BadAudio               undecodable audio, wrong frame size, bad sample rate
     │   ├── EmptyText              text to speak with no word in it (422)
+    │   ├── FeatureUnavailable     an option the mesh has no engine for, e.g. diarization (422)
+    │   ├── ModelConflict          a known model no replica can use for this request (409)
     │   ├── PayloadTooLarge        a frame or body over its limit (413)
     │   ├── ReferenceRejected      a cloning reference that cannot make a voice (422)
+    │   ├── UnknownField           a form field the route does not take (422)
     │   ├── UnknownModel           a model name or path that cannot be resolved (404)
     │   └── VoiceNotFound          no cloned voice with this id for this caller (404)
     ├── Unauthorized               no API key, or a key that is not configured (401)
@@ -69,6 +72,20 @@ class EmptyText(BadRequest):
     status_code = 422
 
 
+class FeatureUnavailable(BadRequest):
+    """An option the request turns on that no engine of the mesh provides (never ignored)."""
+
+    code = "feature_unavailable"
+    status_code = 422
+
+
+class ModelConflict(BadRequest):
+    """A model the mesh knows, but no replica holds it for this kind of request."""
+
+    code = "model_cannot_serve"
+    status_code = 409
+
+
 class PayloadTooLarge(BadRequest):
     """A frame or a body larger than the configured limit."""
 
@@ -80,6 +97,13 @@ class ReferenceRejected(BadRequest):
     """A reference recording that cannot make a voice profile (too short, silent, clipped...)."""
 
     code = "bad_reference"
+    status_code = 422
+
+
+class UnknownField(BadRequest):
+    """A form field the route does not take (a typo would otherwise be silently ignored)."""
+
+    code = "unknown_field"
     status_code = 422
 
 

@@ -136,6 +136,8 @@ class Segment(BaseModel):
     end: float
     text: str
     words: list[Word] | None = None
+    avg_logprob: float | None = None
+    """Mean log-probability of the segment's tokens (the decoder's own confidence)."""
 
 
 class ReadyMessage(_Message):

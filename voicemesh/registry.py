@@ -48,10 +48,27 @@ class ReplicaLoad(BaseModel):
     """Requests waiting for the engine."""
     rtf: float | None = None
     """Recent real-time factor (processing time / audio time); None before any work."""
+    latency_ms: float | None = None
+    """Mean time of recent decodes from queued to done (ms); None before any work."""
     max_sessions: int | None = None
     """Session limit of the replica; None when unlimited."""
     cache_hit_rate: float | None = None
     """Share of lookups its result cache answered (services with a cache); None otherwise."""
+
+
+class AsrModel(BaseModel):
+    """A speech-recognition model a replica holds loaded, and what it uses it for."""
+
+    name: str
+    """The model's name as the replica was configured (``base``, ``tiny.en``, a path)."""
+    engine: str = ""
+    """Engine library, e.g. ``faster-whisper``."""
+    use: Literal["transcribe", "confirm"] = "transcribe"
+    """``transcribe``: streams and files; ``confirm``: the detector's speech check only."""
+    languages: list[str] = Field(default_factory=list)
+    """Language codes the model decodes."""
+    load_ms: float | None = None
+    """How long loading it took when the replica started; None when it was handed in."""
 
 
 class ReplicaInfo(BaseModel):
@@ -73,6 +90,8 @@ class ReplicaInfo(BaseModel):
     """What the replica can do, e.g. ``stream``, ``file``, ``detect``."""
     load: ReplicaLoad = Field(default_factory=ReplicaLoad)
     """Current load."""
+    asr_models: list[AsrModel] = Field(default_factory=list)
+    """Speech-recognition models loaded in the replica (none for TTS and older replicas)."""
     draining: bool = False
     """True while the replica finishes its sessions and takes no new ones."""
     healthy: bool = True

@@ -1,9 +1,11 @@
 """``voicemesh up --with-nginx``: real nginx in front of the real embedded mesh.
 
 Everything goes through nginx on its own loopback port: a shared clip streamed over
-the WebSocket upgrade, the live status feed, the OpenAI upload route, OpenAI speech
-(streamed, then transcribed back), the control panel, the body limit (413) and the
-per-address rate limit (429), both of which nginx answers in the gateway's JSON error shape.
+the WebSocket upgrade (at ``/ws/transcribe`` and at the specification's
+``/v1/asr/stream``), the live status feed, the ASR file route, the OpenAI upload
+route, OpenAI speech (streamed, then transcribed back), the control panel, the body
+limit (413) and the per-address rate limit (429), both of which nginx answers in the
+gateway's JSON error shape.
 """
 
 from __future__ import annotations
@@ -103,6 +105,29 @@ async def test_a_clip_streams_through_nginx(front_door: FrontDoorMesh) -> None:
     assert result.of_type("ready")[0]["backend"].startswith("http://127.0.0.1:")
     assert result.of_type("final"), result.messages
     assert error_rate(JFK.text, result.transcript) <= 15, result.transcript
+
+
+async def test_the_specifications_stream_path_upgrades_through_nginx(
+    front_door: FrontDoorMesh,
+) -> None:
+    ws_url = f"ws://127.0.0.1:{front_door.nginx_port}/v1/asr/stream"
+    audio = load_clip_16k(JFK.path)
+    result = await stream_audio(ws_url, audio, language="en", realtime=False)
+    assert not result.of_type("error"), result.of_type("error")
+    assert result.of_type("ready") and result.of_type("final"), result.messages
+    assert error_rate(JFK.text, result.transcript) <= 15, result.transcript
+
+
+def test_the_asr_transcribe_route_through_nginx(front_door: FrontDoorMesh) -> None:
+    response = httpx.post(
+        f"{front_door.front}/v1/asr/transcribe",
+        files={"audio": ("jfk.wav", JFK.path.read_bytes(), "audio/wav")},
+        data={"response_format": "txt"},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    assert error_rate(JFK.text, response.text) <= 15, response.text
 
 
 async def test_status_feed_upgrades_through_nginx(front_door: FrontDoorMesh) -> None:

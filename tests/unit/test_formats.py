@@ -34,6 +34,7 @@ def two_segments() -> TranscriptionResult:
                     Word(word=" Ask", start=0.0, end=0.4, probability=0.9),
                     Word(word=" not", start=0.4, end=0.8),
                 ],
+                avg_logprob=-0.25,
             ),
             Segment(start=3661.5, end=3663.25, text=" Ask what\n you can do."),
         ],
@@ -82,8 +83,20 @@ def test_verbose_json(two_segments: TranscriptionResult) -> None:
     assert body["duration"] == 3663.25
     assert body["text"] == "Ask not what your country can do for you. Ask what you can do."
     assert body["segments"] == [
-        {"id": 0, "start": 0.0, "end": 2.5, "text": " Ask not what your country can do for you."},
-        {"id": 1, "start": 3661.5, "end": 3663.25, "text": " Ask what\n you can do."},
+        {
+            "id": 0,
+            "start": 0.0,
+            "end": 2.5,
+            "text": " Ask not what your country can do for you.",
+            "avg_logprob": -0.25,
+        },
+        {
+            "id": 1,
+            "start": 3661.5,
+            "end": 3663.25,
+            "text": " Ask what\n you can do.",
+            "avg_logprob": None,
+        },
     ]
     assert body["words"] == [
         {"word": " Ask", "start": 0.0, "end": 0.4},

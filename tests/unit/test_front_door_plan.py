@@ -157,7 +157,7 @@ def _location(conf: str, opening: str) -> str:
 def test_compose_config_limits_streams_and_compression() -> None:
     conf = render_compose_conf()
     assert "listen 8080;" in conf and "server gateway:8080 " in conf
-    for route in ("location /ws/ {", "location /v1/ws/ {"):
+    for route in ("location /ws/ {", "location /v1/ws/ {", "location = /v1/asr/stream {"):
         block = _location(conf, route)
         assert "proxy_buffering off;" in block and "proxy_read_timeout 3600s;" in block
         assert "limit_req zone=voicemesh_ws" in block

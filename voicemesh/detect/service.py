@@ -37,7 +37,7 @@ from voicemesh.protocol import (
     StartMessage,
     StopMessage,
 )
-from voicemesh.registry import RegistryHeartbeat, ReplicaInfo, ReplicaLoad
+from voicemesh.registry import AsrModel, RegistryHeartbeat, ReplicaInfo, ReplicaLoad
 from voicemesh.stt.engines import load_transcriber
 from voicemesh.stt.scheduler import DecodeScheduler, Priority
 from voicemesh.stt.types import Transcriber
@@ -58,15 +58,35 @@ class DetectorState:
     """What the detector app holds while it runs."""
 
     def __init__(
-        self, settings: DetectorSettings, confirmer: Transcriber | None, metrics: ServiceMetrics
+        self,
+        settings: DetectorSettings,
+        confirmer: Transcriber | None,
+        metrics: ServiceMetrics,
+        confirmer_load_ms: float | None = None,
     ) -> None:
         self.settings = settings
         self.confirmer = confirmer
+        self.confirmer_load_ms = confirmer_load_ms
+        """How long loading Whisper tiny.en took; None when it was handed in (or is off)."""
         self.scheduler = DecodeScheduler(confirmer, workers=1) if confirmer else None
         self.metrics = metrics
         self.sessions = 0
         self.started_at = time.time()
         self.heartbeat: RegistryHeartbeat | None = None
+
+    def asr_models(self) -> list[AsrModel]:
+        """The confirming Whisper model, if any: loaded, but only to confirm speech."""
+        if self.confirmer is None:
+            return []
+        return [
+            AsrModel(
+                name=self.settings.model,
+                engine=self.confirmer.engine,
+                use="confirm",
+                languages=sorted(getattr(self.confirmer, "languages", None) or ()),
+                load_ms=self.confirmer_load_ms,
+            )
+        ]
 
     def replica_info(self) -> ReplicaInfo:
         """This replica as the registry shows it."""
@@ -82,7 +102,10 @@ class DetectorState:
             load=ReplicaLoad(
                 active_sessions=self.sessions,
                 queue=self.scheduler.queue_depth if self.scheduler else 0,
+                rtf=self.scheduler.recent_rtf if self.scheduler else None,
+                latency_ms=self.scheduler.recent_latency_ms if self.scheduler else None,
             ),
+            asr_models=self.asr_models(),
             started_at=self.started_at,
             updated_at=time.time(),
         )
@@ -107,9 +130,11 @@ def create_detector_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started = time.perf_counter()
         engine = confirmer or await asyncio.to_thread(load_confirmer, settings)
+        load_ms = None if confirmer else round((time.perf_counter() - started) * 1000, 1)
         StreamingVad()  # load the ONNX session before the first client
-        state = DetectorState(settings, engine, metrics)
+        state = DetectorState(settings, engine, metrics, load_ms)
         app.state.detector = state
         try:
             async with serve_replica(settings, state.replica_info) as heartbeat:

@@ -151,6 +151,7 @@ class FasterWhisperTranscriber:
                     end=round(seg.end, 3),
                     text=seg.text.strip(),
                     words=words,
+                    avg_logprob=round(seg.avg_logprob, 4),
                 )
             )
             texts.append(seg.text)
@@ -231,14 +232,18 @@ class FasterWhisperTranscriber:
         seq_len = max(len(tokens), 1)
         cum_logprob = (result.scores[0] if result.scores else 0.0) * seq_len
         seconds = len(audio) / SAMPLE_RATE
+        avg_logprob = cum_logprob / (seq_len + 1)
+        segment = Segment(
+            start=0.0, end=round(seconds, 3), text=text, avg_logprob=round(avg_logprob, 4)
+        )
         return TranscriptionResult(
             text=text,
-            segments=[Segment(start=0.0, end=round(seconds, 3), text=text)] if text else [],
+            segments=[segment] if text else [],
             language=language,
             language_probability=language_probability,
             duration=seconds,
             no_speech_prob=float(result.no_speech_prob),
-            avg_logprob=cum_logprob / (seq_len + 1),
+            avg_logprob=avg_logprob,
             compression_ratio=compression_ratio(text),
         )
 

@@ -101,6 +101,8 @@ def _render_verbose_json(result: TranscriptionResult) -> dict[str, Any]:
             "start": round(segment.start, 3),
             "end": round(segment.end, 3),
             "text": segment.text,
+            # OpenAI's verbose_json carries it too: the decoder's confidence in the segment.
+            "avg_logprob": segment.avg_logprob,
         }
         for index, segment in enumerate(result.segments)
     ]

@@ -161,10 +161,19 @@ class OpenAIWhisperTranscriber:
                             probability=round(float(w.get("probability", 0.0)), 3),
                         )
                     )
-            segments.append(Segment(start=start, end=end, text=text.strip(), words=words))
+            logprob = float(seg.get("avg_logprob", 0.0))
+            segments.append(
+                Segment(
+                    start=start,
+                    end=end,
+                    text=text.strip(),
+                    words=words,
+                    avg_logprob=round(logprob, 4),
+                )
+            )
             texts.append(text)
             no_speech.append(float(seg.get("no_speech_prob", 0.0)))
-            logprobs.append(float(seg.get("avg_logprob", 0.0)))
+            logprobs.append(logprob)
         if prefix and prefix.strip() and segments:
             # openai-whisper leaves the forced prefix out of its output while faster-whisper
             # keeps it; keep it here too so both engines honour the same contract.

@@ -43,6 +43,7 @@ class _Job:
     kwargs: dict[str, Any]
     future: asyncio.Future[TranscriptionResult]
     loop: asyncio.AbstractEventLoop
+    queued_at: float
 
 
 # (priority, submission order, job); None as the job stops a worker.
@@ -70,6 +71,7 @@ class DecodeScheduler:
         self._busy = 0
         self._lock = threading.Lock()
         self._rtf: deque[float] = deque(maxlen=50)
+        self._latency_s: deque[float] = deque(maxlen=50)
         self.decodes = 0
         for thread in self._threads:
             thread.start()
@@ -89,13 +91,20 @@ class DecodeScheduler:
         """Mean real-time factor (decode seconds per audio second) of recent decodes."""
         return round(float(np.mean(self._rtf)), 3) if self._rtf else None
 
+    @property
+    def recent_latency_ms(self) -> float | None:
+        """Mean time of recent decodes from queued to done, in milliseconds."""
+        return round(float(np.mean(self._latency_s)) * 1000, 1) if self._latency_s else None
+
     async def decode(
         self, audio: np.ndarray, priority: Priority, **kwargs: Any
     ) -> TranscriptionResult:
         """Queue one block and wait for its result; cancelling drops it if not started."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[TranscriptionResult] = loop.create_future()
-        self._queue.put((int(priority), next(self._seq), _Job(audio, kwargs, future, loop)))
+        self._queue.put(
+            (int(priority), next(self._seq), _Job(audio, kwargs, future, loop, time.perf_counter()))
+        )
         return await future
 
     def close(self) -> None:
@@ -121,9 +130,10 @@ class DecodeScheduler:
                 _LOGGER.exception("decode failed")
                 job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
             else:
-                elapsed = time.perf_counter() - started
+                done = time.perf_counter()
                 seconds = max(len(job.audio) / SAMPLE_RATE, 1e-3)
-                self._rtf.append(elapsed / seconds)
+                self._rtf.append((done - started) / seconds)
+                self._latency_s.append(done - job.queued_at)
                 self.decodes += 1
                 job.loop.call_soon_threadsafe(_set_result, job.future, result)
             finally:

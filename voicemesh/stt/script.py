@@ -77,6 +77,7 @@ def result_postprocessor(
                 ]
                 if s.words is not None
                 else None,
+                avg_logprob=s.avg_logprob,
             )
             for s in result.segments
         ]

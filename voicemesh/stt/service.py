@@ -46,7 +46,7 @@ from voicemesh.protocol import (
     StopMessage,
     VadMessage,
 )
-from voicemesh.registry import RegistryHeartbeat, ReplicaInfo, ReplicaLoad
+from voicemesh.registry import AsrModel, RegistryHeartbeat, ReplicaInfo, ReplicaLoad
 from voicemesh.stt.engines import load_transcriber
 from voicemesh.stt.formats import render_transcript
 from voicemesh.stt.scheduler import DecodeScheduler, Priority
@@ -78,10 +78,16 @@ class SttState:
     """What the app holds while it runs."""
 
     def __init__(
-        self, settings: SttSettings, transcriber: Transcriber, metrics: ServiceMetrics
+        self,
+        settings: SttSettings,
+        transcriber: Transcriber,
+        metrics: ServiceMetrics,
+        model_load_ms: float | None = None,
     ) -> None:
         self.settings = settings
         self.transcriber = transcriber
+        self.model_load_ms = model_load_ms
+        """How long the lifespan took to load the model; None when it was handed in."""
         self.scheduler = DecodeScheduler(
             transcriber,
             workers=settings.workers,
@@ -123,8 +129,18 @@ class SttState:
                 active_sessions=len(self.sessions),
                 queue=self.scheduler.queue_depth + self.scheduler.busy,
                 rtf=self.scheduler.recent_rtf,
+                latency_ms=self.scheduler.recent_latency_ms,
                 max_sessions=s.max_sessions,
             ),
+            asr_models=[
+                AsrModel(
+                    name=s.model,
+                    engine=self.transcriber.engine,
+                    use="transcribe",
+                    languages=sorted(getattr(self.transcriber, "languages", None) or ()),
+                    load_ms=self.model_load_ms,
+                )
+            ],
             draining=self.draining,
             started_at=self.started_at,
             updated_at=time.time(),
@@ -148,12 +164,15 @@ def create_stt_app(settings: SttSettings, transcriber: Transcriber | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started = time.perf_counter()
         engine: Transcriber = (
             transcriber
             if transcriber is not None
             else await asyncio.to_thread(load_engine, settings)
         )
-        state = SttState(settings, engine, metrics)
+        handed_in = transcriber is not None
+        load_ms = None if handed_in else round((time.perf_counter() - started) * 1000, 1)
+        state = SttState(settings, engine, metrics, load_ms)
         app.state.stt = state
         await asyncio.to_thread(_warm_up, state)
         try:
@@ -197,6 +216,8 @@ async def health(state: Stt) -> JSONResponse:
         "sessions": len(state.sessions),
         "queue": state.scheduler.queue_depth,
         "rtf": state.scheduler.recent_rtf,
+        "latency_ms": state.scheduler.recent_latency_ms,
+        "model_load_time_ms": state.model_load_ms,
         "registry": registry_status(state.heartbeat),
     }
     return JSONResponse(body, status_code=503 if state.draining else 200)
@@ -235,10 +256,17 @@ async def transcribe_file(
         segment_timestamps=True,
         prompt=prompt or None,
     )
-    state.metrics.observe("transcribe_file", time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    state.metrics.observe("transcribe_file", elapsed)
     state.metrics.count("transcribe_file", "ok")
     body, media_type = render_transcript(result, response_format)
-    headers = {"X-VoiceMesh-Engine": f"{state.transcriber.engine}/{state.transcriber.device}"}
+    seconds = audio.size / SAMPLE_RATE
+    headers = {
+        "X-VoiceMesh-Engine": f"{state.transcriber.engine}/{state.transcriber.device}",
+        "X-VoiceMesh-Duration": f"{seconds:.3f}",
+        # This request's decode (queue wait included) per second of its audio.
+        "X-VoiceMesh-RTF": f"{elapsed / max(seconds, 1e-3):.4f}",
+    }
     if isinstance(body, dict):
         return JSONResponse(body, headers=headers)
     return PlainTextResponse(body, media_type=media_type, headers=headers)
