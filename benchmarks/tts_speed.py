@@ -241,9 +241,9 @@ def profile(reps: int) -> None:
 
     from voicemesh.audio import float32_to_pcm16
     from voicemesh.tts.engine import phonemize_piper
+    from voicemesh.tts.piper_runtime import load_synthesizer
     from voicemesh.tts.prepare import default_voice_files
     from voicemesh.tts.settings import TtsSettings
-    from voicemesh.tts.sherpa import SherpaSynthesizer
     from voicemesh.tts.text import normalize_text, split_for_streaming
 
     settings = TtsSettings()
@@ -253,7 +253,9 @@ def profile(reps: int) -> None:
         noise_scale=settings.voice_noise if settings.voice_noise is not None else 0.667,
     )
     engines = {
-        f"{threads} thread(s)": SherpaSynthesizer(files, num_threads=threads, pool_size=1)
+        f"{threads} thread(s)": load_synthesizer(
+            files, piper_runtime=settings.piper_runtime, num_threads=threads, pool_size=1
+        )
         for threads in sorted({1, settings.resolved_solo_threads()})
     }
     text = FIVE[1]
