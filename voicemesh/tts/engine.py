@@ -16,6 +16,7 @@ handed to sherpa-onnx as phoneme code points, one list per sentence. Lexicon mod
 
 from __future__ import annotations
 
+import abc
 import logging
 import queue
 import threading
@@ -167,7 +168,7 @@ def phonemize_piper(text: str, voice: str) -> list[list[int]]:
     return [[ord(ch) for ph in sentence for ch in ph] for sentence in sentences if sentence]
 
 
-class PooledSynthesizer:
+class PooledSynthesizer(abc.ABC):
     """The engine-independent part of a synthesizer: text checks, pieces, a pool of instances.
 
     One model instance must not run two generations at once, so each call borrows an
@@ -235,14 +236,15 @@ class PooledSynthesizer:
             time.monotonic() - started,
         )
 
+    @abc.abstractmethod
     def _open(self, threads: int) -> Any:
         """A new model instance running on ``threads`` threads."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _describe(self, instance: Any) -> tuple[int, int]:
         """(sample rate, number of speakers) of an instance."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _speak(
         self,
         instance: Any,
@@ -252,7 +254,6 @@ class PooledSynthesizer:
         speed: float,
     ) -> np.ndarray:
         """Audio of one piece on ``instance`` (``codepoints``: its espeak phonemes, if any)."""
-        raise NotImplementedError
 
     @property
     def sample_rate(self) -> int:
