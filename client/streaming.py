@@ -115,7 +115,9 @@ async def stream_audio(
     silence = np.zeros(int(trailing_silence_s * sample_rate), dtype=np.float32)
     result = StreamResult(speech_seconds=audio.size / sample_rate)
     audio = np.concatenate([audio.astype(np.float32), silence])
-    async with websockets.connect(url, max_size=None, additional_headers=extra_headers) as ws:
+    async with websockets.connect(
+        url, max_size=None, additional_headers=extra_headers, compression=None
+    ) as ws:
         ready = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
         result.messages.append((0.0, ready))
         if on_message is not None:

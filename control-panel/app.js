@@ -177,6 +177,24 @@ function onStatus(status) {
   renderServices(status.services || {});
 }
 
+function countsText(counts) {
+  return Object.entries(counts || {}).map(([k, v]) => `${k.replace(/_/g, " ")} ${v}`).join(", ");
+}
+
+// Measured load of an STT replica: how busy its decode workers are, how long finals
+// wait, what it shed and whom it refused (the reasons, counted).
+function overload(load) {
+  const parts = [];
+  if (load.utilization !== undefined && load.utilization !== null) parts.push(`workers ${Math.round(100 * load.utilization)}%`);
+  if (load.final_wait_s) parts.push(`finals wait ${load.final_wait_s.toFixed(2)} s`);
+  if (load.admitting === false) parts.push('<span class="health-draining">not admitting</span>');
+  const shed = countsText(load.shed);
+  const refused = countsText(load.refused);
+  if (shed) parts.push(`<span class="shed">shed: ${esc(shed)}</span>`);
+  if (refused) parts.push(`<span class="refused">refused: ${esc(refused)}</span>`);
+  return parts.length ? `<div class="note">${parts.join(" · ")}</div>` : "";
+}
+
 function renderServices(services) {
   const rows = [];
   for (const [kind, replicas] of Object.entries(services).sort()) {
@@ -190,7 +208,7 @@ function renderServices(services) {
         <td>${esc(r.device || "?")}</td>
         <td>${esc(r.model || "?")}${r.engine ? ` <span class="note">${esc(r.engine)}</span>` : ""}</td>
         <td class="health-${esc(r.health)}">${esc(r.health)}</td>
-        <td><span class="loadbar"><span style="width:${Math.min(100, share)}%"></span></span>${load.active_sessions || 0}${limit} sessions${load.queue ? `, queue ${load.queue}` : ""}</td>
+        <td><span class="loadbar"><span style="width:${Math.min(100, share)}%"></span></span>${load.active_sessions || 0}${limit} sessions${load.queue ? `, queue ${load.queue}` : ""}${overload(load)}</td>
         <td>${r.draining ? '<span class="health-draining">yes</span>' : "no"}</td></tr>`);
     }
   }

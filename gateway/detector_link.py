@@ -39,7 +39,9 @@ async def open_detector(
         url = ws_url(replica.url, "/ws/detect")
         try:
             with backend_errors(url, doing="connect to"):
-                return await within(connect_timeout_s, websockets.connect(url, max_size=None))
+                return await within(
+                    connect_timeout_s, websockets.connect(url, max_size=None, compression=None)
+                )
         except EngineUnavailable as exc:
             _LOGGER.warning(
                 "session %s: detector %s unavailable: %s", session_id, replica.url, exc.message

@@ -28,6 +28,7 @@ from gateway.stt_backend import (
     Backend,
     StallWatch,
     open_first_backend,
+    refusal_extra,
     shift_times,
     slow_backend_message,
 )
@@ -96,7 +97,10 @@ class GatewayStream:
         try:
             self.backend = await self._open_backend(offset=0.0)
         except EngineUnavailable as exc:
-            await self.client.refuse(exc.code, exc.message, CLOSE_TRY_AGAIN)
+            extra = refusal_extra(exc, self.session_id, self.settings.busy_retry_after_s)
+            if extra:  # counted in metrics by refuse()
+                self.state.events.publish("session_refused", session_id=self.session_id, **extra)
+            await self.client.refuse(exc.code, exc.message, CLOSE_TRY_AGAIN, **extra)
             return
         if self.settings.use_detector:
             await self.detector.open(self.view, self.settings.connect_timeout_s)

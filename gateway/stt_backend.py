@@ -33,7 +33,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from gateway.registry_view import RegistryView
-from voicemesh.errors import BackendClosed, BackendTimeout, EngineUnavailable, backend_errors
+from voicemesh.errors import BackendClosed, BackendTimeout, Busy, EngineUnavailable, backend_errors
 from voicemesh.protocol import StartMessage
 from voicemesh.registry import ReplicaInfo
 from voicemesh.tasks import within
@@ -42,8 +42,10 @@ _LOGGER = logging.getLogger(__name__)
 
 _TIME_KEYS = ("start", "end", "t")
 PING_INTERVAL_S = 1.0
-PING_GRACE_S = 2.0
-"""A pong may come this much later than the stall timeout before the socket is closed."""
+PING_GRACE_S = 5.0
+"""A pong may come this much later than the stall timeout before the socket is closed.
+Generous: a process on a loaded machine answers late, and a dead one closes its TCP
+connection at once; a frozen one the stall watch catches while speech is pending."""
 
 
 def ws_url(http_url: str, path: str) -> str:
@@ -91,9 +93,16 @@ async def connect_backend(
     *,
     connect_timeout_s: float,
     ping_timeout_s: float,
+    takeover: bool = False,
 ) -> Backend:
-    """Open a session on ``replica``: connect, wait for ``ready``, send ``start``."""
-    url = ws_url(replica.url, "/ws/transcribe")
+    """Open a session on ``replica``: connect, wait for ``ready``, send ``start``.
+
+    ``takeover``: the session moves here from another replica (failover or a mode
+    change); a replica admits it even when it would refuse a new session for load,
+    since refusing it would cut a live session. A replica that refuses for load
+    raises :class:`~voicemesh.errors.Busy`.
+    """
+    url = ws_url(replica.url, "/ws/transcribe") + ("?takeover=1" if takeover else "")
     timeout = connect_timeout_s
     with backend_errors(url, doing="connect to"):
         try:
@@ -105,6 +114,8 @@ async def connect_backend(
                     open_timeout=timeout,
                     ping_interval=PING_INTERVAL_S,
                     ping_timeout=ping_timeout_s + PING_GRACE_S,
+                    # PCM does not deflate; compressing it only costs CPU on both ends.
+                    compression=None,
                 ),
             )
         except TimeoutError as exc:
@@ -115,6 +126,12 @@ async def connect_backend(
             try:
                 raw = await within(timeout, ws.recv())
                 ready = json.loads(raw)
+                if ready.get("type") == "error" and ready.get("code") == "busy":
+                    retry = ready.get("retry_after")
+                    raise Busy(
+                        f"{replica.url}: {ready.get('message', 'busy')}",
+                        retry_after=retry if isinstance(retry, int) else None,
+                    )
                 if ready.get("type") != "ready":
                     raise BackendClosed(f"{url} refused the session: {ready.get('message', raw)}")
                 await ws.send(start.dumps())
@@ -142,8 +159,10 @@ async def open_first_backend(
     Each replica is reserved in the view before the connect, so that sessions opening
     at the same moment see this one; a refusal releases it and marks it failed.
     """
-    last_error = "no STT replica is registered"
-    for replica in candidates:
+    last_error = "no other STT replica is available" if failed else "no STT replica is registered"
+    busy: list[Busy] = []
+    # Replicas that said in their last heartbeat that they would refuse go last.
+    for replica in sorted(candidates, key=lambda r: not r.load.admitting):
         view.assign(replica)
         try:
             return await connect_backend(
@@ -152,16 +171,37 @@ async def open_first_backend(
                 offset,
                 connect_timeout_s=connect_timeout_s,
                 ping_timeout_s=ping_timeout_s,
+                takeover=offset > 0,
             )
+        except Busy as exc:
+            # Alive and loaded: it stays in routing for the next session.
+            view.release(replica)
+            busy.append(exc)
+            _LOGGER.info("session %s: %s is busy: %s", session_id, replica.url, exc.message)
         except EngineUnavailable as exc:
             view.release(replica)
             last_error = exc.message
             failed.add(replica.instance_id)
             view.mark_failed(replica)
             _LOGGER.warning("session %s: %s refused: %s", session_id, replica.url, exc.message)
+    if busy:
+        waits = [b.retry_after for b in busy if b.retry_after is not None]
+        raise Busy(
+            "every STT replica is at capacity (" + "; ".join(b.message for b in busy) + ")",
+            retry_after=max(waits) if waits else None,
+        )
     raise EngineUnavailable(
         f"no STT backend could take the session: {last_error}", code="no_backend"
     )
+
+
+def refusal_extra(exc: EngineUnavailable, session_id: str, retry_after_s: int) -> dict[str, Any]:
+    """What a client refused before any audio is told beside the error: for a mesh at
+    capacity (``busy``), when to retry and why (also logged: a refusal always is)."""
+    if not isinstance(exc, Busy):
+        return {}
+    _LOGGER.warning("session %s refused: %s", session_id, exc.message)
+    return {"retry_after": exc.retry_after or retry_after_s, "reason": exc.message}
 
 
 class StallWatch:

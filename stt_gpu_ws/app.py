@@ -27,6 +27,7 @@ class SttGpuSettings(SttSettings):
     device: Device = "cuda"
     workers: int = Field(4, ge=1, le=16)
     partial_interval_s: float = Field(0.3, ge=0.1, le=10)
+    batch_max: int = Field(16, ge=1, le=64)
 
 
 @lru_cache

@@ -25,6 +25,7 @@
         └── RegistryUnavailable    Redis cannot be reached
 
     ConnectionLost                 (client side) the server went away mid-stream; reconnect
+    PartialShed                    (engine inside) a partial decode dropped unrun under load
 
 Boundaries translate library exceptions (httpx, websockets, redis) into these with
 ``raise ... from exc`` so callers only ever catch this tree; :func:`backend_errors`
@@ -193,6 +194,13 @@ class Busy(EngineUnavailable):
 
     code = "busy"
 
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+        """Seconds the backend asked the caller to wait, when it said."""
+
 
 class RegistryUnavailable(EngineUnavailable):
     """The Redis registry cannot be reached."""
@@ -202,6 +210,11 @@ class RegistryUnavailable(EngineUnavailable):
 
 class ConnectionLost(Exception):
     """Client side: the WebSocket went away while the source was still capturing."""
+
+
+class PartialShed(Exception):
+    """Inside an STT replica: a partial decode waited so long for a worker that it was
+    dropped unrun; the session asks again with fresher audio. Never reaches a client."""
 
 
 @contextlib.contextmanager

@@ -54,6 +54,16 @@ class ReplicaLoad(BaseModel):
     """Session limit of the replica; None when unlimited."""
     cache_hit_rate: float | None = None
     """Share of lookups its result cache answered (services with a cache); None otherwise."""
+    utilization: float | None = None
+    """Share of the decode workers' time spent decoding lately (STT replicas)."""
+    final_wait_s: float | None = None
+    """How long finals wait for a decode worker lately, p90 (STT replicas)."""
+    admitting: bool = True
+    """False while the replica would refuse a new session for load (it says why)."""
+    shed: dict[str, int] = {}
+    """Work shed under load so far, by kind (partial_skipped, partial_stale, final_greedy)."""
+    refused: dict[str, int] = {}
+    """Sessions refused so far, by reason (final_wait, capacity, limit, draining)."""
 
 
 class AsrModel(BaseModel):

@@ -10,6 +10,7 @@ import io
 import itertools
 import json
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -548,6 +549,72 @@ def test_a_full_replica_refuses_a_session_with_busy_and_1013(client: TestClient)
         _stop(first)
         _, first_close = _messages_until_close(first)
     assert first_close == 1000
+
+
+def test_a_replica_whose_finals_wait_refuses_new_sessions_but_takes_a_takeover(
+    client: TestClient,
+) -> None:
+    """Admission by measured load: with finals waiting 2 s for a worker, a new session
+    gets ``busy`` with ``retry_after`` and the reason before any audio is taken; a live
+    session the gateway moves here (``?takeover=1``) is admitted all the same."""
+    transcriber = client.app.state.stt.transcriber  # type: ignore[attr-defined]
+    app = create_stt_app(SttCpuSettings(redis_url="", cpu_threads=2), transcriber)
+    with TestClient(app) as loaded:
+        meter = app.state.stt.scheduler.meter
+        now = time.perf_counter()
+        for i in range(5):
+            done = now - 2 + i * 0.4
+            meter.record(done - 2.2, done - 0.2, done, essential=True)
+        # Two sessions, one per decode worker, are always taken; the third is not.
+        with (
+            loaded.websocket_connect("/ws/transcribe") as one,
+            loaded.websocket_connect("/ws/transcribe") as two,
+        ):
+            _ready(one)
+            _ready(two)
+            with loaded.websocket_connect("/ws/transcribe") as refused:
+                messages, close_code = _messages_until_close(refused)
+            with loaded.websocket_connect("/ws/transcribe?takeover=1") as moved:
+                assert _ready(moved)["type"] == "ready"
+                _stop(moved)
+                _, moved_close = _messages_until_close(moved)
+            for session in (one, two):
+                _stop(session)
+                _messages_until_close(session)
+        assert close_code == 1013
+        assert len(messages) == 1, messages
+        busy = messages[0]
+        assert (busy["type"], busy["code"], busy["fatal"]) == ("error", "busy", True)
+        assert busy["retry_after"] == 3
+        assert busy["reason"] == "final_wait"
+        assert "finals wait" in busy["message"]
+        assert moved_close == 1000
+        health = loaded.get("/health").json()
+    assert health["load"]["refused"] == {"final_wait": 1}
+    assert health["load"]["final_wait_s"] > 0.8
+
+
+def test_a_batched_decode_gives_each_block_its_own_words(client: TestClient) -> None:
+    """Several sessions' blocks in one encoder pass and one beam search: each gets
+    the transcript it gets alone."""
+    transcriber = client.app.state.stt.transcriber  # type: ignore[attr-defined]
+    clips = [_clip(n) for n in ("pocketsphinx-cards-005.wav", "picovoice-cheetah-test_en.wav")]
+    clips.append(LIBRIVOX)
+    audios = [np.frombuffer(_pcm16(c.path), "<i2").astype(np.float32) / 32768 for c in clips]
+    options = [
+        {"language": "en", "beam_size": 5, "prefix": None, "prompt": None, "quality_fallback": True}
+    ] * len(audios)
+    batched = transcriber.transcribe_batch(audios, options)
+    alone = [transcriber.transcribe(a, **o) for a, o in zip(audios, options, strict=True)]
+    assert len(batched) == len(clips)
+    for clip, one, many in zip(clips, alone, batched, strict=True):
+        assert error_rate(clip.text, many.text) <= error_rate(clip.text, one.text) + 10, (
+            clip.file,
+            one.text,
+            many.text,
+        )
+        assert many.language == "en"
+        assert many.duration == pytest.approx(one.duration)
 
 
 # ---------------------------------------------------------------- metrics

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from voicemesh.protocol import SAMPLE_RATE
+from voicemesh.stt.load import LoadMeter
 from voicemesh.stt.scheduler import Priority
 from voicemesh.stt.streaming import StreamingSession
 from voicemesh.stt.streaming_rules import EngineLabel, StreamingConfig, doubtful
@@ -46,13 +47,15 @@ class ScriptedDecoder:
         self.retried = retried
         self.partial_text = partial_text
         self.finals: list[float] = []
+        self.meter = LoadMeter(workers=1)
 
     async def decode(self, audio: np.ndarray, priority: Priority, **_: Any) -> TranscriptionResult:
         seconds = audio.size / SAMPLE_RATE
-        if priority != Priority.PARTIAL:
+        partial = priority in (Priority.PARTIAL, Priority.FIRST_PARTIAL)
+        if not partial:
             self.finals.append(seconds)
         sure = seconds >= self.sure_after_s
-        if priority == Priority.PARTIAL and self.partial_text is not None:
+        if partial and self.partial_text is not None:
             return TranscriptionResult(text=self.partial_text, duration=seconds)
         return TranscriptionResult(
             text=f"words of {seconds:.1f} seconds",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -167,6 +167,53 @@ class FasterWhisperTranscriber:
             avg_logprob=float(np.mean(logprobs)) if logprobs else -10.0,
         )
 
+    def transcribe_batch(
+        self, audios: list[np.ndarray], options: list[dict[str, Any]]
+    ) -> list[TranscriptionResult]:
+        """Decode several blocks (of several sessions) in one batched call.
+
+        The blocks share one encoder pass and one ``generate`` call (one beam search
+        over all of them), which is what keeps a GPU busy with many streams. Every
+        option of :meth:`transcribe`'s fast path but the beam width and the language
+        may differ per block (prefix, prompt); the scheduler groups jobs so those two
+        agree. Blocks too long for a shortened window decode alone, and a suspicious
+        result is redone alone on the full window as :meth:`transcribe` does.
+        """
+        results: list[TranscriptionResult | None] = [None] * len(audios)
+        fast = [
+            i
+            for i, audio in enumerate(audios)
+            if self.window_pad_s > 0
+            and len(audio) / SAMPLE_RATE + self.window_pad_s <= MAX_WINDOW_S
+        ]
+        for i in set(range(len(audios))) - set(fast):
+            results[i] = self.transcribe(audios[i], **options[i])
+        if fast:
+            first = options[fast[0]]
+            language = first.get("language") if self.multilingual else "en"
+            beam = first.get("beam_size") or self.beam_size
+            decoded = self._transcribe_windows(
+                [np.ascontiguousarray(audios[i], dtype=np.float32) for i in fast],
+                language=language,
+                prefixes=[options[i].get("prefix") for i in fast],
+                prompts=[options[i].get("prompt") for i in fast],
+                beam_size=beam,
+                pad_s=self.window_pad_s,
+            )
+            for i, first_try in zip(fast, decoded, strict=True):
+                result = first_try
+                if options[i].get("quality_fallback", True) and suspicious(result):
+                    result = self._transcribe_window(
+                        np.ascontiguousarray(audios[i], dtype=np.float32),
+                        language=language,
+                        prefix=options[i].get("prefix"),
+                        beam_size=beam,
+                        pad_s=None,
+                    )
+                    result.retried = True
+                results[i] = result
+        return [r for r in results if r is not None]
+
     def _transcribe_window(
         self,
         audio: np.ndarray,
@@ -185,67 +232,138 @@ class FasterWhisperTranscriber:
         the full window, at about 40 % of the cost; with no padding at all Whisper
         degrades badly, so the pad is kept.
         """
+        return self._transcribe_windows(
+            [audio],
+            language=language,
+            prefixes=[prefix],
+            prompts=[prompt],
+            beam_size=beam_size,
+            pad_s=pad_s,
+        )[0]
+
+    def _transcribe_windows(
+        self,
+        audios: list[np.ndarray],
+        *,
+        language: str | None,
+        prefixes: list[str | None],
+        prompts: list[str | None],
+        beam_size: int,
+        pad_s: float | None,
+    ) -> list[TranscriptionResult]:
+        """Shortened-window decodes of one or more blocks as one batch (see above).
+
+        In a batch every block is padded to the longest block's window: a shorter
+        block gets more trailing silence, as Whisper's own 30 s padding would give it.
+        """
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
         model = self._model
-        features = model.feature_extractor(audio)
-        frames = features.shape[-1]
+        features = [model.feature_extractor(audio) for audio in audios]
         full = MAX_WINDOW_S * 100
+        frames = max(f.shape[-1] for f in features)
         target = full if pad_s is None else min(full, frames + int(pad_s * 100))
         target += target % 2
-        features = np.pad(features, ((0, 0), (0, max(0, target - frames))))[:, :target]
-        encoder_output = model.encode(features)
-        language_probability = 1.0
-        if language is None:
-            detected = model.model.detect_language(encoder_output)[0][0]
-            language = detected[0][2:-2]
-            language_probability = float(detected[1])
-        tokenizer = Tokenizer(
-            model.hf_tokenizer, self.multilingual, task="transcribe", language=language
+        stacked = np.stack(
+            [np.pad(f, ((0, 0), (0, max(0, target - f.shape[-1]))))[:, :target] for f in features]
         )
-        tokens_in: list[int] = []
-        if prompt and prompt.strip():
-            context = tokenizer.encode(" " + prompt.strip())[-MAX_PROMPT_TOKENS:]
-            tokens_in = [tokenizer.sot_prev, *context]
-        tokens_in += [*tokenizer.sot_sequence, tokenizer.no_timestamps]
-        prefix_tokens = tokenizer.encode(" " + prefix.strip()) if prefix else []
-        tokens_in += prefix_tokens
-        # Speech carries at most ~15 tokens a second; a longer output is a loop.
-        new_tokens = min(MAX_NEW_TOKENS, int(10 + 15 * len(audio) / SAMPLE_RATE))
-        result = model.model.generate(
+        encoder_output = model.encode(stacked)
+        languages = [language] * len(audios)
+        language_probabilities = [1.0] * len(audios)
+        if language is None:
+            for i, detected in enumerate(model.model.detect_language(encoder_output)):
+                languages[i] = detected[0][0][2:-2]
+                language_probabilities[i] = float(detected[0][1])
+        tokenizers = [
+            Tokenizer(model.hf_tokenizer, self.multilingual, task="transcribe", language=lang)
+            for lang in languages
+        ]
+        prompts_in: list[list[int]] = []
+        prefix_lengths: list[int] = []
+        max_length = 0
+        for audio, tokenizer, prefix, prompt in zip(
+            audios, tokenizers, prefixes, prompts, strict=True
+        ):
+            tokens_in: list[int] = []
+            if prompt and prompt.strip():
+                context = tokenizer.encode(" " + prompt.strip())[-MAX_PROMPT_TOKENS:]
+                tokens_in = [tokenizer.sot_prev, *context]
+            tokens_in += [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+            prefix_tokens = tokenizer.encode(" " + prefix.strip()) if prefix else []
+            tokens_in += prefix_tokens
+            prompts_in.append(tokens_in)
+            prefix_lengths.append(len(prefix_tokens))
+            # Speech carries at most ~15 tokens a second; a longer output is a loop.
+            new_tokens = min(MAX_NEW_TOKENS, int(10 + 15 * len(audio) / SAMPLE_RATE))
+            max_length = max(max_length, new_tokens + len(tokens_in))
+        outputs = model.model.generate(
             encoder_output,
-            [tokens_in],
+            prompts_in,
             beam_size=beam_size,
-            max_length=new_tokens + len(tokens_in),
+            max_length=max_length,
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
-            suppress_tokens=get_suppressed_tokens(tokenizer, (-1,)),
-        )[0]
-        # The result repeats the forced prefix before the generated tokens.
-        tokens = [t for t in result.sequences_ids[0][len(prefix_tokens) :] if t < tokenizer.eot]
-        text = tokenizer.decode(tokens)
-        if prefix:
-            text = prefix.strip() + text
-        text = " ".join(text.split())
-        seq_len = max(len(tokens), 1)
-        cum_logprob = (result.scores[0] if result.scores else 0.0) * seq_len
-        seconds = len(audio) / SAMPLE_RATE
-        avg_logprob = cum_logprob / (seq_len + 1)
-        segment = Segment(
-            start=0.0, end=round(seconds, 3), text=text, avg_logprob=round(avg_logprob, 4)
+            suppress_tokens=get_suppressed_tokens(tokenizers[0], (-1,)),
         )
-        return TranscriptionResult(
-            text=text,
-            segments=[segment] if text else [],
-            language=language,
-            language_probability=language_probability,
-            duration=seconds,
-            no_speech_prob=float(result.no_speech_prob),
-            avg_logprob=avg_logprob,
-            compression_ratio=compression_ratio(text),
-        )
+        return [
+            _window_result(
+                out,
+                tok,
+                audio=audio,
+                prefix=prefix,
+                prefix_length=skip,
+                language=lang,
+                language_probability=prob,
+            )
+            for out, tok, audio, prefix, skip, lang, prob in zip(
+                outputs,
+                tokenizers,
+                audios,
+                prefixes,
+                prefix_lengths,
+                languages,
+                language_probabilities,
+                strict=True,
+            )
+        ]
+
+
+def _window_result(
+    output: Any,
+    tokenizer: Any,
+    *,
+    audio: np.ndarray,
+    prefix: str | None,
+    prefix_length: int,
+    language: str | None,
+    language_probability: float,
+) -> TranscriptionResult:
+    """One block's result from its ``generate`` output."""
+    # The result repeats the forced prefix before the generated tokens.
+    tokens = [t for t in output.sequences_ids[0][prefix_length:] if t < tokenizer.eot]
+    text = tokenizer.decode(tokens)
+    if prefix:
+        text = prefix.strip() + text
+    text = " ".join(text.split())
+    seq_len = max(len(tokens), 1)
+    cum_logprob = (output.scores[0] if output.scores else 0.0) * seq_len
+    seconds = len(audio) / SAMPLE_RATE
+    avg_logprob = cum_logprob / (seq_len + 1)
+    segment = Segment(
+        start=0.0, end=round(seconds, 3), text=text, avg_logprob=round(avg_logprob, 4)
+    )
+    return TranscriptionResult(
+        text=text,
+        segments=[segment] if text else [],
+        language=language,
+        language_probability=language_probability,
+        duration=seconds,
+        no_speech_prob=float(output.no_speech_prob),
+        avg_logprob=avg_logprob,
+        compression_ratio=compression_ratio(text),
+    )
 
 
 def join_text(parts: list[str]) -> str:

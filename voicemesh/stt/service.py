@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
@@ -27,35 +26,21 @@ from fastapi import (
 from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from voicemesh.audio import AudioStreamDecoder, PcmStreamDecoder, stream_decoder
 from voicemesh.audio_files import decode_audio_file
-from voicemesh.errors import BadRequest, PayloadTooLarge, VoiceMeshError
+from voicemesh.errors import BadRequest, PayloadTooLarge
 from voicemesh.http import install_http_basics
 from voicemesh.lifecycle import apply_log_level, registry_status, serve_replica
 from voicemesh.metrics import ServiceMetrics
 from voicemesh.protocol import (
-    CLOSE_INTERNAL,
-    CLOSE_NORMAL,
-    CLOSE_TRY_AGAIN,
     SAMPLE_RATE,
-    FinalMessage,
-    FlushMessage,
-    PartialMessage,
-    ReadyMessage,
-    StartMessage,
-    StopMessage,
-    VadMessage,
 )
-from voicemesh.registry import AsrModel, RegistryHeartbeat, ReplicaInfo, ReplicaLoad
 from voicemesh.stt.engines import load_transcriber
 from voicemesh.stt.formats import render_transcript
-from voicemesh.stt.scheduler import DecodeScheduler, Priority
-from voicemesh.stt.script import result_postprocessor
+from voicemesh.stt.handler import StreamHandler
+from voicemesh.stt.scheduler import Priority
 from voicemesh.stt.settings import SttSettings
-from voicemesh.stt.streaming import StreamingSession
-from voicemesh.stt.streaming_rules import EngineLabel
+from voicemesh.stt.state import SttState
 from voicemesh.stt.types import Transcriber, check_language
-from voicemesh.wire import ClientSocket
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -72,79 +57,6 @@ def load_engine(settings: SttSettings) -> Transcriber:
         cpu_threads=settings.decode_threads(),
         beam_size=settings.beam_size,
     )
-
-
-class SttState:
-    """What the app holds while it runs."""
-
-    def __init__(
-        self,
-        settings: SttSettings,
-        transcriber: Transcriber,
-        metrics: ServiceMetrics,
-        model_load_ms: float | None = None,
-    ) -> None:
-        self.settings = settings
-        self.transcriber = transcriber
-        self.model_load_ms = model_load_ms
-        """How long the lifespan took to load the model; None when it was handed in."""
-        self.scheduler = DecodeScheduler(
-            transcriber,
-            workers=settings.workers,
-            postprocess=result_postprocessor(settings.chinese_script),
-        )
-        self.metrics = metrics
-        self.sessions: dict[str, StreamingSession] = {}
-        self.draining = False
-        self.started_at = time.time()
-        self.heartbeat: RegistryHeartbeat | None = None
-
-    def mark_draining(self) -> None:
-        """Take no new sessions from now on (health and registry say so)."""
-        self.draining = True
-
-    @property
-    def label(self) -> EngineLabel:
-        """Engine, device and model as finals report them."""
-        t = self.transcriber
-        return EngineLabel(
-            engine=t.engine,
-            device=t.device,
-            model=self.settings.model,
-            backend=self.settings.instance_id,
-        )
-
-    def replica_info(self) -> ReplicaInfo:
-        """This replica as the registry shows it."""
-        s = self.settings
-        return ReplicaInfo(
-            instance_id=s.instance_id,
-            kind=s.kind,
-            url=s.public_url,
-            device=self.transcriber.device,
-            model=s.model,
-            engine=self.transcriber.engine,
-            capabilities=["transcribe", "stream", "partials"],
-            load=ReplicaLoad(
-                active_sessions=len(self.sessions),
-                queue=self.scheduler.queue_depth + self.scheduler.busy,
-                rtf=self.scheduler.recent_rtf,
-                latency_ms=self.scheduler.recent_latency_ms,
-                max_sessions=s.max_sessions,
-            ),
-            asr_models=[
-                AsrModel(
-                    name=s.model,
-                    engine=self.transcriber.engine,
-                    use="transcribe",
-                    languages=sorted(getattr(self.transcriber, "languages", None) or ()),
-                    load_ms=self.model_load_ms,
-                )
-            ],
-            draining=self.draining,
-            started_at=self.started_at,
-            updated_at=time.time(),
-        )
 
 
 def get_stt_state(connection: HTTPConnection) -> SttState:
@@ -217,6 +129,8 @@ async def health(state: Stt) -> JSONResponse:
         "queue": state.scheduler.queue_depth,
         "rtf": state.scheduler.recent_rtf,
         "latency_ms": state.scheduler.recent_latency_ms,
+        "load": state.scheduler.meter.summary(),
+        "batch_max": state.scheduler.batch_max,
         "model_load_time_ms": state.model_load_ms,
         "registry": registry_status(state.heartbeat),
     }
@@ -288,116 +202,3 @@ def _warm_up(state: SttState) -> None:
         state.transcriber.transcribe(silence, language="en")
     except Exception:
         _LOGGER.exception("warm-up decode failed")
-
-
-class StreamHandler:
-    """One ``/ws/transcribe`` connection: parse frames, feed the session, send results."""
-
-    def __init__(self, ws: WebSocket, state: SttState) -> None:
-        self.state = state
-        self.settings = state.settings
-        self.session_id = uuid.uuid4().hex[:12]
-        self.client = ClientSocket(ws, metrics=state.metrics, name=self.session_id)
-        self.decoder: AudioStreamDecoder = PcmStreamDecoder(
-            max_frame_bytes=self.settings.max_frame_bytes
-        )
-        self.session: StreamingSession | None = None
-        self.audio_seen = False
-
-    async def send(
-        self, message: ReadyMessage | PartialMessage | FinalMessage | VadMessage
-    ) -> None:
-        """Send one message; a final that reached the client is counted."""
-        await self.client.send(message)
-        if isinstance(message, FinalMessage) and self.client.open:
-            self.state.metrics.count("final", "ok")
-
-    def _new_session(self, language: str | None) -> StreamingSession:
-        return StreamingSession(
-            self.state.scheduler,
-            self.send,
-            self.state.label,
-            self.settings.streaming_config(language),
-        )
-
-    async def run(self) -> None:
-        """Serve the connection until the client stops or goes away."""
-        state = self.state
-        if state.draining or len(state.sessions) >= self.settings.max_sessions:
-            await self.client.refuse(
-                "busy", "this replica takes no new sessions; try another", CLOSE_TRY_AGAIN
-            )
-            return
-        self.session = self._new_session(None)
-        state.sessions[self.session_id] = self.session
-        state.metrics.active_sessions.labels(self.settings.kind).inc()
-        label = state.label
-        await self.send(
-            ReadyMessage(
-                session_id=self.session_id,
-                engine=label.engine,
-                device=label.device,
-                model=label.model,
-                backend=label.backend,
-            )
-        )
-        try:
-            await self._receive_loop()
-        except Exception:
-            _LOGGER.exception("session %s failed", self.session_id)
-            await self.client.error(
-                "internal_error", "the engine failed on this session", fatal=True
-            )
-            await self.client.close(CLOSE_INTERNAL)
-        finally:
-            self.client.open = False
-            if self.session is not None:
-                self.session.closed = True
-            state.sessions.pop(self.session_id, None)
-            state.metrics.active_sessions.labels(self.settings.kind).dec()
-
-    async def _receive_loop(self) -> None:
-        assert self.session is not None
-        async for item in self.client.receive():
-            if isinstance(item, bytes):
-                try:
-                    audio = self.decoder.decode(item)
-                except VoiceMeshError as exc:
-                    await self.client.error(exc.code, exc.message)
-                    continue
-                self.audio_seen = True
-                await self.session.feed(audio)
-            elif isinstance(item, StartMessage):
-                await self._start(item)
-            elif isinstance(item, FlushMessage):
-                await self.session.feed(self.decoder.flush())
-                await self.session.flush("flush", until=item.until)
-            elif isinstance(item, StopMessage):
-                await self.session.feed(self.decoder.flush())
-                await self.session.close()
-                await self.client.close(CLOSE_NORMAL)
-                return
-
-    async def _start(self, start: StartMessage) -> None:
-        if self.audio_seen:
-            await self.client.error("bad_message", "'start' must come before the first audio frame")
-            return
-        try:
-            language = check_language(
-                self.state.transcriber, start.language or self.settings.language
-            )
-        except VoiceMeshError as exc:
-            await self.client.error(exc.code, exc.message)
-            return
-        try:
-            self.decoder = stream_decoder(
-                sample_rate=start.sample_rate,
-                encoding=start.encoding,
-                channels=start.channels,
-                max_frame_bytes=self.settings.max_frame_bytes,
-            )
-        except VoiceMeshError as exc:
-            await self.client.error(exc.code, exc.message)
-            return
-        assert self.session is not None
-        self.session.config.language = language

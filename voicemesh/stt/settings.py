@@ -7,6 +7,7 @@ import os
 from pydantic import Field
 
 from voicemesh.settings import ServiceSettings
+from voicemesh.stt.load import AdmissionPolicy
 from voicemesh.stt.script import ChineseScript
 from voicemesh.stt.streaming_rules import StreamingConfig
 from voicemesh.stt.types import Device, EngineName
@@ -59,12 +60,33 @@ class SttSettings(ServiceSettings):
     """Beam width of finals (partials are greedy)."""
     max_sessions: int = Field(32, ge=1)
     """Sessions beyond this are refused (the gateway then tries another replica)."""
+    admit_max_final_wait_s: float = Field(1.0, gt=0)
+    """New sessions are refused (``busy``) while finals wait longer than this for a
+    decode worker (p90 over the last 10 s): the replica is not keeping up. A replica
+    with fewer sessions than decode workers always admits one more."""
+    admit_essential_share: float = Field(0.6, gt=0, le=1)
+    """A new session is refused when the measured cost of finals per session, times the
+    sessions with it, would pass this share of the decode workers' time."""
+    busy_retry_after_s: int = Field(3, ge=1)
+    """``retry_after`` of a refused session."""
+    batch_max: int = Field(1, ge=1, le=64)
+    """Decodes of several sessions run as one batched call, up to this many (1: off)."""
+    batch_wait_s: float = Field(0.005, ge=0, le=0.1)
+    """How long a worker waits for more jobs to join a batch."""
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024)
     """Largest file accepted by POST /v1/transcribe."""
     max_drain_s: float = Field(300.0, ge=0)
     """On SIGTERM, how long live sessions may take to finish before the replica exits."""
     max_upload_seconds: float = Field(3600.0, gt=0)
     """Longest audio accepted by POST /v1/transcribe."""
+
+    def admission_policy(self) -> AdmissionPolicy:
+        """Admission and shedding thresholds."""
+        return AdmissionPolicy(
+            max_final_wait_s=self.admit_max_final_wait_s,
+            max_essential_share=self.admit_essential_share,
+            retry_after_s=self.busy_retry_after_s,
+        )
 
     def decode_threads(self) -> int:
         """CPU threads of one decode: ``cpu_threads``, or the cores over the workers."""

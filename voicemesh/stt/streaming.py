@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from voicemesh.errors import PartialShed
 from voicemesh.protocol import (
     SAMPLE_RATE,
     FinalMessage,
@@ -93,6 +94,7 @@ class StreamingSession:
         self._last_hyp = ""
         self._last_partial_at = 0
         self._partial_task: asyncio.Task[None] | None = None
+        self._partial_shed = False  # the due partial was skipped (counted once)
         self._spec: tuple[int, asyncio.Task[TranscriptionResult]] | None = None
         self._held: _Held | None = None
         self._last_speech_start = 0.0  # stream seconds of the latest speech_start
@@ -213,10 +215,16 @@ class StreamingSession:
 
     def _decode_kwargs(self, *, final: bool) -> dict[str, object]:
         use_prefix = self.config.final_prefix if final else self.config.use_prefix
+        beam = self.config.final_beam_size if final else 1
+        meter = self.scheduler.meter
+        if final and beam > 1 and meter.greedy_finals():
+            # Finals queue: a greedy decode keeps them flowing (and costs less).
+            meter.note_shed("final_greedy")
+            beam = 1
         return {
             "language": self.config.language,
             "prefix": self._stable if use_prefix and self._stable else None,
-            "beam_size": self.config.final_beam_size if final else 1,
+            "beam_size": beam,
             "quality_fallback": final,
             "prompt": self._context_text(),
         }
@@ -233,21 +241,36 @@ class StreamingSession:
         if self.endpointer.in_silence:
             # An endpoint may be coming: keep the worker free for the final.
             return
+        first = not self._last_hyp
+        meter = self.scheduler.meter
         new = self.samples - self._last_partial_at
-        needed = self.config.partial_interval_s if self._last_hyp else self.config.first_partial_s
+        if first:
+            needed = self.config.first_partial_s
+        else:
+            # Partials are what gives way under load: spaced out as the workers fill.
+            needed = self.config.partial_interval_s * meter.partial_interval_factor()
         if new < needed * SAMPLE_RATE:
             return
+        if not meter.partial_allowed(first=first):
+            if not self._partial_shed:
+                self._partial_shed = True
+                meter.note_shed("partial_skipped")
+            return
+        self._partial_shed = False
         audio = self._buf.copy()
+        priority = Priority.FIRST_PARTIAL if first else Priority.PARTIAL
         self._partial_task = asyncio.create_task(
-            self._run_partial(audio, self.utterance_id, self._buf_start)
+            self._run_partial(audio, self.utterance_id, self._buf_start, priority)
         )
 
-    async def _run_partial(self, audio: np.ndarray, utterance_id: int, start: int) -> None:
+    async def _run_partial(
+        self, audio: np.ndarray, utterance_id: int, start: int, priority: Priority
+    ) -> None:
         try:
             result = await self.scheduler.decode(
-                audio, Priority.PARTIAL, **self._decode_kwargs(final=False)
+                audio, priority, **self._decode_kwargs(final=False)
             )
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, PartialShed):
             return
         except Exception:
             _LOGGER.exception("partial decode failed")
