@@ -15,6 +15,7 @@ from voicemesh.errors import ModelAssetError, UnknownModel
 from voicemesh.tts.catalogue import CATALOGUE_FILE, VoiceCatalogue, read_catalogue
 from voicemesh.tts.encoding import (
     AUDIO_FORMATS,
+    LIMITER_CEILING,
     AudioEncoder,
     apply_volume,
     encode_audio,
@@ -136,8 +137,29 @@ def test_codec_rates_and_volume() -> None:
     assert output_rate("mp3", 22050) == 22050
     assert output_rate("mp3", 23000) == 24000
     assert output_rate("wav", 12345) == 12345
-    loud = apply_volume(np.full(4, 0.5, dtype=np.float32), 6.0)
-    assert np.allclose(loud, 0.5 * 10 ** (6 / 20))
-    assert apply_volume(np.full(2, 0.9, dtype=np.float32), 12.0).max() == 1.0
+    loud = apply_volume(np.full(4, 0.25, dtype=np.float32), 6.0)
+    assert np.allclose(loud, 0.25 * 10 ** (6 / 20))  # under the ceiling: plain gain
+    assert apply_volume(np.full(2, 0.9, dtype=np.float32), 12.0).max() < 1.0
     assert wav_header(16000, 100)[40:44] == (100).to_bytes(4, "little")
     assert wav_header(16000, None)[40:44] == b"\xff\xff\xff\xff"
+
+
+def test_the_limiter_makes_25_db_louder_without_a_sample_at_full_scale() -> None:
+    rate = 22050
+    t = np.arange(3 * rate) / rate
+    # A 220 Hz tone swelling from silence to 0.5 and back: +25 dB takes its peak to 8.9.
+    tone = (0.5 * np.sin(2 * np.pi * 220 * t) * np.abs(np.sin(np.pi * t / 3))).astype(np.float32)
+    loud = apply_volume(tone, 25.0, rate)
+    assert len(loud) == len(tone)
+    assert float(np.abs(loud).max()) <= LIMITER_CEILING < 1.0
+    pcm = np.frombuffer(encode_audio(loud, rate, "pcm"), "<i2")
+    assert int(np.abs(pcm.astype(np.int32)).max()) < 32767
+    # Clipping would flatten the tone's tops for many samples in a row; the limiter's
+    # gain moves smoothly, so no run of samples sits at the ceiling.
+    at_ceiling = np.abs(loud) >= LIMITER_CEILING - 1e-4
+    assert at_ceiling.sum() < 0.002 * len(loud)
+    rms = float(np.sqrt(np.mean(loud**2)) / np.sqrt(np.mean(tone**2)))
+    assert rms > 2.0  # louder (about +8 dB: the quiet parts get the whole gain)
+    quiet_part = slice(rate // 40, rate // 20)  # the swell's first notes, far under the ceiling
+    expected = tone[quiet_part] * 10 ** (25 / 20)
+    assert np.allclose(loud[quiet_part], expected, atol=1e-4)

@@ -11,6 +11,10 @@ from voicemesh.tts.encoding import AudioFormat
 
 MIN_SPEED = 0.5
 MAX_SPEED = 2.0
+MIN_VOLUME_DB = -60.0
+MAX_VOLUME_DB = 25.0
+"""The specification's loudest setting; :func:`voicemesh.tts.encoding.limit_peaks` keeps it
+from clipping."""
 
 
 class SynthesizeRequest(BaseModel):
@@ -22,8 +26,8 @@ class SynthesizeRequest(BaseModel):
     """Voice id from ``GET /v1/voices``; None: the service's default voice."""
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     """Speaking rate: 0.5 (slow) to 2.0 (fast)."""
-    volume_db: float = Field(0.0, ge=-60.0, le=20.0)
-    """Gain in decibels (clipped at full scale)."""
+    volume_db: float = Field(0.0, ge=MIN_VOLUME_DB, le=MAX_VOLUME_DB)
+    """Gain in decibels; a limiter keeps the peaks under full scale, so loud never clips."""
     sample_rate: int | None = Field(None, ge=8000, le=48000)
     """Output rate (resampled); None: the voice's own. Opus/MP3 round up to a codec rate."""
     format: AudioFormat = "wav"
