@@ -14,6 +14,7 @@ import base64
 import contextlib
 import logging
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Annotated, Any
 
@@ -25,8 +26,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from voicemesh.errors import BadRequest, EmptyText, PayloadTooLarge
 from voicemesh.http import install_http_basics
 from voicemesh.lifecycle import apply_log_level, registry_status, serve_replica
-from voicemesh.tts.catalogue import Voice
-from voicemesh.tts.compare import RECOMMENDATION_RULE, CandidateMeasure, recommend
+from voicemesh.tts.catalogue import Gender, Voice
+from voicemesh.tts.compare import (
+    CandidateMeasure,
+    recommend,
+    recommendation_reason,
+    recommendation_rule,
+)
 from voicemesh.tts.encoding import (
     AudioEncoder,
     AudioFormat,
@@ -36,7 +42,7 @@ from voicemesh.tts.encoding import (
     prepare_output,
 )
 from voicemesh.tts.engine import SynthesisChunk, Synthesizer
-from voicemesh.tts.protocol import CompareRequest, SynthesizeRequest
+from voicemesh.tts.protocol import CompareRequest, SynthesizeRequest, VoiceChoice
 from voicemesh.tts.settings import TtsSettings
 from voicemesh.tts.state import ENGINE_NAME, TtsMetrics, TtsState, load_state
 
@@ -105,11 +111,20 @@ def check_text(text: str, limit: int) -> str:
     return text
 
 
+def chosen_voice(state: TtsState, choice: VoiceChoice) -> Voice:
+    """The installed voice a request names (by id, speaker index or model)."""
+    voice = state.catalogue.resolve(choice.voice_ref(), choice.model, state.settings.default_voice)
+    return state.catalogue.installed_voice(voice)
+
+
 def audio_headers(voice: Voice, fmt: AudioFormat, rate: int) -> dict[str, str]:
     """Headers naming the engine, voice, model, rate and format of an answer."""
     return {
         "X-VoiceMesh-Engine": f"{ENGINE_NAME}/{voice.model.family}",
         "X-VoiceMesh-Voice": voice.id,
+        # Percent-encoded: a header is latin-1, a voice name need not be.
+        "X-VoiceMesh-Voice-Name": urllib.parse.quote(voice.entry.name),
+        "X-VoiceMesh-Speaker-Id": str(voice.entry.speaker_id),
         "X-VoiceMesh-Model": voice.model.id,
         "X-VoiceMesh-Sample-Rate": str(rate),
         "X-VoiceMesh-Format": fmt,
@@ -137,27 +152,38 @@ async def health(state: Tts) -> JSONResponse:
     return JSONResponse(body, status_code=503 if state.draining else 200)
 
 
+def describe_voice(state: TtsState, voice: Voice) -> dict[str, Any]:
+    """A voice as the API shows it, with its moods and its measured real-time factor."""
+    return {**voice.describe(), "performance": {"rtf": state.voice_rtf.get(voice.id)}}
+
+
 @router.get("/v1/voices")
 async def list_voices(
     state: Tts,
     *,
     model: str | None = None,
     language: str | None = None,
-    gender: str | None = None,
+    gender: Gender | None = None,
     tag: str | None = None,
+    mood: str | None = None,
     installed: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
+    page: Annotated[int | None, Query(ge=1, description="1-based; sets offset")] = None,
 ) -> JSONResponse:
-    """The catalogue, filtered and paged."""
+    """The catalogue, filtered and paged (by ``offset``, or by ``page`` of ``limit``)."""
+    if model is not None:
+        state.catalogue.model_entry(model)  # an unknown model is a 404, not an empty list
     found = state.catalogue.filter(
-        model=model, language=language, gender=gender, tag=tag, installed=installed
+        model=model, language=language, gender=gender, tag=tag, mood=mood, installed=installed
     )
-    page = found[offset : offset + limit]
-    after = offset + len(page)
+    if page is not None:
+        offset = (page - 1) * limit
+    shown = found[offset : offset + limit]
+    after = offset + len(shown)
     return JSONResponse(
         {
-            "voices": [v.describe() for v in page],
+            "voices": [describe_voice(state, v) for v in shown],
             "total": len(found),
             "limit": limit,
             "offset": offset,
@@ -167,11 +193,30 @@ async def list_voices(
     )
 
 
+def voice_by_path(state: TtsState, voice_id: str, model: str | None) -> Voice:
+    """The voice a path names: an id, ``<model>:<index>``, or an index of ``model``."""
+    return state.catalogue.resolve(voice_id, model, state.settings.default_voice)
+
+
+@router.get("/v1/voices/{voice_id}/sample.wav")
+async def get_sample_wav(state: Tts, voice_id: str, model: str | None = None) -> Response:
+    """A short WAV of the voice introducing itself (made on first request, then cached)."""
+    voice = state.catalogue.installed_voice(voice_by_path(state, voice_id, model))
+    state.check_serving()
+    sample = await voice_sample(state, voice)
+    data = base64.b64decode(sample["audio_base64"])
+    headers = audio_headers(voice, "wav", int(sample["sample_rate"]))
+    headers["X-VoiceMesh-Duration"] = f"{sample['duration_s']:.3f}"
+    return Response(data, media_type="audio/wav", headers=headers)
+
+
 @router.get("/v1/voices/{voice_id}")
-async def get_voice(state: Tts, voice_id: str, sample: bool = True) -> JSONResponse:
+async def get_voice(
+    state: Tts, voice_id: str, sample: bool = True, model: str | None = None
+) -> JSONResponse:
     """One voice, with a spoken sample when its model is installed here."""
-    voice = state.catalogue.voice(voice_id)
-    body = voice.describe()
+    voice = voice_by_path(state, voice_id, model)
+    body = describe_voice(state, voice)
     if sample and voice.installed:
         state.check_serving()
         body["sample"] = await voice_sample(state, voice)
@@ -209,7 +254,7 @@ async def synthesize(request: Request, state: Tts, body: SynthesizeRequest) -> R
     state.check_serving()
     settings = state.settings
     text = check_text(body.text, settings.max_chars)
-    voice = state.catalogue.installed_voice(body.voice or settings.default_voice)
+    voice = chosen_voice(state, body)
     rate = output_rate(body.format, body.sample_rate or voice.model.sample_rate)
     headers = audio_headers(voice, body.format, rate)
     if body.stream:
@@ -333,11 +378,12 @@ async def compare(state: Tts, body: CompareRequest) -> JSONResponse:
             f"{len(body.candidates)} candidates; at most {settings.max_compare_candidates}",
             code="too_many_candidates",
         )
-    voices = [state.catalogue.installed_voice(c.voice) for c in body.candidates]
+    voices = [chosen_voice(state, c) for c in body.candidates]
     out: list[dict[str, Any]] = []
     measures: list[CandidateMeasure] = []
     async with state.admission.slot():
         for index, (candidate, voice) in enumerate(zip(body.candidates, voices, strict=True)):
+            started = time.monotonic()
             engine = await asyncio.to_thread(state.engines.get, voice.model)
             result = await asyncio.to_thread(
                 engine.synthesize, text, speaker_id=voice.entry.speaker_id, speed=candidate.speed
@@ -345,12 +391,20 @@ async def compare(state: Tts, body: CompareRequest) -> JSONResponse:
             rate = output_rate(body.format, body.sample_rate or result.sample_rate)
             audio = prepare_output(result.audio, result.sample_rate, rate, 0.0)
             data = await asyncio.to_thread(encode_audio, audio, rate, body.format)
-            state.note_rtf(result.rtf)
-            measures.append(CandidateMeasure(result.duration_s, candidate.speed, result.rtf))
+            latency_ms = (time.monotonic() - started) * 1000
+            state.note_rtf(result.rtf, voice.id)
+            measures.append(
+                CandidateMeasure(result.duration_s, candidate.speed, result.rtf, latency_ms)
+            )
             out.append(
                 {
                     "index": index,
                     "voice": voice.id,
+                    "voice_id": candidate.voice_ref()
+                    if candidate.voice_ref() is not None
+                    else voice.id,
+                    "voice_name": voice.entry.name,
+                    "speaker_id": voice.entry.speaker_id,
                     "model": voice.model.id,
                     "engine": f"{ENGINE_NAME}/{voice.model.family}",
                     "speed": candidate.speed,
@@ -359,20 +413,26 @@ async def compare(state: Tts, body: CompareRequest) -> JSONResponse:
                     "duration_s": round(result.duration_s, 3),
                     "synthesis_s": round(result.synthesis_s, 4),
                     "rtf": round(result.rtf, 4),
+                    "latency_ms": round(latency_ms, 1),
                     "chars_per_s": round(len(text) / max(result.synthesis_s, 1e-6), 1),
                     "audio_base64": base64.b64encode(data).decode("ascii"),
                 }
             )
-    best = recommend(measures)
+    metric = body.metrics[0]
+    best = recommend(measures, metric)
+    labels = [str(c["voice"]) for c in out]
     state.metrics.count("compare", "ok")
     return JSONResponse(
         {
             "text": text,
             "candidates": out,
             "recommendation": {
+                "for": metric,
                 "index": best,
                 "voice": out[best]["voice"] if best is not None else None,
-                "rule": RECOMMENDATION_RULE,
+                "recommended": out[best]["voice_id"] if best is not None else None,
+                "rule": recommendation_rule(metric),
+                "reason": recommendation_reason(measures, labels, metric),
             },
         }
     )
@@ -396,4 +456,4 @@ def observe(
     metrics.observe(f"synthesize_{mode}", elapsed)
     metrics.count("synthesize", "ok")
     if audio_s > 0:
-        state.note_rtf(elapsed / audio_s)
+        state.note_rtf(elapsed / audio_s, voice.id)
