@@ -263,11 +263,12 @@ async def compare(state: Tts, body: CompareRequest) -> JSONResponse:
             rate = output_rate(body.format, body.sample_rate or result.sample_rate)
             audio = prepare_output(result.audio, result.sample_rate, rate, 0.0)
             data = await asyncio.to_thread(encode_audio, audio, rate, body.format)
-            latency_ms = (time.monotonic() - started) * 1000
+            latency_ms = round((time.monotonic() - started) * 1000, 1)
+            rtf = round(result.rtf, 4)
             state.note_rtf(result.rtf, voice.id)
-            measures.append(
-                CandidateMeasure(result.duration_s, candidate.speed, result.rtf, latency_ms)
-            )
+            # The rule sees the numbers the answer shows, so its reason quotes them exactly.
+            duration_s = round(result.duration_s, 3)
+            measures.append(CandidateMeasure(duration_s, candidate.speed, rtf, latency_ms))
             out.append(
                 {
                     "index": index,
@@ -282,10 +283,10 @@ async def compare(state: Tts, body: CompareRequest) -> JSONResponse:
                     "speed": candidate.speed,
                     "format": body.format,
                     "sample_rate": rate,
-                    "duration_s": round(result.duration_s, 3),
+                    "duration_s": duration_s,
                     "synthesis_s": round(result.synthesis_s, 4),
-                    "rtf": round(result.rtf, 4),
-                    "latency_ms": round(latency_ms, 1),
+                    "rtf": rtf,
+                    "latency_ms": latency_ms,
                     "chars_per_s": round(len(text) / max(result.synthesis_s, 1e-6), 1),
                     "audio_base64": base64.b64encode(data).decode("ascii"),
                 }
