@@ -28,7 +28,7 @@ from typing import Annotated, Any
 import psutil
 from fastapi import APIRouter, Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.requests import HTTPConnection
 
 import voicemesh
@@ -252,7 +252,9 @@ admin = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(requ
 
 
 class ModeChange(BaseModel):
-    """Body of ``POST /v1/admin/mode``."""
+    """Body of ``POST /v1/admin/mode`` (any other field: 422 ``unknown_field``)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     mode: RoutingMode
 

@@ -31,6 +31,7 @@ from gateway.proxy import (
     BackendCall,
     Choose,
     Routed,
+    refuse_unknown_form_fields,
     request_record,
     respond,
     route,
@@ -39,7 +40,7 @@ from gateway.proxy import (
 from gateway.routing import choose_backends
 from gateway.state import GatewayState
 from gateway.transcriptions import BACKEND_PATH, PASSED_HEADERS, read_upload
-from voicemesh.errors import EngineUnavailable, FeatureUnavailable, UnknownField
+from voicemesh.errors import EngineUnavailable, FeatureUnavailable
 from voicemesh.registry import ReplicaInfo
 
 router = APIRouter()
@@ -119,16 +120,6 @@ def asr_answer(
     }
 
 
-async def refuse_unknown_fields(request: Request) -> None:
-    """UnknownField (422) naming the form fields this route does not take."""
-    form = await request.form()  # already parsed for the parameters: this reads the cache
-    unknown = sorted(set(form.keys()) - set(FIELDS))
-    if unknown:
-        raise UnknownField(
-            f"unknown form field(s): {', '.join(unknown)}; this route takes {', '.join(FIELDS)}"
-        )
-
-
 def model_choice(state: GatewayState, model: str | None) -> Choose:
     """The routing function for ``model`` (every transcribing replica when None)."""
     settings = state.settings
@@ -158,7 +149,7 @@ async def asr_transcribe(
 ) -> Response:
     """Transcribe one file on a replica that holds ``model``, failing over like every route."""
     started = time.perf_counter()
-    await refuse_unknown_fields(request)
+    await refuse_unknown_form_fields(request, FIELDS)
     if enable_diarization:
         raise FeatureUnavailable(
             "speaker diarization (enable_diarization=true) is not available: no engine of "

@@ -23,7 +23,13 @@ from fastapi.responses import Response
 
 from gateway.deps import GatewayStateDep
 from gateway.keys import Principal
-from gateway.proxy import TTS_HEADERS, BackendCall, forward, json_body
+from gateway.proxy import (
+    TTS_HEADERS,
+    BackendCall,
+    forward,
+    json_body,
+    refuse_unknown_form_fields,
+)
 from gateway.routing import choose_service
 from gateway.state import GatewayState
 from gateway.transcriptions import read_upload
@@ -34,6 +40,8 @@ router = APIRouter()
 TTS_CLONE = "tts_clone"
 PROFILE_ID = re.compile(r"^v_[0-9a-f]{16}$")
 """What ``tts_clone`` voice ids look like; no catalogue voice id does."""
+CREATE_FIELDS = ("audio", "name", "prompt_text", "language", "consent")
+"""Every form field ``POST /v1/clone/voices`` takes; any other is refused."""
 
 
 def is_profile_id(voice: str) -> bool:
@@ -41,10 +49,15 @@ def is_profile_id(voice: str) -> bool:
     return bool(PROFILE_ID.match(voice))
 
 
+def owner_id(request: Request) -> str:
+    """The caller's key identity: its key's fingerprint (``anonymous`` with auth off)."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    return principal.key_id if principal is not None else ANONYMOUS
+
+
 def owner_headers(request: Request) -> dict[str, str]:
     """The caller's key identity for ``tts_clone`` (set by the gateway, never by the client)."""
-    principal: Principal | None = getattr(request.state, "principal", None)
-    return {OWNER_HEADER: principal.key_id if principal is not None else ANONYMOUS}
+    return {OWNER_HEADER: owner_id(request)}
 
 
 def _call(request: Request, method: str, path: str, **extra: Any) -> BackendCall:
@@ -86,6 +99,7 @@ async def create_voice(
     consent: Annotated[bool, Form()] = False,
 ) -> Response:
     """Make a voice profile from a reference recording."""
+    await refuse_unknown_form_fields(request, CREATE_FIELDS)
     data = await read_upload(request, audio, state.settings.max_upload_bytes)
     fields = {"name": name, "consent": "true" if consent else "false"}
     if prompt_text:

@@ -34,6 +34,7 @@ from voicemesh.errors import (
     BadRequest,
     Busy,
     EngineUnavailable,
+    UnknownField,
     VoiceMeshError,
     backend_errors,
 )
@@ -48,6 +49,8 @@ TTS_HEADERS = (
     "content-type",
     "x-voicemesh-engine",
     "x-voicemesh-voice",
+    "x-voicemesh-voice-name",
+    "x-voicemesh-speaker-id",
     "x-voicemesh-model",
     "x-voicemesh-sample-rate",
     "x-voicemesh-format",
@@ -299,6 +302,17 @@ async def forward(
         routed = await route(state, call, choose, service=service, kind=kind)
         record.served(routed)
         return await respond(routed, passed)
+
+
+async def refuse_unknown_form_fields(request: Request, fields: Iterable[str]) -> None:
+    """UnknownField (422) naming the form fields of ``request`` that are not in ``fields``."""
+    form = await request.form()  # already parsed for the parameters: this reads the cache
+    allowed = list(fields)
+    unknown = sorted(set(form.keys()) - set(allowed))
+    if unknown:
+        raise UnknownField(
+            f"unknown form field(s): {', '.join(unknown)}; this route takes {', '.join(allowed)}"
+        )
 
 
 async def json_body(request: Request) -> dict[str, Any]:

@@ -70,6 +70,11 @@ class GatewaySettings(ServiceSettings):
     """``retry_after`` told to a client refused a session slot (when one frees is unknown)."""
     status_interval_s: float = Field(1.0, gt=0, le=60)
     """How often ``WS /v1/ws/status`` sends a ``status_update``."""
+    tts_audio_ttl_s: float = Field(300.0, gt=0, le=86400)
+    """How long an ``audio_url`` of ``POST /v1/tts/synthesize`` (``format: json``) or
+    ``POST /v1/tts/compare`` serves its audio."""
+    tts_audio_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Audio kept for those URLs in all; past it the oldest goes first."""
     control_panel_dir: Path | None = DEFAULT_PANEL_DIR
     """Folder of the control panel served at ``/`` (public; its API calls carry keys); None: off."""
 

@@ -21,6 +21,7 @@ from gateway.keys import KeyRing
 from gateway.limits import GatewayLimits
 from gateway.registry_view import RegistryView
 from gateway.settings import GatewaySettings
+from gateway.tts_audio import AudioStore
 from voicemesh.metrics import GatewayMetrics
 
 _LOGGER = logging.getLogger(__name__)
@@ -107,6 +108,8 @@ class GatewayState:
     """Request-rate and session limits of this replica (:mod:`gateway.limits`)."""
     tts_voices: tuple[float, frozenset[str]] = (0.0, frozenset())
     """When the TTS service's installed voices were last read, and their ids."""
+    tts_audio: AudioStore = field(init=False)
+    """Synthesized audio behind short-lived ``/v1/tts/audio/...`` URLs."""
     http: httpx.AsyncClient = field(init=False)
     """The one HTTP client every request to a backend goes through (closed by the app's
     lifespan). One for all: building a client costs about 50 ms here (its TLS context),
@@ -121,6 +124,9 @@ class GatewayState:
             trust_env=False,
         )
         self.keys = KeyRing.from_settings(self.settings)
+        self.tts_audio = AudioStore(
+            self.settings.tts_audio_ttl_s, self.settings.tts_audio_max_bytes
+        )
         self.limits = GatewayLimits(
             requests_per_key=self.settings.requests_per_minute_per_key,
             requests_total=self.settings.requests_per_minute_total,

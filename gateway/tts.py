@@ -2,8 +2,8 @@
 
 * ``POST /v1/audio/speech`` — OpenAI's API (model, input, voice, response_format, speed);
   the audio streams back as the backend makes it, sentence by sentence.
-* ``GET /v1/tts/voices`` (and ``/v1/tts/voices/{id}``), ``POST /v1/tts/synthesize``,
-  ``POST /v1/tts/compare`` — the ``tts_vits`` API passed through.
+* ``/v1/tts/*`` — the specification's TTS API, in :mod:`gateway.tts_api` over the
+  helpers here.
 
 Which service serves a voice is decided in one place, :func:`backend_kind_for_voice`.
 Replicas of that kind are tried least loaded first (:func:`gateway.routing.choose_service`)
@@ -31,7 +31,13 @@ from pydantic import BaseModel, Field
 
 from gateway.clone import TTS_CLONE, is_profile_id, owner_headers
 from gateway.deps import GatewayStateDep
-from gateway.proxy import TTS_HEADERS, BackendCall, Choose, forward, json_body, route
+from gateway.proxy import (
+    TTS_HEADERS,
+    BackendCall,
+    Choose,
+    forward,
+    route,
+)
 from gateway.routing import choose_service
 from gateway.state import GatewayState
 from voicemesh.errors import BadRequest, EngineUnavailable
@@ -219,44 +225,3 @@ async def create_speech(
         "POST", "/v1/synthesize", request.state.request_id, json=payload, stream=True
     )
     return await forward_tts(state, "speech", call, voice=voice, capability="synthesize")
-
-
-@router.get("/v1/tts/voices", response_model=None)
-async def list_voices(request: Request, state: GatewayStateDep) -> Response:
-    """The voice catalogue (filters and pagination as ``tts_vits``'s ``GET /v1/voices``)."""
-    call = BackendCall(
-        "GET", "/v1/voices", request.state.request_id, params=dict(request.query_params)
-    )
-    return await forward_tts(state, "tts_voices", call, voice=None, capability="voices")
-
-
-@router.get("/v1/tts/voices/{voice_id}", response_model=None)
-async def get_voice(request: Request, voice_id: str, state: GatewayStateDep) -> Response:
-    """One voice with a spoken sample."""
-    call = BackendCall(
-        "GET", f"/v1/voices/{voice_id}", request.state.request_id, params=dict(request.query_params)
-    )
-    return await forward_tts(state, "tts_voices", call, voice=voice_id, capability="voices")
-
-
-@router.post("/v1/tts/synthesize", response_model=None)
-async def synthesize(request: Request, state: GatewayStateDep) -> Response:
-    """``tts_vits``'s ``POST /v1/synthesize`` (streamed through when ``stream`` is true)."""
-    body = await json_body(request)
-    voice = body.get("voice") if isinstance(body.get("voice"), str) else None
-    call = BackendCall(
-        "POST",
-        "/v1/synthesize",
-        request.state.request_id,
-        json=body,
-        stream=bool(body.get("stream")),
-    )
-    return await forward_tts(state, "tts_synthesize", call, voice=voice, capability="synthesize")
-
-
-@router.post("/v1/tts/compare", response_model=None)
-async def compare(request: Request, state: GatewayStateDep) -> Response:
-    """``tts_vits``'s ``POST /v1/compare``: several voices on one text, with a recommendation."""
-    body = await json_body(request)
-    call = BackendCall("POST", "/v1/compare", request.state.request_id, json=body)
-    return await forward_tts(state, "tts_compare", call, voice=None, capability="compare")

@@ -3,6 +3,7 @@ processes on loopback, the speech clips and their manifest, the error rate."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -375,3 +376,27 @@ class ThreadedServer:
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def empty_redis_db(server: RedisServer, db: int) -> Iterator[str]:
+    """The URL of database ``db`` of ``server``, emptied before and after (a module's own)."""
+    import redis
+
+    url = f"{server.url.rsplit('/', 1)[0]}/{db}"
+    plain = redis.Redis.from_url(url, decode_responses=True)
+    plain.flushdb()
+    try:
+        yield url
+    finally:
+        plain.flushdb()
+        plain.close()
+
+
+def assert_error(response: Any, status: int, code: str) -> str:
+    """The one JSON error shape, with the request id of the header; returns the message."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code, error
+    assert error["request_id"] == response.headers["x-request-id"]
+    return str(error["message"])

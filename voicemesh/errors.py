@@ -4,6 +4,7 @@
 
     VoiceMeshError                 base of everything raised on purpose
     ├── BadRequest                 the caller sent something wrong (4xx, never fail over)
+    │   ├── AudioNotFound          a synthesized-audio URL that expired or never existed (404)
     │   ├── BadAudio               undecodable audio, wrong frame size, bad sample rate
     │   ├── EmptyText              text to speak with no word in it (422)
     │   ├── FeatureUnavailable     an option the mesh has no engine for, e.g. diarization (422)
@@ -57,6 +58,13 @@ class BadRequest(VoiceMeshError):
 
     code = "bad_request"
     status_code = 400
+
+
+class AudioNotFound(BadRequest):
+    """A ``/v1/tts/audio/...`` URL whose audio expired or never existed."""
+
+    code = "audio_not_found"
+    status_code = 404
 
 
 class BadAudio(BadRequest):

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from voicemesh.errors import VoiceMeshError
+from voicemesh.errors import UnknownField, VoiceMeshError
 from voicemesh.metrics import ServiceMetrics
 
 _LOGGER = logging.getLogger(__name__)
@@ -65,7 +65,15 @@ def install_http_basics(app: FastAPI, metrics: ServiceMetrics) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         rid = _request_id(request)
-        first = exc.errors()[0] if exc.errors() else {}
+        errors = exc.errors()
+        unknown = [e for e in errors if e.get("type") == "extra_forbidden"]
+        if unknown:
+            # A field the body does not define: refused by name, never silently ignored.
+            names = ", ".join(".".join(str(p) for p in e.get("loc", ())[1:]) for e in unknown)
+            message = f"unknown field(s) in the request body: {names}"
+            metrics.error(UnknownField.code)
+            return JSONResponse(error_body(UnknownField.code, message, rid), status_code=422)
+        first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         message = f"{where}: {first.get('msg', 'invalid request')}"
         metrics.error("validation_error")

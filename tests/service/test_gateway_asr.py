@@ -21,14 +21,21 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from stt_cpu_ws.app import SttCpuSettings
-from tests.harness import RedisServer, ThreadedServer, clip_named, error_rate, free_port
+from tests.harness import (
+    RedisServer,
+    ThreadedServer,
+    assert_error,
+    clip_named,
+    empty_redis_db,
+    error_rate,
+    free_port,
+)
 from voicemesh.audio_files import load_clip_16k
 from voicemesh.registry import AsrModel, RegistryClient, ReplicaInfo
 from voicemesh.stt.service import create_stt_app
@@ -53,12 +60,8 @@ CUE = re.compile(r"^\d{2}:\d{2}:\d{2}[,.]\d{3} --> \d{2}:\d{2}:\d{2}[,.]\d{3}$",
 @pytest.fixture(scope="module")
 def redis_url(redis_server: RedisServer) -> Iterator[str]:
     """An empty Redis database for this module, emptied again afterwards."""
-    url = f"{redis_server.url.rsplit('/', 1)[0]}/{ASR_TEST_DB}"
-    plain = redis.Redis.from_url(url, decode_responses=True)
-    plain.flushdb()
-    yield url
-    plain.flushdb()
-    plain.close()
+    with empty_redis_db(redis_server, ASR_TEST_DB) as url:
+        yield url
 
 
 def register(redis_url: str, replica: ReplicaInfo, *, remove: bool = False) -> None:
@@ -176,15 +179,6 @@ def post(
     return client.post(
         "/v1/asr/transcribe", files=files, data=form, headers=AUTH if headers is None else headers
     )
-
-
-def assert_error(response: Any, status: int, code: str) -> str:
-    """The one JSON error shape with the request id of the header; returns the message."""
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["code"] == code, error
-    assert error["request_id"] == response.headers["x-request-id"]
-    return str(error["message"])
 
 
 # ---------------------------------------------------------------- transcription

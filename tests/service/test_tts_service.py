@@ -226,6 +226,11 @@ def test_speed_and_volume_change_the_audio(tts: httpx.Client) -> None:
         ({"text": "Hi.", "sample_rate": 100}, 422, "validation_error"),
         ({"voice": "en_US-joe-medium"}, 422, "validation_error"),
         ({"text": "Hi.", "stream": True, "voice": "nobody"}, 404, "unknown_voice"),
+        ({"text": "Hi.", "volume_db": 25.5}, 422, "validation_error"),
+        ({"text": "Hi.", "voice_id": "en_US-joe-medium", "pitch": 2}, 422, "unknown_field"),
+        ({"text": "Hi.", "model": "vits-zh-aishell3", "voice_id": 174}, 404, "unknown_voice"),
+        ({"text": "Hi.", "model": "vits-zh-aishell3", "voice_id": 77}, 404, "voice_not_installed"),
+        ({"text": "Hi.", "model": "no-such-model"}, 404, "unknown_model"),
     ],
 )
 def test_bad_requests_get_clear_errors(
@@ -238,6 +243,10 @@ def test_bad_requests_get_clear_errors(
     assert error["message"] and error["request_id"]
     if code == "text_too_long":
         assert "5000" in error["message"]
+    if code == "unknown_field":
+        assert "pitch" in error["message"]
+    if body.get("voice_id") == 77:
+        assert "zh-aishell3-77" in error["message"]  # speaker 77 of the model named
     assert tts.get("/health").status_code == 200
 
 

@@ -11,10 +11,11 @@ import pytest
 import soundfile
 
 from voicemesh.audio_files import decode_audio_file
-from voicemesh.errors import ModelAssetError, UnknownModel
+from voicemesh.errors import ModelAssetError, UnknownModel, VoiceMeshError
 from voicemesh.tts.catalogue import CATALOGUE_FILE, VoiceCatalogue, read_catalogue
 from voicemesh.tts.encoding import (
     AUDIO_FORMATS,
+    LIMITER_CEILING,
     AudioEncoder,
     apply_volume,
     encode_audio,
@@ -49,6 +50,8 @@ def test_shipped_catalogue_lists_every_model_family_and_expands_speakers(tmp_pat
         "language": "en-US",
         "gender": "male",
         "tags": ["neutral", "calm", "narration", "default"],
+        "moods": ["neutral", "calm"],
+        "speaker_ref": "piper-en_US-joe-medium:0",
         "family": "piper",
         "sample_rate": 22050,
         "installed": None,
@@ -136,8 +139,80 @@ def test_codec_rates_and_volume() -> None:
     assert output_rate("mp3", 22050) == 22050
     assert output_rate("mp3", 23000) == 24000
     assert output_rate("wav", 12345) == 12345
-    loud = apply_volume(np.full(4, 0.5, dtype=np.float32), 6.0)
-    assert np.allclose(loud, 0.5 * 10 ** (6 / 20))
-    assert apply_volume(np.full(2, 0.9, dtype=np.float32), 12.0).max() == 1.0
+    loud = apply_volume(np.full(4, 0.25, dtype=np.float32), 6.0)
+    assert np.allclose(loud, 0.25 * 10 ** (6 / 20))  # under the ceiling: plain gain
+    assert apply_volume(np.full(2, 0.9, dtype=np.float32), 12.0).max() < 1.0
     assert wav_header(16000, 100)[40:44] == (100).to_bytes(4, "little")
     assert wav_header(16000, None)[40:44] == b"\xff\xff\xff\xff"
+
+
+def test_the_limiter_makes_25_db_louder_without_a_sample_at_full_scale() -> None:
+    rate = 22050
+    t = np.arange(3 * rate) / rate
+    # A 220 Hz tone swelling from silence to 0.5 and back: +25 dB takes its peak to 8.9.
+    tone = (0.5 * np.sin(2 * np.pi * 220 * t) * np.abs(np.sin(np.pi * t / 3))).astype(np.float32)
+    loud = apply_volume(tone, 25.0, rate)
+    assert len(loud) == len(tone)
+    assert float(np.abs(loud).max()) <= LIMITER_CEILING < 1.0
+    pcm = np.frombuffer(encode_audio(loud, rate, "pcm"), "<i2")
+    assert int(np.abs(pcm.astype(np.int32)).max()) < 32767
+    # Clipping would flatten the tone's tops for many samples in a row; the limiter's
+    # gain moves smoothly, so no run of samples sits at the ceiling.
+    at_ceiling = np.abs(loud) >= LIMITER_CEILING - 1e-4
+    assert at_ceiling.sum() < 0.002 * len(loud)
+    rms = float(np.sqrt(np.mean(loud**2)) / np.sqrt(np.mean(tone**2)))
+    assert rms > 2.0  # louder (about +8 dB: the quiet parts get the whole gain)
+    quiet_part = slice(rate // 40, rate // 20)  # the swell's first notes, far under the ceiling
+    expected = tone[quiet_part] * 10 ** (25 / 20)
+    assert np.allclose(loud[quiet_part], expected, atol=1e-4)
+
+
+def test_a_voice_is_found_by_id_by_speaker_index_or_by_model(tmp_path: Path) -> None:
+    catalogue = VoiceCatalogue.load(tmp_path)
+    default = "en_US-joe-medium"
+    assert catalogue.resolve(77, "vits-zh-aishell3", default).id == "zh-aishell3-77"
+    assert catalogue.resolve("77", "vits-zh-aishell3", default).id == "zh-aishell3-77"
+    assert catalogue.resolve("vits-zh-aishell3:77", None, default).id == "zh-aishell3-77"
+    assert catalogue.resolve(3, "kokoro-en-v0_19", default).id == "kokoro-af_sarah"
+    assert catalogue.resolve(0, None, default).id == default  # the default voice's model
+    assert catalogue.resolve(None, "vits-zh-hf-fanchen-C", default).id == "zh-fanchen-C-0"
+    assert catalogue.resolve(None, None, default).id == default
+    assert catalogue.resolve("kokoro-am_adam", "kokoro-en-v0_19", default).entry.speaker_id == 5
+    voice = catalogue.resolve(77, "vits-zh-aishell3", default)
+    assert voice.speaker_ref == "vits-zh-aishell3:77"
+    assert catalogue.resolve(voice.speaker_ref, None, default) == voice
+
+
+@pytest.mark.parametrize(
+    ("voice_id", "model", "code", "named"),
+    [
+        (174, "vits-zh-aishell3", "unknown_voice", "0..173"),
+        (1, None, "unknown_voice", "0..0"),
+        ("nobody", None, "unknown_voice", "nobody"),
+        (0, "no-such-model", "unknown_model", "kokoro-en-v0_19"),
+        ("kokoro-en-v0_19:99", None, "unknown_voice", "0..10"),
+        ("kokoro-af", "vits-zh-aishell3", "voice_model_mismatch", "kokoro-en-v0_19"),
+        ("kokoro-en-v0_19:1", "vits-zh-aishell3", "voice_model_mismatch", "kokoro-en-v0_19"),
+    ],
+)
+def test_a_voice_that_does_not_resolve_is_refused_saying_why(
+    tmp_path: Path, voice_id: int | str, model: str | None, code: str, named: str
+) -> None:
+    catalogue = VoiceCatalogue.load(tmp_path)
+    with pytest.raises(VoiceMeshError) as refused:
+        catalogue.resolve(voice_id, model, "en_US-joe-medium")
+    assert refused.value.code == code
+    assert refused.value.status_code == (409 if code == "voice_model_mismatch" else 404)
+    assert named in refused.value.message
+
+
+def test_moods_are_catalogue_data_and_filter_the_voices(tmp_path: Path) -> None:
+    catalogue = VoiceCatalogue.load(tmp_path)
+    calm = {v.id for v in catalogue.filter(mood="calm")}
+    assert calm == {"en_US-joe-medium", "kokoro-af_nicole", "kokoro-bf_emma"}
+    assert {v.id for v in catalogue.filter(mood="Serious", gender="male")} == {
+        "kokoro-am_adam",
+        "kokoro-bm_george",
+    }
+    assert catalogue.voice("kokoro-bm_lewis").describe()["moods"] == ["energetic"]
+    assert catalogue.voice("zh-aishell3-5").entry.moods == []

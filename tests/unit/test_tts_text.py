@@ -11,7 +11,12 @@ from gateway.routing import choose_service
 from gateway.state import GatewayState
 from gateway.tts import OPENAI_VOICES, backend_kind_for_voice, map_openai_voice
 from voicemesh.registry import ReplicaInfo, ReplicaLoad
-from voicemesh.tts.compare import CandidateMeasure, recommend
+from voicemesh.tts.compare import (
+    CandidateMeasure,
+    recommend,
+    recommendation_reason,
+    recommendation_rule,
+)
 from voicemesh.tts.joins import trim_join
 from voicemesh.tts.text import normalize_text, phrase_cut, split_for_streaming, split_sentences
 
@@ -138,6 +143,24 @@ def test_recommend_prefers_the_fastest_candidate_of_ordinary_length() -> None:
     assert recommend(candidates) == 1
     assert recommend([CandidateMeasure(2.0, 1.0, 0.1), CandidateMeasure(2.0, 1.0, 0.1)]) == 0
     assert recommend([]) is None
+
+
+def test_the_recommendation_reason_states_the_rule_and_the_numbers_it_compared() -> None:
+    candidates = [
+        CandidateMeasure(duration_s=3.0, speed=1.0, rtf=0.20, latency_ms=610.0),
+        CandidateMeasure(duration_s=1.5, speed=2.0, rtf=0.15, latency_ms=240.0),
+        CandidateMeasure(duration_s=0.5, speed=1.0, rtf=0.01, latency_ms=20.0),  # cut short
+    ]
+    labels = ["joe", "sarah", "adam"]
+    assert recommend(candidates, "latency_ms") == 1
+    reason = recommendation_reason(candidates, labels, "latency_ms")
+    assert reason.startswith("#1 sarah has the lowest latency_ms (240)")
+    assert "median length 3.00 s" in reason
+    assert "#0 joe: latency_ms 610" in reason and "#2 adam: latency_ms 20 " in reason
+    assert "left out: length off the median" in reason
+    assert recommendation_rule("latency_ms") in reason
+    # By audio duration the shortest plausible one wins (the cut one stays out).
+    assert recommend(candidates, "duration_seconds") == 1
 
 
 def test_openai_voices_map_to_the_first_installed_choice() -> None:

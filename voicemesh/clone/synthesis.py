@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from voicemesh.audio import pcm16_to_float32, resample
 from voicemesh.clone.cache import cache_key
@@ -23,7 +23,9 @@ _LOGGER = logging.getLogger(__name__)
 
 
 class SynthesizeBody(BaseModel):
-    """``POST /v1/synthesize``."""
+    """``POST /v1/synthesize`` (any other field: 422 ``unknown_field``)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     text: str = Field(min_length=1)
     """What to say."""

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from voicemesh.errors import ModelAssetError, UnknownModel
+from voicemesh.errors import ModelAssetError, ModelConflict, UnknownModel
 from voicemesh.tts.engine import ModelFamily, TtsModelFiles
 
 _LOGGER = logging.getLogger(__name__)
 
+SPEAKER_REF = re.compile(r"^(?:(?P<model>[^:\s]+):)?(?P<index>\d+)$")
+"""The speaker-index form of a voice: ``77`` (of the model asked for) or ``vits-zh-aishell3:77``."""
 CATALOGUE_FILE = Path(__file__).with_name("voices.json")
 """The catalogue shipped with VoiceMesh."""
 Gender = Literal["female", "male", "neutral", "unknown"]
@@ -47,6 +50,7 @@ class SpeakerRange(BaseModel):
     name: str
     gender: Gender = "unknown"
     tags: list[str] = Field(default_factory=list)
+    moods: list[str] = Field(default_factory=list)
 
 
 class ModelEntry(BaseModel):
@@ -76,6 +80,8 @@ class VoiceEntry(BaseModel):
     language: str
     gender: Gender = "unknown"
     tags: list[str] = Field(default_factory=list)
+    moods: list[str] = Field(default_factory=list)
+    """How the voice sounds (calm, warm, cheerful...): ``GET /v1/tts/voices?mood=`` filters."""
 
 
 class CatalogueFile(BaseModel):
@@ -99,10 +105,16 @@ class Voice:
         """The voice id clients use."""
         return self.entry.id
 
+    @property
+    def speaker_ref(self) -> str:
+        """The voice in speaker-index form: ``<model id>:<speaker index>``."""
+        return f"{self.model.id}:{self.entry.speaker_id}"
+
     def describe(self) -> dict[str, Any]:
         """The voice as ``GET /v1/voices`` returns it."""
         return {
             **self.entry.model_dump(),
+            "speaker_ref": self.speaker_ref,
             "family": self.model.family,
             "sample_rate": self.model.sample_rate,
             "installed": self.installed,
@@ -139,6 +151,7 @@ def _expand(catalogue: CatalogueFile) -> list[tuple[VoiceEntry, ModelEntry]]:
                     language=model.language,
                     gender=rng.gender,
                     tags=list(rng.tags),
+                    moods=list(rng.moods),
                 )
                 pairs.append((entry, model))
     return pairs
@@ -205,13 +218,74 @@ class VoiceCatalogue:
             )
         return found
 
-    def installed_voice(self, voice_id: str) -> Voice:
-        """The voice, which must be installed here (404 ``voice_not_installed`` otherwise)."""
+    def model_entry(self, model_id: str) -> ModelEntry:
+        """The model called ``model_id``; UnknownModel (404 ``unknown_model``) naming the models."""
+        found = self.models.get(model_id)
+        if found is None:
+            raise UnknownModel(
+                f"no TTS model named {model_id!r}; models: {', '.join(sorted(self.models))}",
+                code="unknown_model",
+            )
+        return found
+
+    def speaker(self, model: ModelEntry, index: int) -> Voice:
+        """Speaker ``index`` of ``model``; UnknownModel (404 ``unknown_voice``) saying the range."""
+        voices = [v for v in self.voices.values() if v.model.id == model.id]
+        for voice in voices:
+            if voice.entry.speaker_id == index:
+                return voice
+        ids = sorted(v.entry.speaker_id for v in voices)
+        have = f"{ids[0]}..{ids[-1]}" if ids else "none"
+        raise UnknownModel(
+            f"model {model.id} has no speaker {index}; its speaker indexes are {have}",
+            code="unknown_voice",
+        )
+
+    def resolve(self, voice_id: int | str | None, model: str | None, default_voice: str) -> Voice:
+        """The voice a request names, by id, by speaker index or by model (not yet checked
+        to be installed).
+
+        ``voice_id`` is a catalogue id, a speaker index (an int, digits, or
+        ``<model>:<index>``) of ``model`` (default: the default voice's model), or None:
+        ``model``'s first speaker, or the default voice when no model is named either. A
+        voice of another model than ``model`` is a :class:`ModelConflict` (409).
+        """
+        wanted = self.model_entry(model) if model is not None else None
+        if isinstance(voice_id, int):
+            voice_id = str(voice_id)
+        if voice_id is None:
+            if wanted is None:
+                return self.voice(default_voice)
+            return min(
+                (v for v in self.voices.values() if v.model.id == wanted.id),
+                key=lambda v: v.entry.speaker_id,
+            )
+        ref = SPEAKER_REF.match(voice_id)
+        if ref is not None and voice_id not in self.voices:
+            named = ref.group("model")
+            if named is not None and wanted is not None and named != wanted.id:
+                raise ModelConflict(
+                    f"voice_id {voice_id!r} names model {named}, but model is {wanted.id}",
+                    code="voice_model_mismatch",
+                )
+            of = self.model_entry(named) if named else wanted
+            return self.speaker(of or self.voice(default_voice).model, int(ref.group("index")))
         voice = self.voice(voice_id)
+        if wanted is not None and voice.model.id != wanted.id:
+            raise ModelConflict(
+                f"voice {voice.id!r} is a speaker of model {voice.model.id}, not of "
+                f"{wanted.id}; leave model out or name its own",
+                code="voice_model_mismatch",
+            )
+        return voice
+
+    def installed_voice(self, voice_id: str | Voice) -> Voice:
+        """The voice, which must be installed here (404 ``voice_not_installed`` otherwise)."""
+        voice = voice_id if isinstance(voice_id, Voice) else self.voice(voice_id)
         if not voice.installed:
             missing = missing_files(voice.model, self.models_dir)
             raise UnknownModel(
-                f"voice {voice_id!r} needs model {voice.model.id}, which is not installed "
+                f"voice {voice.id!r} needs model {voice.model.id}, which is not installed "
                 f"here: missing {', '.join(str(p) for p in missing[:3])}",
                 code="voice_not_installed",
             )
@@ -224,6 +298,7 @@ class VoiceCatalogue:
         language: str | None = None,
         gender: str | None = None,
         tag: str | None = None,
+        mood: str | None = None,
         installed: bool | None = None,
     ) -> list[Voice]:
         """Voices matching every given filter; language matches a prefix (``en`` ~ ``en-US``)."""
@@ -237,6 +312,8 @@ class VoiceCatalogue:
             if gender is not None and entry.gender != gender:
                 continue
             if tag is not None and tag.lower() not in (t.lower() for t in entry.tags):
+                continue
+            if mood is not None and mood.lower() not in (m.lower() for m in entry.moods):
                 continue
             if installed is not None and voice.installed != installed:
                 continue

@@ -50,12 +50,49 @@ def output_rate(fmt: AudioFormat, wanted: int) -> int:
     return higher[0] if higher else allowed[-1]
 
 
-def apply_volume(audio: np.ndarray, volume_db: float) -> np.ndarray:
-    """Audio scaled by ``volume_db`` decibels and clipped to [-1, 1]."""
+LIMITER_CEILING = 10 ** (-0.3 / 20)
+"""Peak a gain may reach (-0.3 dBFS): loud settings stay below full scale, never clipped."""
+LIMITER_WINDOW_S = 0.005
+"""Half-width of the limiter's gain window: a peak's gain reduction starts this early."""
+
+
+def limit_peaks(
+    audio: np.ndarray, sample_rate: int, ceiling: float = LIMITER_CEILING
+) -> np.ndarray:
+    """``audio`` with its peaks brought under ``ceiling`` by a smooth gain (look-ahead limiter).
+
+    The gain each sample needs (``ceiling / |x|``, at most 1) is first reduced to the
+    minimum over the blocks around it (at least ``LIMITER_WINDOW_S`` on each side), then
+    averaged over a window half that wide: every averaged value is a mean of minima that
+    all include the sample's own need, so no sample ends above the ceiling, and the gain
+    moves smoothly instead of flattening the waveform the way clipping does.
+    """
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if peak <= ceiling:
+        return audio
+    width = max(1, round(LIMITER_WINDOW_S * sample_rate))
+    need = np.minimum(1.0, ceiling / np.maximum(np.abs(audio), 1e-12))
+    blocks = -(-len(need) // width)
+    padded = np.ones(blocks * width)
+    padded[: len(need)] = need
+    block_min = padded.reshape(blocks, width).min(axis=1)
+    before, after = np.r_[1.0, block_min[:-1]], np.r_[block_min[1:], 1.0]
+    around = np.minimum(block_min, np.minimum(before, after))
+    held = np.repeat(around, width)[: len(need)]
+    span = width // 2
+    sums = np.r_[0.0, np.cumsum(np.pad(held, span, mode="edge"))]
+    gain = (sums[2 * span + 1 :] - sums[: -2 * span - 1]) / (2 * span + 1)
+    # The clip only catches float rounding: the gain already keeps every sample under.
+    limited: np.ndarray = np.clip(audio * gain, -ceiling, ceiling).astype(np.float32)
+    return limited
+
+
+def apply_volume(audio: np.ndarray, volume_db: float, sample_rate: int = 22050) -> np.ndarray:
+    """Audio scaled by ``volume_db`` decibels, its peaks limited below full scale."""
     if volume_db == 0:
         return audio
-    scaled = audio * np.float32(10 ** (volume_db / 20))
-    return np.clip(scaled, -1.0, 1.0).astype(np.float32)
+    scaled = (audio * np.float32(10 ** (volume_db / 20))).astype(np.float32)
+    return limit_peaks(scaled, sample_rate)
 
 
 def wav_header(sample_rate: int, data_bytes: int | None) -> bytes:
@@ -243,4 +280,4 @@ def encode_audio(audio: np.ndarray, sample_rate: int, fmt: AudioFormat) -> bytes
 def prepare_output(audio: np.ndarray, from_rate: int, to_rate: int, volume_db: float) -> np.ndarray:
     """Audio at the output rate with the volume change applied."""
     out = resample(audio, from_rate, to_rate) if to_rate != from_rate else audio
-    return apply_volume(out.astype(np.float32, copy=False), volume_db)
+    return apply_volume(out.astype(np.float32, copy=False), volume_db, to_rate)

@@ -1,8 +1,9 @@
 """The VITS text-to-speech service that ``tts_vits`` runs: catalogue, synthesis, A/B.
 
 Routes: ``GET /v1/voices`` (filters, pagination), ``GET /v1/voices/{id}`` (with a
-sample), ``POST /v1/synthesize`` (whole or streamed sentence by sentence),
-``POST /v1/compare``, ``GET /health``, ``GET /metrics``. The lifespan prepares the
+sample) and its ``sample.wav`` (in :mod:`voicemesh.tts.catalogue_routes`),
+``POST /v1/synthesize`` (whole or streamed sentence by sentence), ``POST /v1/compare``,
+``GET /health``, ``GET /metrics``. The lifespan prepares the
 bundled voice, loads the default voice's model and registers the replica in Redis
 (kind ``tts_vits``) with its load.
 """
@@ -15,21 +16,26 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.requests import HTTPConnection
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from voicemesh.errors import BadRequest, EmptyText, PayloadTooLarge
 from voicemesh.http import install_http_basics
 from voicemesh.lifecycle import apply_log_level, registry_status, serve_replica
 from voicemesh.tts.catalogue import Voice
-from voicemesh.tts.compare import RECOMMENDATION_RULE, CandidateMeasure, recommend
+from voicemesh.tts.catalogue_routes import Tts, audio_headers, chosen_voice
+from voicemesh.tts.catalogue_routes import router as voices_router
+from voicemesh.tts.compare import (
+    CandidateMeasure,
+    recommend,
+    recommendation_reason,
+    recommendation_rule,
+)
 from voicemesh.tts.encoding import (
     AudioEncoder,
-    AudioFormat,
     encode_audio,
     media_type,
     output_rate,
@@ -42,19 +48,6 @@ from voicemesh.tts.state import ENGINE_NAME, TtsMetrics, TtsState, load_state
 
 _LOGGER = logging.getLogger(__name__)
 
-_SAMPLE_TEXT = {
-    "en": "Hello! I am {name}. This is how I sound when I read a sentence aloud.",
-    "zh": "你好，这是我的声音。很高兴认识你。",  # noqa: RUF001 - Chinese punctuation
-}
-
-
-def get_tts_state(connection: HTTPConnection) -> TtsState:
-    """The running replica's state (set by the lifespan)."""
-    state: TtsState = connection.app.state.tts
-    return state
-
-
-Tts = Annotated[TtsState, Depends(get_tts_state)]
 router = APIRouter()
 
 
@@ -89,6 +82,7 @@ def create_tts_app(
     app = FastAPI(title=f"VoiceMesh {settings.kind}", lifespan=lifespan)
     install_http_basics(app, metrics)
     app.include_router(router)
+    app.include_router(voices_router)
     return app
 
 
@@ -103,17 +97,6 @@ def check_text(text: str, limit: int) -> str:
     if not text.strip():
         raise EmptyText("text is empty: give at least one word to speak", code="empty_text")
     return text
-
-
-def audio_headers(voice: Voice, fmt: AudioFormat, rate: int) -> dict[str, str]:
-    """Headers naming the engine, voice, model, rate and format of an answer."""
-    return {
-        "X-VoiceMesh-Engine": f"{ENGINE_NAME}/{voice.model.family}",
-        "X-VoiceMesh-Voice": voice.id,
-        "X-VoiceMesh-Model": voice.model.id,
-        "X-VoiceMesh-Sample-Rate": str(rate),
-        "X-VoiceMesh-Format": fmt,
-    }
 
 
 @router.get("/health")
@@ -137,79 +120,13 @@ async def health(state: Tts) -> JSONResponse:
     return JSONResponse(body, status_code=503 if state.draining else 200)
 
 
-@router.get("/v1/voices")
-async def list_voices(
-    state: Tts,
-    *,
-    model: str | None = None,
-    language: str | None = None,
-    gender: str | None = None,
-    tag: str | None = None,
-    installed: bool | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> JSONResponse:
-    """The catalogue, filtered and paged."""
-    found = state.catalogue.filter(
-        model=model, language=language, gender=gender, tag=tag, installed=installed
-    )
-    page = found[offset : offset + limit]
-    after = offset + len(page)
-    return JSONResponse(
-        {
-            "voices": [v.describe() for v in page],
-            "total": len(found),
-            "limit": limit,
-            "offset": offset,
-            "next_offset": after if after < len(found) else None,
-            "default_voice": state.settings.default_voice,
-        }
-    )
-
-
-@router.get("/v1/voices/{voice_id}")
-async def get_voice(state: Tts, voice_id: str, sample: bool = True) -> JSONResponse:
-    """One voice, with a spoken sample when its model is installed here."""
-    voice = state.catalogue.voice(voice_id)
-    body = voice.describe()
-    if sample and voice.installed:
-        state.check_serving()
-        body["sample"] = await voice_sample(state, voice)
-    elif sample:
-        body["sample"] = None
-        body["sample_error"] = "the voice's model is not installed on this replica"
-    return JSONResponse(body)
-
-
-async def voice_sample(state: TtsState, voice: Voice) -> dict[str, Any]:
-    """A short WAV of ``voice`` introducing itself (made once per replica)."""
-    cached = state.samples.get(voice.id)
-    if cached is not None:
-        return cached
-    language = voice.entry.language.split("-")[0].lower()
-    text = _SAMPLE_TEXT.get(language, _SAMPLE_TEXT["en"]).format(name=voice.entry.name)
-    async with state.admission.slot():
-        engine = await asyncio.to_thread(state.engines.get, voice.model)
-        result = await asyncio.to_thread(engine.synthesize, text, speaker_id=voice.entry.speaker_id)
-    data = await asyncio.to_thread(encode_audio, result.audio, result.sample_rate, "wav")
-    sample = {
-        "text": text,
-        "format": "wav",
-        "sample_rate": result.sample_rate,
-        "duration_s": round(result.duration_s, 3),
-        "audio_base64": base64.b64encode(data).decode("ascii"),
-    }
-    state.samples[voice.id] = sample
-    return sample
-
-
 @router.post("/v1/synthesize", response_model=None)
 async def synthesize(request: Request, state: Tts, body: SynthesizeRequest) -> Response:
     """Speak the text: the whole audio, or streamed sentence by sentence."""
     state.check_serving()
     settings = state.settings
     text = check_text(body.text, settings.max_chars)
-    voice = state.catalogue.installed_voice(body.voice or settings.default_voice)
+    voice = chosen_voice(state, body)
     rate = output_rate(body.format, body.sample_rate or voice.model.sample_rate)
     headers = audio_headers(voice, body.format, rate)
     if body.stream:
@@ -333,11 +250,12 @@ async def compare(state: Tts, body: CompareRequest) -> JSONResponse:
             f"{len(body.candidates)} candidates; at most {settings.max_compare_candidates}",
             code="too_many_candidates",
         )
-    voices = [state.catalogue.installed_voice(c.voice) for c in body.candidates]
+    voices = [chosen_voice(state, c) for c in body.candidates]
     out: list[dict[str, Any]] = []
     measures: list[CandidateMeasure] = []
     async with state.admission.slot():
         for index, (candidate, voice) in enumerate(zip(body.candidates, voices, strict=True)):
+            started = time.monotonic()
             engine = await asyncio.to_thread(state.engines.get, voice.model)
             result = await asyncio.to_thread(
                 engine.synthesize, text, speaker_id=voice.entry.speaker_id, speed=candidate.speed
@@ -345,34 +263,49 @@ async def compare(state: Tts, body: CompareRequest) -> JSONResponse:
             rate = output_rate(body.format, body.sample_rate or result.sample_rate)
             audio = prepare_output(result.audio, result.sample_rate, rate, 0.0)
             data = await asyncio.to_thread(encode_audio, audio, rate, body.format)
-            state.note_rtf(result.rtf)
-            measures.append(CandidateMeasure(result.duration_s, candidate.speed, result.rtf))
+            latency_ms = round((time.monotonic() - started) * 1000, 1)
+            rtf = round(result.rtf, 4)
+            state.note_rtf(result.rtf, voice.id)
+            # The rule sees the numbers the answer shows, so its reason quotes them exactly.
+            duration_s = round(result.duration_s, 3)
+            measures.append(CandidateMeasure(duration_s, candidate.speed, rtf, latency_ms))
             out.append(
                 {
                     "index": index,
                     "voice": voice.id,
+                    "voice_id": candidate.voice_ref()
+                    if candidate.voice_ref() is not None
+                    else voice.id,
+                    "voice_name": voice.entry.name,
+                    "speaker_id": voice.entry.speaker_id,
                     "model": voice.model.id,
                     "engine": f"{ENGINE_NAME}/{voice.model.family}",
                     "speed": candidate.speed,
                     "format": body.format,
                     "sample_rate": rate,
-                    "duration_s": round(result.duration_s, 3),
+                    "duration_s": duration_s,
                     "synthesis_s": round(result.synthesis_s, 4),
-                    "rtf": round(result.rtf, 4),
+                    "rtf": rtf,
+                    "latency_ms": latency_ms,
                     "chars_per_s": round(len(text) / max(result.synthesis_s, 1e-6), 1),
                     "audio_base64": base64.b64encode(data).decode("ascii"),
                 }
             )
-    best = recommend(measures)
+    metric = body.metrics[0]
+    best = recommend(measures, metric)
+    labels = [str(c["voice"]) for c in out]
     state.metrics.count("compare", "ok")
     return JSONResponse(
         {
             "text": text,
             "candidates": out,
             "recommendation": {
+                "for": metric,
                 "index": best,
                 "voice": out[best]["voice"] if best is not None else None,
-                "rule": RECOMMENDATION_RULE,
+                "recommended": out[best]["voice_id"] if best is not None else None,
+                "rule": recommendation_rule(metric),
+                "reason": recommendation_reason(measures, labels, metric),
             },
         }
     )
@@ -396,4 +329,4 @@ def observe(
     metrics.observe(f"synthesize_{mode}", elapsed)
     metrics.count("synthesize", "ok")
     if audio_s > 0:
-        state.note_rtf(elapsed / audio_s)
+        state.note_rtf(elapsed / audio_s, voice.id)

@@ -26,6 +26,11 @@ ENGINE_NAME = "sherpa-onnx"
 _RTF_SMOOTHING = 0.2
 
 
+def _smoothed(previous: float | None, value: float) -> float:
+    """An exponential moving average's next value (the value itself when it is the first)."""
+    return value if previous is None else previous + _RTF_SMOOTHING * (value - previous)
+
+
 class TtsMetrics(ServiceMetrics):
     """The common metrics plus synthesis time, time to first chunk and characters per second."""
 
@@ -130,6 +135,8 @@ class TtsState:
         self.started_at = time.time()
         self.heartbeat: RegistryHeartbeat | None = None
         self.recent_rtf: float | None = None
+        self.voice_rtf: dict[str, float] = {}
+        """Each voice's moving real-time factor over its recent requests on this replica."""
         self.samples: dict[str, dict[str, Any]] = {}
 
     def check_serving(self) -> None:
@@ -141,11 +148,13 @@ class TtsState:
         """Take no new work from now on (health and registry say so)."""
         self.draining = True
 
-    def note_rtf(self, rtf: float) -> None:
-        """Fold one request's real-time factor into the moving average the registry shows."""
+    def note_rtf(self, rtf: float, voice_id: str | None = None) -> None:
+        """Fold one request's real-time factor into the moving averages: the replica's (the
+        registry shows it) and its voice's (``GET /v1/voices`` shows it)."""
         self.metrics.rtf.observe(rtf)
-        prev = self.recent_rtf
-        self.recent_rtf = rtf if prev is None else prev + _RTF_SMOOTHING * (rtf - prev)
+        self.recent_rtf = _smoothed(self.recent_rtf, rtf)
+        if voice_id is not None:
+            self.voice_rtf[voice_id] = round(_smoothed(self.voice_rtf.get(voice_id), rtf), 4)
 
     def replica_info(self) -> ReplicaInfo:
         """This replica as the registry shows it."""
