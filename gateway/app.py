@@ -18,6 +18,7 @@ from gateway.deps import GatewayStateDep
 from gateway.panel import mount_control_panel
 from gateway.registry_view import RegistryView, static_replicas
 from gateway.routing import choose_backends, choose_detector
+from gateway.session_client import new_session_id
 from gateway.settings import GatewaySettings, get_settings
 from gateway.state import GatewayState
 from gateway.stream import GatewayStream
@@ -25,6 +26,7 @@ from voicemesh.http import install_http_basics
 from voicemesh.lifecycle import apply_log_level
 from voicemesh.metrics import GatewayMetrics
 from voicemesh.registry import RegistryClient
+from voicemesh.wire import ClientSocket
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -87,7 +89,9 @@ async def transcribe(ws: WebSocket, state: GatewayStateDep) -> None:
     if slot is None:
         return  # refused: the client got an error message and a close code
     async with slot:
-        await GatewayStream(ws, state).run()
+        session_id = new_session_id()
+        client = ClientSocket(ws, metrics=state.metrics, name=session_id)
+        await GatewayStream(client, state, session_id).run()
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
