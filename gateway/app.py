@@ -22,6 +22,7 @@ from gateway.session_client import new_session_id
 from gateway.settings import GatewaySettings, get_settings
 from gateway.state import GatewayState
 from gateway.stream import GatewayStream
+from gateway.wyoming_server import WyomingServer
 from voicemesh.http import install_http_basics
 from voicemesh.lifecycle import apply_log_level
 from voicemesh.metrics import GatewayMetrics
@@ -75,6 +76,7 @@ async def health(state: GatewayStateDep) -> JSONResponse:
             "stt_route": [r.url for r in stt],
             "detector": detectors[0].url if detectors else None,
             "auth": "on" if state.keys.enabled else "off",
+            "wyoming": state.wyoming,
             "uptime_s": round(time.time() - state.started_at, 1),
         }
     )
@@ -94,6 +96,28 @@ async def transcribe(ws: WebSocket, state: GatewayStateDep) -> None:
         await GatewayStream(client, state, session_id).run()
 
 
+async def start_wyoming(state: GatewayState) -> WyomingServer | None:
+    """The Wyoming server when it is on and its port is free (else None, said in /health).
+
+    A taken port does not stop the gateway: Wyoming is one front door among several,
+    and the HTTP and WebSocket ones must not go down with it.
+    """
+    settings = state.settings
+    if not settings.wyoming_enabled:
+        return None
+    server = WyomingServer(state)
+    try:
+        await server.start()
+    except OSError as exc:
+        where = f"{settings.wyoming_host}:{settings.wyoming_port}"
+        state.wyoming = f"unavailable: cannot listen on {where}: {exc.strerror or exc}"
+        _LOGGER.error("Wyoming server %s", state.wyoming)
+        return None
+    state.wyoming = server.address or "?"
+    _LOGGER.info("Wyoming server on %s", state.wyoming)
+    return server
+
+
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """The gateway app; tests pass their own settings."""
     settings = settings or get_settings()
@@ -109,9 +133,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.status_monitor = monitor
         await view.start()
         await monitor.start()
+        wyoming = await start_wyoming(state)
         try:
             yield
         finally:
+            if wyoming is not None:
+                await wyoming.stop()
             await monitor.stop()
             await view.stop()
             await state.http.aclose()
