@@ -167,6 +167,10 @@ class WyomingConnection:
                     await self.error(exc)
                 except (KeyError, TypeError, ValueError) as exc:
                     await self.error(BadEvent(f"bad {event.type!r} event: {exc!r}"))
+                except Exception:
+                    # A bug must cost this request, not the connection or the server.
+                    _LOGGER.exception("wyoming %s: %s failed", self.peer, event.type)
+                    await self.error(VoiceMeshError(f"the server failed on a {event.type!r} event"))
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             _LOGGER.info("wyoming %s: connection lost: %s", self.peer, exc)
         finally:
@@ -293,7 +297,8 @@ class WyomingConnection:
             raise VoiceMeshError(
                 f"{refused.message}; retry after {refused.retry_after} s", code=refused.code
             )
-        voices = await installed_voice_list(self.state, request_id) if voice else []
+        by_language = voice is not None and not voice.name and bool(voice.language)
+        voices = await installed_voice_list(self.state, request_id) if by_language else []
         started = time.perf_counter()
         backend = await speak(self.state, self.write, text, pick_voice(voice, voices), request_id)
         _LOGGER.info(

@@ -28,7 +28,7 @@ from gateway.proxy import BackendCall, error_code, error_message, request_record
 from gateway.state import GatewayState
 from gateway.tts import backend_kind_for_voice, tts_choice
 from gateway.wyoming_asr import EventWriter
-from voicemesh.errors import BadRequest, EngineUnavailable, UnknownModel
+from voicemesh.errors import BadRequest, EngineUnavailable, UnknownModel, backend_errors
 
 PCM_WIDTH = 2
 SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|(?<=[\u3002\uff01\uff1f\uff1b])")
@@ -108,13 +108,17 @@ async def speak(
                 ) from exc
             await write(AudioStart(rate=rate, width=PCM_WIDTH, channels=1).event())
             carry = b""
-            async for received in response.aiter_bytes():
-                data = carry + received
-                whole = len(data) - len(data) % PCM_WIDTH
-                carry = data[whole:]
-                if whole:
-                    chunk = AudioChunk(rate=rate, width=PCM_WIDTH, channels=1, audio=data[:whole])
-                    await write(chunk.event())
+            # Audio already sent cannot be taken back: a replica lost mid-stream is an
+            # error event (the client hears what came), not a failover.
+            with backend_errors(routed.replica.url, doing="read the audio of"):
+                async for received in response.aiter_bytes():
+                    data = carry + received
+                    whole = len(data) - len(data) % PCM_WIDTH
+                    carry = data[whole:]
+                    if whole:
+                        audio = data[:whole]
+                        chunk = AudioChunk(rate=rate, width=PCM_WIDTH, channels=1, audio=audio)
+                        await write(chunk.event())
             await write(AudioStop().event())
         finally:
             await routed.aclose()
