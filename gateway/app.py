@@ -18,13 +18,16 @@ from gateway.deps import GatewayStateDep
 from gateway.panel import mount_control_panel
 from gateway.registry_view import RegistryView, static_replicas
 from gateway.routing import choose_backends, choose_detector
+from gateway.session_client import new_session_id
 from gateway.settings import GatewaySettings, get_settings
 from gateway.state import GatewayState
 from gateway.stream import GatewayStream
+from gateway.wyoming_server import WyomingServer
 from voicemesh.http import install_http_basics
 from voicemesh.lifecycle import apply_log_level
 from voicemesh.metrics import GatewayMetrics
 from voicemesh.registry import RegistryClient
+from voicemesh.wire import ClientSocket
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -73,6 +76,7 @@ async def health(state: GatewayStateDep) -> JSONResponse:
             "stt_route": [r.url for r in stt],
             "detector": detectors[0].url if detectors else None,
             "auth": "on" if state.keys.enabled else "off",
+            "wyoming": state.wyoming,
             "uptime_s": round(time.time() - state.started_at, 1),
         }
     )
@@ -87,7 +91,31 @@ async def transcribe(ws: WebSocket, state: GatewayStateDep) -> None:
     if slot is None:
         return  # refused: the client got an error message and a close code
     async with slot:
-        await GatewayStream(ws, state).run()
+        session_id = new_session_id()
+        client = ClientSocket(ws, metrics=state.metrics, name=session_id)
+        await GatewayStream(client, state, session_id).run()
+
+
+async def start_wyoming(state: GatewayState) -> WyomingServer | None:
+    """The Wyoming server when it is on and its port is free (else None, said in /health).
+
+    A taken port does not stop the gateway: Wyoming is one front door among several,
+    and the HTTP and WebSocket ones must not go down with it.
+    """
+    settings = state.settings
+    if not settings.wyoming_enabled:
+        return None
+    server = WyomingServer(state)
+    try:
+        await server.start()
+    except OSError as exc:
+        where = f"{settings.wyoming_host}:{settings.wyoming_port}"
+        state.wyoming = f"unavailable: cannot listen on {where}: {exc.strerror or exc}"
+        _LOGGER.error("Wyoming server %s", state.wyoming)
+        return None
+    state.wyoming = server.address or "?"
+    _LOGGER.info("Wyoming server on %s", state.wyoming)
+    return server
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -105,9 +133,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.status_monitor = monitor
         await view.start()
         await monitor.start()
+        wyoming = await start_wyoming(state)
         try:
             yield
         finally:
+            if wyoming is not None:
+                await wyoming.stop()
             await monitor.stop()
             await view.stop()
             await state.http.aclose()

@@ -190,14 +190,19 @@ async def asr_transcribe(
         return JSONResponse(body, headers=headers)
 
 
-@router.get("/v1/asr/models")
-async def asr_models(state: GatewayStateDep) -> dict[str, Any]:
-    """Every ASR model of the mesh: status per replica, capabilities, measured performance."""
+def mesh_asr_models(state: GatewayState) -> list[dict[str, Any]]:
+    """Every ASR model of the mesh as ``GET /v1/asr/models`` lists it (Wyoming's too)."""
     view = state.view
     known = view.snapshot(include_held=True)
     routable = {r.instance_id for r in view.snapshot()}
     held = {r.instance_id for r in known} - routable
     default_route = model_choice(state, None)(view.snapshot())
-    models = list_models(known, held, default_route)
+    return list_models(known, held, default_route)
+
+
+@router.get("/v1/asr/models")
+async def asr_models(state: GatewayStateDep) -> dict[str, Any]:
+    """Every ASR model of the mesh: status per replica, capabilities, measured performance."""
+    models = mesh_asr_models(state)
     default = next((m["id"] for m in models if m["default"]), None)
     return {"object": "list", "models": models, "default": default}

@@ -22,11 +22,11 @@ from websockets.asyncio.client import ClientConnection
 
 from gateway.registry_view import RegistryView
 from gateway.routing import choose_detector
+from gateway.session_client import SessionClient
 from gateway.stt_backend import StallWatch, ws_url
 from voicemesh.errors import EngineUnavailable, backend_errors
 from voicemesh.protocol import VadMessage
 from voicemesh.tasks import within
-from voicemesh.wire import ClientSocket
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class DetectorLink:
 
     def __init__(
         self,
-        client: ClientSocket,
+        client: SessionClient,
         stall: StallWatch,
         *,
         session_id: str,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from ipaddress import ip_network
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, IPvAnyNetwork, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from voicemesh.registry import RoutingMode
+from voicemesh.services import WYOMING_PORT
 from voicemesh.settings import ServiceSettings
 
 DEFAULT_PANEL_DIR = Path(__file__).resolve().parent.parent / "control-panel"
@@ -75,6 +77,19 @@ class GatewaySettings(ServiceSettings):
     ``POST /v1/tts/compare`` serves its audio."""
     tts_audio_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     """Audio kept for those URLs in all; past it the oldest goes first."""
+    wyoming_enabled: bool = True
+    """Serve the Wyoming protocol (Home Assistant's speech protocol) on its own TCP port."""
+    wyoming_host: str = "127.0.0.1"
+    """Interface the Wyoming server binds to. Wyoming has no authentication: keep it on
+    loopback, or bind it wider and list the client networks in ``wyoming_allowed_networks``."""
+    wyoming_port: int = Field(WYOMING_PORT, ge=0, le=65535)
+    """TCP port of the Wyoming server (0: any free port; ``/health`` says which)."""
+    wyoming_allowed_networks: list[IPvAnyNetwork] = Field(
+        default_factory=lambda: [ip_network("127.0.0.0/8"), ip_network("::1/128")]
+    )
+    """Client networks (CIDR, a JSON list) the Wyoming server serves; others are refused."""
+    wyoming_max_event_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    """Largest Wyoming event (header, data and payload) accepted; larger ones end the link."""
     control_panel_dir: Path | None = DEFAULT_PANEL_DIR
     """Folder of the control panel served at ``/`` (public; its API calls carry keys); None: off."""
 

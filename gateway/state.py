@@ -106,6 +106,8 @@ class GatewayState:
     """Client and admin API keys (:mod:`gateway.keys`)."""
     limits: GatewayLimits = field(init=False)
     """Request-rate and session limits of this replica (:mod:`gateway.limits`)."""
+    wyoming: str = "off"
+    """The Wyoming server's address (``tcp://host:port``), ``off``, or why it is not up."""
     tts_voices: tuple[float, frozenset[str]] = (0.0, frozenset())
     """When the TTS service's installed voices were last read, and their ids."""
     tts_audio: AudioStore = field(init=False)

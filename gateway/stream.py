@@ -1,12 +1,11 @@
 """One client session through the gateway: client <-> STT backend (+ detector).
 
-The gateway normalises the client's audio once (any rate, PCM16 or float32) to
-16 kHz PCM16, keeps every frame since the last final in a :class:`SessionBuffer`,
-and forwards it to the chosen STT backend and to the speech detector. If the
-backend goes away, the next one gets the buffered audio replayed and the client a
-``failover`` message; times stay continuous because the new backend's clock is
-shifted by where the buffer starts.
-"""
+The session core of every streaming front door (its client: any
+:class:`~gateway.session_client.SessionClient`, seed WebSocket or Wyoming). Audio is
+normalised once to 16 kHz PCM16, kept since the last final in a :class:`SessionBuffer`
+and forwarded to the STT backend and the speech detector. If the backend goes away,
+the next one gets the buffer replayed and the client a ``failover``; times stay
+continuous (the new backend's clock is shifted by where the buffer starts)."""
 
 from __future__ import annotations
 
@@ -14,15 +13,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
 from typing import Any
 
 import websockets
-from fastapi import WebSocket
 
+from gateway.asr_models import transcribes_with
 from gateway.detector_link import DetectorLink
 from gateway.replay import BYTES_PER_SAMPLE, SessionBuffer
 from gateway.routing import choose_backends, is_gpu
+from gateway.session_client import SessionClient
 from gateway.state import GatewayState
 from gateway.stt_backend import (
     Backend,
@@ -46,7 +45,6 @@ from voicemesh.protocol import (
 )
 from voicemesh.registry import ReplicaInfo
 from voicemesh.tasks import within
-from voicemesh.wire import ClientSocket
 
 __all__ = ["GatewayStream"]
 
@@ -57,15 +55,19 @@ STALL_CHECK_S = 0.25
 
 
 class GatewayStream:
-    """Serves one ``/ws/transcribe`` client through an STT backend and the detector."""
+    """Serves one streaming client through an STT backend and the detector; ``model``
+    (an id :func:`~gateway.asr_models.check_model` accepted) narrows the routing to it."""
 
-    def __init__(self, ws: WebSocket, state: GatewayState) -> None:
+    def __init__(
+        self, client: SessionClient, state: GatewayState, session_id: str, model: str | None = None
+    ) -> None:
         self.state = state
         self.settings = state.settings
         self.view = state.view
         self.metrics = state.metrics
-        self.session_id = uuid.uuid4().hex[:12]
-        self.client = ClientSocket(ws, metrics=self.metrics, name=self.session_id)
+        self.session_id = session_id
+        self.client = client
+        self.model = model
         self.decoder: AudioStreamDecoder = PcmStreamDecoder(
             max_frame_bytes=self.settings.max_frame_bytes
         )
@@ -97,9 +99,7 @@ class GatewayStream:
         try:
             self.backend = await self._open_backend(offset=0.0)
         except EngineUnavailable as exc:
-            extra = refusal_extra(exc, self.session_id, self.settings.busy_retry_after_s)
-            if extra:  # counted in metrics by refuse()
-                self.state.events.publish("session_refused", session_id=self.session_id, **extra)
+            extra = refusal_extra(exc, self.session_id, self.state)
             await self.client.refuse(exc.code, exc.message, CLOSE_TRY_AGAIN, **extra)
             return
         if self.settings.use_detector:
@@ -227,7 +227,7 @@ class GatewayStream:
             for r in self.view.route(
                 lambda replicas: choose_backends(mode, replicas, gpu_max_load=gpu_max_load)
             )
-            if r.instance_id not in skip
+            if r.instance_id not in skip and (not self.model or transcribes_with(r, self.model))
         ]
 
     async def _open_backend(self, offset: float, *, exclude: set[str] | None = None) -> Backend:

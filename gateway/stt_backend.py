@@ -33,6 +33,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from gateway.registry_view import RegistryView
+from gateway.state import GatewayState
 from voicemesh.errors import BackendClosed, BackendTimeout, Busy, EngineUnavailable, backend_errors
 from voicemesh.protocol import StartMessage
 from voicemesh.registry import ReplicaInfo
@@ -195,13 +196,19 @@ async def open_first_backend(
     )
 
 
-def refusal_extra(exc: EngineUnavailable, session_id: str, retry_after_s: int) -> dict[str, Any]:
+def refusal_extra(exc: EngineUnavailable, session_id: str, state: GatewayState) -> dict[str, Any]:
     """What a client refused before any audio is told beside the error: for a mesh at
-    capacity (``busy``), when to retry and why (also logged: a refusal always is)."""
+    capacity (``busy``), when to retry and why. The refusal is logged and published on
+    the status feed (it is counted in metrics when the client is told)."""
     if not isinstance(exc, Busy):
         return {}
     _LOGGER.warning("session %s refused: %s", session_id, exc.message)
-    return {"retry_after": exc.retry_after or retry_after_s, "reason": exc.message}
+    extra = {
+        "retry_after": exc.retry_after or state.settings.busy_retry_after_s,
+        "reason": exc.message,
+    }
+    state.events.publish("session_refused", session_id=session_id, **extra)
+    return extra
 
 
 class StallWatch:

@@ -238,6 +238,13 @@ class ServiceProcess:
             f"{self.spec.env_prefix}HOST": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
         }
+        self.wyoming_port: int | None = None
+        """A gateway's Wyoming port: one of its own, so that gateways of one run never race
+        for the default (10300) and a test can reach the one it started."""
+        if name == "gateway":
+            variable = f"{self.spec.env_prefix}WYOMING_PORT"
+            self.wyoming_port = int(self.env.get(variable) or free_port())
+            self.env[variable] = str(self.wyoming_port)
         self.log_path = log_dir / f"{name}-{port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -6,6 +6,7 @@
     ├── BadRequest                 the caller sent something wrong (4xx, never fail over)
     │   ├── AudioNotFound          a synthesized-audio URL that expired or never existed (404)
     │   ├── BadAudio               undecodable audio, wrong frame size, bad sample rate
+    │   ├── BadEvent               (Wyoming) an event that cannot be read or comes out of order
     │   ├── EmptyText              text to speak with no word in it (422)
     │   ├── FeatureUnavailable     an option the mesh has no engine for, e.g. diarization (422)
     │   ├── ModelConflict          a known model no replica can use for this request (409)
@@ -72,6 +73,12 @@ class BadAudio(BadRequest):
 
     code = "bad_audio"
     status_code = 400
+
+
+class BadEvent(BadRequest):
+    """A Wyoming event the server cannot read or act on (the connection goes on)."""
+
+    code = "bad_event"
 
 
 class EmptyText(BadRequest):

@@ -37,6 +37,11 @@ class ServiceSpec:
         ]
 
 
+WYOMING_PORT = 10300
+"""The gateway's Wyoming (Home Assistant) TCP port by default: the port Home Assistant's
+Wyoming speech-to-text add-ons use."""
+
+
 SERVICES: dict[str, ServiceSpec] = {
     spec.name: spec
     for spec in (

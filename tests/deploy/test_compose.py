@@ -116,18 +116,22 @@ def test_dependencies_wait_for_health_and_have_no_cycle() -> None:
     assert order.index("redis") < order.index("gateway") < order.index("nginx")
 
 
-def test_only_nginx_is_published_and_on_the_front_network() -> None:
+PUBLISHED = {"nginx": [8080], "gateway": [10300]}
+"""The only published ports: nginx's HTTP, and the gateway's Wyoming port (Home Assistant)."""
+
+
+def test_only_nginx_and_the_gateways_wyoming_port_are_published() -> None:
     compose = resolved_compose("gpu")
     for name, service in compose["services"].items():
         networks = set(service.get("networks") or {})
-        if name == "nginx":
+        if name in PUBLISHED:
             assert networks == {"front", "back"}
             # Long form, or "HOST_IP:PORT:TARGET/tcp" when a host address is named.
             targets = [
                 p["target"] if isinstance(p, dict) else int(str(p).rsplit(":", 1)[-1].split("/")[0])
                 for p in service["ports"]
             ]
-            assert targets == [8080]
+            assert targets == PUBLISHED[name]
         else:
             assert networks == {"back"}, name
             assert "ports" not in service, name
@@ -137,7 +141,10 @@ def test_only_nginx_is_published_and_on_the_front_network() -> None:
 @pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
 def test_replicas_can_scale_without_clashing(name: str) -> None:
     service = services()[name]
-    assert "container_name" not in service and "ports" not in service
+    assert "container_name" not in service
+    # The gateway's one published port is Wyoming's: a second gateway replica needs the
+    # port unpublished (or another WYOMING_PORT); every other service publishes none.
+    assert "ports" not in service or name == "gateway"
     prefix = _prefix(name)
     # Each replica registers the address its own container has on the back network.
     assert service["environment"][f"{prefix}ADVERTISE_HOST"] == "auto"
@@ -212,3 +219,17 @@ def test_no_secret_has_a_default() -> None:
     text = COMPOSE_FILE.read_text()
     for variable in ("API_KEYS", "ADMIN_KEY"):
         assert re.search(r"\$\{" + variable + r":\?", text), variable
+
+
+def test_wyoming_is_published_on_loopback_by_default() -> None:
+    gateway = resolved_compose("gpu")["services"]["gateway"]
+    (port,) = gateway["ports"]
+    host_ip = port["host_ip"] if isinstance(port, dict) else str(port).split(":")[0]
+    assert host_ip == "127.0.0.1"
+    env = gateway["environment"]
+    assert env["VOICEMESH_GATEWAY_WYOMING_PORT"] == "10300"
+    assert json.loads(env["VOICEMESH_GATEWAY_WYOMING_ALLOWED_NETWORKS"]) == [
+        "127.0.0.0/8",
+        "::1/128",
+        "172.16.0.0/12",
+    ]

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from wyoming.asr import TranscriptStart
 
 from client.streaming import StreamResult, stream_audio
 from tests.harness import (
@@ -31,6 +32,8 @@ from tests.harness import (
     offline_transcript,
     stream_errors,
 )
+from tests.wyoming_ha import WyomingTranscription
+from tests.wyoming_ha import transcribe as wyoming_transcribe
 from voicemesh.audio_files import load_clip_16k
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -321,3 +324,36 @@ async def test_session_goes_on_when_the_detector_dies(mesh: HaMesh) -> None:
     result = await stream_with_action(mesh.ws_url, LJ, "partial", kill_detector)
     assert stream_errors(result) == [] and result.of_type("failover") == []
     assert_whole_clip(result, LJ)
+
+
+async def test_wyoming_session_fails_over_without_losing_words(mesh: HaMesh) -> None:
+    """Home Assistant's transcription through the Wyoming port rides the same session core:
+    its replica SIGKILLed mid-utterance, the transcript still has every word."""
+    killed: dict[str, Any] = {}
+
+    def kill(sent_s: float, so_far: WyomingTranscription) -> None:
+        starts = so_far.of_type("transcript-start")
+        if killed or sent_s < 3.0 or not starts:
+            return
+        context = TranscriptStart.from_event(starts[0]).context or {}
+        process = mesh.by_url(context["voicemesh"]["backend"])
+        assert process.process is not None
+        killed.update(url=process.url, t=sent_s)
+        os.kill(process.process.pid, signal.SIGKILL)
+
+    assert mesh.gateway.wyoming_port is not None
+    result = await wyoming_transcribe(
+        "127.0.0.1",
+        mesh.gateway.wyoming_port,
+        load_clip_16k(LJ.path),
+        realtime=True,
+        trailing_silence_s=0.5,
+        on_audio=kill,
+    )
+    assert killed, "no transcript-start arrived before 3 s of audio"
+    assert result.errors == []
+    served = result.context["voicemesh"]
+    assert served["failovers"] == 1 and served["backend"] != killed["url"], served  # type: ignore[index]
+    streamed = error_rate(LJ.text, result.text)
+    offline = error_rate(LJ.text, offline_transcript(LJ))
+    assert streamed <= offline + WER_MARGIN, (result.text, streamed, offline)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from voicemesh.mesh.plan import (
     select_services,
     url_host,
 )
-from voicemesh.services import SERVICES, ServiceSpec
+from voicemesh.services import SERVICES, WYOMING_PORT, ServiceSpec
 
 pytestmark = pytest.mark.unit
 
@@ -39,6 +40,30 @@ def spec(name: str, *, scalable: bool = True, needs_cuda: bool = False) -> Servi
 
 
 GATEWAY = ServiceSpec("gateway", "gateway.app:create_app", "VOICEMESH_GATEWAY_", 1, scalable=False)
+
+
+def test_wyoming_stays_on_loopback_and_moves_off_a_taken_port(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack:
+        holder = stack.enter_context(socket.socket())
+        with contextlib.suppress(OSError):  # already taken by something else: just as good
+            holder.bind(("127.0.0.1", WYOMING_PORT))
+            holder.listen()
+        notes: list[str] = []
+        plan = build_plan(
+            [GATEWAY],
+            paths=MeshPaths(tmp_path),
+            host="0.0.0.0",
+            port=free_port(),
+            redis_url=EXTERNAL_REDIS,
+            scale={},
+            notes=notes,
+        )
+    (gateway,) = plan.services
+    port = int(gateway.env["VOICEMESH_GATEWAY_WYOMING_PORT"])
+    # --host 0.0.0.0 exposes the gateway, never Wyoming (it has no authentication).
+    assert gateway.env["VOICEMESH_GATEWAY_WYOMING_HOST"] == "127.0.0.1"
+    assert port != WYOMING_PORT and gateway.wyoming == f"tcp://127.0.0.1:{port}"
+    assert notes == [f"wyoming: port {WYOMING_PORT} is in use, using {port}"]
 
 
 def test_plan_ports_env_and_gpu_selection(tmp_path: Path) -> None:
@@ -71,20 +96,28 @@ def test_plan_ports_env_and_gpu_selection(tmp_path: Path) -> None:
         assert plan.redis is None
         by_label = {item.label: item for item in plan.services}
         assert by_label["busy"].port != busy.default_port
-        assert notes == [f"busy: port {busy.default_port} is in use, using {by_label['busy'].port}"]
+        assert [n for n in notes if not n.startswith("wyoming:")] == [
+            f"busy: port {busy.default_port} is in use, using {by_label['busy'].port}"
+        ]
         assert by_label["free-1"].port == free.default_port
         assert by_label["gateway"].port == gateway_port
         ports = [item.port for item in plan.services]
         assert len(set(ports)) == len(ports) == 5
         assert by_label["free-3"].log == str(tmp_path / "logs" / "free-3.log")
         assert by_label["gateway"].argv[:3] == [sys.executable, "-m", "uvicorn"]
+        wyoming_port = int(by_label["gateway"].env["VOICEMESH_GATEWAY_WYOMING_PORT"])
         assert by_label["gateway"].env == {
             "VOICEMESH_GATEWAY_HOST": "127.0.0.1",
             "VOICEMESH_GATEWAY_PORT": str(gateway_port),
+            "VOICEMESH_GATEWAY_WYOMING_HOST": "127.0.0.1",
+            "VOICEMESH_GATEWAY_WYOMING_PORT": str(wyoming_port),
             "VOICEMESH_REDIS_URL": EXTERNAL_REDIS,
             "VOICEMESH_HOME": str(tmp_path),
             "PYTHONUNBUFFERED": "1",
         }
+        assert by_label["gateway"].wyoming == f"tcp://127.0.0.1:{wyoming_port}"
+        assert wyoming_port not in ports
+        assert all(item.wyoming is None for item in plan.services if item.name != "gateway")
 
         with pytest.raises(PlanError, match="in use"):
             build_plan(

@@ -52,6 +52,8 @@ def _print_urls(state: MeshState) -> None:
         _say(f"  {'gateway':<{width}}  {gateway.url}")
         _say(f"  {'streaming':<{width}}  {ws}/ws/transcribe")
         _say(f"  {'panel':<{width}}  {gateway.url}/")
+        if gateway.wyoming:
+            _say(f"  {'wyoming':<{width}}  {gateway.wyoming}  (Home Assistant: STT and TTS)")
     for item in state.services:
         if item.name != GATEWAY and item.kind != "nginx":
             _say(f"  {item.label:<{width}}  {item.url}")

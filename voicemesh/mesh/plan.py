@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from voicemesh.errors import PlanError
 from voicemesh.nginx import NginxLayout, NginxSettings, embedded_argv
-from voicemesh.services import ServiceSpec
+from voicemesh.services import WYOMING_PORT, ServiceSpec
 from voicemesh.settings import CommonSettings
 
 GATEWAY = "gateway"
@@ -94,6 +94,8 @@ class ProcessPlan(BaseModel):
     port: int
     url: str
     log: str
+    wyoming: str | None = None
+    """The gateway's Wyoming server (``tcp://127.0.0.1:PORT``); None for every other process."""
 
     @property
     def label(self) -> str:
@@ -282,6 +284,15 @@ def _service_port(
     return chosen
 
 
+def _wyoming_port(used: set[int], notes: list[str]) -> int:
+    """The gateway's Wyoming port on loopback: the usual one, else a free one."""
+    if WYOMING_PORT not in used and port_is_free("127.0.0.1", WYOMING_PORT):
+        return WYOMING_PORT
+    chosen = free_port("127.0.0.1", avoid=used)
+    notes.append(f"wyoming: port {WYOMING_PORT} is in use, using {chosen}")
+    return chosen
+
+
 def build_plan(
     specs: Sequence[ServiceSpec],
     *,
@@ -311,22 +322,32 @@ def build_plan(
             )
             used.add(chosen)
             stem = spec.name if count == 1 else f"{spec.name}-{replica}"
+            env = {
+                f"{spec.env_prefix}HOST": host,
+                f"{spec.env_prefix}PORT": str(chosen),
+                "VOICEMESH_REDIS_URL": redis_url,
+                "VOICEMESH_HOME": str(paths.home),
+                "PYTHONUNBUFFERED": "1",
+            }
+            wyoming = None
+            if spec.name == GATEWAY:
+                # Wyoming has no authentication: loopback only, whatever --host says.
+                wyoming_port = _wyoming_port(used, notes)
+                used.add(wyoming_port)
+                env[f"{spec.env_prefix}WYOMING_HOST"] = "127.0.0.1"
+                env[f"{spec.env_prefix}WYOMING_PORT"] = str(wyoming_port)
+                wyoming = f"tcp://127.0.0.1:{wyoming_port}"
             services.append(
                 ProcessPlan(
                     name=spec.name,
                     replica=replica,
                     argv=[sys.executable, "-m", *spec.uvicorn_args(host, chosen)],
-                    env={
-                        f"{spec.env_prefix}HOST": host,
-                        f"{spec.env_prefix}PORT": str(chosen),
-                        "VOICEMESH_REDIS_URL": redis_url,
-                        "VOICEMESH_HOME": str(paths.home),
-                        "PYTHONUNBUFFERED": "1",
-                    },
+                    env=env,
                     host=host,
                     port=chosen,
                     url=f"http://{url_host(host)}:{chosen}",
                     log=str(paths.logs / f"{stem}.log"),
+                    wyoming=wyoming,
                 )
             )
     if not services:

@@ -38,6 +38,8 @@ class ProcessState(BaseModel):
     port: int
     url: str
     log: str
+    wyoming: str | None = None
+    """The gateway's Wyoming server address (None for every other process)."""
     restarts: int = 0
     exits: int = 0
     started_at: float | None = None

@@ -122,6 +122,7 @@ class ChildProcess:
             port=self.plan.port,
             url=self.plan.url,
             log=self.plan.log,
+            wyoming=self.plan.wyoming,
             restarts=self.restarts,
             exits=self.exits,
             started_at=self.started_at,
