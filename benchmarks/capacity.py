@@ -212,6 +212,9 @@ def summarize(
         "refused": dict(Counter(o.code or "?" for o in outcomes if o.status == "refused")),
         "cut": dict(Counter(o.code or "?" for o in outcomes if o.status == "cut")),
         "cut_messages": sorted({o.message or "" for o in outcomes if o.status == "cut"})[:3],
+        "refused_messages": sorted({o.message or "" for o in outcomes if o.status == "refused"})[
+            :3
+        ],
         "final_p50_s": pct(finals, 50),
         "final_p95_s": pct(finals, 95),
         "first_partial_p50_s": pct(partials, 50),
@@ -321,8 +324,9 @@ def run_sweep(
             row = summarize(n, outcomes, used, wall)
             rows[workload].append(row)
             print_row(workload, row)
-            if row["cut_messages"]:
-                print(f"       cut: {row['cut_messages']}", flush=True)
+            for kind in ("cut", "refused"):
+                for message in row[f"{kind}_messages"]:
+                    print(f"       {kind}: {message[:300]}", flush=True)
             time.sleep(args.pause)
     return rows
 

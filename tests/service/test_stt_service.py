@@ -594,6 +594,14 @@ def test_a_replica_whose_finals_wait_refuses_new_sessions_but_takes_a_takeover(
     assert health["load"]["final_wait_s"] > 0.8
 
 
+def test_each_decode_worker_has_a_model_replica_of_its_own(client: TestClient) -> None:
+    """CTranslate2 runs one call at a time per model replica: with fewer replicas than
+    decode workers, the workers take turns and a 2-core replica decodes on one core."""
+    state = client.app.state.stt  # type: ignore[attr-defined]
+    assert state.settings.workers == 2
+    assert state.transcriber._model.model.num_workers == state.settings.workers
+
+
 def test_a_batched_decode_gives_each_block_its_own_words(client: TestClient) -> None:
     """Several sessions' blocks in one encoder pass and one beam search: each gets
     the transcript it gets alone."""

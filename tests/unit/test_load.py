@@ -226,3 +226,15 @@ async def test_every_run_decode_is_recorded_with_its_wait() -> None:
     assert 0 < scheduler.meter.utilization() <= 1
     assert scheduler.meter.final_wait_s() < time.perf_counter() - started
     assert scheduler.decodes == 2
+
+
+def test_partials_space_out_when_finals_wait_even_with_workers_half_idle() -> None:
+    """Other processes take cores too: finals can queue while the workers' own busy
+    share is low. The wait alone spaces partials out."""
+    load, clock = meter(shed_utilization=0.7, max_final_wait_s=1.0)
+    clock.now += 10
+    for i in range(4):  # little decoding, but each final waited 0.8 s for a worker
+        done = clock.now - 8 + i * 2
+        load.record(done - 1.0, done - 0.2, done, essential=True)
+    assert load.utilization() < 0.1
+    assert load.partial_interval_factor() == pytest.approx(1.0 + 3.0 * 0.8, abs=0.05)

@@ -64,10 +64,16 @@ def load_transcriber(
     device: Device = "cpu",
     compute_type: str | None = None,
     cpu_threads: int = 0,
+    workers: int = 1,
     beam_size: int = 1,
     models_dir: Path | None = None,
 ) -> Transcriber:
-    """Build the engine for ``model``: a bundled name, a local path, a hub name or a .pt file."""
+    """Build the engine for ``model``: a bundled name, a local path, a hub name or a .pt file.
+
+    ``workers``: decodes the engine runs at once. CTranslate2 runs one call at a time
+    per model replica, so threads calling one replica take turns; it needs as many
+    replicas (``num_workers``) as the scheduler has decode threads.
+    """
     chosen = guess_engine(model, engine)
     if chosen == "openai-whisper":
         return OpenAIWhisperTranscriber(model, device=device, beam_size=beam_size)
@@ -86,6 +92,7 @@ def load_transcriber(
             device=resolved,
             compute_type=compute_type,
             cpu_threads=cpu_threads,
+            num_workers=workers,
             beam_size=beam_size,
         ),
     )

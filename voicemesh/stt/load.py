@@ -80,6 +80,7 @@ class LoadMeter:
         self._records: deque[_Record] = deque()
         self._lock = threading.Lock()
         self._utilization = (-1.0, 0.0)
+        self._factor = (-1.0, 1.0)
         self.essential_waiting = 0
         """Essential decodes queued and not started (kept by the scheduler)."""
         self.partials_waiting = 0
@@ -191,12 +192,19 @@ class LoadMeter:
         return self.essential_waiting == 0 and self.partials_waiting < self.workers
 
     def partial_interval_factor(self) -> float:
-        """How much to space partials out: 1 when the workers have room, up to 4."""
-        util = self.utilization()
+        """How much to space partials out: 1 while the workers have room, up to 4 as
+        they fill up or as finals start to wait for them (the machine's other work takes
+        cores too, so a worker can be half idle while finals already queue)."""
+        at, value = self._factor
+        now = self.clock()
+        if now - at < 0.2:
+            return value
         low = self.policy.shed_utilization
-        if util <= low:
-            return 1.0
-        return 1.0 + 3.0 * min(1.0, (util - low) / max(1e-3, 1.0 - low))
+        busy = (self.utilization() - low) / max(1e-3, 1.0 - low)
+        waiting = self.final_wait_s() / self.policy.max_final_wait_s
+        value = 1.0 + 3.0 * min(1.0, max(0.0, busy, waiting))
+        self._factor = (now, value)
+        return value
 
     def greedy_finals(self) -> bool:
         """Whether finals should skip beam search to keep up."""

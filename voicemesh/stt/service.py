@@ -55,6 +55,7 @@ def load_engine(settings: SttSettings) -> Transcriber:
         device=settings.device,
         compute_type=settings.compute_type,
         cpu_threads=settings.decode_threads(),
+        workers=settings.workers,
         beam_size=settings.beam_size,
     )
 
