@@ -69,6 +69,7 @@ class Outcome:
     status: str  # served | refused | cut
     code: str | None = None
     final_lat: list[float] = field(default_factory=list)
+    after_audio: float | None = None
     first_partial: float | None = None
     wer: float | None = None
     message: str | None = None
@@ -119,10 +120,12 @@ async def one_session(url: str, item: Prepared, headers: dict[str, str]) -> Outc
             lat.append(received - max(before))
     partials = result.timed("partial")
     first_partial = partials[0][0] - item.spans[0][0] if partials and item.spans else None
+    finals = result.timed("final")
     return Outcome(
         item.clip.file,
         "served",
         final_lat=lat,
+        after_audio=finals[-1][0] - item.audio.size / 16000 if finals else None,
         first_partial=first_partial,
         wer=error_rate(item.clip.text, result.transcript),
     )
@@ -160,6 +163,36 @@ def mesh_processes(home: Path | None) -> dict[str, Any]:
             except psutil.Error:
                 continue
     return procs
+
+
+def stt_health_urls(home: Path | None) -> list[str]:
+    """``/health`` of every STT replica of the mesh (empty when unknown)."""
+    if home is None:
+        return []
+    try:
+        state = json.loads((home / "run" / "state.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [
+        f"{e['url'].rstrip('/')}/health"
+        for e in state.get("services", [])
+        if e.get("name", "").startswith("stt_") and e.get("name") != "stt_tiny_ws"
+    ]
+
+
+def decode_seconds(urls: list[str]) -> dict[str, float]:
+    """Worker-seconds the STT replicas spent on finals and on partials so far."""
+    import httpx
+
+    total: dict[str, float] = {}
+    for url in urls:
+        try:
+            busy = httpx.get(url, timeout=5).json().get("load", {}).get("busy_s", {})
+        except (httpx.HTTPError, ValueError):
+            continue
+        for kind, seconds in busy.items():
+            total[kind] = total.get(kind, 0.0) + float(seconds)
+    return total
 
 
 def cpu_seconds(procs: dict[str, Any]) -> dict[str, float]:
@@ -203,6 +236,7 @@ def summarize(
     """One row of the table."""
     served = [o for o in outcomes if o.status == "served"]
     finals = [x for o in served for x in o.final_lat]
+    after_audio = [o.after_audio for o in served if o.after_audio is not None]
     partials = [o.first_partial for o in served if o.first_partial is not None]
     wers = [o.wer for o in served if o.wer is not None]
     return {
@@ -217,6 +251,8 @@ def summarize(
         ],
         "final_p50_s": pct(finals, 50),
         "final_p95_s": pct(finals, 95),
+        "after_audio_p50_s": pct(after_audio, 50),
+        "after_audio_p95_s": pct(after_audio, 95),
         "first_partial_p50_s": pct(partials, 50),
         "first_partial_p95_s": pct(partials, 95),
         "wer": round(float(np.mean(wers)), 2) if wers else None,
@@ -247,10 +283,11 @@ def print_row(workload: str, row: dict[str, Any]) -> None:
     refused = sum(row["refused"].values())
     cut = sum(row["cut"].values())
     cpu = " ".join(f"{k}={v:.0f}%" for k, v in sorted(row["cpu_percent"].items()) if v >= 1)
+    after = f"{s(row['after_audio_p50_s'])} / {s(row['after_audio_p95_s'])}"
     wer = f"{row['wer']:5.1f}%" if row["wer"] is not None else "     -"
     print(
         f"{workload:5s} {row['sessions_at_once']:4d} {row['served']:3d}/{row['sessions']:<3d} "
-        f"{refused:4d} {cut:4d}   {s(row['final_p50_s'])} / {s(row['final_p95_s'])}   "
+        f"{refused:4d} {cut:4d}   {s(row['final_p50_s'])} / {s(row['final_p95_s'])}   {after}   "
         f"{s(row['first_partial_p50_s'])} / {s(row['first_partial_p95_s'])}  {wer}  {cpu}",
         flush=True,
     )
@@ -305,7 +342,8 @@ def run_sweep(
     headers = {"Authorization": f"Bearer {args.key}"} if args.key else {}
     rows: dict[str, list[dict[str, Any]]] = {}
     print(
-        "load    N  served  ref  cut   final p50/p95 s  1st partial p50/p95 s   WER  CPU",
+        "load    N  served  ref  cut   final p50/p95 s  after audio p50/p95  "
+        "1st partial p50/p95 s   WER  CPU",
         flush=True,
     )
     for workload in args.workload.split(","):
@@ -313,7 +351,9 @@ def run_sweep(
         rows[workload] = []
         for n in (int(x) for x in args.sessions.split(",")):
             procs = mesh_processes(home)
+            health = stt_health_urls(home)
             before = cpu_seconds(procs)
+            decode_before = decode_seconds(health)
             started = time.perf_counter()
             outcomes = asyncio.run(
                 sweep_point(url, clips, n, workload, headers=headers, seed=args.seed)
@@ -321,9 +361,16 @@ def run_sweep(
             wall = time.perf_counter() - started
             after = cpu_seconds(procs)
             used = {k: after[k] - before[k] for k in after}
+            decode_after = decode_seconds(health)
             row = summarize(n, outcomes, used, wall)
+            row["decode_percent"] = {
+                k: round(100 * (v - decode_before.get(k, 0.0)) / wall, 1)
+                for k, v in decode_after.items()
+            }
             rows[workload].append(row)
             print_row(workload, row)
+            if row["decode_percent"]:
+                print(f"       decoding (% of one core): {row['decode_percent']}", flush=True)
             for kind in ("cut", "refused"):
                 for message in row[f"{kind}_messages"]:
                     print(f"       {kind}: {message[:300]}", flush=True)

@@ -604,19 +604,23 @@ def test_each_decode_worker_has_a_model_replica_of_its_own(client: TestClient) -
 
 def test_a_batched_decode_gives_each_block_its_own_words(client: TestClient) -> None:
     """Several sessions' blocks in one encoder pass and one beam search: each gets
-    the transcript it gets alone."""
+    the words it gets alone (within a few points: the batch shares context length)."""
     transcriber = client.app.state.stt.transcriber  # type: ignore[attr-defined]
-    clips = [_clip(n) for n in ("pocketsphinx-cards-005.wav", "picovoice-cheetah-test_en.wav")]
-    clips.append(LIBRIVOX)
+    names = ("pocketsphinx-cards-005.wav", "picovoice-cheetah-test_en.wav", "lhotse-LJ002-0020.wav")
+    clips = [_clip(n) for n in names]
     audios = [np.frombuffer(_pcm16(c.path), "<i2").astype(np.float32) / 32768 for c in clips]
+    # The scheduler batches only blocks of one context (most often none).
+    prompts = ["Seven of diamonds."] * 3
     options = [
-        {"language": "en", "beam_size": 5, "prefix": None, "prompt": None, "quality_fallback": True}
-    ] * len(audios)
+        {"language": "en", "beam_size": 5, "prefix": None, "prompt": p, "quality_fallback": True}
+        for p in prompts
+    ]
     batched = transcriber.transcribe_batch(audios, options)
     alone = [transcriber.transcribe(a, **o) for a, o in zip(audios, options, strict=True)]
     assert len(batched) == len(clips)
     for clip, one, many in zip(clips, alone, batched, strict=True):
-        assert error_rate(clip.text, many.text) <= error_rate(clip.text, one.text) + 10, (
+        one_word = 100 / len(normalize(clip.text))  # a longer window may change a word
+        assert error_rate(clip.text, many.text) <= error_rate(clip.text, one.text) + one_word, (
             clip.file,
             one.text,
             many.text,

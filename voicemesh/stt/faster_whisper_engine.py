@@ -279,16 +279,22 @@ class FasterWhisperTranscriber:
             Tokenizer(model.hf_tokenizer, self.multilingual, task="transcribe", language=lang)
             for lang in languages
         ]
+        contexts = [
+            tokenizer.encode(" " + prompt.strip())[-MAX_PROMPT_TOKENS:]
+            if prompt and prompt.strip()
+            else []
+            for tokenizer, prompt in zip(tokenizers, prompts, strict=True)
+        ]
+        # CTranslate2 wants <|startoftranscript|> at one position across a batch: every
+        # block keeps the most recent words of its context, as many as the shortest has.
+        keep = min(len(c) for c in contexts)
         prompts_in: list[list[int]] = []
         prefix_lengths: list[int] = []
         max_length = 0
-        for audio, tokenizer, prefix, prompt in zip(
-            audios, tokenizers, prefixes, prompts, strict=True
+        for audio, tokenizer, prefix, context in zip(
+            audios, tokenizers, prefixes, contexts, strict=True
         ):
-            tokens_in: list[int] = []
-            if prompt and prompt.strip():
-                context = tokenizer.encode(" " + prompt.strip())[-MAX_PROMPT_TOKENS:]
-                tokens_in = [tokenizer.sot_prev, *context]
+            tokens_in: list[int] = [tokenizer.sot_prev, *context[-keep:]] if keep else []
             tokens_in += [*tokenizer.sot_sequence, tokenizer.no_timestamps]
             prefix_tokens = tokenizer.encode(" " + prefix.strip()) if prefix else []
             tokens_in += prefix_tokens

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -85,6 +85,10 @@ class LoadMeter:
         """Essential decodes queued and not started (kept by the scheduler)."""
         self.partials_waiting = 0
         """Partial decodes queued and not started (kept by the scheduler)."""
+        self.busy_s: dict[str, float] = defaultdict(float)
+        """Worker-seconds spent decoding since start, by kind (finals, partials)."""
+        self.decodes: Counter[str] = Counter()
+        """Decodes run since start, by kind."""
         self.shed: Counter[str] = Counter()
         """Sheds by kind: partial_skipped, partial_stale, final_greedy."""
         self.refused: Counter[str] = Counter()
@@ -112,11 +116,22 @@ class LoadMeter:
 
     # ------------------------------------------------------------------ records
 
-    def record(self, queued_at: float, started: float, done: float, *, essential: bool) -> None:
-        """One decode finished."""
+    def record(
+        self,
+        queued_at: float,
+        started: float,
+        done: float,
+        *,
+        essential: bool,
+        kind: str | None = None,
+    ) -> None:
+        """One decode finished (``kind`` for the totals: finals, partials or files)."""
+        kind = kind or ("finals" if essential else "partials")
         with self._lock:
             self._records.append(_Record(done, done - started, started - queued_at, essential))
             self._trim(done)
+            self.busy_s[kind] += done - started
+            self.decodes[kind] += 1
 
     def _trim(self, now: float) -> None:
         horizon = now - self.policy.window_s
@@ -217,4 +232,6 @@ class LoadMeter:
             "final_wait_s": round(self.final_wait_s(), 3),
             "shed": dict(self.shed),
             "refused": dict(self.refused),
+            "busy_s": {k: round(v, 2) for k, v in self.busy_s.items()},
+            "decodes": dict(self.decodes),
         }

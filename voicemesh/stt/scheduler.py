@@ -52,6 +52,12 @@ class Priority(IntEnum):
 ESSENTIAL = (Priority.FINAL, Priority.SPECULATIVE)
 """Decodes that produce finals: never shed, and what admission budgets for."""
 PARTIALS = (Priority.FIRST_PARTIAL, Priority.PARTIAL)
+_KINDS = {
+    Priority.FINAL: "finals",
+    Priority.SPECULATIVE: "finals",
+    Priority.FIRST_PARTIAL: "partials",
+    Priority.PARTIAL: "partials",
+}
 BATCHABLE_KWARGS = frozenset({"language", "prefix", "beam_size", "quality_fallback", "prompt"})
 """Keyword arguments ``transcribe_batch`` takes per item; other ones decode alone."""
 
@@ -74,6 +80,10 @@ class _Job:
             self.kwargs.get("beam_size"),
             self.kwargs.get("language"),
             bool(self.kwargs.get("quality_fallback", True)),
+            # CTranslate2 needs <|startoftranscript|> at one position across a batch, so
+            # only blocks with the same context (most often none) share a batch; a
+            # shortened context would change the words.
+            self.kwargs.get("prompt") or None,
         )
 
 
@@ -225,6 +235,7 @@ class DecodeScheduler:
                         started,
                         started + share,
                         essential=item.priority in ESSENTIAL,
+                        kind=_KINDS.get(item.priority, "files"),
                     )
                     self.decodes += 1
                     item.loop.call_soon_threadsafe(_set_result, item.future, result)
