@@ -23,12 +23,39 @@ from websockets.asyncio.client import ClientConnection
 from gateway.registry_view import RegistryView
 from gateway.routing import choose_detector
 from gateway.session_client import SessionClient
+from gateway.state import GatewayState
 from gateway.stt_backend import StallWatch, ws_url
 from voicemesh.errors import EngineUnavailable, backend_errors
 from voicemesh.protocol import VadMessage
+from voicemesh.registry import ReplicaInfo
 from voicemesh.tasks import within
 
 _LOGGER = logging.getLogger(__name__)
+
+
+def detector_wanted(state: GatewayState, backend: ReplicaInfo, session_id: str) -> bool:
+    """Whether a new session gets the detector beside its STT backend.
+
+    Not when the detector is off, nor when the backend's decode workers are already
+    busier than ``detector_max_utilization``: on a loaded host the detector's second
+    VAD and model per session take the cores decoding needs, and the engine's own VAD
+    endpoints the session. Such a shed is logged and counted.
+    """
+    settings = state.settings
+    if not settings.use_detector:
+        return False
+    utilization = backend.load.utilization
+    if utilization is None or utilization <= settings.detector_max_utilization:
+        return True
+    _LOGGER.info(
+        "session %s runs without the detector: %s's workers are %.0f%% busy (limit %.0f%%)",
+        session_id,
+        backend.url,
+        100 * utilization,
+        100 * settings.detector_max_utilization,
+    )
+    state.metrics.count("shed", "detector")
+    return False
 
 
 async def open_detector(

@@ -34,6 +34,10 @@ class GatewaySettings(ServiceSettings):
     """Time to open a backend WebSocket and get its ready message."""
     use_detector: bool = True
     """Run the speech detector alongside each session (events and endpointing backstop)."""
+    detector_max_utilization: float = Field(0.5, ge=0, le=1)
+    """A session opened while its STT replica's decode workers are busier than this runs
+    without the detector: the engine's own VAD endpoints it, and the cores the detector
+    would take (a second VAD and model per session) go to decoding. 1: always attach."""
     endpoint_grace_s: float = Field(2.0, ge=0)
     """After the detector's confirmed speech_end, flush the engine if it has not finalized."""
     backend_urls: list[str] = []

@@ -18,7 +18,7 @@ from typing import Any
 import websockets
 
 from gateway.asr_models import transcribes_with
-from gateway.detector_link import DetectorLink
+from gateway.detector_link import DetectorLink, detector_wanted
 from gateway.replay import BYTES_PER_SAMPLE, SessionBuffer
 from gateway.routing import choose_backends, is_gpu
 from gateway.session_client import SessionClient
@@ -102,7 +102,7 @@ class GatewayStream:
             extra = refusal_extra(exc, self.session_id, self.state)
             await self.client.refuse(exc.code, exc.message, CLOSE_TRY_AGAIN, **extra)
             return
-        if self.settings.use_detector:
+        if detector_wanted(self.state, self.backend.replica, self.session_id):
             await self.detector.open(self.view, self.settings.connect_timeout_s)
         ready = self.backend.ready
         await self.client.send(
