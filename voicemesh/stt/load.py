@@ -41,9 +41,9 @@ class AdmissionPolicy:
 
     window_s: float = 10.0
     """How far back the meter looks."""
-    max_final_wait_s: float = 1.0
+    max_final_wait_s: float = 0.5
     """Refuse new sessions while finals wait longer than this for a worker (p90)."""
-    max_essential_share: float = 0.6
+    max_essential_share: float = 0.4
     """Refuse a session when the finals of all sessions and it would take more than this
     share of the workers' time (the rest is for partials and the machine's other work)."""
     shed_utilization: float = 0.7

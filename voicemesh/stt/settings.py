@@ -60,13 +60,15 @@ class SttSettings(ServiceSettings):
     """Beam width of finals (partials are greedy)."""
     max_sessions: int = Field(32, ge=1)
     """Sessions beyond this are refused (the gateway then tries another replica)."""
-    admit_max_final_wait_s: float = Field(1.0, gt=0)
+    admit_max_final_wait_s: float = Field(0.5, gt=0)
     """New sessions are refused (``busy``) while finals wait longer than this for a
-    decode worker (p90 over the last 10 s): the replica is not keeping up. A replica
-    with fewer sessions than decode workers always admits one more."""
-    admit_essential_share: float = Field(0.6, gt=0, le=1)
+    decode worker (p90 over the last 10 s): the replica is not keeping up. With the
+    0.5 s endpoint before it, a final that waits longer misses 1 s after speech. A
+    replica with fewer sessions than decode workers always admits one more."""
+    admit_essential_share: float = Field(0.4, gt=0, le=1)
     """A new session is refused when the measured cost of finals per session, times the
-    sessions with it, would pass this share of the decode workers' time."""
+    sessions with it, would pass this share of the decode workers' time (the rest is
+    for partials, and on one host for the detector, the gateway and the VAD)."""
     busy_retry_after_s: int = Field(3, ge=1)
     """``retry_after`` of a refused session."""
     batch_max: int = Field(1, ge=1, le=64)
