@@ -1,4 +1,5 @@
-"""``voicemesh.client`` against the running mesh: every method, typed errors, streaming.
+"""``voicemesh.client`` against the running mesh: every method, typed errors, streaming,
+and every Python example of ``docs/client.md`` and the README.
 
 A keyed gateway and a ``tts_clone`` replica join the session mesh's Redis, so behind
 the client are the real CPU Whisper service, the speech detector, ``tts_vits`` with the
@@ -9,6 +10,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,6 +24,7 @@ import pytest
 import soundfile
 
 from tests.harness import (
+    REPO,
     SPEECH_DIR,
     ServiceProcess,
     clip_named,
@@ -284,3 +290,47 @@ def test_status_and_the_live_status_feed(vm: VoiceMeshClient) -> None:
     finally:
         feed.close()
     assert first.type == "status_update" and "stt_cpu_ws" in first.data["services"]
+
+
+# ---------------------------------------------------------------------- the documentation
+
+
+def python_examples(path: Path) -> list[str]:
+    """The ``python`` code blocks of a Markdown file."""
+    return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), re.S)
+
+
+DOC_EXAMPLES = python_examples(REPO / "docs" / "client.md")
+
+
+def run_example(code: str, base_url: str, key: str | None, cwd: Path) -> str:
+    """Run a documented example against ``base_url``; its output."""
+    for client in ("AsyncVoiceMeshClient(", "VoiceMeshClient("):
+        code = code.replace(f"{client}api_key=", f'{client}"{base_url}", api_key=')
+    code = code.replace("http://127.0.0.1:8080", base_url).replace('"my-key"', repr(key))
+    code = code.replace('"tests/data/speech/', f'"{SPEECH_DIR}/')
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, f"{code}\n---\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.mark.parametrize("index", range(len(DOC_EXAMPLES)))
+def test_the_documented_examples_run(index: int, gateway_url: str, tmp_path: Path) -> None:
+    assert len(DOC_EXAMPLES) >= 8
+    output = run_example(DOC_EXAMPLES[index], gateway_url, KEY, tmp_path)
+    assert output.strip() or list(tmp_path.iterdir()), "the example did nothing visible"
+
+
+def test_the_readme_example_runs(mesh: Mesh, tmp_path: Path) -> None:
+    (example,) = [e for e in python_examples(REPO / "README.md") if "voicemesh.client" in e]
+    output = run_example(example, mesh.gateway.url, None, tmp_path)
+    assert error_rate(JFK.text, output.splitlines()[0]) <= WER_LIMIT, output
+    assert "final" in output
