@@ -187,3 +187,12 @@ def test_the_client_imports_no_web_framework_and_no_service() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     )
     assert found.stdout.strip() == "[]"
+
+
+async def test_the_blocking_stream_says_to_use_the_async_client_inside_a_loop() -> None:
+    from voicemesh.client import VoiceMeshClient
+
+    with VoiceMeshClient("http://127.0.0.1:9") as vm:
+        events = vm.stream(np.zeros(1600, np.float32))
+        with pytest.raises(RuntimeError, match="AsyncVoiceMeshClient"):
+            next(events)

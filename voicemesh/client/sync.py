@@ -44,6 +44,15 @@ T = TypeVar("T")
 
 def iterate_blocking(events: AsyncIterator[T]) -> Generator[T, None, None]:
     """Drive an async iterator from blocking code on its own event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass  # no loop runs in this thread: the private one can
+    else:
+        raise RuntimeError(
+            "VoiceMeshClient's streams block; inside running async code use "
+            "AsyncVoiceMeshClient (async for event in vm.stream(...))"
+        )
     loop = asyncio.new_event_loop()
     try:
         while True:
