@@ -18,14 +18,18 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from client.streaming import stream_audio
+
+if TYPE_CHECKING:
+    from client.bench import BenchConfig
 
 DEFAULT_URL = "ws://127.0.0.1:8080/ws/transcribe"
 SAMPLE_CLIP = "whisper-jfk.wav"
 """The clip in ``client/samples/``: JFK's "ask not" (1961, US public domain), 11 s."""
 ENCODINGS = ("pcm", "pcm_s16le", "pcm_f32le", "opus")
+DEFAULT_CHUNK_MS = 40.0
 
 
 def _encoding(name: str) -> Any:
@@ -182,27 +186,53 @@ def cmd_mic(args: argparse.Namespace) -> int:
         return 130
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Run N concurrent sessions and write per-client results, a summary and plots."""
-    from client.bench import BenchConfig, format_summary, run_bench
-    from voicemesh.audio_files import read_audio_file
+def bench_config(args: argparse.Namespace) -> BenchConfig:
+    """The benchmark run the parsed ``bench`` options ask for (either spelling of each).
 
-    audio, rate = read_audio_file(args.file or sample_clip())
-    run = args.run or time.strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(args.output) / run
-    config = BenchConfig(
+    ``--chunk-time`` is in seconds (the specification's), ``--chunk-ms`` in milliseconds;
+    ``--no-real-time`` is ``--fast``. Contradicting options are a ValueError.
+    """
+    from client.bench import BenchConfig
+
+    if args.fast and args.real_time:
+        raise ValueError("--fast and --real-time contradict each other")
+    if args.chunk_time is not None and args.chunk_ms is not None:
+        raise ValueError("give --chunk-time (seconds) or --chunk-ms, not both")
+    if args.chunk_time is not None:
+        chunk_ms = args.chunk_time * 1000.0
+    else:
+        chunk_ms = args.chunk_ms if args.chunk_ms is not None else DEFAULT_CHUNK_MS
+    if chunk_ms <= 0 or args.clients < 1 or args.delay < 0:
+        raise ValueError("the chunk must be positive, clients at least 1, the delay not negative")
+    realtime = not args.fast if args.real_time is None else args.real_time
+    return BenchConfig(
         url=args.url,
         clients=args.clients,
         delay_s=args.delay,
         max_workers=args.max_workers,
         timeout_s=args.timeout,
-        chunk_ms=args.chunk_ms,
+        chunk_ms=chunk_ms,
         encoding=_encoding(args.encoding),
-        realtime=not args.fast,
+        realtime=realtime,
         language=args.language,
         slack_s=args.slack,
         headers=_headers(args),
     )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run N concurrent sessions and write per-client results, a summary and plots."""
+    from client.bench import format_summary, run_bench
+    from voicemesh.audio_files import read_audio_file
+
+    try:
+        config = bench_config(args)
+    except ValueError as exc:
+        print(f"voicemesh-client bench: {exc}", file=sys.stderr)
+        return 2
+    audio, rate = read_audio_file(args.file or sample_clip())
+    run = args.run or time.strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(args.output) / run
     summary = run_bench(config, audio, rate, out_dir, progress=not args.no_progress)
     print(format_summary(summary))
     print(f"files: {out_dir}/ ({', '.join(summary['files'])})")
@@ -263,15 +293,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="concurrent sessions and their latencies")
     common(bench)
+    # Each option also answers to the specification's name (--num-clients, ...).
     bench.add_argument(
-        "--file", help=f"audio each client streams (default: the packaged sample, {SAMPLE_CLIP})"
+        "--file",
+        "--source-wav-path",
+        dest="file",
+        help=f"audio each client streams (default: the packaged sample, {SAMPLE_CLIP})",
     )
-    bench.add_argument("--clients", type=int, default=4, help="concurrent sessions")
-    bench.add_argument("--delay", type=float, default=0.5, help="seconds between starts")
+    bench.add_argument(
+        "--clients", "--num-clients", dest="clients", type=int, default=4, help="sessions"
+    )
+    bench.add_argument(
+        "--delay",
+        "--delay-between-starts",
+        dest="delay",
+        type=float,
+        default=0.5,
+        help="seconds between session starts",
+    )
     bench.add_argument("--max-workers", type=int, help="sessions at once (default: all)")
     bench.add_argument("--timeout", type=float, default=120.0, help="per-session timeout, s")
-    bench.add_argument("--chunk-ms", type=float, default=40.0, help="audio per frame")
+    bench.add_argument(
+        "--chunk-ms", type=float, help=f"audio per frame, ms (default {DEFAULT_CHUNK_MS:g})"
+    )
+    bench.add_argument("--chunk-time", type=float, help="audio per frame, seconds")
     bench.add_argument("--fast", action="store_true", help="not real time: as fast as possible")
+    bench.add_argument(
+        "--real-time",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="send at a microphone's pace (the default); --no-real-time is --fast",
+    )
     bench.add_argument(
         "--slack",
         type=float,

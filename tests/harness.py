@@ -3,6 +3,7 @@ processes on loopback, the speech clips and their manifest, the error rate."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -14,12 +15,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import websockets
 
 if TYPE_CHECKING:
     from client.streaming import StreamResult
@@ -407,3 +409,37 @@ def assert_error(response: Any, status: int, code: str) -> str:
     assert error["code"] == code, error
     assert error["request_id"] == response.headers["x-request-id"]
     return str(error["message"])
+
+
+@contextlib.asynccontextmanager
+async def dropping_proxy(upstream: str, drop_after_s: float) -> AsyncIterator[tuple[str, list]]:
+    """A WebSocket relay to ``upstream`` that cuts the first connection after a while."""
+    connections: list[str] = []
+
+    async def relay(client: Any) -> None:
+        first = not connections
+        connections.append("dropped" if first else "kept")
+        async with websockets.connect(upstream, max_size=None) as server:
+
+            async def pipe(source: Any, sink: Any) -> None:
+                async for message in source:
+                    await sink.send(message)
+
+            pumps = [
+                asyncio.create_task(pipe(client, server)),
+                asyncio.create_task(pipe(server, client)),
+            ]
+            try:
+                if first:
+                    await asyncio.sleep(drop_after_s)
+                    client.transport.abort()  # a network drop, no close handshake
+                else:
+                    await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for pump in pumps:
+                    pump.cancel()
+                await asyncio.gather(*pumps, return_exceptions=True)
+
+    async with websockets.serve(relay, "127.0.0.1", 0, max_size=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/ws/transcribe", connections

@@ -29,6 +29,19 @@
     ConnectionLost                 (client side) the server went away mid-stream; reconnect
     PartialShed                    (engine inside) a partial decode dropped unrun under load
 
+    VoiceMeshClientError           (voicemesh.client) what the Python client raises
+    ├── ApiError                   the gateway answered an error: code, message, status,
+    │   │                          request_id, retry_after (mapped in voicemesh.client.errors)
+    │   ├── BadInputError          400, 413, 422: the request itself is wrong; do not retry
+    │   ├── UnauthorizedError      401 / WS close 4401: no key, or a key that is not valid
+    │   ├── ForbiddenError         403 / WS close 4403: a valid key without the rights
+    │   ├── NotFoundError          404: no such model, voice, audio or route
+    │   ├── ConflictError          409: a model or voice that cannot serve this request
+    │   ├── BusyError              429, 503 busy / no_backend, WS close 1013: retry later
+    │   └── ServerError            any other 5xx: the mesh failed on this request
+    └── TransportError             the gateway cannot be reached, or the connection broke
+        └── StreamLostError        a stream's connection dropped; reconnecting gave up
+
 Boundaries translate library exceptions (httpx, websockets, redis) into these with
 ``raise ... from exc`` so callers only ever catch this tree; :func:`backend_errors`
 is the one place that does it for httpx and websockets. Every ``code`` a client can
@@ -225,6 +238,74 @@ class RegistryUnavailable(EngineUnavailable):
 
 class ConnectionLost(Exception):
     """Client side: the WebSocket went away while the source was still capturing."""
+
+
+class VoiceMeshClientError(Exception):
+    """Base of every error the Python client (:mod:`voicemesh.client`) raises."""
+
+
+class ApiError(VoiceMeshClientError):
+    """The gateway refused a client's request, in its one error shape."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+        details: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}" + (f" (request {request_id})" if request_id else ""))
+        self.code = code
+        """The error code (``docs/errors.md``)."""
+        self.message = message
+        """The gateway's sentence saying what was wrong."""
+        self.status = status
+        """HTTP status, or the WebSocket close code of a refused stream."""
+        self.request_id = request_id
+        """The id the gateway logged the request under (``X-Request-ID``)."""
+        self.retry_after = retry_after
+        """Seconds to wait before trying again, when the gateway said."""
+        self.details = details or {}
+        """Any other field of the error body (``reasons``, ``limit``...)."""
+
+
+class BadInputError(ApiError):
+    """The request is wrong (400, 413, 422): an unknown field, bad audio, a value out of range."""
+
+
+class UnauthorizedError(ApiError):
+    """No API key, or a key the gateway does not know (401, WS close 4401)."""
+
+
+class ForbiddenError(ApiError):
+    """A valid key without the rights the route needs (403, WS close 4403)."""
+
+
+class NotFoundError(ApiError):
+    """No such model, voice, audio URL or route (404)."""
+
+
+class ConflictError(ApiError):
+    """A model or voice the mesh knows but cannot use for this request (409)."""
+
+
+class BusyError(ApiError):
+    """No capacity now (busy, rate limited, no backend): retry after ``retry_after`` s."""
+
+
+class ServerError(ApiError):
+    """The mesh failed on this request (a 5xx other than "not now")."""
+
+
+class TransportError(VoiceMeshClientError):
+    """The gateway could not be reached, or the connection to it broke."""
+
+
+class StreamLostError(TransportError):
+    """A stream's connection dropped and reconnecting gave up."""
 
 
 class PartialShed(Exception):

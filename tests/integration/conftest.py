@@ -28,6 +28,16 @@ class Mesh:
         """The gateway's streaming endpoint."""
         return f"ws://127.0.0.1:{self.gateway.port}/ws/transcribe"
 
+    def joining_env(self, tmp_path_factory: pytest.TempPathFactory, **extra: str) -> dict[str, str]:
+        """The environment of another process joining this mesh's Redis (plus ``extra``)."""
+        return {
+            "VOICEMESH_REDIS_URL": self.redis.url,
+            "VOICEMESH_HOME": str(tmp_path_factory.getbasetemp() / "vmhome"),
+            "VOICEMESH_MODELS_DIR": str(default_home() / "models"),
+            "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5",
+            **extra,
+        }
+
 
 def _wait_for_routes(gateway_url: str, timeout_s: float = 20.0) -> None:
     """Wait until the gateway's registry view lists an STT backend, the detector and TTS."""

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,13 @@ from client.cli import main
 from client.mic import Backoff, FileCaptureSource, MicStreamer, SlidingBuffer
 from client.stats import DEFAULT_SLACK_S
 from client.streaming import stream_audio
-from tests.harness import clip_named, error_rate, offline_transcript, stream_errors
+from tests.harness import (
+    clip_named,
+    dropping_proxy,
+    error_rate,
+    offline_transcript,
+    stream_errors,
+)
 from voicemesh.audio import OpusStreamEncoder
 from voicemesh.audio_files import load_clip_16k
 
@@ -146,40 +150,6 @@ def test_mic_lists_devices_and_explains_a_missing_microphone(capsys: Any) -> Non
     assert main(["mic", "--list-devices"]) == 0
     listed = capsys.readouterr().out
     assert "no input device found" in listed or " ch, " in listed
-
-
-@contextlib.asynccontextmanager
-async def dropping_proxy(upstream: str, drop_after_s: float) -> AsyncIterator[tuple[str, list]]:
-    """A WebSocket relay to ``upstream`` that cuts the first connection after a while."""
-    connections: list[str] = []
-
-    async def relay(client: Any) -> None:
-        first = not connections
-        connections.append("dropped" if first else "kept")
-        async with websockets.connect(upstream, max_size=None) as server:
-
-            async def pipe(source: Any, sink: Any) -> None:
-                async for message in source:
-                    await sink.send(message)
-
-            pumps = [
-                asyncio.create_task(pipe(client, server)),
-                asyncio.create_task(pipe(server, client)),
-            ]
-            try:
-                if first:
-                    await asyncio.sleep(drop_after_s)
-                    client.transport.abort()  # a network drop, no close handshake
-                else:
-                    await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for pump in pumps:
-                    pump.cancel()
-                await asyncio.gather(*pumps, return_exceptions=True)
-
-    async with websockets.serve(relay, "127.0.0.1", 0, max_size=None) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        yield f"ws://127.0.0.1:{port}/ws/transcribe", connections
 
 
 @pytest.mark.parametrize("encoding", ["pcm_s16le", "opus"])

@@ -357,3 +357,32 @@ async def test_wyoming_session_fails_over_without_losing_words(mesh: HaMesh) -> 
     streamed = error_rate(LJ.text, result.text)
     offline = error_rate(LJ.text, offline_transcript(LJ))
     assert streamed <= offline + WER_MARGIN, (result.text, streamed, offline)
+
+
+async def test_the_python_client_stream_survives_a_killed_replica(mesh: HaMesh) -> None:
+    """``voicemesh.client``'s stream over the same kill: a typed failover event, every word."""
+    from voicemesh.client import AsyncVoiceMeshClient, FailoverMessage, FinalMessage
+
+    killed: dict[str, str] = {}
+    events = []
+    async with AsyncVoiceMeshClient(mesh.gateway.url) as vm:
+        async for event in vm.stream(LJ.path, language="en", realtime=True):
+            events.append(event)
+            if event.type == "ready":
+                backend = event.backend
+            elif event.type == "partial" and not killed:
+                process = mesh.by_url(backend)
+                assert process.process is not None
+                killed["url"] = process.url
+                os.kill(process.process.pid, signal.SIGKILL)
+    failovers = [e for e in events if isinstance(e, FailoverMessage)]
+    assert len(failovers) == 1, events
+    assert failovers[0].from_ == killed["url"] and failovers[0].to != killed["url"]
+    assert failovers[0].replayed_ms > 0
+    assert not [e for e in events if e.type == "reconnect"]  # the client's line never dropped
+    finals = [e for e in events if isinstance(e, FinalMessage)]
+    transcript = " ".join(f.text for f in finals)
+    streamed = error_rate(LJ.text, transcript)
+    offline = error_rate(LJ.text, offline_transcript(LJ))
+    assert streamed <= offline + WER_MARGIN, (transcript, streamed, offline)
+    assert [f.start for f in finals] == sorted(f.start for f in finals)

@@ -1,4 +1,5 @@
-"""``voicemesh-client``'s command line without a gateway: the packaged sample, bad usage."""
+"""``voicemesh-client``'s command line without a gateway: the packaged sample, bad usage,
+and the benchmark's options under both their names."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import filecmp
 import pytest
 import soundfile
 
-from client.cli import main, sample_clip
+from client.bench import BenchConfig
+from client.cli import bench_config, build_parser, main, sample_clip
 from tests.harness import SPEECH_DIR, free_port
 
 pytestmark = pytest.mark.unit
@@ -35,3 +37,58 @@ def test_stream_sample_reads_the_packaged_clip(capsys: pytest.CaptureFixture[str
     code = main(["stream", "--sample", "--url", f"ws://127.0.0.1:{free_port()}/ws/transcribe"])
     assert code == 1
     assert "cannot reach" in capsys.readouterr().err
+
+
+def bench_args(*argv: str) -> BenchConfig:
+    return bench_config(build_parser().parse_args(["bench", *argv]))
+
+
+def test_bench_takes_the_specifications_option_names() -> None:
+    config = bench_args(
+        "--num-clients",
+        "7",
+        "--delay-between-starts",
+        "0.25",
+        "--chunk-time",
+        "0.1",
+        "--no-real-time",
+        "--source-wav-path",
+        "speech.wav",
+    )
+    assert (config.clients, config.delay_s, config.chunk_ms, config.realtime) == (
+        7,
+        0.25,
+        100.0,
+        False,
+    )
+    args = build_parser().parse_args(["bench", "--source-wav-path", "speech.wav"])
+    assert args.file == "speech.wav"
+
+
+def test_bench_options_keep_their_own_names_and_defaults() -> None:
+    config = bench_args("--clients", "3", "--delay", "1.5", "--chunk-ms", "20")
+    assert (config.clients, config.delay_s, config.chunk_ms, config.realtime) == (
+        3,
+        1.5,
+        20.0,
+        True,
+    )
+    assert bench_args().chunk_ms == 40.0 and bench_args().realtime is True
+    assert bench_args("--fast").realtime is False
+    assert bench_args("--real-time").realtime is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["--fast", "--real-time"], "contradict"),
+        (["--chunk-time", "0.1", "--chunk-ms", "40"], "not both"),
+        (["--num-clients", "0"], "clients at least 1"),
+        (["--chunk-time", "0"], "chunk must be positive"),
+    ],
+)
+def test_bench_refuses_contradicting_or_empty_options(
+    argv: list[str], complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", *argv]) == 2
+    assert complaint in capsys.readouterr().err

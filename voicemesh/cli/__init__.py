@@ -1,4 +1,4 @@
-"""The ``voicemesh`` command: models, and the embedded mesh (up, status, down)."""
+"""The ``voicemesh`` command: models, the embedded mesh (up, status, stop/down), clean, version."""
 
 from __future__ import annotations
 
@@ -77,13 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--timeout", type=float, default=3.0)
 
     sub.add_parser("status", help="show each service, pid, health and port")
-    down = sub.add_parser("down", help="stop the embedded mesh")
-    down.add_argument(
-        "--timeout",
-        type=float,
-        default=20.0,
-        help="seconds to wait for a graceful stop before killing",
+    for verb, text in (("down", "stop the embedded mesh"), ("stop", "the same as down")):
+        down = sub.add_parser(verb, help=text)
+        down.add_argument(
+            "--timeout",
+            type=float,
+            default=20.0,
+            help="seconds to wait for a graceful stop before killing",
+        )
+        down.add_argument(
+            "--force", action="store_true", help="kill at once, without a graceful stop"
+        )
+    clean = sub.add_parser("clean", help="remove caches and logs under VOICEMESH_HOME")
+    clean.add_argument("-y", "--yes", action="store_true", help="do not ask first")
+    clean.add_argument(
+        "--models", action="store_true", help="also remove the prepared models (prepared again)"
     )
+    sub.add_parser("version", help="print the version")
     supervise = sub.add_parser("supervise", help=argparse.SUPPRESS)
     supervise.add_argument("--plan", required=True)
     return parser
@@ -110,6 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         from voicemesh.cli.front_door import probe
 
         return probe(args.url, args.timeout)
+    if args.command == "version":
+        import voicemesh
+
+        print(f"voicemesh {voicemesh.__version__}")
+        return 0
+    if args.command == "clean":
+        from voicemesh.cli.clean import cmd_clean
+
+        return cmd_clean(yes=args.yes, models=args.models)
 
     from voicemesh.cli import mesh
 
@@ -138,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.command == "status":
         return mesh.cmd_status()
-    if args.command == "down":
-        return mesh.cmd_down(timeout=args.timeout)
+    if args.command in ("down", "stop"):
+        return mesh.cmd_down(timeout=args.timeout, force=args.force)
     if args.command == "supervise":
         return mesh.cmd_supervise(args.plan)
     return 2

@@ -62,7 +62,9 @@ def _print_urls(state: MeshState) -> None:
 
 
 def _print_stop(report: StopReport, timeout: float) -> None:
-    if report.supervisor == "killed":
+    if report.supervisor == "killed" and timeout == 0:
+        _say(f"killed supervisor (pid {report.supervisor_pid})")
+    elif report.supervisor == "killed":
         _complain(
             f"supervisor (pid {report.supervisor_pid}) did not stop in {timeout:.0f} s; killing it"
         )
@@ -248,8 +250,11 @@ def cmd_status() -> int:
     return 0 if checked.all_ok else 1
 
 
-def cmd_down(timeout: float) -> int:
-    """Stop the mesh: SIGTERM the supervisor, then kill what is left; idempotent."""
+def cmd_down(timeout: float, *, force: bool = False) -> int:
+    """Stop the mesh: SIGTERM the supervisor, then kill what is left; idempotent.
+
+    ``force`` (``stop --force``) kills every process at once, with no graceful stop.
+    """
     paths = MeshPaths.from_settings()
     state = read_state(paths)
     if state is None:
@@ -257,6 +262,9 @@ def cmd_down(timeout: float) -> int:
         return 0
     if not pid_alive(state.supervisor_pid):
         _say(f"the supervisor (pid {state.supervisor_pid}) is gone; cleaning up what it left")
-    _print_stop(stop_mesh(paths, timeout=timeout), timeout)
+    if force:
+        _say(f"killing the mesh of supervisor pid {state.supervisor_pid} (--force)")
+        timeout = 0.0
+    _print_stop(stop_mesh(paths, timeout=timeout, grace_s=0.0 if force else 5.0), timeout)
     _say("voicemesh is stopped")
     return 0

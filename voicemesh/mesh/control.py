@@ -96,8 +96,12 @@ class StopReport:
     """``label (pid N)`` of each process the supervisor left running, stopped here."""
 
 
-def stop_mesh(paths: MeshPaths, timeout: float) -> StopReport:
-    """Stop the supervisor and everything it recorded, however it is doing."""
+def stop_mesh(paths: MeshPaths, timeout: float, grace_s: float = 5.0) -> StopReport:
+    """Stop the supervisor and everything it recorded, however it is doing.
+
+    ``timeout``: how long the supervisor gets after SIGTERM; ``grace_s``: how long a
+    process it left behind gets (0 and 0: kill everything at once).
+    """
     state = read_state(paths)
     if state is None:
         remove_run_files(paths)
@@ -117,7 +121,7 @@ def stop_mesh(paths: MeshPaths, timeout: float) -> StopReport:
             report.supervisor = "stopped"
     # The supervisor removes the state when it stops cleanly; re-read for what it left.
     left = read_state(paths) or state
-    report.leftovers = stop_leftovers(left)
+    report.leftovers = stop_leftovers(left, grace_s)
     report.stopped = [
         label
         for label in (f"{item.label} (pid {item.pid})" for item in running)

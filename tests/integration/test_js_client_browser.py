@@ -1,0 +1,109 @@
+"""``client/js/voicemesh.js`` in Debian's Chromium against the real mesh, through its test page.
+
+A keyed gateway on the session mesh's Redis serves, as its control-panel folder, the test
+page (``client/js/test.html``), the module and a speech clip; the page calls every method
+and leaves what came back in ``window.results``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import REPO, clip_named, error_rate, start_routing_gateway
+from tests.integration.conftest import Mesh
+from tests.integration.test_panel_browser import CHROMIUM, CHROMIUM_ARGS
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+KEY = "js-client-key"
+CLIP = clip_named("pocketsphinx-librivox-0880.wav")
+JS = REPO / "client" / "js"
+WER_LIMIT = 25.0
+
+
+@pytest.fixture(scope="module")
+def page_url(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A keyed gateway serving the test page, the module and the clip; the page's URL."""
+    folder = tmp_path_factory.mktemp("js-test-page")
+    shutil.copy(JS / "test.html", folder / "index.html")
+    shutil.copy(JS / "voicemesh.js", folder / "voicemesh.js")
+    shutil.copy(CLIP.path, folder / "clip.wav")
+    env = mesh.joining_env(
+        tmp_path_factory,
+        VOICEMESH_GATEWAY_API_KEYS=json.dumps([KEY]),
+        VOICEMESH_GATEWAY_CONTROL_PANEL_DIR=str(folder),
+    )
+    gateway = start_routing_gateway(env, tmp_path_factory.mktemp("js-client-logs"))
+    try:
+        yield f"{gateway.url}/?key={KEY}"
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def results(page_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """What the test page's calls returned (no JavaScript error allowed on the way)."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).is_file(), "run scripts/setup-browser (apt-get install chromium)"
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-js-client")),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+        )
+        try:
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(page_url)
+            page.wait_for_function("() => window.results && window.results.done", timeout=180000)
+            found: dict[str, Any] = page.evaluate("() => window.results")
+        finally:
+            context.close()
+    assert not errors, errors
+    return found
+
+
+def test_transcribe(results: dict[str, Any]) -> None:
+    body = results["transcribe"]
+    assert error_rate(CLIP.text, body["text"]) <= WER_LIMIT, body
+    assert body["segments"] >= 1 and body["engine"] == "faster-whisper/cpu"
+
+
+def test_synthesize_and_compare(results: dict[str, Any]) -> None:
+    speech = results["synthesize"]
+    assert speech["riff"] == "RIFF" and speech["sampleRate"] == 22050, speech
+    assert speech["voice"] == "en_US-joe-medium" and 0.5 < speech["duration"] < 5
+    comparison = results["compareVoices"]
+    assert comparison["results"] == 2 and "Rule:" in comparison["reason"], comparison
+    assert comparison["bytes"] > 1000
+
+
+def test_status_and_its_live_feed(results: dict[str, Any]) -> None:
+    assert results["getStatus"]["service"] == "gateway", results["getStatus"]
+    assert "stt_cpu_ws" in results["getStatus"]["services"]
+    feed = results["streamStatus"]
+    assert feed["type"] == "status_update" and "stt_cpu_ws" in feed["services"], feed
+
+
+def test_stream_transcription_of_a_buffer(results: dict[str, Any]) -> None:
+    stream = results["streamTranscription"]
+    assert stream["first"] == "ready", stream
+    assert error_rate(CLIP.text, stream["text"]) <= WER_LIMIT, stream
+    ends = [f["end"] for f in stream["finals"]]
+    assert ends == sorted(ends) and ends[-1] == pytest.approx(CLIP.duration_s, abs=0.5)
+
+
+def test_errors_are_typed(results: dict[str, Any]) -> None:
+    wrong = results["wrongKey"]
+    assert wrong["transcribe"] == {"refused": True, "code": "unauthorized", "status": 401}
+    assert wrong["stream"] == {"refused": True, "code": "unauthorized", "status": 4401}
+    assert results["badInput"] == {"refused": True, "code": "validation_error", "status": 422}
