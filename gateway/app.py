@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, FastAPI, WebSocket
 from fastapi.responses import JSONResponse
 
-from gateway import admin, asr, auth, clone, transcriptions, tts, tts_api
+from gateway import admin, asr, auth, clone, realtime, transcriptions, tts, tts_api
 from gateway.deps import GatewayStateDep
 from gateway.panel import mount_control_panel
 from gateway.registry_view import RegistryView, static_replicas
@@ -156,6 +156,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(tts_api.router)
     app.include_router(clone.router)
     app.include_router(admin.router)
+    app.include_router(realtime.router)
 
     app.include_router(router)
 

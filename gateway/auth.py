@@ -32,6 +32,7 @@ from starlette.requests import HTTPConnection
 
 from gateway.deps import get_state
 from gateway.keys import Principal
+from gateway.session_client import SessionClient
 from gateway.state import GatewayState
 from voicemesh.errors import Forbidden, LimitExceeded, Unauthorized, VoiceMeshError
 from voicemesh.http import error_body
@@ -176,23 +177,36 @@ def _count_ws(state: GatewayState, ws: WebSocket, status: int) -> None:
 
 
 async def refuse_websocket(
-    ws: WebSocket, code: str, message: str, close_code: int, retry_after: int | None = None
+    ws: WebSocket,
+    code: str,
+    message: str,
+    close_code: int,
+    *,
+    retry_after: int | None = None,
+    client: SessionClient | None = None,
 ) -> None:
-    """Tell an accepted WebSocket why it is refused, then close it with ``close_code``."""
+    """Tell an accepted WebSocket why it is refused, then close it with ``close_code``.
+
+    ``client``: the protocol adapter that words the refusal (default: the seed protocol's
+    ``{"type":"error"}`` message).
+    """
     state = get_state(ws)
     _count_ws(state, ws, close_code)
     extra = {} if retry_after is None else {"retry_after": retry_after}
-    await ClientSocket(ws, metrics=state.metrics).refuse(code, message, close_code, **extra)
+    speaker = client or ClientSocket(ws, metrics=state.metrics)
+    await speaker.refuse(code, message, close_code, **extra)
 
 
-async def authorize_websocket(ws: WebSocket, *, admin: bool = False) -> Principal | None:
+async def authorize_websocket(
+    ws: WebSocket, *, admin: bool = False, client: SessionClient | None = None
+) -> Principal | None:
     """The principal of an accepted WebSocket, or None after refusing it (error + close)."""
     try:
         principal = _authenticate(ws, admin=admin)
     except (Unauthorized, Forbidden) as exc:
         _LOGGER.warning("websocket %s refused: %s: %s", ws.url.path, exc.code, exc.message)
         close = CLOSE_UNAUTHORIZED if isinstance(exc, Unauthorized) else CLOSE_FORBIDDEN
-        await refuse_websocket(ws, exc.code, exc.message, close)
+        await refuse_websocket(ws, exc.code, exc.message, close, client=client)
         return None
     return principal
 
@@ -225,13 +239,14 @@ class SessionSlot:
         self.release()
 
 
-async def claim_session(ws: WebSocket) -> SessionSlot | None:
+async def claim_session(ws: WebSocket, client: SessionClient | None = None) -> SessionSlot | None:
     """Admit an accepted streaming WebSocket: its key, its rate, a free session slot.
 
-    Returns the held slot, or None after the client got an error message and a close.
-    A refusal for lack of a slot is ``busy`` (:class:`voicemesh.errors.Busy`'s code).
+    Returns the held slot, or None after the client got an error message and a close
+    (worded by ``client``, the session's protocol adapter, when given). A refusal for
+    lack of a slot is ``busy`` (:class:`voicemesh.errors.Busy`'s code).
     """
-    principal = await authorize_websocket(ws)
+    principal = await authorize_websocket(ws, client=client)
     if principal is None:
         return None
     state = get_state(ws)
@@ -241,7 +256,12 @@ async def claim_session(ws: WebSocket) -> SessionSlot | None:
             "session refused for %s: %s (%s limit)", principal.key_id, refused.code, refused.scope
         )
         await refuse_websocket(
-            ws, refused.code, refused.message, CLOSE_TRY_AGAIN, retry_after=refused.retry_after
+            ws,
+            refused.code,
+            refused.message,
+            CLOSE_TRY_AGAIN,
+            retry_after=refused.retry_after,
+            client=client,
         )
         return None
     _count_ws(state, ws, 101)

@@ -71,7 +71,8 @@ class GatewayStream:
         self.decoder: AudioStreamDecoder = PcmStreamDecoder(
             max_frame_bytes=self.settings.max_frame_bytes
         )
-        self.language: str | None = None
+        self.start = StartMessage()
+        """The client's ``start`` (language, tuning): every backend of the session gets it."""
         self.buffer = SessionBuffer()
         self.backend: Backend | None = None
         self.failed_backends: set[str] = set()
@@ -173,7 +174,7 @@ class GatewayStream:
         except VoiceMeshError as exc:
             await self.client.error(exc.code, exc.message)
             return
-        self.language = start.language
+        self.start = start
         await self._to_backend(self._backend_start().dumps())
 
     async def _on_audio(self, data: bytes) -> None:
@@ -211,12 +212,8 @@ class GatewayStream:
     # ------------------------------------------------------------------ backends
 
     def _backend_start(self) -> StartMessage:
-        return StartMessage(
-            sample_rate=SAMPLE_RATE,
-            encoding="pcm_s16le",
-            language=self.language,
-            session_id=self.session_id,
-        )
+        audio = {"sample_rate": SAMPLE_RATE, "encoding": "pcm_s16le", "channels": 1}
+        return self.start.model_copy(update={**audio, "session_id": self.session_id})
 
     def _candidates(self, exclude: set[str] | None = None) -> list[ReplicaInfo]:
         """STT replicas this session may move to, in routing order."""

@@ -20,7 +20,6 @@ to 16 kHz PCM16 as it does for every client (:func:`core_audio`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from wyoming.asr import Transcript, TranscriptChunk, TranscriptStart, Transcript
 from wyoming.error import Error
 from wyoming.event import Event, Eventable
 
+from gateway.session_client import ClientInbox
 from voicemesh.errors import BadAudio
 from voicemesh.metrics import ServiceMetrics
 from voicemesh.protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, StartMessage, StopMessage
@@ -205,7 +205,7 @@ class WyomingTranscription:
         """A fatal error ended the session: the client got an ``error``, no transcript."""
         self.finished = False
         self._started = False
-        self._inbox: asyncio.Queue[ClientMessage | None] = asyncio.Queue(INBOX_FRAMES)
+        self._inbox = ClientInbox(INBOX_FRAMES)
         self._inbox.put_nowait(fmt.start_message(language, session_id))
 
     # ------------------------------------------------------------ from the connection
@@ -228,19 +228,13 @@ class WyomingTranscription:
         and ends with the end-of-input mark, so a core still reading sees it.
         """
         self.open = False
-        while not self._inbox.empty():
-            self._inbox.get_nowait()
-        self._inbox.put_nowait(None)
+        self._inbox.close()
 
     # ------------------------------------------------------------ SessionClient
 
-    async def receive(self) -> AsyncIterator[ClientMessage]:
+    def receive(self) -> AsyncIterator[ClientMessage]:
         """The client's audio and control messages, in order, until it stops or goes away."""
-        while True:
-            item = await self._inbox.get()
-            if item is None:
-                return
-            yield item
+        return self._inbox.items()
 
     async def send(self, message: BaseModel | dict[str, Any]) -> None:
         """Translate one of the core's messages into Wyoming events."""

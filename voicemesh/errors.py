@@ -6,7 +6,7 @@
     ├── BadRequest                 the caller sent something wrong (4xx, never fail over)
     │   ├── AudioNotFound          a synthesized-audio URL that expired or never existed (404)
     │   ├── BadAudio               undecodable audio, wrong frame size, bad sample rate
-    │   ├── BadEvent               (Wyoming) an event that cannot be read or comes out of order
+    │   ├── BadEvent               (Wyoming, Realtime) an event that cannot be read or acted on
     │   ├── EmptyText              text to speak with no word in it (422)
     │   ├── FeatureUnavailable     an option the mesh has no engine for, e.g. diarization (422)
     │   ├── ModelConflict          a known model no replica can use for this request (409)
@@ -89,7 +89,7 @@ class BadAudio(BadRequest):
 
 
 class BadEvent(BadRequest):
-    """A Wyoming event the server cannot read or act on (the connection goes on)."""
+    """A Wyoming or Realtime event the server cannot read or act on (the connection goes on)."""
 
     code = "bad_event"
 

@@ -73,6 +73,14 @@ class StartMessage(_Message):
     channels: int = Field(1, ge=1, le=2)
     language: str | None = None
     session_id: str | None = None
+    prompt: str | None = None
+    """Text to guide the engine (Whisper's prompt: names, spellings, style)."""
+    vad_threshold: float | None = Field(None, gt=0, lt=1)
+    """Speech probability at which the engine's VAD hears speech (None: its own)."""
+    min_silence_s: float | None = Field(None, ge=0, le=10)
+    """Silence that ends an utterance (None: the engine's own)."""
+    preroll_s: float | None = Field(None, ge=0, le=10)
+    """Audio kept from before the detected speech start (None: the engine's own)."""
 
 
 class FlushMessage(_Message):

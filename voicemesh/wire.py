@@ -106,6 +106,23 @@ class ClientSocket:
         client disconnects; the caller ends it on ``stop`` by leaving the loop.
         """
         report = on_bad_message or self._report_bad_message
+        async for frame in self.frames():
+            if isinstance(frame, bytes):
+                yield frame
+                continue
+            try:
+                control = parse_control(frame)
+            except VoiceMeshError as exc:
+                await report(exc)
+                continue
+            yield control
+
+    async def frames(self) -> AsyncIterator[bytes | str]:
+        """Frames as they come (binary as ``bytes``, text as ``str``) until the client goes away.
+
+        For a protocol with messages of its own (OpenAI Realtime's JSON events);
+        :meth:`receive` reads the seed protocol's through it.
+        """
         while True:
             try:
                 message = await self.ws.receive()
@@ -115,15 +132,7 @@ class ClientSocket:
                 self.open = False
                 return
             data = message.get("bytes")
-            if data is not None:
-                yield data
-                continue
-            try:
-                control = parse_control(message.get("text") or "")
-            except VoiceMeshError as exc:
-                await report(exc)
-                continue
-            yield control
+            yield data if data is not None else str(message.get("text") or "")
 
     async def _report_bad_message(self, exc: VoiceMeshError) -> None:
         await self.error(exc.code, exc.message)

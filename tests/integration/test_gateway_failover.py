@@ -32,6 +32,8 @@ from tests.harness import (
     offline_transcript,
     stream_errors,
 )
+from tests.realtime_sdk import RealtimeResult
+from tests.realtime_sdk import transcribe as realtime_transcribe
 from tests.wyoming_ha import WyomingTranscription
 from tests.wyoming_ha import transcribe as wyoming_transcribe
 from voicemesh.audio_files import load_clip_16k
@@ -386,3 +388,59 @@ async def test_the_python_client_stream_survives_a_killed_replica(mesh: HaMesh) 
     offline = error_rate(LJ.text, offline_transcript(LJ))
     assert streamed <= offline + WER_MARGIN, (transcript, streamed, offline)
     assert [f.start for f in finals] == sorted(f.start for f in finals)
+
+
+def serving_replica(mesh: HaMesh) -> ServiceProcess | None:
+    """The STT process the mesh's registry shows holding a session (None: none yet)."""
+    body = httpx.get(f"{mesh.gateway.url}/v1/admin/services", timeout=2).json()
+    for kind in ("stt_cpu_ws", "stt_gpu_ws"):
+        for replica in body["services"].get(kind, []):
+            # Fresh entries only: a replica an earlier test killed lingers until its TTL.
+            if replica["load"]["active_sessions"] > 0 and replica["seen_s_ago"] < 2.0:
+                return mesh.by_url(replica["url"])
+    return None
+
+
+def failovers_so_far(mesh: HaMesh) -> float:
+    """The gateway's count of failovers (planned moves for a mode change left out)."""
+    text = httpx.get(f"{mesh.gateway.url}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("voicemesh_gateway_failovers_total{") and "mode_change" not in line
+    )
+
+
+async def test_realtime_session_fails_over_invisibly(mesh: HaMesh) -> None:
+    """The OpenAI Realtime route rides the same session core: its replica SIGKILLed
+    mid-utterance, the SDK sees transcription events only, and every word."""
+    killed: dict[str, Any] = {}
+
+    def kill(sent_s: float, so_far: RealtimeResult) -> None:
+        if killed or sent_s < 3.0:
+            return
+        process = serving_replica(mesh)
+        if process is not None and process.process is not None:
+            killed.update(url=process.url, t=sent_s)
+            os.kill(process.process.pid, signal.SIGKILL)
+
+    before = failovers_so_far(mesh)
+    result = await realtime_transcribe(
+        mesh.gateway.url, "unused", load_clip_16k(LJ.path), rate=24000, on_audio=kill
+    )
+    assert killed, "no replica showed the session before the audio ended"
+    assert failovers_so_far(mesh) == before + 1  # it did move, and the client never heard
+    assert result.errors == []
+    served = {
+        "session.created",
+        "session.updated",
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.completed",
+    }
+    assert {e["type"] for _, e in result.events} <= served
+    streamed = error_rate(LJ.text, result.transcript)
+    offline = error_rate(LJ.text, offline_transcript(LJ))
+    assert streamed <= offline + WER_MARGIN, (result.transcript, streamed, offline)

@@ -149,3 +149,18 @@ def test_a_looping_window_decode_is_redone_and_marked_retried() -> None:
         np.zeros(16000, np.float32), language="zh", quality_fallback=False
     ).retried
     assert pads == [6.0]
+
+
+def test_a_clients_tuning_changes_only_what_it_names() -> None:
+    config = StreamingConfig()
+    config.tune()
+    assert config == StreamingConfig()
+    config.tune(prompt=" VoiceMesh, Kubernetes ", vad_threshold=0.7, min_silence_s=0.15)
+    ends = config.endpointer
+    assert config.prompt == "VoiceMesh, Kubernetes"
+    assert (ends.threshold, ends.neg_threshold) == (0.7, pytest.approx(0.55))
+    # A short silence still leaves time for the speculative final before the endpoint.
+    assert ends.min_silence_s == 0.15 and ends.silence_onset_s == pytest.approx(0.075)
+    assert config.preroll_s == StreamingConfig().preroll_s
+    config.tune(preroll_s=0.3, vad_threshold=0.1)
+    assert config.preroll_s == 0.3 and config.endpointer.neg_threshold == pytest.approx(0.01)

@@ -202,3 +202,9 @@ class StreamHandler:
             return
         assert self.session is not None
         self.session.config.language = language
+        self.session.config.tune(
+            prompt=start.prompt,
+            vad_threshold=start.vad_threshold,
+            min_silence_s=start.min_silence_s,
+            preroll_s=start.preroll_s,
+        )

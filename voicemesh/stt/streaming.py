@@ -230,10 +230,11 @@ class StreamingSession:
         }
 
     def _context_text(self) -> str | None:
-        """Recent finals (within ``context_s`` of stream time), as Whisper's prompt."""
+        """The client's prompt and recent finals (within ``context_s``), as Whisper's prompt."""
         horizon = self.samples / SAMPLE_RATE - self.config.context_s
         recent = [text for end, text in self._context if end >= horizon]
-        return " ".join(recent)[-400:] or None
+        given = [self.config.prompt] if self.config.prompt else []
+        return " ".join(given + recent)[-400:] or None
 
     def _maybe_partial(self) -> None:
         if self._partial_task is not None or self._spec is not None:

@@ -49,7 +49,31 @@ class StreamingConfig:
     """Extra silence, past the endpoint, that a doubtful final waits for more speech (0: off)."""
     hold_logprob: float = -0.5
     """A final decode scoring below this average log-probability is doubtful."""
+    prompt: str | None = None
+    """The client's text to guide every decode, before the recent finals."""
     endpointer: EndpointerConfig = field(default_factory=EndpointerConfig)
+
+    def tune(
+        self,
+        *,
+        prompt: str | None = None,
+        vad_threshold: float | None = None,
+        min_silence_s: float | None = None,
+        preroll_s: float | None = None,
+    ) -> None:
+        """Apply what a client asked for its session (None: keep the service's own)."""
+        ends = self.endpointer
+        if prompt is not None:
+            self.prompt = prompt.strip() or None
+        if vad_threshold is not None:
+            # Keep the hysteresis: silence is some way below the speech threshold.
+            ends.neg_threshold = max(0.01, vad_threshold - (ends.threshold - ends.neg_threshold))
+            ends.threshold = vad_threshold
+        if min_silence_s is not None:
+            ends.min_silence_s = min_silence_s
+            ends.silence_onset_s = min(ends.silence_onset_s, min_silence_s / 2)
+        if preroll_s is not None:
+            self.preroll_s = preroll_s
 
 
 @dataclass
