@@ -191,6 +191,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "ADMIN_KEY": ADMIN_KEY,
         "HTTP_PORT": str(port),
         "HTTP_BIND": "127.0.0.1",
+        "WYOMING_PORT": str(free_port()),
+        "WYOMING_BIND": "127.0.0.1",
         "STT_MODE": "auto",
         # The shared 2-core host: with no fault the base model's gaps between messages
         # reached 2.1 s, and a docker kill or restart beside it pushed one past the 3 s

@@ -67,7 +67,7 @@ def test_every_container_is_healthy_and_ready(stack: Stack) -> None:
     services = {c["Config"]["Labels"]["com.docker.compose.service"] for c in containers}
     assert services == CPU_MESH, services
     assert set(stack.health().values()) == {"healthy"}, stack.health()
-    # Only nginx publishes, and only on loopback.
+    # Only nginx (HTTP) and the gateway (Wyoming's TCP port) publish, only on loopback.
     for container in containers:
         published = [
             b
@@ -78,6 +78,10 @@ def test_every_container_is_healthy_and_ready(stack: Stack) -> None:
         if service == "nginx":
             assert [(b["HostIp"], b["HostPort"]) for b in published] == [
                 ("127.0.0.1", str(stack.port))
+            ]
+        elif service == "gateway":
+            assert [(b["HostIp"], b["HostPort"]) for b in published] == [
+                ("127.0.0.1", stack.env["WYOMING_PORT"])
             ]
         else:
             assert published == [], service
@@ -249,6 +253,33 @@ def test_two_replicas_share_new_sessions_and_a_killed_one_fails_over(stack: Stac
     record("failover_message_after_kill_s", round(t_failover - killed["t"], 2))
     record("failover_next_transcript_s", round(after[0] - t_failover, 2) if after else None)
     record("failover_replayed_ms", failover.get("replayed_ms"))
+
+
+def test_home_assistant_transcribes_through_the_published_wyoming_port(stack: Stack) -> None:
+    """Wyoming as Home Assistant reaches it: the gateway's port on the host's loopback,
+    describe answered, a clip transcribed within the WER bound by the containers."""
+    from wyoming.client import AsyncTcpClient
+    from wyoming.info import Describe, Info
+
+    from tests.wyoming_ha import transcribe
+
+    port = int(stack.env["WYOMING_PORT"])
+
+    async def describe() -> Info:
+        async with AsyncTcpClient("127.0.0.1", port) as client:
+            await client.write_event(Describe().event())
+            event = await asyncio.wait_for(client.read_event(), 30)
+        assert event is not None and Info.is_type(event.type), event
+        return Info.from_event(event)
+
+    info = asyncio.run(describe())
+    assert info.asr and any("base" in m.name for m in info.asr[0].models), info.asr
+    clip = clip_named("whisper-jfk.wav")
+    result = asyncio.run(transcribe("127.0.0.1", port, load_clip_16k(clip.path), realtime=True))
+    assert result.errors == [], result.errors
+    assert (
+        error_rate(clip.text, result.text) <= error_rate(clip.text, offline_transcript(clip)) + 1.0
+    ), result.text
 
 
 def test_down_leaves_nothing_running(stack: Stack) -> None:
