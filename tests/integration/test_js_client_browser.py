@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.harness import REPO, clip_named, error_rate, start_routing_gateway
 from tests.integration.conftest import Mesh
-from tests.integration.test_panel_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.integration.test_panel_browser import page_results
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -49,26 +48,7 @@ def page_url(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
 @pytest.fixture(scope="module")
 def results(page_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """What the test page's calls returned (no JavaScript error allowed on the way)."""
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).is_file(), "run scripts/setup-browser (apt-get install chromium)"
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-js-client")),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-        )
-        try:
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(page_url)
-            page.wait_for_function("() => window.results && window.results.done", timeout=180000)
-            found: dict[str, Any] = page.evaluate("() => window.results")
-        finally:
-            context.close()
-    assert not errors, errors
+    found: dict[str, Any] = page_results(page_url, tmp_path_factory.mktemp("chromium-js-client"))
     return found
 
 

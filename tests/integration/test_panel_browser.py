@@ -55,6 +55,29 @@ ADMIN_KEY = "e2e-admin-key"
 CLIENT_KEY = "e2e-client-key"
 
 
+def page_results(url: str, profile: Path, expression: str = "window.results") -> Any:
+    """Open ``url`` in headless Chromium, wait until the page sets ``window.results.done``,
+    and return ``expression`` evaluated there; a JavaScript error on the way fails."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).is_file(), "run scripts/setup-browser (apt-get install chromium)"
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(url)
+            page.wait_for_function("() => window.results && window.results.done", timeout=180000)
+            found = page.evaluate(f"() => {expression}")
+        finally:
+            context.close()
+    assert not errors, errors
+    return found
+
+
 def fake_capture_wav(path: Path) -> float:
     """The mic clip as Chromium's fake capture wants it: 48 kHz 16-bit mono WAV, padded."""
     audio = load_clip_16k(MIC_CLIP.path)

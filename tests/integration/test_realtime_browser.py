@@ -18,7 +18,7 @@ import pytest
 
 from tests.harness import clip_named, error_rate, offline_transcript, start_routing_gateway
 from tests.integration.conftest import Mesh
-from tests.integration.test_panel_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.integration.test_panel_browser import page_results
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -31,8 +31,6 @@ WER_MARGIN = 1.0
 @pytest.fixture(scope="module")
 def events(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[str, Any]]]:
     """Every event the page received (no JavaScript error allowed on the way)."""
-    from playwright.sync_api import sync_playwright
-
     folder = tmp_path_factory.mktemp("realtime-page")
     shutil.copy(PAGE, folder / "index.html")
     shutil.copy(CLIP.path, folder / "clip.wav")
@@ -42,29 +40,14 @@ def events(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[lis
         VOICEMESH_GATEWAY_CONTROL_PANEL_DIR=str(folder),
     )
     gateway = start_routing_gateway(env, tmp_path_factory.mktemp("realtime-page-logs"))
-    assert Path(CHROMIUM).is_file(), "run scripts/setup-browser (apt-get install chromium)"
     try:
-        with sync_playwright() as playwright:
-            context = playwright.chromium.launch_persistent_context(
-                str(tmp_path_factory.mktemp("chromium-realtime")),
-                executable_path=CHROMIUM,
-                headless=True,
-                args=CHROMIUM_ARGS,
-            )
-            try:
-                page = context.new_page()
-                errors: list[str] = []
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                page.goto(f"{gateway.url}/?key={KEY}")
-                page.wait_for_function(
-                    "() => window.results && window.results.done", timeout=180000
-                )
-                found: list[dict[str, Any]] = page.evaluate("() => window.results.events")
-            finally:
-                context.close()
+        found: list[dict[str, Any]] = page_results(
+            f"{gateway.url}/?key={KEY}",
+            tmp_path_factory.mktemp("chromium-realtime"),
+            "window.results.events",
+        )
     finally:
         gateway.stop()
-    assert not errors, errors
     yield found
 
 

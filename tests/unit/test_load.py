@@ -164,6 +164,7 @@ async def test_ready_jobs_of_one_kind_share_a_batched_call_and_keep_their_result
     assert [r.text for r in results] == [str(1000 + i) for i in range(5)]
     assert max(engine.calls) >= 2, engine.calls
     assert sum(engine.calls) == 5
+    assert scheduler.recent_batch == pytest.approx(5 / len(engine.calls))
     assert scheduler.meter.partials_waiting == 0
 
 

@@ -138,6 +138,11 @@ class DecodeScheduler:
         return self._busy
 
     @property
+    def recent_batch(self) -> float | None:
+        """Mean size of recent decode calls (1.0 without batching); None before any."""
+        return round(float(np.mean(self.batches)), 2) if self.batches else None
+
+    @property
     def recent_rtf(self) -> float | None:
         """Mean real-time factor (decode seconds per audio second) of recent decodes."""
         return round(float(np.mean(self._rtf)), 3) if self._rtf else None

@@ -132,6 +132,7 @@ async def health(state: Stt) -> JSONResponse:
         "latency_ms": state.scheduler.recent_latency_ms,
         "load": state.scheduler.meter.summary(),
         "batch_max": state.scheduler.batch_max,
+        "batch_mean": state.scheduler.recent_batch,
         "model_load_time_ms": state.model_load_ms,
         "registry": registry_status(state.heartbeat),
     }
