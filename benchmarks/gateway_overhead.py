@@ -24,67 +24,36 @@ import json
 import struct
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import websockets
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 
-from tests.harness import RedisServer, ServiceProcess, free_port
-from voicemesh.registry import RegistryClient, ReplicaInfo, ReplicaLoad
+from tests.harness import (
+    RedisServer,
+    ServiceProcess,
+    WebSocketServerThread,
+    fake_stt_entry,
+    free_port,
+    register_replicas,
+)
+from voicemesh.registry import ReplicaInfo
 
 FRAME_MS = 40
 FRAME_BYTES = 16 * FRAME_MS * 2
 
 
-class EchoStt:
+class EchoStt(WebSocketServerThread):
     """A fake STT replica on its own thread and event loop: answers each frame at once."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: object = None
-        self._thread = threading.Thread(target=self._run, name="echo-stt", daemon=True)
-
-    def __enter__(self) -> EchoStt:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        super().__init__(self._session, "echo-stt")
 
     def replica(self) -> ReplicaInfo:
         """Its registry entry, as a replica's heartbeat writes it."""
-        now = time.time()
-        return ReplicaInfo(
-            instance_id="echo-stt-fake",
-            kind="stt_cpu_ws",
-            url=self.url,
-            device="cpu",
-            model="fake",
-            engine="fake",
-            capabilities=["stream"],
-            load=ReplicaLoad(max_sessions=1024),
-            started_at=now,
-            updated_at=now,
-        )
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-
-        async def start() -> None:
-            self._server = await serve(self._session, "127.0.0.1", self.port, compression=None)
-
-        loop.run_until_complete(start())
-        self._ready.set()
-        loop.run_forever()
+        return fake_stt_entry("echo-stt-fake", self.url, max_sessions=1024)
 
     async def _session(self, ws: ServerConnection) -> None:
         await ws.send(json.dumps({"type": "ready", "engine": "fake", "device": "cpu"}))
@@ -167,13 +136,7 @@ def main() -> int:
     }
     gateway = ServiceProcess("gateway", free_port(), env, home)
     with EchoStt() as echo:
-
-        async def register() -> None:
-            registry = RegistryClient(server.url, ttl_s=3600.0)
-            await registry.register(echo.replica())
-            await registry.close()
-
-        asyncio.run(register())
+        register_replicas(server.url, echo.replica())
         gateway.start()
         try:
             gateway.wait_healthy()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client.streaming import stream_audio
+from voicemesh.internal_token import internal_headers_from_environment
 
 if TYPE_CHECKING:
     from client.bench import BenchConfig
@@ -37,7 +38,12 @@ def _encoding(name: str) -> Any:
 
 
 def _headers(args: argparse.Namespace) -> dict[str, str] | None:
-    return {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
+    # Straight to an engine (its /ws/transcribe) needs the mesh's internal token: sent when
+    # this environment has one (VOICEMESH_INTERNAL_TOKEN or its _FILE), as the gateway does.
+    headers = internal_headers_from_environment()
+    if args.api_key:
+        headers["Authorization"] = f"Bearer {args.api_key}"
+    return headers or None
 
 
 def _printer(show_partials: bool) -> Callable[[float, dict[str, Any]], None]:

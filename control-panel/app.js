@@ -1,95 +1,28 @@
-/* VoiceMesh control panel: dashboard, routing-mode toggle, mic test, TTS and Clone tabs.
+/* VoiceMesh control panel: dashboard, routing-mode toggle, mic test, TTS and Clone tabs;
+ * the ASR models, Benchmark, Settings and Logs tabs are in admin-tabs.js.
  *
- * Talks only to the gateway it was served from (or ?gateway=http://host:port). Keys the
- * user types are kept in localStorage and sent as "Authorization: Bearer" on HTTP and as
- * ?api_key= on WebSockets (browsers cannot set headers there). The dashboard and the mode
- * toggle use the admin key when one is given, the API key otherwise.
+ * Talks only to the gateway it was served from (or ?gateway=http://host:port), through
+ * voicemesh.js (common.js). Keys the user types are kept in localStorage and sent as
+ * "Authorization: Bearer" on HTTP and as ?api_key= on WebSockets (browsers cannot set
+ * headers there). The dashboard and the admin tabs use the admin key when one is given,
+ * the API key otherwise.
  */
-"use strict";
-
-const $ = (id) => document.getElementById(id);
-const GATEWAY = (new URLSearchParams(location.search).get("gateway") || location.origin).replace(/\/$/, "");
-const WS_BASE = GATEWAY.replace(/^http/, "ws");
-const KEY_STORE = { api: "voicemesh.apiKey", admin: "voicemesh.adminKey" };
+import {
+  $, GATEWAY, KEY_STORE, WS_BASE, api, apiError, banner, client, epochSeconds, esc, explain,
+  formatDuration, show, withClient,
+} from "./common.js";
+import { adminTabs, logEvent, showResources } from "./admin-tabs.js";
+import { microphoneFrames } from "./voicemesh.js";
 
 const panel = {
   status: null,          // last status_update
   mode: null,            // mode the gateway reports
   failovers: 0,
   previous: null,        // {ts, total} for the request-rate chart
-  statusSocket: null,
+  statusFeed: null,      // AbortController of the live status feed
   retryDelay: 1000,
   voices: [],
 };
-
-// ------------------------------------------------------------------ keys and errors
-
-function apiKey() { return localStorage.getItem(KEY_STORE.api) || ""; }
-function adminKey() { return localStorage.getItem(KEY_STORE.admin) || apiKey(); }
-
-function authHeaders(key) { return key ? { Authorization: `Bearer ${key}` } : {}; }
-
-function wsUrl(path, key) {
-  return `${WS_BASE}${path}${key ? `?api_key=${encodeURIComponent(key)}` : ""}`;
-}
-
-/** A sentence a person can act on, from an HTTP status and the gateway's error body. */
-function explain(status, body, what) {
-  const err = (body && body.error) || {};
-  const detail = err.message ? ` (${err.message})` : "";
-  if (status === 401) return `${what}: the API key is missing or wrong. Enter it at the top and save.${detail}`;
-  if (status === 403) return `${what}: this needs the admin key. Enter it at the top and save.${detail}`;
-  if (status === 404) return `${what}: this gateway has no such route; the service is not deployed here.`;
-  if (status === 429) return `${what}: too many requests; try again in ${err.retry_after || "a few"} s.`;
-  if (status === 502 || status === 503 || status === 504) {
-    return `${what}: the service is down or unreachable${detail}.`;
-  }
-  if (status === 0) return `${what}: cannot reach the gateway at ${GATEWAY}${detail}.`;
-  return `${what}: error ${status}${detail}.`;
-}
-
-class ApiError extends Error {
-  constructor(status, body, what) {
-    super(explain(status, body, what));
-    this.status = status;
-    this.body = body;
-  }
-}
-
-/** fetch() against the gateway with a key; JSON in and out unless told otherwise. */
-async function api(path, { method = "GET", json, form, key = apiKey(), what = path, raw = false } = {}) {
-  const headers = authHeaders(key);
-  let body;
-  if (json !== undefined) { headers["Content-Type"] = "application/json"; body = JSON.stringify(json); }
-  if (form !== undefined) body = form;
-  let response;
-  try {
-    response = await fetch(GATEWAY + path, { method, headers, body });
-  } catch (exc) {
-    throw new ApiError(0, { error: { message: String(exc.message || exc) } }, what);
-  }
-  if (!response.ok) {
-    let errorBody = null;
-    try { errorBody = await response.json(); } catch (_) { /* not JSON */ }
-    throw new ApiError(response.status, errorBody, what);
-  }
-  if (raw) return response;
-  return response.json();
-}
-
-function banner(message, kind = "error") {
-  const el = $("banner");
-  if (!message) { el.hidden = true; el.textContent = ""; return; }
-  el.hidden = false;
-  el.className = kind === "info" ? "banner info" : "banner";
-  el.textContent = message;
-}
-
-function show(id, message, bad = false) {
-  const el = $(id);
-  el.textContent = message;
-  el.style.color = bad ? "var(--bad)" : "";
-}
 
 // ------------------------------------------------------------------ tabs
 
@@ -99,6 +32,7 @@ function selectTab(name) {
   if (name === "tts" && !panel.voices.length) loadVoices();
   if (name === "clone") loadClonedVoices();
   if (name === "dashboard") Object.values(charts).forEach((c) => c.draw());
+  adminTabs.opened(name);
 }
 
 // ------------------------------------------------------------------ dashboard
@@ -109,36 +43,37 @@ const charts = {
   latency: new LiveChart($("chart-latency"), [{ label: "avg", color: "#15803d" }, { label: "p95", color: "#b45309" }]),
 };
 
-function connectStatus() {
-  if (panel.statusSocket) panel.statusSocket.close();
-  const socket = new WebSocket(wsUrl("/v1/ws/status", adminKey()));
-  panel.statusSocket = socket;
-  let refusal = null;
+/** Follow WS /v1/ws/status through the client's streamStatus(); reconnect with backoff. */
+async function connectStatus() {
+  if (panel.statusFeed) panel.statusFeed.abort();
+  const feed = new AbortController();
+  panel.statusFeed = feed;
   setConn("connecting…", "warn");
-  socket.onopen = () => { panel.retryDelay = 1000; };
-  socket.onmessage = (event) => {
-    const message = JSON.parse(event.data);
-    if (message.type === "status_update") {
-      if (panel.statusSocket === socket) { setConn("live", "ok"); banner(null); }
-      onStatus(message);
-    } else if (message.type === "error") {
-      refusal = message;
-    } else {
-      onEvent(message);
+  let failure = null;
+  try {
+    for await (const event of client().streamStatus({ signal: feed.signal })) {
+      if (feed.signal.aborted) return;
+      panel.retryDelay = 1000;
+      if (event.type === "status_update") {
+        setConn("live", "ok");
+        banner(null);
+        onStatus(event);
+      } else {
+        onEvent(event);
+      }
     }
-  };
-  socket.onclose = (event) => {
-    if (panel.statusSocket !== socket) return; // replaced by a newer connection
-    let text;
-    if (event.code === 4401) text = explain(401, { error: refusal || {} }, "Live status");
-    else if (event.code === 4403) text = explain(403, { error: refusal || {} }, "Live status");
-    else text = `Live status: lost the gateway at ${GATEWAY}${refusal ? ` (${refusal.message})` : ""}; retrying in ${Math.round(panel.retryDelay / 1000)} s.`;
-    banner(text);
-    setConn(event.code === 4401 || event.code === 4403 ? "key refused" : "offline", "bad");
-    const delay = panel.retryDelay;
-    panel.retryDelay = Math.min(panel.retryDelay * 2, 15000);
-    setTimeout(() => { if (panel.statusSocket === socket) connectStatus(); }, delay);
-  };
+  } catch (exc) {
+    failure = apiError(exc, "Live status");
+  }
+  if (feed.signal.aborted || panel.statusFeed !== feed) return; // replaced by a newer feed
+  const refused = failure && (failure.status === 4401 || failure.status === 4403);
+  const reason = failure && failure.body.error.message ? ` (${failure.body.error.message})` : "";
+  banner(refused ? failure.message
+    : `Live status: lost the gateway at ${GATEWAY}${reason}; retrying in ${Math.round(panel.retryDelay / 1000)} s.`);
+  setConn(refused ? "key refused" : "offline", "bad");
+  const delay = panel.retryDelay;
+  panel.retryDelay = Math.min(panel.retryDelay * 2, 15000);
+  setTimeout(() => { if (panel.statusFeed === feed) connectStatus(); }, delay);
 }
 
 function setConn(text, kind) {
@@ -147,8 +82,17 @@ function setConn(text, kind) {
   el.className = `badge badge-${kind}`;
 }
 
-function onStatus(status) {
+/** The gateway's whole status inside a status_update's data (its services, mode, requests). */
+function fullStatus(data) {
+  if (data.services) return data;
+  return Object.values(data).find((v) => v && typeof v === "object" && v.services) || data;
+}
+
+function onStatus(event) {
+  const status = { ...fullStatus(event.data), ts: epochSeconds(event.timestamp) };
   panel.status = status;
+  showResources(event.data, status);
+  adminTabs.status(status);
   setMode(status.mode);
   $("mode-source").textContent = `as gateway ${status.instance_id || "?"} reports it`;
   const requests = status.requests || {};
@@ -216,11 +160,13 @@ function renderServices(services) {
     '<tr><td colspan="7" class="note">no service is registered: is <code>voicemesh up</code> running?</td></tr>';
 }
 
-function onEvent(event) {
+function onEvent(message) {
+  logEvent(message);
+  const event = message.data || {};
   const list = $("events");
-  const when = new Date((event.ts || Date.now() / 1000) * 1000).toLocaleTimeString();
+  const when = new Date(epochSeconds(message.timestamp) * 1000).toLocaleTimeString();
   let text;
-  switch (event.type) {
+  switch (message.type) {
     case "failover":
       panel.failovers += 1;
       $("t-failovers").textContent = panel.failovers;
@@ -234,12 +180,12 @@ function onEvent(event) {
       break;
     case "request_completed":
       if (!event.failovers) return; // only the interesting ones
-      text = `${event.kind} finished after ${event.failovers} failover(s)`;
+      text = `${event.kind || event.type} finished after ${event.failovers} failover(s)`;
       break;
-    default: return;
+    default: adminTabs.event(message); return;
   }
   const item = document.createElement("li");
-  item.className = `ev-${event.type}`;
+  item.className = `ev-${message.type}`;
   item.textContent = `${when}  ${text}`;
   list.prepend(item);
   while (list.children.length > 200) list.lastChild.remove();
@@ -252,21 +198,33 @@ function setMode(mode) {
   document.querySelectorAll("#mode-toggle button").forEach((b) => b.classList.toggle("active", b.dataset.mode === mode));
 }
 
-async function changeMode(mode) {
-  show("mode-message", `switching to ${mode}…`);
+async function changeMode(mode, messageId = "mode-message") {
+  show(messageId, `switching to ${mode}…`);
   try {
-    const answer = await api("/v1/admin/mode", { method: "POST", json: { mode }, key: adminKey(), what: "Mode change" });
+    const answer = await withClient("Mode change", (vm) => vm.setMode(mode));
     setMode(answer.mode);
-    show("mode-message", `mode ${answer.previous} → ${answer.mode} (${answer.scope === "shared" ? "every gateway" : "this gateway only"})`);
+    show(messageId, `mode ${answer.previous} → ${answer.mode} (${answer.scope === "shared" ? "every gateway" : "this gateway only"})`);
   } catch (exc) {
-    show("mode-message", exc.message, true);
+    show(messageId, exc.message, true);
   }
 }
 
 // ------------------------------------------------------------------ mic test
 
-const mic = { socket: null, context: null, stream: null, node: null, sentSamples: 0, t0: 0, finals: 0 };
+const mic = { frames: null, stream: null, sentSamples: 0, t0: 0, finals: 0, active: false };
 
+/** Frames of the microphone, drawn on the level meter and counted on their way out. */
+async function* metered(frames) {
+  for await (const frame of frames) {
+    let peak = 0;
+    for (let i = 0; i < frame.length; i++) peak = Math.max(peak, Math.abs(frame[i]));
+    drawLevel(peak / 32768);
+    mic.sentSamples += frame.length;
+    yield frame;
+  }
+}
+
+/** The mic test: the microphone through voicemesh.js's microphoneFrames and streamTranscription. */
 async function startMic() {
   $("mic-start").disabled = true;
   $("mic-finals").innerHTML = "";
@@ -286,47 +244,40 @@ async function startMic() {
     $("mic-start").disabled = false;
     return;
   }
-  try {
-    mic.context = new AudioContext({ sampleRate: 16000 });
-  } catch (_) {
-    mic.context = new AudioContext(); // the worklet downsamples from the device rate
-  }
-  await mic.context.audioWorklet.addModule("pcm-worklet.js");
-  const source = mic.context.createMediaStreamSource(mic.stream);
-  mic.node = new AudioWorkletNode(mic.context, "pcm16-downsampler");
-  source.connect(mic.node);
+  mic.frames = microphoneFrames(mic.stream, { workletUrl: "pcm-worklet.js" });
+  await mic.frames.start(); // captured from now on: nothing said before the session opens is lost
   mic.sentSamples = 0;
   mic.finals = 0;
   mic.t0 = 0;
+  mic.active = true;
   setMicState("connecting", "warn");
-  const socket = new WebSocket(wsUrl("/ws/transcribe", apiKey()));
-  socket.binaryType = "arraybuffer";
-  mic.socket = socket;
-  socket.onmessage = (event) => onMicMessage(JSON.parse(event.data));
-  socket.onclose = (event) => {
-    if (mic.socket !== socket) return;
-    const why = event.code === 4401 ? explain(401, null, "Mic test")
-      : event.code === 1013 ? "Mic test: no STT service could take the session (down or busy)."
-      : event.code === 1000 ? "" : `Mic test: the connection closed (${event.code}).`;
-    if (why) show("mic-info", why, true);
+  const language = $("mic-language").value || undefined;
+  try {
+    for await (const message of client().streamTranscription(metered(mic.frames), { language })) {
+      onMicMessage(message);
+    }
+  } catch (exc) {
+    show("mic-info", micFailure(exc), true);
+  } finally {
+    mic.active = false;
     stopCapture();
     setMicState("idle", "");
-  };
-  socket.onerror = () => show("mic-info", `Mic test: cannot reach ${WS_BASE}/ws/transcribe.`, true);
-  mic.node.port.onmessage = ({ data }) => {
-    drawLevel(data.peak);
-    if (socket.readyState !== WebSocket.OPEN || !mic.t0) return;
-    socket.send(data.pcm);
-    mic.sentSamples += data.pcm.byteLength / 2;
-  };
+  }
+}
+
+/** Why a mic session ended early, in words. */
+function micFailure(exc) {
+  const error = apiError(exc, "Mic test");
+  if (error.status === 4401 || error.status === 401) return explain(401, null, "Mic test");
+  if (error.status === 1013) return "Mic test: no STT service could take the session (down or busy).";
+  if (error.code === "connection_failed") return `Mic test: cannot reach ${WS_BASE}/ws/transcribe.`;
+  return error.body.error.message ? `Mic test: ${error.body.error.message}` : error.message;
 }
 
 function onMicMessage(message) {
   const now = performance.now();
   switch (message.type) {
-    case "ready":
-      mic.socket.send(JSON.stringify({ type: "start", sample_rate: 16000, encoding: "pcm_s16le",
-        language: $("mic-language").value || null }));
+    case "ready": // the client sends the start message and then the audio
       mic.t0 = now;
       setMicState(`streaming → ${message.engine}/${message.device}`, "ok");
       $("mic-stop").disabled = false;
@@ -358,19 +309,18 @@ function onMicMessage(message) {
 }
 
 function stopMic() {
+  // Ending the frames makes the client send "stop": the open utterance is finalized, then
+  // the session closes and startMic's loop ends.
   $("mic-stop").disabled = true;
-  if (mic.socket && mic.socket.readyState === WebSocket.OPEN) {
-    mic.socket.send(JSON.stringify({ type: "stop" }));
-    setMicState("finishing", "warn");
-  }
+  if (mic.active) setMicState("finishing", "warn");
   stopCapture();
 }
 
 function stopCapture() {
+  if (mic.frames) mic.frames.stop();
   if (mic.stream) mic.stream.getTracks().forEach((t) => t.stop());
-  if (mic.context) mic.context.close();
-  mic.stream = null; mic.context = null; // t0 stays: finals after a stop still get their latency
-  $("mic-start").disabled = false;
+  mic.frames = null; mic.stream = null; // t0 stays: finals after a stop still get their latency
+  $("mic-start").disabled = mic.active;
   $("mic-stop").disabled = true;
 }
 
@@ -484,8 +434,14 @@ function volumeDb() {
   return gain <= 0.001 ? -60 : Math.max(-60, Math.min(20, 20 * Math.log10(gain)));
 }
 
-function ttsPayload(text, voice) {
-  return { text, voice, speed: Number($("tts-speed").value), volume_db: volumeDb(), format: "wav" };
+/** POST /v1/tts/synthesize through the client: {url, info} for an <audio> element. */
+async function speak(text, voice, what) {
+  const result = await withClient(what, (vm) => vm.synthesize(text, {
+    voiceId: voice, speed: Number($("tts-speed").value), volumeDb: volumeDb(), format: "wav" }));
+  if (!result.audio.size) throw new Error(`${what}: the service returned empty audio`);
+  const rtf = result.rtf !== null ? ` · RTF ${result.rtf}` : "";
+  const info = `${(result.audio.size / 1024).toFixed(0)} KiB${result.engine ? ` · ${result.engine}` : ""}${rtf}`;
+  return { url: URL.createObjectURL(result.audio), info };
 }
 
 async function runTts() {
@@ -495,7 +451,7 @@ async function runTts() {
   $("tts-go").disabled = true;
   const started = performance.now();
   try {
-    const result = await synthesize("/v1/tts/synthesize", ttsPayload(text, $("tts-voice").value), "TTS");
+    const result = await speak(text, $("tts-voice").value, "TTS");
     play("tts-audio", result);
     show("tts-info", `${result.info} · ${Math.round(performance.now() - started)} ms`);
   } catch (exc) {
@@ -509,8 +465,7 @@ async function playVoice(voice) {
   $("tts-voice").value = voice;
   show("tts-info", `playing a sample of ${voice}…`);
   try {
-    const text = "Hello, this is how I sound.";
-    const result = await synthesize("/v1/tts/synthesize", ttsPayload(text, voice), `Voice ${voice}`);
+    const result = await speak("Hello, this is how I sound.", voice, `Voice ${voice}`);
     play("tts-audio", result);
     show("tts-info", `${voice}: ${result.info}`);
   } catch (exc) {
@@ -518,26 +473,29 @@ async function playVoice(voice) {
   }
 }
 
+/** POST /v1/tts/compare through the client; each side's audio fetched from its audio_url. */
 async function runCompare() {
   const text = $("tts-text").value.trim() || "Hello from VoiceMesh.";
   const voices = [$("ab-a").value, $("ab-b").value];
   show("ab-a-info", "…"); show("ab-b-info", "…");
   try {
     const speed = Number($("tts-speed").value);
-    const answer = await api("/v1/tts/compare", { method: "POST", what: "A/B compare",
-      json: { text, candidates: voices.map((voice) => ({ voice, speed })), format: "wav" } });
-    const items = answer.candidates || answer.results || [];
-    const best = answer.recommendation ? answer.recommendation.index : null;
-    ["a", "b"].forEach((side, i) => {
-      const item = items[i] || {};
-      const b64 = item.audio_base64 || item.audio;
-      if (!b64) { show(`ab-${side}-info`, item.error ? item.error.message || String(item.error) : "no audio", true); return; }
-      const url = URL.createObjectURL(base64Blob(b64, item.content_type || "audio/wav"));
-      $(`ab-${side}-audio`).src = url;
-      const rtf = item.rtf !== undefined ? ` · RTF ${item.rtf}` : "";
-      const length = item.duration_s !== undefined ? ` · ${item.duration_s} s` : "";
-      show(`ab-${side}-info`, `${item.voice || voices[i]}${item.engine ? ` · ${item.engine}` : ""}${length}${rtf}${best === i ? " · recommended" : ""}`);
+    const answer = await withClient("A/B compare", async (vm) => {
+      const compared = await vm.compareVoices(text, voices.map((voice) => ({ voice_id: voice, speed })), { format: "wav" });
+      const audio = await Promise.all(compared.results.map((r) => vm.fetchAudio(r.audio_url)));
+      return { ...compared, audio };
     });
+    ["a", "b"].forEach((side, i) => {
+      const item = answer.results[i];
+      const blob = answer.audio[i];
+      if (!item || !blob || !blob.size) { show(`ab-${side}-info`, "no audio", true); return; }
+      $(`ab-${side}-audio`).src = URL.createObjectURL(blob);
+      const m = item.metrics || {};
+      const rtf = m.rtf !== null && m.rtf !== undefined ? ` · RTF ${m.rtf}` : "";
+      const length = m.duration_seconds !== null && m.duration_seconds !== undefined ? ` · ${m.duration_seconds} s` : "";
+      show(`ab-${side}-info`, `${item.voice_name || item.voice || voices[i]}${length}${rtf}${item.preferred ? " · recommended" : ""}`);
+    });
+    $("ab-reason").textContent = answer.recommendation ? answer.recommendation.reason : "";
   } catch (exc) {
     show("ab-a-info", exc.message, true); show("ab-b-info", "", false);
   }
@@ -615,16 +573,6 @@ async function runClone() {
 
 // ------------------------------------------------------------------ helpers and wiring
 
-function esc(value) {
-  return String(value ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
-}
-
-function formatDuration(seconds) {
-  const s = Math.floor(seconds || 0);
-  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
-  return h ? `${h} h ${m} min` : m ? `${m} min ${s % 60} s` : `${s} s`;
-}
-
 function wire() {
   $("api-key").value = localStorage.getItem(KEY_STORE.api) || "";
   $("admin-key").value = localStorage.getItem(KEY_STORE.admin) || "";
@@ -655,6 +603,7 @@ function wire() {
   $("clone-go").addEventListener("click", runClone);
   $("clone-reload").addEventListener("click", () => loadClonedVoices());
   window.addEventListener("resize", () => Object.values(charts).forEach((c) => c.draw()));
+  adminTabs.wire({ changeMode });
   connectStatus();
 }
 

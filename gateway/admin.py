@@ -1,13 +1,16 @@
 """The operator's side of the gateway: admin API, live status, readiness, request metrics.
 
-* ``GET /v1/admin/status``: uptime, version, the gateway process's memory and CPU,
-  services and their replicas, routing mode, request stats;
+* ``GET /v1/admin/status``: the specification's fields (:mod:`gateway.admin_stats`:
+  status, usage summed over the mesh, loaded models, request stats), then uptime,
+  version, the gateway process's memory and CPU, services and their replicas,
+  routing mode and request stats by kind;
 * ``GET /v1/admin/services``: the replicas and the order new sessions try them;
 * ``GET``/``POST /v1/admin/mode``: the STT routing mode, stored in Redis so that
   every gateway replica follows it;
-* ``WS /v1/ws/status``: a ``status_update`` every ``status_interval_s`` and every
-  gateway event as it happens (``request_completed``, ``failover``, ``service_up``,
-  ``service_down``, ``mode_changed``);
+* ``WS /v1/ws/status``: ``{"type", "timestamp", "data"}`` messages: a
+  ``status_update`` every ``status_interval_s`` and every gateway event as it happens
+  (``request_completed``, ``failover``, ``service_up``, ``service_down``,
+  ``mode_changed``, ``config_reloaded``);
 * ``GET /ready``: 200 once an STT backend is routable and the Redis state is known.
 
 :class:`StatusMonitor` runs for the app's lifetime: it turns registry changes into
@@ -32,10 +35,11 @@ from pydantic import BaseModel, ConfigDict
 from starlette.requests import HTTPConnection
 
 import voicemesh
+from gateway.admin_stats import status_fields
 from gateway.auth import AdminPrincipal, admit_follower, require_admin, route_path
 from gateway.deps import GatewayStateDep
 from gateway.routing import choose_backends, load_share
-from gateway.state import GatewayState
+from gateway.state import GatewayState, feed_message
 from voicemesh.http import error_body
 from voicemesh.metrics import GatewayMetrics
 from voicemesh.registry import ReplicaInfo, RoutingMode
@@ -219,15 +223,28 @@ def _replica_event(replica: ReplicaInfo) -> dict[str, Any]:
     }
 
 
+def status_update(state: GatewayState, monitor: StatusMonitor) -> dict[str, Any]:
+    """``data`` of a ``status_update``: the specification's names, then the full status."""
+    status = build_status(state, monitor)
+    return {
+        "memory": status["memory_usage_mb"],
+        "cpu": status["cpu_usage_percent"],
+        **{key: status[key] for key in ("queue_length", "active_requests", "model_status")},
+        **status,
+    }
+
+
 def build_status(state: GatewayState, monitor: StatusMonitor) -> dict[str, Any]:
     """What ``GET /v1/admin/status`` answers and ``status_update`` carries."""
     settings = state.settings
+    process = monitor.process_usage()
     return {
         "service": "gateway",
         "version": voicemesh.__version__,
         "instance_id": settings.instance_id,
         "uptime_s": round(time.time() - state.started_at, 1),
-        "process": monitor.process_usage(),
+        **status_fields(state, process, readiness(state)),
+        "process": process,
         "mode": state.view.mode,
         "redis": registry_state(state),
         "auth": "on" if state.keys.enabled else "off",
@@ -350,11 +367,7 @@ async def status_feed(ws: WebSocket, state: GatewayStateDep, monitor: StatusMoni
             while True:
                 wait = next_update - time.monotonic()
                 if wait <= 0:
-                    update = {
-                        "type": "status_update",
-                        "ts": round(time.time(), 3),
-                        **build_status(state, monitor),
-                    }
+                    update = feed_message("status_update", status_update(state, monitor))
                     await ws.send_text(_compact(update))
                     next_update += interval
                     continue
@@ -389,11 +402,18 @@ def count_requests(app: FastAPI, metrics: GatewayMetrics) -> None:
     async def _count(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
+        # Absent before the lifespan ran (an app asked only for its OpenAPI document).
+        state: GatewayState | None = getattr(request.app.state, "gateway", None)
+        if state is not None:
+            state.in_flight_requests += 1
         try:
             response = await call_next(request)
         except Exception:
             metrics.http_requests.labels(_route_label(request), "500").inc()
             raise
+        finally:
+            if state is not None:
+                state.in_flight_requests -= 1
         metrics.http_requests.labels(_route_label(request), str(response.status_code)).inc()
         return response
 

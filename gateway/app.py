@@ -13,7 +13,20 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, FastAPI, WebSocket
 from fastapi.responses import JSONResponse
 
-from gateway import admin, asr, auth, clone, realtime, transcriptions, tts, tts_api
+from gateway import (
+    admin,
+    admin_config,
+    admin_models,
+    asr,
+    auth,
+    benchmark_api,
+    clone,
+    realtime,
+    transcriptions,
+    tts,
+    tts_api,
+)
+from gateway.benchmark_runner import BenchmarkRunner
 from gateway.deps import GatewayStateDep
 from gateway.panel import mount_control_panel
 from gateway.registry_view import RegistryView, static_replicas
@@ -22,12 +35,14 @@ from gateway.session_client import new_session_id
 from gateway.settings import GatewaySettings, get_settings
 from gateway.state import GatewayState
 from gateway.stream import GatewayStream
+from gateway.upload_deadline import UploadDeadline
 from gateway.wyoming_server import WyomingServer
 from voicemesh.http import install_http_basics
+from voicemesh.internal_token import internal_headers
 from voicemesh.lifecycle import apply_log_level
 from voicemesh.metrics import GatewayMetrics
 from voicemesh.registry import RegistryClient
-from voicemesh.wire import ClientSocket
+from voicemesh.wire import ClientSocket, IdleLimits
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -45,6 +60,7 @@ def build_view(settings: GatewaySettings) -> RegistryView:
         static=static,
         probe_interval_s=settings.probe_interval_s,
         failed_hold_s=settings.failed_hold_s,
+        engine_headers=internal_headers(settings.internal_token),
     )
 
 
@@ -92,7 +108,8 @@ async def transcribe(ws: WebSocket, state: GatewayStateDep) -> None:
         return  # refused: the client got an error message and a close code
     async with slot:
         session_id = new_session_id()
-        client = ClientSocket(ws, metrics=state.metrics, name=session_id)
+        idle = IdleLimits(state.settings.idle_ready_s, state.settings.idle_session_s)
+        client = ClientSocket(ws, metrics=state.metrics, name=session_id, idle=idle)
         await GatewayStream(client, state, session_id).run()
 
 
@@ -131,14 +148,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.gateway = state
         monitor = admin.StatusMonitor(state)
         app.state.status_monitor = monitor
+        benchmarks = BenchmarkRunner(state)
+        app.state.benchmarks = benchmarks
+        follower = admin_config.ConfigFollower(state)
+        app.state.config_follower = follower
         await view.start()
         await monitor.start()
+        await follower.start()
         wyoming = await start_wyoming(state)
         try:
             yield
         finally:
             if wyoming is not None:
                 await wyoming.stop()
+            await benchmarks.stop()
+            await follower.stop()
             await monitor.stop()
             await view.stop()
             await state.http.aclose()
@@ -148,7 +172,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         title="VoiceMesh gateway", lifespan=lifespan, dependencies=[Depends(auth.guard_http)]
     )
     install_http_basics(app, metrics)
+    app.add_middleware(UploadDeadline, timeout_s=settings.upload_read_timeout_s)
     auth.install_access_errors(app)
+    benchmark_api.install_benchmark_errors(app)
     admin.count_requests(app, metrics)
     app.include_router(transcriptions.router)
     app.include_router(asr.router)
@@ -156,10 +182,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(tts_api.router)
     app.include_router(clone.router)
     app.include_router(admin.router)
+    app.include_router(admin_config.router)
+    app.include_router(admin_models.router)
     app.include_router(realtime.router)
+    app.include_router(benchmark_api.router)
 
     app.include_router(router)
 
     # Last: the panel's catch-all mount at / must come after every route.
-    mount_control_panel(app, settings.control_panel_dir)
+    mount_control_panel(app, settings.control_panel_dir, settings.client_js_dir)
     return app

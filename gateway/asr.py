@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from gateway.asr_models import check_model, list_models, transcribe_model, transcribes_with
+from gateway.asr_models import check_model, list_models, narrow, transcribe_model
 from gateway.deps import GatewayStateDep
 from gateway.proxy import (
     BackendCall,
@@ -131,7 +131,7 @@ def model_choice(state: GatewayState, model: str | None) -> Choose:
         ordered = choose_backends(
             mode, replicas, capability="transcribe", gpu_max_load=settings.gpu_max_load
         )
-        return [r for r in ordered if not model or transcribes_with(r, model)]
+        return narrow(ordered, model, state.view.default_model)
 
     return choose
 
@@ -197,7 +197,7 @@ def mesh_asr_models(state: GatewayState) -> list[dict[str, Any]]:
     routable = {r.instance_id for r in view.snapshot()}
     held = {r.instance_id for r in known} - routable
     default_route = model_choice(state, None)(view.snapshot())
-    return list_models(known, held, default_route)
+    return list_models(known, held, default_route, view.default_model)
 
 
 @router.get("/v1/asr/models")

@@ -6,20 +6,25 @@ an STT replica (``stt_cpu_ws``, ``stt_gpu_ws``) its Whisper model for ``transcri
 ``confirm`` only. A replica that predates that list, or a static one, counts by its
 ``model`` field. :func:`list_models` is what ``GET /v1/asr/models`` answers;
 :func:`transcribers` picks the replicas that can serve a requested model, or says
-why none can (404 unknown, 409 known but no replica transcribes with it).
+why none can (404 unknown, 409 known but no replica transcribes with it loaded).
+A replica's per-model status is the one it reports (``AsrModel.status``: the admin
+unloads and loads models, :mod:`gateway.admin_models`), unless the replica itself
+is down or draining. :func:`narrow` applies a requested model, or the mesh's
+default one when the request names none.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+from gateway.routing import model_ready
 from voicemesh.assets.catalogue import CATALOGUE
 from voicemesh.errors import ModelConflict, UnknownModel
-from voicemesh.registry import AsrModel, ReplicaInfo
+from voicemesh.registry import AsrModel, ModelStatus, ReplicaInfo
 
-ReplicaStatus = Literal["loaded", "loading", "unloaded", "failed"]
+ReplicaStatus = ModelStatus
 STATUS_ORDER: tuple[ReplicaStatus, ...] = ("loaded", "loading", "failed", "unloaded")
 """A model's summary status is the first of these that one of its replicas has."""
 STT_KINDS = ("stt_cpu_ws", "stt_gpu_ws")
@@ -56,13 +61,16 @@ def transcribe_model(replica: ReplicaInfo) -> AsrModel | None:
     return next((m for m in models_of(replica) if m.use == "transcribe"), None)
 
 
-def replica_status(replica: ReplicaInfo, held: bool) -> ReplicaStatus:
-    """``failed`` when unhealthy or held out after a failure, ``unloaded`` when draining."""
+def replica_status(
+    replica: ReplicaInfo, held: bool, model: AsrModel | None = None
+) -> ReplicaStatus:
+    """``failed`` when unhealthy or held out after a failure, ``unloaded`` when draining,
+    else what the replica reports for ``model``."""
     if not replica.healthy or held:
         return "failed"
     if replica.draining:
         return "unloaded"
-    return "loaded"
+    return model.status if model is not None else "loaded"
 
 
 def summary_status(statuses: Iterable[ReplicaStatus]) -> ReplicaStatus:
@@ -88,7 +96,7 @@ class Holding:
 def holdings(replicas: Iterable[ReplicaInfo], held_ids: set[str]) -> list[Holding]:
     """Every (replica, model) pair of the snapshot, with the replica's status."""
     return [
-        Holding(r, m, replica_status(r, r.instance_id in held_ids))
+        Holding(r, m, replica_status(r, r.instance_id in held_ids, m))
         for r in replicas
         for m in models_of(r)
     ]
@@ -123,6 +131,7 @@ def describe_model(name: str, held: list[Holding], *, default: bool) -> dict[str
                 "device": h.replica.device,
                 "use": h.model.use,
                 "status": h.status,
+                "error": h.model.error,
                 "model_load_time_ms": h.model.load_ms,
                 "rtf": h.replica.load.rtf,
                 "latency_ms": h.replica.load.latency_ms,
@@ -133,14 +142,18 @@ def describe_model(name: str, held: list[Holding], *, default: bool) -> dict[str
 
 
 def list_models(
-    replicas: list[ReplicaInfo], held_ids: set[str], default_route: list[ReplicaInfo]
+    replicas: list[ReplicaInfo],
+    held_ids: set[str],
+    default_route: list[ReplicaInfo],
+    chosen_default: str | None = None,
 ) -> list[dict[str, Any]]:
     """Every ASR model the registry shows, then the bundled ones no replica holds.
 
-    ``default_route`` is the order a request without ``model`` tries replicas in; the
-    model of its first replica is the default.
+    The default is ``chosen_default`` (the admin's) when set, else the model of the
+    first replica of ``default_route``, the order a request without ``model`` tries.
     """
-    first = transcribe_model(default_route[0]) if default_route else None
+    routed = transcribe_model(default_route[0]) if default_route else None
+    first = AsrModel(name=chosen_default) if chosen_default else routed
     by_name: dict[str, list[Holding]] = {}
     for holding in holdings(replicas, held_ids):
         key = next((n for n in by_name if same_model(holding.model.name, n)), holding.model.name)
@@ -160,6 +173,18 @@ def transcribes_with(replica: ReplicaInfo, model: str) -> bool:
     return held is not None and same_model(model, held.name)
 
 
+def narrow(
+    replicas: list[ReplicaInfo], model: str | None, default: str | None
+) -> list[ReplicaInfo]:
+    """The ``replicas`` that transcribe with ``model``; without one, all of them with the
+    ``default`` model's first (the others still serve when none of those can)."""
+    if model:
+        return [r for r in replicas if transcribes_with(r, model)]
+    if default:
+        return sorted(replicas, key=lambda r: not transcribes_with(r, default))
+    return list(replicas)
+
+
 def check_model(model: str, known: list[ReplicaInfo]) -> None:
     """Refuse a model no replica of ``known`` can transcribe with, saying which can.
 
@@ -167,9 +192,11 @@ def check_model(model: str, known: list[ReplicaInfo]) -> None:
     them holds and no bundled model answers to is :class:`UnknownModel` (404); a known
     model no replica transcribes with is :class:`ModelConflict` (409).
     """
-    if any(transcribes_with(r, model) for r in known):
+    if any(transcribes_with(r, model) and model_ready(r) for r in known):
         return
-    can = sorted({m.name for r in known if (m := transcribe_model(r)) is not None})
+    can = sorted(
+        {m.name for r in known if (m := transcribe_model(r)) is not None and model_ready(r)}
+    )
     silent = any(r.kind in STT_KINDS for r in known)  # static backends name no model
     none = "none reported (leave model out)" if silent else "none (no STT replica is up)"
     offer = ", ".join(can) if can else none

@@ -33,6 +33,8 @@ from gateway.proxy import (
 from gateway.routing import choose_service
 from gateway.state import GatewayState
 from gateway.transcriptions import read_upload
+from voicemesh.clone.synthesis import SynthesizeBody
+from voicemesh.errors import VoiceNotFound
 from voicemesh.protocol import ANONYMOUS, OWNER_HEADER
 
 router = APIRouter()
@@ -47,6 +49,17 @@ CREATE_FIELDS = ("audio", "name", "prompt_text", "language", "consent")
 def is_profile_id(voice: str) -> bool:
     """True when ``voice`` names a cloned-voice profile rather than a catalogue voice."""
     return bool(PROFILE_ID.match(voice))
+
+
+def profile_path(voice_id: str) -> str:
+    """``tts_clone``'s path of profile ``voice_id``; 404 for an id no profile can have.
+
+    The id comes from the client's URL: put in the backend's URL as it is, a control
+    character made httpx refuse the URL (a 500) and ``..`` named another route.
+    """
+    if not is_profile_id(voice_id):
+        raise VoiceNotFound(f"no voice {voice_id[:64]!r}: voice ids look like v_ and 16 hex digits")
+    return f"/v1/voices/{voice_id}"
 
 
 def owner_id(request: Request) -> str:
@@ -120,16 +133,26 @@ async def create_voice(
 @router.get("/v1/clone/voices/{voice_id}", response_model=None)
 async def get_voice(request: Request, voice_id: str, state: GatewayStateDep) -> Response:
     """One of the caller's voices."""
-    return await _forward(state, "clone_voices", _call(request, "GET", f"/v1/voices/{voice_id}"))
+    return await _forward(state, "clone_voices", _call(request, "GET", profile_path(voice_id)))
 
 
 @router.delete("/v1/clone/voices/{voice_id}", response_model=None)
 async def delete_voice(request: Request, voice_id: str, state: GatewayStateDep) -> Response:
     """Delete one of the caller's voices (and its audio, when no other profile uses it)."""
-    return await _forward(state, "clone_voices", _call(request, "DELETE", f"/v1/voices/{voice_id}"))
+    return await _forward(state, "clone_voices", _call(request, "DELETE", profile_path(voice_id)))
 
 
-@router.post("/v1/clone/synthesize", response_model=None)
+SYNTHESIZE_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": SynthesizeBody.model_json_schema()}},
+}
+"""``tts_clone``'s body, declared in the gateway's schema (the gateway forwards it as it is,
+and ``tts_clone`` validates it), so that clients and the schema fuzz see its fields."""
+
+
+@router.post(
+    "/v1/clone/synthesize", response_model=None, openapi_extra={"requestBody": SYNTHESIZE_BODY}
+)
 async def synthesize(request: Request, state: GatewayStateDep) -> Response:
     """``tts_clone``'s ``POST /v1/synthesize`` (streamed through when ``stream`` is true)."""
     body = await json_body(request)

@@ -67,7 +67,13 @@ async def open_detector(
         try:
             with backend_errors(url, doing="connect to"):
                 return await within(
-                    connect_timeout_s, websockets.connect(url, max_size=None, compression=None)
+                    connect_timeout_s,
+                    websockets.connect(
+                        url,
+                        additional_headers=view.engine_headers,
+                        max_size=None,
+                        compression=None,
+                    ),
                 )
         except EngineUnavailable as exc:
             _LOGGER.warning(

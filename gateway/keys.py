@@ -71,7 +71,7 @@ class KeyRing:
             try:
                 self._file_stamp = self._stamp(key_file)
                 file_keys = read_key_file(key_file)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: not UTF-8
                 raise ValueError(f"cannot read api_keys_file {key_file}: {exc}") from exc
         else:
             file_keys = []
@@ -103,7 +103,7 @@ class KeyRing:
             if stamp == self._file_stamp:
                 return
             file_keys = read_key_file(self._key_file)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8
             _LOGGER.warning(
                 "cannot re-read api_keys_file %s, keeping the last keys: %s", self._key_file, exc
             )

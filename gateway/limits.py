@@ -135,6 +135,13 @@ class RequestRate:
             self.record(key, now)
         return refused
 
+    def set_limits(self, per_key: int, total: int) -> None:
+        """New limits for every key and overall (a configuration reload); counts are kept."""
+        self.per_key = per_key
+        self.total.limit = total
+        for window in self._keys.values():
+            window.limit = per_key
+
     def _forget_idle_keys(self, now: float) -> None:
         # Keys are few (configured), but a window with nothing in it holds no
         # information: drop it so the table cannot grow without bound.
@@ -209,6 +216,21 @@ class GatewayLimits:
         self.sessions = SessionSlots(
             sessions_per_key, sessions_total, retry_after_s=busy_retry_after_s
         )
+
+    def set_limits(
+        self,
+        *,
+        requests_per_key: int,
+        requests_total: int,
+        sessions_per_key: int,
+        sessions_total: int,
+        busy_retry_after_s: float,
+    ) -> None:
+        """Apply new limits now; sessions already held stay, new ones must fit the new limits."""
+        self.rate.set_limits(requests_per_key, requests_total)
+        self.sessions.per_key = sessions_per_key
+        self.sessions.total = sessions_total
+        self.sessions.retry_after_s = busy_retry_after_s
 
     def admit_request(self, key: str | None) -> Refusal | None:
         """Count one HTTP request, or say why it is refused."""

@@ -12,6 +12,9 @@ import logging
 from pathlib import Path
 
 from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import FileResponse
+from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
@@ -31,12 +34,26 @@ class PanelFiles(StaticFiles):
         await super().__call__(scope, receive, send)
 
 
-def mount_control_panel(app: FastAPI, folder: Path | None) -> bool:
-    """Serve ``folder`` at ``/`` if it holds an ``index.html``; call after every route."""
+def mount_control_panel(app: FastAPI, folder: Path | None, client_js: Path | None = None) -> bool:
+    """Serve ``folder`` at ``/`` if it holds an ``index.html``; call after every route.
+
+    ``client_js`` (``client/js``) holds ``voicemesh.js``, the JavaScript client the panel
+    imports: it is served as ``/voicemesh.js``, beside the panel's own files.
+    """
     if folder is None:
         return False
     if not (folder / "index.html").is_file():
         _LOGGER.warning("control panel not served: no index.html in %s", folder)
         return False
+    module = client_js / "voicemesh.js" if client_js is not None else None
+    if module is not None and module.is_file():
+
+        async def client_module(request: Request) -> FileResponse:
+            return FileResponse(module, media_type="text/javascript")
+
+        # A plain Starlette route: public like the panel's files, outside the API's key check.
+        app.router.routes.append(Route("/voicemesh.js", client_module, include_in_schema=False))
+    else:
+        _LOGGER.warning("the control panel's client module is missing: no %s", module)
     app.mount("/", PanelFiles(directory=folder, html=True), name="control-panel")
     return True

@@ -34,6 +34,7 @@ from voicemesh.errors import (
     BadRequest,
     Busy,
     EngineUnavailable,
+    InternalTokenRequired,
     UnknownField,
     VoiceMeshError,
     backend_errors,
@@ -127,6 +128,17 @@ async def send_call(
     )
     with backend_errors(url):
         response = await client.send(request, stream=call.stream)
+    if response.status_code == InternalTokenRequired.status_code:
+        await response.aread()
+        if error_code(response) == InternalTokenRequired.code:
+            # This gateway's token is not the engine's: a misconfigured replica, not the
+            # client's fault; try another, and never pass the engine's 401 on as the client's.
+            await response.aclose()
+            raise EngineUnavailable(
+                f"{url} refused this gateway's internal token (VOICEMESH_INTERNAL_TOKEN "
+                "differs between the gateway and this engine)",
+                code="backend_error",
+            )
     if response.status_code >= 500:
         await response.aread()
         await response.aclose()
@@ -168,7 +180,7 @@ async def route(
     request kind failover events carry (``tts``, ``transcription``).
     """
     candidates = state.view.route(choose)
-    last_error = f"no {service} replica is registered"
+    last_error = f"no {service} replica is ready (none registered, draining, or model unloaded)"
     failovers = 0
     for index, replica in enumerate(candidates):
         state.view.assign(replica)
@@ -266,12 +278,19 @@ async def request_record(
         routed = record.routed
         backend = routed.replica.url if routed else None
         failovers = routed.failovers if routed else 0
+        event = dict(record.event)
+        # The model that served it, else the one asked for (no replica served it).
+        requested = event.pop("model", None)
+        model = (routed.replica.model if routed else None) or requested
+        if requested is not None and requested != model:
+            event["requested_model"] = requested
         state.record_request(
             what,
+            request_id=request_id,
+            model=model,
             status=record.status,
             latency_ms=latency_ms,
-            request_id=request_id,
-            **record.event,
+            **event,
             backend=backend,
             failovers=failovers,
         )

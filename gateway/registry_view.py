@@ -51,13 +51,18 @@ class RegistryView:
         static: list[ReplicaInfo] | None = None,
         probe_interval_s: float = 0.0,
         failed_hold_s: float = 5.0,
+        engine_headers: dict[str, str] | None = None,
     ) -> None:
         self.client = client
+        self.engine_headers = dict(engine_headers or {})
+        """Headers every connection to an engine carries: the internal token, when set."""
         self.default_mode = default_mode
         self.refresh_s = refresh_s
         self.static = static or []
         self.replicas: list[ReplicaInfo] = []
         self.mode = default_mode
+        self.default_model: str | None = None
+        """The ASR model a request that names none prefers (the admin's choice)."""
         self.connected = False
         self.last_error: str | None = None
         self.refreshed_at = 0.0
@@ -114,6 +119,11 @@ class RegistryView:
         self._mode_epoch += 1
         self.mode = mode
 
+    def set_default_model(self, model: str) -> None:
+        """Adopt a default ASR model this gateway just wrote (or holds alone, without Redis)."""
+        self._mode_epoch += 1
+        self.default_model = model
+
     def assign(self, replica: ReplicaInfo) -> None:
         """Count a session this gateway routed to ``replica``."""
         self._assigned[replica.instance_id] = self._assigned.get(replica.instance_id, 0) + 1
@@ -140,6 +150,7 @@ class RegistryView:
         try:
             replicas = await self.client.snapshot()
             mode = await self.client.get_mode(self.default_mode)
+            default_model = await self.client.get_default_model()
         except RegistryUnavailable as exc:
             if self.connected or self.last_error is None:
                 _LOGGER.warning(
@@ -152,8 +163,9 @@ class RegistryView:
             _LOGGER.info("registry reachable again")
         self.replicas = replicas
         if epoch == self._mode_epoch:
-            # A mode set locally while this read was in flight is newer than it.
+            # A mode (or default model) set locally while this read was in flight is newer.
             self.mode = mode
+            self.default_model = default_model
         self.connected = True
         self.last_error = None
         self.refreshed_at = time.time()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 from voicemesh.protocol import SAMPLE_RATE
 
@@ -12,13 +15,17 @@ BYTES_PER_SAMPLE = 2
 class SessionBuffer:
     """16 kHz PCM16 audio since the last final, for replay to another backend."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._chunks: deque[tuple[int, bytes]] = deque()  # (start sample, pcm)
         self.start_sample = 0
         self.total_samples = 0
+        self._clock = clock
+        self._first_at: float | None = None  # when the first frame came
 
     def append(self, pcm: bytes) -> None:
         """Keep one normalised frame."""
+        if self._first_at is None:
+            self._first_at = self._clock()
         self._chunks.append((self.total_samples, pcm))
         self.total_samples += len(pcm) // BYTES_PER_SAMPLE
 
@@ -45,3 +52,29 @@ class SessionBuffer:
     def pending_ms(self) -> float:
         """Duration of the buffered audio."""
         return (self.total_samples - self.start_sample) * 1000 / SAMPLE_RATE
+
+    def refusal(self, pcm: bytes, limit_s: float) -> dict[str, Any] | None:
+        """The ``audio_ahead`` error for a frame that would put the stream more than
+        ``limit_s`` ahead of both its last final and real time, or None.
+
+        Both, so that a live mic is never refused: in a long silence no final comes, but
+        its audio keeps real-time pace. A client sending much faster than real time (a file
+        as fast as it can) is refused once that far ahead of the engine's finals. The frame
+        is refused, not kept: memory stays bounded and what was taken is never dropped; the
+        client may send it again once finals have caught up."""
+        pending_s = (self.total_samples - self.start_sample) / SAMPLE_RATE
+        elapsed_s = 0.0 if self._first_at is None else self._clock() - self._first_at
+        ahead_s = min(pending_s, self.total_samples / SAMPLE_RATE - elapsed_s)
+        if ahead_s + len(pcm) / BYTES_PER_SAMPLE / SAMPLE_RATE <= limit_s:
+            return None
+        message = (
+            f"audio is {ahead_s:.1f} s ahead of real time and of the last final, over the limit"
+            f" of {limit_s:g} s; frame refused: send it again once finals catch up, or at"
+            " real-time pace"
+        )
+        return {
+            "code": "audio_ahead",
+            "message": message,
+            "ahead_s": round(ahead_s, 2),
+            "limit_s": limit_s,
+        }

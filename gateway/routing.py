@@ -8,7 +8,8 @@ Modes (from Redis, shared by every gateway replica):
   loaded GPU replicas as a last resort.
 
 Within a group the least-loaded replica comes first. Draining and unhealthy
-replicas are never chosen.
+replicas are never chosen, nor one whose transcribing model is not loaded (the
+admin unloaded it, or it is loading again).
 """
 
 from __future__ import annotations
@@ -28,11 +29,19 @@ def load_share(replica: ReplicaInfo) -> float:
     return busy / max(limit, 1)
 
 
+def model_ready(replica: ReplicaInfo) -> bool:
+    """False while the model ``replica`` transcribes with is unloaded, loading or failed."""
+    return all(m.status == "loaded" for m in replica.asr_models if m.use == "transcribe")
+
+
 def _usable(replicas: Iterable[ReplicaInfo], capability: str) -> list[ReplicaInfo]:
     chosen = [
         r
         for r in replicas
-        if r.healthy and not r.draining and (not r.capabilities or capability in r.capabilities)
+        if r.healthy
+        and not r.draining
+        and model_ready(r)
+        and (not r.capabilities or capability in r.capabilities)
     ]
     return sorted(chosen, key=lambda r: (load_share(r), r.instance_id))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from ipaddress import ip_network
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, IPvAnyNetwork, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -14,6 +15,7 @@ from voicemesh.services import WYOMING_PORT
 from voicemesh.settings import ServiceSettings
 
 DEFAULT_PANEL_DIR = Path(__file__).resolve().parent.parent / "control-panel"
+DEFAULT_CLIENT_JS_DIR = DEFAULT_PANEL_DIR.parent / "client" / "js"
 
 
 class GatewaySettings(ServiceSettings):
@@ -51,6 +53,15 @@ class GatewaySettings(ServiceSettings):
     tried only after every other one."""
     stall_timeout_s: float = Field(3.0, gt=0)
     """A backend that sends nothing this long while audio is pending is failed over."""
+    idle_ready_s: float = Field(30.0, gt=0)
+    """A streaming client that sends no ``start`` or audio this long after ``ready`` is
+    closed (``idle_timeout``, close code 4408)."""
+    idle_session_s: float = Field(60.0, gt=0)
+    """A streaming client that sends no message at all this long mid-session is closed
+    (``idle_timeout``, 4408) after the finals it is owed; a live mic sends silence."""
+    max_audio_ahead_s: float = Field(120.0, gt=0)
+    """How far a stream may get ahead of both its last final and real time (a client sending
+    faster than real time); a frame past it is refused with a non-fatal ``audio_ahead``."""
     max_utterance_s: float = Field(30.0, gt=0)
     """Longest utterance an engine makes without a final (theirs stop at 29 s); a backend
     sending partials of one utterance this long plus the stall timeout is failed over."""
@@ -68,6 +79,9 @@ class GatewaySettings(ServiceSettings):
     """HTTP requests and new sessions per minute for one key."""
     requests_per_minute_total: int = Field(1200, ge=1)
     """HTTP requests and new sessions per minute on this gateway replica."""
+    upload_read_timeout_s: float = Field(30.0, gt=0)
+    """An HTTP request body that sends nothing this long mid-body is answered 408
+    ``upload_timeout`` and its connection closed (a slow body that keeps coming is not)."""
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024)
     """Largest file accepted by POST /v1/audio/transcriptions."""
     request_timeout_s: float = Field(120.0, gt=0)
@@ -94,11 +108,41 @@ class GatewaySettings(ServiceSettings):
     """Client networks (CIDR, a JSON list) the Wyoming server serves; others are refused."""
     wyoming_max_event_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     """Largest Wyoming event (header, data and payload) accepted; larger ones end the link."""
+    benchmark_ttl_s: float = Field(7 * 86400.0, gt=0)
+    """How long a benchmark run's results stay readable (``GET /v1/benchmark/results``)."""
+    benchmark_keep_runs: int = Field(20, ge=1, le=1000)
+    """Benchmark runs kept; past it the oldest are dropped."""
+    benchmark_stale_s: float = Field(60.0, ge=5)
+    """A run whose runner has not beaten for this long is reported ``failed`` (its
+    gateway died), and its mesh-wide lock lapses."""
+    benchmark_max_run_s: float = Field(900.0, gt=0)
+    """A benchmark run still going after this long is stopped and reported ``failed``."""
     control_panel_dir: Path | None = DEFAULT_PANEL_DIR
     """Folder of the control panel served at ``/`` (public; its API calls carry keys); None: off."""
+    client_js_dir: Path = DEFAULT_CLIENT_JS_DIR
+    """Folder of ``voicemesh.js``, the JavaScript client the panel imports as ``/voicemesh.js``."""
+    config_file: Path | None = None
+    """A file of ``VOICEMESH_GATEWAY_*=value`` lines (``.env`` syntax) read at start and again
+    by ``POST /v1/admin/config/reload``; the process environment wins where both set one."""
+
+
+def load_settings(**values: Any) -> GatewaySettings:
+    """Settings from the environment over the ``config_file`` it names (``values`` win)."""
+    settings = GatewaySettings(**values)
+    if settings.config_file is None:
+        return settings
+    rest = {name: value for name, value in values.items() if name != "config_file"}
+    return read_config(settings.config_file, **rest)
+
+
+def read_config(config_file: Path, **values: Any) -> GatewaySettings:
+    """Settings from the environment over ``config_file``, which must exist."""
+    if not config_file.is_file():
+        raise ValueError(f"config_file {config_file} is not a readable file")
+    return GatewaySettings(_env_file=config_file, **{"config_file": config_file, **values})
 
 
 @lru_cache
 def get_settings() -> GatewaySettings:
-    """Settings from the environment, read once."""
-    return GatewaySettings()
+    """Settings from the environment (and its ``config_file``), read once."""
+    return load_settings()

@@ -12,7 +12,8 @@ import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import httpx
 import numpy as np
@@ -22,9 +23,22 @@ from gateway.limits import GatewayLimits
 from gateway.registry_view import RegistryView
 from gateway.settings import GatewaySettings
 from gateway.tts_audio import AudioStore
+from voicemesh.internal_token import internal_headers
 from voicemesh.metrics import GatewayMetrics
+from voicemesh.registry import ReplicaInfo
 
 _LOGGER = logging.getLogger(__name__)
+
+
+def iso_timestamp(when: float | None = None) -> str:
+    """``when`` (Unix time, default now) in ISO 8601 UTC with milliseconds, ``...Z``."""
+    moment = datetime.fromtimestamp(time.time() if when is None else when, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def feed_message(event: str, data: dict[str, Any]) -> dict[str, Any]:
+    """One message of ``WS /v1/ws/status``: ``{"type", "timestamp", "data"}``."""
+    return {"type": event, "timestamp": iso_timestamp(), "data": data}
 
 
 class EventBus:
@@ -39,8 +53,8 @@ class EventBus:
         self._max_queue = max_queue
 
     def publish(self, event: str, **data: Any) -> None:
-        """Send ``{"type": event, "ts": ..., **data}`` to every follower."""
-        message = {"type": event, "ts": round(time.time(), 3), **data}
+        """Send ``{"type": event, "timestamp": ..., "data": data}`` to every follower."""
+        message = feed_message(event, data)
         for queue in list(self._subscribers):
             if queue.full():
                 with contextlib.suppress(asyncio.QueueEmpty):
@@ -56,6 +70,25 @@ class EventBus:
             yield queue
         finally:
             self._subscribers.discard(queue)
+
+
+RequestType = Literal["asr", "tts", "clone", "other"]
+
+ASR_KINDS = frozenset({"stream", "transcription"})
+"""Stats kinds of speech recognition: streams (any front door) and file transcriptions."""
+NOT_REQUESTS = frozenset({"final"})
+"""Stats kinds that time a part of a request (one utterance of a stream), not a request."""
+
+
+def request_type(kind: str) -> RequestType:
+    """What a request of stats kind ``kind`` is: ``asr``, ``tts``, ``clone`` or ``other``."""
+    if kind in ASR_KINDS:
+        return "asr"
+    if kind.startswith("clone"):
+        return "clone"
+    if kind == "speech" or kind.startswith(("tts", "wyoming_tts")):
+        return "tts"
+    return "other"
 
 
 @dataclass
@@ -102,6 +135,8 @@ class GatewayState:
     stats: RequestStats = field(default_factory=RequestStats)
     started_at: float = field(default_factory=time.time)
     active_sessions: int = 0
+    in_flight_requests: int = 0
+    """HTTP requests this replica is answering now."""
     keys: KeyRing = field(init=False)
     """Client and admin API keys (:mod:`gateway.keys`)."""
     limits: GatewayLimits = field(init=False)
@@ -124,6 +159,8 @@ class GatewayState:
             ),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
             trust_env=False,
+            # Engines answer only callers with the internal token (voicemesh.internal_token).
+            headers=internal_headers(self.settings.internal_token),
         )
         self.keys = KeyRing.from_settings(self.settings)
         self.tts_audio = AudioStore(
@@ -137,12 +174,56 @@ class GatewayState:
             busy_retry_after_s=self.settings.busy_retry_after_s,
         )
 
-    def record_request(self, kind: str, *, status: int, latency_ms: float, **event: Any) -> None:
-        """Account for one finished HTTP request: stats, metrics and a ``request_completed``."""
+    def record_request(
+        self,
+        kind: str,
+        *,
+        request_id: str,
+        model: str | None,
+        status: int,
+        latency_ms: float,
+        **event: Any,
+    ) -> None:
+        """Account for one finished HTTP request: stats, metrics and a ``request_completed``
+        (``status``: the HTTP status; its ``type`` is :func:`request_type` of ``kind``)."""
         ok = status < 400
         self.stats.record(kind, ok=ok, latency_ms=latency_ms)
         self.metrics.count(kind, "ok" if ok else "error")
         self.metrics.observe(kind, latency_ms / 1000)
         self.events.publish(
-            "request_completed", kind=kind, status=status, latency_ms=latency_ms, **event
+            "request_completed",
+            request_id=request_id,
+            type=request_type(kind),
+            model=model,
+            processing_time_ms=latency_ms,
+            status="ok" if ok else "error",
+            http_status=status,
+            kind=kind,
+            **event,
+        )
+
+    def record_stream(
+        self,
+        session_id: str,
+        backend: ReplicaInfo | None,
+        *,
+        model: str | None,
+        latency_ms: float,
+        **event: Any,
+    ) -> None:
+        """Account for one finished stream (any front door): stats and a
+        ``request_completed`` (``ok`` when it ended on a backend; its time is its length)."""
+        ok = backend is not None
+        self.stats.record("stream", ok=ok)
+        self.events.publish(
+            "request_completed",
+            request_id=session_id,
+            type=request_type("stream"),
+            model=backend.model if backend is not None else model,
+            processing_time_ms=latency_ms,
+            status="ok" if ok else "error",
+            kind="stream",
+            session_id=session_id,
+            backend=backend.url if backend is not None else None,
+            **event,
         )

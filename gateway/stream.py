@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 import websockets
 
-from gateway.asr_models import transcribes_with
+from gateway.asr_models import narrow
 from gateway.detector_link import DetectorLink, detector_wanted
 from gateway.replay import BYTES_PER_SAMPLE, SessionBuffer
 from gateway.routing import choose_backends, is_gpu
@@ -92,6 +93,7 @@ class GatewayStream:
         self.stopping = False
         self.last_final_end = 0.0
         self._backend_lock = asyncio.Lock()
+        self._started = time.perf_counter()
 
     # ------------------------------------------------------------------ client side
 
@@ -132,15 +134,14 @@ class GatewayStream:
                 self.view.release(self.backend.replica)
             await self._close_backends()
             self.metrics.active_sessions.labels("gateway").dec()
-            self.state.stats.record("stream", ok=self.backend is not None)
-            self.state.events.publish(
-                "request_completed",
-                kind="stream",
-                session_id=self.session_id,
+            self.state.record_stream(
+                self.session_id,
+                self.backend.replica if self.backend else None,
+                model=self.model,
+                latency_ms=round((time.perf_counter() - self._started) * 1000, 1),
                 finals=self.finals,
                 failovers=self.failovers,
                 audio_s=round(self.buffer.total_samples / SAMPLE_RATE, 2),
-                backend=self.backend.replica.url if self.backend else None,
             )
             if self.stopping:
                 await self.client.close(CLOSE_NORMAL)
@@ -192,6 +193,8 @@ class GatewayStream:
             await self._forward_pcm(float32_to_pcm16(tail))
 
     async def _forward_pcm(self, pcm: bytes) -> None:
+        if refusal := self.buffer.refusal(pcm, self.settings.max_audio_ahead_s):
+            return await self.client.error(**refusal)  # refused, not taken: nothing lost
         if not pcm:
             return
         self.buffer.append(pcm)
@@ -219,13 +222,12 @@ class GatewayStream:
         """STT replicas this session may move to, in routing order."""
         skip = self.failed_backends | (exclude or set())
         mode, gpu_max_load = self.view.mode, self.settings.gpu_max_load
-        return [
-            r
-            for r in self.view.route(
-                lambda replicas: choose_backends(mode, replicas, gpu_max_load=gpu_max_load)
-            )
-            if r.instance_id not in skip and (not self.model or transcribes_with(r, self.model))
-        ]
+        default = self.view.default_model  # the mesh's default model first when none is named
+
+        def ordered(rs: list[ReplicaInfo]) -> list[ReplicaInfo]:
+            return narrow(choose_backends(mode, rs, gpu_max_load=gpu_max_load), self.model, default)
+
+        return [r for r in self.view.route(ordered) if r.instance_id not in skip]
 
     async def _open_backend(self, offset: float, *, exclude: set[str] | None = None) -> Backend:
         """Connect to the first candidate that accepts the session."""

@@ -95,13 +95,15 @@ async def connect_backend(
     connect_timeout_s: float,
     ping_timeout_s: float,
     takeover: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> Backend:
     """Open a session on ``replica``: connect, wait for ``ready``, send ``start``.
 
     ``takeover``: the session moves here from another replica (failover or a mode
     change); a replica admits it even when it would refuse a new session for load,
     since refusing it would cut a live session. A replica that refuses for load
-    raises :class:`~voicemesh.errors.Busy`.
+    raises :class:`~voicemesh.errors.Busy`. ``headers`` go with the handshake (the
+    internal token).
     """
     url = ws_url(replica.url, "/ws/transcribe") + ("?takeover=1" if takeover else "")
     timeout = connect_timeout_s
@@ -111,6 +113,7 @@ async def connect_backend(
                 timeout,
                 websockets.connect(
                     url,
+                    additional_headers=headers,
                     max_size=None,
                     open_timeout=timeout,
                     ping_interval=PING_INTERVAL_S,
@@ -160,7 +163,11 @@ async def open_first_backend(
     Each replica is reserved in the view before the connect, so that sessions opening
     at the same moment see this one; a refusal releases it and marks it failed.
     """
-    last_error = "no other STT replica is available" if failed else "no STT replica is registered"
+    last_error = (
+        "no other STT replica is available"
+        if failed
+        else "no STT replica is ready (none registered, draining, or model unloaded)"
+    )
     busy: list[Busy] = []
     # Replicas that said in their last heartbeat that they would refuse go last.
     for replica in sorted(candidates, key=lambda r: not r.load.admitting):
@@ -173,6 +180,7 @@ async def open_first_backend(
                 connect_timeout_s=connect_timeout_s,
                 ping_timeout_s=ping_timeout_s,
                 takeover=offset > 0,
+                headers=view.engine_headers,
             )
         except Busy as exc:
             # Alive and loaded: it stays in routing for the next session.

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
+from gateway.asr_models import narrow
 from gateway.deps import GatewayStateDep
 from gateway.proxy import BackendCall, request_record, respond, route
 from gateway.routing import choose_backends
@@ -107,9 +108,10 @@ async def create_transcription(
         mode = state.view.mode
 
         def choose(replicas: list[ReplicaInfo]) -> list[ReplicaInfo]:
-            return choose_backends(
+            ordered = choose_backends(
                 mode, replicas, capability="transcribe", gpu_max_load=settings.gpu_max_load
             )
+            return narrow(ordered, None, state.view.default_model)  # the mesh's default first
 
         routed = await route(state, call, choose, service="STT", kind="transcription")
         record.served(routed)

@@ -81,15 +81,25 @@ def pick_voice(requested: SynthesizeVoice | None, voices: list[dict[str, Any]]) 
 
 
 async def speak(
-    state: GatewayState, write: EventWriter, text: str, voice: str | None, request_id: str
+    state: GatewayState,
+    write: EventWriter,
+    text: str,
+    voice: str | None,
+    request_id: str,
+    *,
+    record_as: str = "wyoming_tts",
 ) -> str:
-    """Speak ``text`` as ``audio-start``, ``audio-chunk``s, ``audio-stop``; the backend's URL."""
+    """Speak ``text`` as ``audio-start``, ``audio-chunk``s, ``audio-stop``; the backend's URL.
+
+    ``record_as`` is the kind of request the gateway's stats and events count it as
+    (the benchmark service's syntheses are counted apart from Home Assistant's).
+    """
     payload: dict[str, Any] = {"text": text, "format": "pcm", "stream": True}
     if voice:
         payload["voice"] = voice
     call = BackendCall("POST", "/v1/synthesize", request_id, json=payload, stream=True)
     kind = await backend_kind_for_voice(state, voice)
-    async with request_record(state, "wyoming_tts", request_id, voice=voice) as record:
+    async with request_record(state, record_as, request_id, voice=voice) as record:
         routed = await route(state, call, tts_choice(kind, "synthesize"), service=kind, kind="tts")
         record.served(routed)
         response = routed.response

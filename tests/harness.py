@@ -8,7 +8,6 @@ import contextlib
 import functools
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -23,8 +22,11 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import websockets
 
+from voicemesh import scoring
+
 if TYPE_CHECKING:
     from client.streaming import StreamResult
+    from voicemesh.registry import ReplicaInfo
 
 REPO = Path(__file__).resolve().parent.parent
 SPEECH_DIR = REPO / "tests" / "data" / "speech"
@@ -195,31 +197,10 @@ def load_manifest(folder: Path = SPEECH_DIR) -> list[Clip]:
     return clips
 
 
-_ABBREVIATIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "st": "saint"}
-_PUNCT = re.compile(r"[^\w\s']|_", re.UNICODE)
-_CJK = re.compile(r"[\u3400-\u9fff]")
-
-
-def normalize(text: str) -> list[str]:
-    """Lower-case words without punctuation; CJK text becomes one token per character."""
-    text = text.lower().replace("-", " ")
-    text = _PUNCT.sub(" ", text)
-    words = [_ABBREVIATIONS.get(w.strip("'"), w.strip("'")) for w in text.split()]
-    words = [w for w in words if w]
-    if any(_CJK.search(w) for w in words):
-        return [ch for ch in "".join(words) if not ch.isspace()]
-    return words
-
-
-def error_rate(reference: str, hypothesis: str) -> float:
-    """WER (or CER for Chinese) in percent."""
-    import jiwer
-
-    ref = normalize(reference)
-    hyp = normalize(hypothesis)
-    if not ref:
-        return 0.0 if not hyp else 100.0
-    return 100.0 * jiwer.wer(" ".join(ref), " ".join(hyp) if hyp else "")
+# The scoring the tests and benchmarks import from here lives in the shared package,
+# where the gateway's benchmark service uses it too.
+normalize = scoring.normalize_words
+error_rate = scoring.error_rate
 
 
 class ServiceProcess:
@@ -385,6 +366,117 @@ class ThreadedServer:
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=30)
+
+
+class WebSocketServerThread:
+    """A WebSocket server (``handler`` per connection) on loopback, on a thread and event
+    loop of its own, so that a test's synchronous client (``TestClient``, a subprocess)
+    can talk to it: a fake replica's ``/ws/transcribe`` side, say."""
+
+    def __init__(self, handler: Any, name: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._handler = handler
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def __enter__(self) -> WebSocketServerThread:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError(f"the WebSocket server on port {self.port} did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def _run(self) -> None:
+        from websockets.asyncio.server import serve
+
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+
+        async def listen() -> None:
+            await serve(self._handler, "127.0.0.1", self.port, compression=None)
+
+        loop.run_until_complete(listen())
+        self._ready.set()
+        loop.run_forever()
+
+
+def fake_stt_entry(instance_id: str, url: str, *, max_sessions: int) -> ReplicaInfo:
+    """The registry entry of a fake CPU STT replica (engine and model ``fake``) that
+    streams, as a replica's heartbeat writes it."""
+    from voicemesh.registry import ReplicaInfo, ReplicaLoad
+
+    now = time.time()
+    return ReplicaInfo(
+        instance_id=instance_id,
+        kind="stt_cpu_ws",
+        url=url,
+        device="cpu",
+        model="fake",
+        engine="fake",
+        capabilities=["stream"],
+        load=ReplicaLoad(max_sessions=max_sessions),
+        started_at=now,
+        updated_at=now,
+    )
+
+
+def register_replicas(redis_url: str, *replicas: Any, ttl_s: float = 3600.0) -> None:
+    """Write registry entries (``ReplicaInfo``) the way a replica's heartbeat does."""
+    from voicemesh.registry import RegistryClient
+
+    async def write() -> None:
+        registry = RegistryClient(redis_url, ttl_s=ttl_s)
+        try:
+            for replica in replicas:
+                await registry.register(replica)
+        finally:
+            await registry.close()
+
+    asyncio.run(write())
+
+
+@contextlib.contextmanager
+def tts_vits_server(redis_url: str, models_dir: Path) -> Iterator[ThreadedServer]:
+    """The real tts_vits app (the bundled Piper voice) on loopback, registered in Redis."""
+    from voicemesh.tts.service import create_tts_app
+    from voicemesh.tts.settings import TtsSettings
+
+    port = free_port()
+    settings = TtsSettings(
+        redis_url=redis_url, port=port, heartbeat_interval_s=0.5, models_dir=models_dir
+    )
+    with ThreadedServer(create_tts_app(settings), port) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def stt_behind_gateway(
+    stt_values: dict[str, Any], gateway_values: dict[str, Any]
+) -> Iterator[dict[str, str]]:
+    """The real stt_cpu_ws app (Whisper base) and a gateway routing to it (no Redis, no
+    detector), on loopback; their base ``ws://`` URLs under ``stt`` and ``gateway``."""
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings
+    from stt_cpu_ws.app import SttCpuSettings
+    from voicemesh.stt.service import create_stt_app
+
+    stt = create_stt_app(SttCpuSettings(redis_url="", cpu_threads=2, **stt_values))
+    with ThreadedServer(stt) as stt_server:
+        gateway = create_app(
+            GatewaySettings(
+                redis_url="", use_detector=False, backend_urls=[stt_server.url], **gateway_values
+            )
+        )
+        with ThreadedServer(gateway) as gateway_server:
+            yield {
+                "stt": f"ws://127.0.0.1:{stt_server.port}",
+                "gateway": f"ws://127.0.0.1:{gateway_server.port}",
+            }
 
 
 @contextlib.contextmanager

@@ -6,17 +6,24 @@
     ├── BadRequest                 the caller sent something wrong (4xx, never fail over)
     │   ├── AudioNotFound          a synthesized-audio URL that expired or never existed (404)
     │   ├── BadAudio               undecodable audio, wrong frame size, bad sample rate
+    │   ├── BenchmarkNotFound      no benchmark run with this id (expired or never made) (404)
     │   ├── BadEvent               (Wyoming, Realtime) an event that cannot be read or acted on
+    │   ├── ConfigInvalid          a configuration reload read settings or keys that fail (422)
     │   ├── EmptyText              text to speak with no word in it (422)
     │   ├── FeatureUnavailable     an option the mesh has no engine for, e.g. diarization (422)
     │   ├── ModelConflict          a known model no replica can use for this request (409)
+    │   ├── ModelInUse             a model that cannot be unloaded now: open sessions, the
+    │   │                          mesh's last loaded STT model, or loading (409)
     │   ├── PayloadTooLarge        a frame or body over its limit (413)
     │   ├── ReferenceRejected      a cloning reference that cannot make a voice (422)
     │   ├── UnknownField           a form field the route does not take (422)
     │   ├── UnknownModel           a model name or path that cannot be resolved (404)
     │   └── VoiceNotFound          no cloned voice with this id for this caller (404)
     ├── Unauthorized               no API key, or a key that is not configured (401)
+    │   └── InternalTokenRequired  (engine) a call without the gateway's internal token (401)
     ├── Forbidden                  a valid key without the rights the route needs (403)
+    ├── BenchmarkRunning           a benchmark run is under way already (409, ``run_id``,
+    │                              ``retry_after``)
     ├── LimitExceeded              a caller over its request rate (429, ``retry_after``)
     ├── ModelAssetError            a model package is missing or a prepared file is corrupt
     ├── PlanError                  (CLI) ``voicemesh up`` cannot build the mesh asked for
@@ -24,6 +31,7 @@
         ├── BackendClosed          the backend closed or reset the connection
         ├── BackendTimeout         the backend stalled past its timeout
         ├── Busy                   the backend is alive but full: try another, keep it routed
+        ├── ModelUnloaded          the replica is up but its model is unloaded (or loading)
         └── RegistryUnavailable    Redis cannot be reached
 
     ConnectionLost                 (client side) the server went away mid-stream; reconnect
@@ -88,10 +96,25 @@ class BadAudio(BadRequest):
     status_code = 400
 
 
+class BenchmarkNotFound(BadRequest):
+    """No benchmark run with this id: it never existed, or it expired or was dropped."""
+
+    code = "benchmark_not_found"
+    status_code = 404
+
+
 class BadEvent(BadRequest):
     """A Wyoming or Realtime event the server cannot read or act on (the connection goes on)."""
 
     code = "bad_event"
+
+
+class ConfigInvalid(BadRequest):
+    """``POST /v1/admin/config/reload`` read settings or a keys file that cannot be used;
+    nothing of it was applied."""
+
+    code = "config_invalid"
+    status_code = 422
 
 
 class EmptyText(BadRequest):
@@ -112,6 +135,13 @@ class ModelConflict(BadRequest):
     """A model the mesh knows, but no replica holds it for this kind of request."""
 
     code = "model_cannot_serve"
+    status_code = 409
+
+
+class ModelInUse(BadRequest):
+    """A model the admin asked to unload that cannot go now (sessions on it, the last one)."""
+
+    code = "model_in_use"
     status_code = 409
 
 
@@ -157,11 +187,31 @@ class Unauthorized(VoiceMeshError):
     status_code = 401
 
 
+class InternalTokenRequired(Unauthorized):
+    """A call to an engine without the internal token only the gateway holds."""
+
+    code = "internal_token_required"
+
+
 class Forbidden(VoiceMeshError):
     """A valid key without the rights the route needs (a client key on an admin route)."""
 
     code = "forbidden"
     status_code = 403
+
+
+class BenchmarkRunning(VoiceMeshError):
+    """A benchmark run is under way (one at a time, so that runs do not measure each other)."""
+
+    code = "benchmark_running"
+    status_code = 409
+
+    def __init__(self, message: str, *, run_id: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        """The id of the run under way."""
+        self.retry_after = retry_after
+        """Whole seconds until it should be over (the ``Retry-After`` header)."""
 
 
 class LimitExceeded(VoiceMeshError):
@@ -228,6 +278,12 @@ class Busy(EngineUnavailable):
         super().__init__(message, code=code)
         self.retry_after = retry_after
         """Seconds the backend asked the caller to wait, when it said."""
+
+
+class ModelUnloaded(EngineUnavailable):
+    """The replica runs but holds no model (unloaded by the admin, or loading): fail over."""
+
+    code = "model_unloaded"
 
 
 class RegistryUnavailable(EngineUnavailable):

@@ -90,6 +90,6 @@ def install_http_basics(app: FastAPI, metrics: ServiceMetrics) -> None:
         rid = _request_id(request)
         _LOGGER.exception("request %s failed unexpectedly", rid)
         metrics.error("internal_error")
-        return JSONResponse(
-            error_body("internal_error", "the service failed on this request", rid), status_code=500
-        )
+        # Starlette answers an unhandled error outside the middleware that sets the header.
+        body = error_body("internal_error", "the service failed on this request", rid)
+        return JSONResponse(body, status_code=500, headers={"X-Request-ID": rid})

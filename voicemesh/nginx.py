@@ -30,6 +30,7 @@ TEMPLATE = REPO_ROOT / "nginx" / "nginx.conf.template"
 COMPOSE_CONF = REPO_ROOT / "nginx" / "nginx.conf"
 """The compose rendering, committed so the image build needs no Python."""
 DEFAULT_STATIC_DIR = REPO_ROOT / "control-panel"
+DEFAULT_CLIENT_JS_DIR = REPO_ROOT / "client" / "js"
 MULTIPART_SLACK_BYTES = 1024 * 1024
 """Room above the gateway's upload limit for the multipart envelope and form fields."""
 _PLACEHOLDER = re.compile(r"@[A-Z_]+@")
@@ -50,6 +51,8 @@ class NginxSettings(BaseSettings):
     """The nginx executable; default: ``nginx`` on PATH, then ``/usr/sbin/nginx``."""
     static_dir: Path = DEFAULT_STATIC_DIR
     """Folder of the control panel served at ``/`` (embedded target)."""
+    client_js_dir: Path = DEFAULT_CLIENT_JS_DIR
+    """Folder of the JavaScript client the panel imports as ``/voicemesh.js`` (embedded)."""
     workers: str = "1"
     """``worker_processes``: a number, or ``auto``."""
     api_rate_per_s: int = Field(20, ge=1)
@@ -203,6 +206,7 @@ def render_nginx_conf(
             "MIME_TYPES": "/etc/nginx/mime.types",
             "LISTEN": "8080",
             "STATIC_DIR": "/usr/share/nginx/html",
+            "CLIENT_JS_DIR": "/usr/share/nginx/client",
         }
     else:
         if layout is None:
@@ -219,6 +223,7 @@ def render_nginx_conf(
             "MIME_TYPES": _mime_types(nginx_binary(settings)),
             "LISTEN": _listen(settings.host, settings.port),
             "STATIC_DIR": str(settings.static_dir.resolve()),
+            "CLIENT_JS_DIR": str(settings.client_js_dir.resolve()),
         }
     values.update(
         {

@@ -46,9 +46,13 @@ CLOSE_UNAUTHORIZED = 4401
 """No API key, or a key that is not valid."""
 CLOSE_FORBIDDEN = 4403
 """A valid key without the rights the route needs."""
+CLOSE_IDLE = 4408
+"""The client sent nothing for the idle timeout (``idle_timeout``); finals owed came first."""
 
 OWNER_HEADER = "X-VoiceMesh-Key-Id"
 """The caller's key identity the gateway sets on calls to ``tts_clone`` (owner of voices)."""
+INTERNAL_TOKEN_HEADER = "X-VoiceMesh-Internal-Token"
+"""The gateway's internal token on every call it makes to an engine (``internal_token``)."""
 ANONYMOUS = "anonymous"
 """The principal (and voice owner) of every caller while auth is off."""
 

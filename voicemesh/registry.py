@@ -4,8 +4,12 @@ Each replica stores its :class:`ReplicaInfo` as JSON under
 ``{prefix}:replica:{kind}:{instance_id}`` with a TTL, and a
 :class:`RegistryHeartbeat` rewrites it every few seconds with fresh load figures.
 A replica that stops heartbeating simply expires, so a snapshot never lists a
-dead one for longer than the TTL. The STT routing mode lives under
-``{prefix}:mode``.
+dead one for longer than the TTL. Each beat stamps the process's memory, CPU and
+(on CUDA) GPU memory into the load (:mod:`voicemesh.usage`). The STT routing mode
+lives under ``{prefix}:mode``, the mesh's default ASR model under
+``{prefix}:default_asr_model``; ``{prefix}:config:generation`` counts the gateway
+configuration reloads, and every gateway notes under
+``{prefix}:config:applied:{instance_id}`` the one it applied.
 
 Every Redis failure leaves this module as :class:`~voicemesh.errors.RegistryUnavailable`.
 """
@@ -28,10 +32,12 @@ from redis.exceptions import RedisError
 
 from voicemesh.errors import BadRequest, RegistryUnavailable
 from voicemesh.tasks import stop_task, within
+from voicemesh.usage import ProcessUsage
 
 _LOGGER = logging.getLogger(__name__)
 
 RoutingMode = Literal["gpu", "cpu", "auto"]
+ModelStatus = Literal["loaded", "loading", "unloaded", "failed"]
 ROUTING_MODES: tuple[str, ...] = get_args(RoutingMode)
 
 _T = TypeVar("_T")
@@ -64,6 +70,12 @@ class ReplicaLoad(BaseModel):
     """Work shed under load so far, by kind (partial_skipped, partial_stale, final_greedy)."""
     refused: dict[str, int] = {}
     """Sessions refused so far, by reason (final_wait, capacity, limit, draining)."""
+    memory_mb: float | None = None
+    """Resident memory of the replica's process (MB), stamped by its heartbeat."""
+    cpu_percent: float | None = None
+    """CPU the replica's process used since its last heartbeat (% of one core)."""
+    gpu_memory_mb: float | None = None
+    """GPU memory the driver charges to the replica's process (MB); None off CUDA."""
 
 
 class AsrModel(BaseModel):
@@ -78,7 +90,11 @@ class AsrModel(BaseModel):
     languages: list[str] = Field(default_factory=list)
     """Language codes the model decodes."""
     load_ms: float | None = None
-    """How long loading it took when the replica started; None when it was handed in."""
+    """How long its last load took; None when it was handed in."""
+    status: ModelStatus = "loaded"
+    """Whether it is in memory now: ``unloaded`` / ``loading`` / ``failed`` serve nothing."""
+    error: str | None = None
+    """Why the last load failed (``failed``); None otherwise."""
 
 
 class ReplicaInfo(BaseModel):
@@ -160,6 +176,24 @@ class RegistryClient:
     def mode_key(self) -> str:
         """The Redis key holding the STT routing mode."""
         return f"{self.prefix}:mode"
+
+    @property
+    def default_model_key(self) -> str:
+        """The Redis key holding the ASR model used when a request names none."""
+        return f"{self.prefix}:default_asr_model"
+
+    async def get_default_model(self) -> str | None:
+        """The mesh's default ASR model, or None when the admin has set none."""
+        value = await self._call(
+            "read of the default model", self._redis.get(self.default_model_key)
+        )
+        return str(value) if value else None
+
+    async def set_default_model(self, model: str) -> None:
+        """Store the mesh's default ASR model (every gateway replica follows it)."""
+        await self._call(
+            "write of the default model", self._redis.set(self.default_model_key, model)
+        )
 
     async def _call(self, what: str, operation: Awaitable[_T]) -> _T:
         try:
@@ -251,6 +285,64 @@ class RegistryClient:
             )
         await self._call("write of the mode", self._redis.set(self.mode_key, mode))
 
+    @property
+    def config_generation_key(self) -> str:
+        """The Redis key counting gateway configuration reloads."""
+        return f"{self.prefix}:config:generation"
+
+    def config_applied_key(self, instance_id: str) -> str:
+        """The Redis key where one gateway notes the reload generation it applied."""
+        return f"{self.prefix}:config:applied:{instance_id}"
+
+    async def get_config_generation(self) -> int:
+        """How many configuration reloads were asked for (0 before the first)."""
+        value = await self._call(
+            "read of the config generation", self._redis.get(self.config_generation_key)
+        )
+        try:
+            return int(value) if value is not None else 0
+        except ValueError:
+            _LOGGER.warning("ignoring a config generation that is not a number: %r", value)
+            return 0
+
+    async def bump_config_generation(self) -> int:
+        """Ask every gateway to reload its configuration; returns the new generation."""
+        value = await self._call(
+            "write of the config generation", self._redis.incr(self.config_generation_key)
+        )
+        return int(value)
+
+    async def mark_config_applied(self, instance_id: str, generation: int) -> None:
+        """Note that a gateway runs with reload ``generation`` (kept for one TTL)."""
+        await self._call(
+            "write of an applied config generation",
+            self._redis.set(
+                self.config_applied_key(instance_id),
+                str(generation),
+                px=max(1, round(self.ttl_s * 1000)),
+            ),
+        )
+
+    async def config_applied(self) -> dict[str, int]:
+        """The reload generation each live gateway applied, by instance id."""
+        prefix = self.config_applied_key("")
+
+        async def read() -> dict[str, int]:
+            keys = [
+                key
+                async for key in self._redis.scan_iter(
+                    match=f"{_glob_escape(prefix)}*", count=_SCAN_BATCH
+                )
+            ]
+            values = list(await self._redis.mget(keys)) if keys else []
+            return {
+                str(key)[len(prefix) :]: int(value)
+                for key, value in zip(keys, values, strict=True)
+                if value is not None and str(value).isdigit()
+            }
+
+        return await self._call("read of the applied config generations", read())
+
     async def close(self) -> None:
         """Close the connection pool."""
         with contextlib.suppress(RedisError, OSError):
@@ -265,6 +357,7 @@ class RegistryHeartbeat:
         client: RegistryClient,
         info: Callable[[], ReplicaInfo],
         interval_s: float = 2.0,
+        usage: ProcessUsage | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, got {interval_s}")
@@ -277,6 +370,8 @@ class RegistryHeartbeat:
         """Why the last write failed; None after a success."""
         self._task: asyncio.Task[None] | None = None
         self._last: ReplicaInfo | None = None
+        self.usage = usage or ProcessUsage()
+        """Samples the process's memory, CPU and GPU memory for each beat."""
 
     async def start(self) -> None:
         """Register now (a failure is logged, not raised) and keep refreshing in the background."""
@@ -304,12 +399,32 @@ class RegistryHeartbeat:
             await asyncio.sleep(self.interval_s)
             await self._beat()
 
+    async def stamp_usage(self, info: ReplicaInfo) -> ReplicaInfo:
+        """``info`` with the process's memory, CPU and GPU memory in its load.
+
+        Sampled in a thread: on CUDA, reading GPU memory runs ``nvidia-smi``.
+        """
+        try:
+            sample = await asyncio.to_thread(self.usage.sample, info.device)
+        except Exception:  # never let a usage reading stop the registration
+            _LOGGER.exception("process usage sample failed; registering without it")
+            return info
+        load = info.load.model_copy(
+            update={
+                "memory_mb": sample.memory_mb,
+                "cpu_percent": sample.cpu_percent,
+                "gpu_memory_mb": sample.gpu_memory_mb,
+            }
+        )
+        return info.model_copy(update={"load": load})
+
     async def _beat(self) -> None:
         try:
             info = self.info()
         except Exception:
             _LOGGER.exception("replica info callback failed; registration not refreshed")
             return
+        info = await self.stamp_usage(info)
         self._last = info
         try:
             if self.connected:

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -45,6 +45,28 @@ def own_address() -> str:
         ) from exc
 
 
+MIN_INTERNAL_TOKEN_CHARS = 16
+"""Shortest internal token accepted: anything shorter is a placeholder, not a secret."""
+PLACEHOLDER_PREFIXES = ("change-me", "replace-me")
+"""How the example secrets (``.env.example``, ``deploy/k8s``) begin: never a real token."""
+
+
+def check_internal_token(token: SecretStr | None, where: str) -> SecretStr | None:
+    """``token`` when it can be a secret; a clear ValueError for a short or example one."""
+    if token is None:
+        return None
+    value = token.get_secret_value()
+    fix = 'make one with: python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
+    if len(value) < MIN_INTERNAL_TOKEN_CHARS:
+        raise ValueError(
+            f"{where}: the internal token has {len(value)} characters, fewer than "
+            f"{MIN_INTERNAL_TOKEN_CHARS}; {fix}"
+        )
+    if value.startswith(PLACEHOLDER_PREFIXES):
+        raise ValueError(f"{where}: the internal token is the example's placeholder; {fix}")
+    return token
+
+
 def _new_instance_id() -> str:
     return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
 
@@ -60,6 +82,29 @@ class CommonSettings(BaseSettings):
     """Where prepared model files live (default: ``<home>/models``)."""
     redis_url: str = "redis://127.0.0.1:6390/0"
     """Redis holding the registry, the routing mode and stats."""
+    internal_token: SecretStr | None = None
+    """Secret the gateway sends on every call to an engine; when set, engines refuse any
+    call without it but ``/health`` and ``/metrics`` (unset: engines trust every caller)."""
+    internal_token_file: Path | None = None
+    """A file holding ``internal_token`` (a Docker or Kubernetes secret), instead of it."""
+
+    @model_validator(mode="after")
+    def _read_internal_token(self) -> Self:
+        """Take the token from its file, and refuse one too short to be a secret."""
+        if self.internal_token_file is not None:
+            if self.internal_token is not None:
+                raise ValueError(
+                    "set VOICEMESH_INTERNAL_TOKEN or VOICEMESH_INTERNAL_TOKEN_FILE, not both"
+                )
+            path = self.internal_token_file.expanduser()
+            try:
+                text = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"internal_token_file {path}: {exc.strerror or exc}") from exc
+            self.internal_token = SecretStr(text)
+        where = "internal_token_file" if self.internal_token_file else "internal_token"
+        check_internal_token(self.internal_token, where)
+        return self
 
     @property
     def models_path(self) -> Path:
@@ -94,6 +139,9 @@ class ServiceSettings(BaseSettings):
     """Logging level."""
     max_frame_bytes: int = Field(1_048_576, ge=1024)
     """Largest binary WebSocket frame accepted; larger ones get an error message."""
+    internal_token: SecretStr | None = None
+    """The gateway-to-engine secret; None falls back to ``VOICEMESH_INTERNAL_TOKEN`` (or its
+    ``_FILE``). Resolved when the settings are built."""
 
     _common: CommonSettings = PrivateAttr()
 
@@ -103,7 +151,14 @@ class ServiceSettings(BaseSettings):
         self._common = CommonSettings()
         if self.redis_url is None:
             self.redis_url = self._common.redis_url
+        if self.internal_token is None:
+            self.internal_token = self._common.internal_token
         return self
+
+    @field_validator("internal_token")
+    @classmethod
+    def _internal_token_is_a_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        return check_internal_token(value, "internal_token")
 
     @property
     def common(self) -> CommonSettings:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -24,6 +25,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from voicemesh.errors import VoiceMeshError
 from voicemesh.metrics import ServiceMetrics
 from voicemesh.protocol import (
+    CLOSE_IDLE,
     CLOSE_NORMAL,
     ErrorMessage,
     FlushMessage,
@@ -39,21 +41,43 @@ ClientMessage = bytes | StartMessage | FlushMessage | StopMessage
 BadMessageHandler = Callable[[VoiceMeshError], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class IdleLimits:
+    """How long a client may send nothing: before its first ``start``/audio, and after that."""
+
+    ready_s: float
+    """From the first read (just after ``ready``) to the client's ``start`` or first audio."""
+    session_s: float
+    """Between any two messages once the session is going (a live mic sends silence)."""
+
+
 class ClientSocket:
     """An accepted client WebSocket: locked sends, error messages, coded closes, receive loop.
 
     ``metrics`` (when given) counts every error message sent by its code; ``name``
-    (a session id) goes into the log lines.
+    (a session id) goes into the log lines. With ``idle`` limits, a client that sends
+    nothing for them makes :meth:`receive` end as if it had sent ``stop`` (so the
+    session sends the finals it owes), and the normal close becomes an ``idle_timeout``
+    error and :data:`~voicemesh.protocol.CLOSE_IDLE`.
     """
 
     def __init__(
-        self, ws: WebSocket, *, metrics: ServiceMetrics | None = None, name: str = ""
+        self,
+        ws: WebSocket,
+        *,
+        metrics: ServiceMetrics | None = None,
+        name: str = "",
+        idle: IdleLimits | None = None,
     ) -> None:
         self.ws = ws
         self.metrics = metrics
         self.name = name
+        self.idle = idle
         self.open = True
         """False once the client is gone or the socket was closed from here."""
+        self.idle_reason: str | None = None
+        """Why the client was found idle (then the session ends with ``idle_timeout``)."""
+        self._started = False
         self._lock = asyncio.Lock()
 
     async def send_text(self, payload: str) -> None:
@@ -85,7 +109,12 @@ class ClientSocket:
         await self.send({**payload, **extra})
 
     async def close(self, code: int = CLOSE_NORMAL) -> None:
-        """Close with ``code``; closing a socket that is already gone is not an error."""
+        """Close with ``code``; closing a socket that is already gone is not an error.
+
+        A normal close of a session that ended idle is an ``idle_timeout`` instead."""
+        if self.idle_reason is not None and code == CLOSE_NORMAL:
+            await self.error("idle_timeout", self.idle_reason, fatal=True)
+            code = CLOSE_IDLE
         self.open = False
         with contextlib.suppress(Exception):
             await self.ws.close(code)
@@ -108,6 +137,7 @@ class ClientSocket:
         report = on_bad_message or self._report_bad_message
         async for frame in self.frames():
             if isinstance(frame, bytes):
+                self._started = True
                 yield frame
                 continue
             try:
@@ -115,7 +145,10 @@ class ClientSocket:
             except VoiceMeshError as exc:
                 await report(exc)
                 continue
+            self._started = self._started or isinstance(control, StartMessage)
             yield control
+        if self.idle_reason is not None:
+            yield StopMessage()  # end the session as a stop would: the finals owed go out
 
     async def frames(self) -> AsyncIterator[bytes | str]:
         """Frames as they come (binary as ``bytes``, text as ``str``) until the client goes away.
@@ -124,8 +157,13 @@ class ClientSocket:
         :meth:`receive` reads the seed protocol's through it.
         """
         while True:
+            limit = self._idle_limit()
             try:
-                message = await self.ws.receive()
+                async with asyncio.timeout(limit):
+                    message = await self.ws.receive()
+            except TimeoutError:
+                self.idle_reason = self._idle_message(limit)
+                return
             except (WebSocketDisconnect, RuntimeError):
                 message = {"type": "websocket.disconnect"}
             if message["type"] == "websocket.disconnect":
@@ -133,6 +171,16 @@ class ClientSocket:
                 return
             data = message.get("bytes")
             yield data if data is not None else str(message.get("text") or "")
+
+    def _idle_limit(self) -> float | None:
+        if self.idle is None:
+            return None
+        return self.idle.session_s if self._started else self.idle.ready_s
+
+    def _idle_message(self, limit: float | None) -> str:
+        if self._started:
+            return f"no message for {limit:g} s (the idle limit of a session); session ended"
+        return f"no 'start' or audio within {limit:g} s of 'ready'; session ended"
 
     async def _report_bad_message(self, exc: VoiceMeshError) -> None:
         await self.error(exc.code, exc.message)

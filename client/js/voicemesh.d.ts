@@ -11,6 +11,8 @@ export class VoiceMeshError extends Error {
   );
   /** The error code (docs/errors.md), e.g. "unauthorized", "busy", "validation_error". */
   code: string;
+  /** The gateway's own message, without the code and request id the `message` adds. */
+  serverMessage: string;
   /** HTTP status, or the WebSocket close code of a refused stream. */
   status: number | null;
   requestId: string | null;
@@ -25,7 +27,7 @@ export interface ClientOptions {
   /** The gateway, e.g. "http://127.0.0.1:8080" (default: the page's origin). */
   baseUrl?: string;
   apiKey?: string | null;
-  /** Used by getStatus and streamStatus when given. */
+  /** Used by the admin methods (status, models, config, benchmarks) when given. */
   adminKey?: string | null;
 }
 
@@ -121,6 +123,18 @@ export type StreamEvent =
   | { type: "failover"; from: string | null; to: string; replayed_ms: number; reason: string }
   | { type: "error"; code: string; message: string; fatal: boolean };
 
+export interface ModelAction {
+  model: string;
+  action: "load" | "unload";
+  replicas: { instance_id: string; status: string; previous?: string; error?: string }[];
+}
+
+export interface ConfigReload {
+  changed: Record<string, { old: unknown; new: unknown }>;
+  unchanged: string[];
+  requires_restart?: Record<string, { old: unknown; new: unknown }>;
+}
+
 export class VoiceMeshClient {
   constructor(options?: ClientOptions);
   baseUrl: string;
@@ -134,6 +148,19 @@ export class VoiceMeshClient {
   ): Promise<Comparison>;
   fetchAudio(audioUrl: string): Promise<Blob>;
   getStatus(): Promise<Record<string, unknown>>;
+  setMode(mode: "gpu" | "cpu" | "auto"): Promise<{ mode: string; previous: string; scope: "shared" | "local" }>;
+  listModels(): Promise<Record<string, unknown>>;
+  loadModel(id: string, options?: { replicas?: string[] }): Promise<ModelAction>;
+  unloadModel(id: string, options?: { force?: boolean; replicas?: string[] }): Promise<ModelAction>;
+  setDefaultModel(id: string): Promise<Record<string, unknown>>;
+  reloadConfig(): Promise<ConfigReload>;
+  startBenchmark(options?: {
+    kind?: "stt" | "tts" | "both";
+    clients?: number;
+    clips?: number;
+    realTime?: boolean;
+  }): Promise<{ id: string; status: string; results_url: string }>;
+  benchmarkResults(id?: string | null): Promise<Record<string, unknown>>;
   streamStatus(options?: { signal?: AbortSignal }): AsyncGenerator<StatusEvent, void, undefined>;
   streamTranscription(
     source: AudioSource,

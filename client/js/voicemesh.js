@@ -20,6 +20,7 @@ export class VoiceMeshError extends Error {
     super(`${code}: ${message}${requestId ? ` (request ${requestId})` : ""}`);
     this.name = "VoiceMeshError";
     this.code = code;
+    this.serverMessage = message;
     this.status = status;
     this.requestId = requestId;
     this.retryAfter = retryAfter;
@@ -217,6 +218,58 @@ export class VoiceMeshClient {
     return this.request("GET", "/v1/admin/status", { admin: true });
   }
 
+  /** POST /v1/admin/mode: "gpu", "cpu" or "auto" for every gateway replica. */
+  async setMode(mode) {
+    return this.request("POST", "/v1/admin/mode", { json: { mode }, admin: true });
+  }
+
+  /** GET /v1/admin/models: every ASR and TTS model, its replicas and their status. */
+  async listModels() {
+    return this.request("GET", "/v1/admin/models", { admin: true });
+  }
+
+  /** POST /v1/admin/models/{id}/load or /unload on the replicas that hold it. */
+  async loadModel(id, { replicas } = {}) {
+    return this.modelAction(id, "load", { replicas });
+  }
+
+  async unloadModel(id, { force, replicas } = {}) {
+    return this.modelAction(id, "unload", { force, replicas });
+  }
+
+  /** POST /v1/admin/models/{id}/default: the ASR model of requests that name none. */
+  async setDefaultModel(id) {
+    return this.modelAction(id, "default", {});
+  }
+
+  async modelAction(id, action, { force, replicas }) {
+    const json = {};
+    if (force !== undefined) json.force = force;
+    if (replicas !== undefined) json.replicas = replicas;
+    const path = `/v1/admin/models/${encodeURIComponent(id)}/${action}`;
+    return this.request("POST", path, { json, admin: true });
+  }
+
+  /** POST /v1/admin/config/reload: re-read the run-time settings on every gateway. */
+  async reloadConfig() {
+    return this.request("POST", "/v1/admin/config/reload", { json: {}, admin: true });
+  }
+
+  /** POST /v1/benchmark/run: starts a bounded run in the background; its id at once. */
+  async startBenchmark({ kind = "stt", clients, clips, realTime } = {}) {
+    const json = { kind };
+    if (clients !== undefined) json.clients = clients;
+    if (clips !== undefined) json.clips = clips;
+    if (realTime !== undefined) json.real_time = realTime;
+    return this.request("POST", "/v1/benchmark/run", { json, admin: true });
+  }
+
+  /** GET /v1/benchmark/results, or /results/{id} for one run (progress, then rows and summary). */
+  async benchmarkResults(id = null) {
+    const path = id ? `/v1/benchmark/results/${encodeURIComponent(id)}` : "/v1/benchmark/results";
+    return this.request("GET", path, { admin: true });
+  }
+
   /** WS /v1/ws/status: {type, timestamp, data} until `signal` aborts (or break). */
   async *streamStatus({ signal } = {}) {
     const socket = new WebSocket(this.wsUrl("/v1/ws/status", true));
@@ -278,7 +331,11 @@ async function sendAudio(socket, source, sampleRate) {
     const step = Math.round((sampleRate * FRAME_MS) / 1000);
     for (let i = 0; i < pcm.length; i += step) send(pcm.subarray(i, i + step));
   } else {
-    for await (const frame of source) send(frame);
+    for await (const frame of source) {
+      // A live source never ends by itself: stop reading it once the session has closed.
+      if (socket.readyState !== WebSocket.OPEN) break;
+      send(frame);
+    }
   }
   if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "stop" }));
 }

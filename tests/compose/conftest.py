@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -189,6 +190,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "HOME": os.environ.get("HOME", "/root"),
         "API_KEYS": json.dumps([API_KEY]),
         "ADMIN_KEY": ADMIN_KEY,
+        # Engines answer only the gateway, and Redis wants its password: both random.
+        "INTERNAL_TOKEN": secrets.token_hex(32),
+        "REDIS_PASSWORD": secrets.token_hex(32),
         "HTTP_PORT": str(port),
         "HTTP_BIND": "127.0.0.1",
         "WYOMING_PORT": str(free_port()),

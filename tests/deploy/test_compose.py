@@ -7,6 +7,7 @@ from __future__ import annotations
 import graphlib
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,18 @@ def test_required_secrets_must_be_set(tmp_path: Path) -> None:
     result = docker_compose("config", env_file=empty, check=False)
     assert result.returncode != 0
     assert "API_KEYS" in result.stderr or "ADMIN_KEY" in result.stderr
+    # Each secret alone is required: the example without it does not resolve.
+    for variable in SECRETS:
+        lines = [
+            line
+            for line in ENV_EXAMPLE.read_text().splitlines()
+            if not line.startswith(f"{variable}=")
+        ]
+        without = tmp_path / f"without-{variable}.env"
+        without.write_text("\n".join(lines) + "\n")
+        result = docker_compose("config", env_file=without, check=False)
+        assert result.returncode != 0, variable
+        assert variable in result.stderr, (variable, result.stderr)
 
 
 def test_env_example_names_every_variable_compose_reads() -> None:
@@ -197,7 +210,6 @@ def test_volumes_for_redis_models_and_voices() -> None:
     redis = resolved["redis"]
     assert "--appendonly" in redis["command"]
     assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
-    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     mounts = {
         name: {tuple(v.split(":")[:2]) for v in s.get("volumes", [])}
         for name, s in resolved.items()
@@ -215,10 +227,69 @@ def test_volumes_for_redis_models_and_voices() -> None:
     assert {target for _, target in mounts["gpt-sovits"]} == {"/data", "/voices"}
 
 
+SECRETS = ("API_KEYS", "ADMIN_KEY", "INTERNAL_TOKEN", "REDIS_PASSWORD")
+
+
 def test_no_secret_has_a_default() -> None:
     text = COMPOSE_FILE.read_text()
-    for variable in ("API_KEYS", "ADMIN_KEY"):
+    for variable in SECRETS:
         assert re.search(r"\$\{" + variable + r":\?", text), variable
+        assert not re.search(r"\$\{" + variable + r":?-", text), variable
+
+
+def test_engines_get_the_internal_token_and_redis_wants_its_password() -> None:
+    resolved = services()
+    example = env_example()
+    token, password = example["INTERNAL_TOKEN"], example["REDIS_PASSWORD"]
+    for name in PYTHON_SERVICES:
+        env = resolved[name]["environment"]
+        # Every service, the gateway included: the engines check it, the gateway sends it.
+        assert env["VOICEMESH_INTERNAL_TOKEN"] == token, name
+        assert env["VOICEMESH_REDIS_URL"] == f"redis://:{password}@redis:6379/0", name
+    redis = resolved["redis"]
+    command = redis["command"]
+    assert command[command.index("--requirepass") + 1] == password
+    # The healthcheck logs in (REDISCLI_AUTH) and is healthy only on PONG, not on NOAUTH.
+    assert redis["environment"]["REDISCLI_AUTH"] == password
+    assert redis["healthcheck"]["test"] == ["CMD-SHELL", "redis-cli ping | grep -q PONG"]
+    # The engines, GPT-SoVITS and Redis are on the internal network only (no port): the
+    # token guards against whoever else reaches that network.
+    for name in ("redis", "stt_tiny_ws", "stt_cpu_ws", "stt_gpu_ws", "tts_vits", "tts_clone"):
+        assert "ports" not in resolved[name], name
+
+
+def test_the_secrets_script_makes_random_secrets_and_keeps_them(tmp_path: Path) -> None:
+    env_file = tmp_path / "prod.env"
+    script = COMPOSE_FILE.parent / "scripts" / "compose-secrets"
+
+    def run(*args: str) -> dict[str, str]:
+        subprocess.run(
+            ["bash", str(script), *args],
+            env={"PATH": "/usr/bin:/bin", "ENV_FILE": str(env_file)},
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        assert env_file.stat().st_mode & 0o777 == 0o600
+        return dict(
+            line.split("=", 1)
+            for line in env_file.read_text().splitlines()
+            if "=" in line and not line.startswith("#")
+        )
+
+    first = run()
+    for variable in ("INTERNAL_TOKEN", "REDIS_PASSWORD"):
+        assert re.fullmatch(r"[0-9a-f]{64}", first[variable]), variable
+    assert first["INTERNAL_TOKEN"] != first["REDIS_PASSWORD"]
+    assert first["API_KEYS"] == env_example()["API_KEYS"]  # the operator's to set
+    assert run() == first
+    rotated = run("--rotate")
+    assert rotated["INTERNAL_TOKEN"] != first["INTERNAL_TOKEN"]
+    assert rotated["REDIS_PASSWORD"] != first["REDIS_PASSWORD"]
+    # What it made resolves, and reaches the services.
+    resolved = yaml.safe_load(docker_compose("config", env_file=env_file).stdout)
+    env = resolved["services"]["tts_clone"]["environment"]
+    assert env["VOICEMESH_INTERNAL_TOKEN"] == rotated["INTERNAL_TOKEN"]
 
 
 def test_wyoming_is_published_on_loopback_by_default() -> None:

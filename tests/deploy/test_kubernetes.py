@@ -14,6 +14,7 @@ from gateway.settings import GatewaySettings
 from tests.deploy.files import K8S, k8s_render
 from voicemesh.nginx import MULTIPART_SLACK_BYTES
 from voicemesh.services import SERVICES, ServiceSpec
+from voicemesh.settings import PLACEHOLDER_PREFIXES
 
 pytestmark = pytest.mark.deploy
 
@@ -131,8 +132,57 @@ def test_redis_is_a_stateful_set_with_a_volume_the_services_point_at() -> None:
     assert args[args.index("--appendonly") + 1] == "yes"
     headless = objects("base", "Service")[redis["spec"]["serviceName"]]
     assert headless["spec"]["clusterIP"] == "None"
-    url = objects("base", "ConfigMap")["voicemesh-common"]["data"]["VOICEMESH_REDIS_URL"]
-    assert url == f"redis://redis-0.{redis['spec']['serviceName']}:6379/0"
+    for name, deployment in objects("gpu", "Deployment").items():
+        if name == "gpt-sovits":
+            continue
+        env = {item["name"]: item for item in container(deployment)["env"]}
+        url = env["VOICEMESH_REDIS_URL"]["value"]
+        assert url == f"redis://:$(REDIS_PASSWORD)@redis-0.{redis['spec']['serviceName']}:6379/0"
+    # The URL is in no ConfigMap: it carries the password.
+    assert "VOICEMESH_REDIS_URL" not in objects("base", "ConfigMap")["voicemesh-common"]["data"]
+
+
+def secret_ref(item: dict[str, Any]) -> tuple[str, str]:
+    """The (secret, key) an env entry reads."""
+    ref = item["valueFrom"]["secretKeyRef"]
+    return ref["name"], ref["key"]
+
+
+@pytest.mark.parametrize("variant", ["base", "gpu"])
+def test_engines_get_the_internal_token_and_redis_its_password_from_a_secret(
+    variant: str,
+) -> None:
+    secret = objects(variant, "Secret")["voicemesh-internal"]["stringData"]
+    assert set(secret) == {"internal-token", "redis-password"}
+    python = {
+        name: container(d)
+        for name, d in objects(variant, "Deployment").items()
+        if name != "gpt-sovits"
+    }
+    expected = {"gateway", "stt-tiny-ws", "stt-cpu-ws", "tts-vits", "tts-clone"}
+    assert set(python) == expected | ({"stt-gpu-ws"} if variant == "gpu" else set())
+    for name, pod in python.items():
+        assert "secretRef" not in str(pod.get("envFrom")), name  # named keys only
+        names = [item["name"] for item in pod["env"]]
+        env = {item["name"]: item for item in pod["env"]}
+        assert secret_ref(env["VOICEMESH_INTERNAL_TOKEN"]) == (
+            "voicemesh-internal",
+            "internal-token",
+        )
+        assert secret_ref(env["REDIS_PASSWORD"]) == ("voicemesh-internal", "redis-password")
+        # $(REDIS_PASSWORD) expands only when the variable comes earlier in the list.
+        assert names.index("REDIS_PASSWORD") < names.index("VOICEMESH_REDIS_URL"), name
+    redis = container(objects(variant, "StatefulSet")["redis"])
+    args = redis["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    redis_env = {item["name"]: item for item in redis["env"]}
+    for variable in ("REDIS_PASSWORD", "REDISCLI_AUTH"):
+        assert secret_ref(redis_env[variable]) == ("voicemesh-internal", "redis-password")
+    # redis-cli exits 0 on a NOAUTH error: the probes pass only on PONG.
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert redis[probe]["exec"]["command"] == ["sh", "-c", "redis-cli ping | grep -q PONG"]
+    # The placeholders are never a token the services take (they refuse them at start).
+    assert secret["internal-token"].startswith(PLACEHOLDER_PREFIXES)
 
 
 def test_keys_come_from_the_secret() -> None:

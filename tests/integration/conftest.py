@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from tests.harness import RedisServer, ServiceProcess, free_port
+from tests.harness import RedisServer, ServiceProcess, free_port, start_routing_gateway
 from voicemesh.settings import default_home
 
 
@@ -37,6 +39,31 @@ class Mesh:
             "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5",
             **extra,
         }
+
+    @contextmanager
+    def keyed_gateway(
+        self,
+        tmp_path_factory: pytest.TempPathFactory,
+        name: str,
+        *,
+        client_key: str,
+        admin_key: str,
+        **extra: str,
+    ) -> Iterator[str]:
+        """Another gateway on this mesh's Redis with a client and an admin key (Wyoming
+        off); its URL once it routes to STT."""
+        env = self.joining_env(
+            tmp_path_factory,
+            VOICEMESH_GATEWAY_API_KEYS=json.dumps([client_key]),
+            VOICEMESH_GATEWAY_ADMIN_KEY=admin_key,
+            VOICEMESH_GATEWAY_WYOMING_ENABLED="false",
+            **extra,
+        )
+        gateway = start_routing_gateway(env, tmp_path_factory.mktemp(name))
+        try:
+            yield gateway.url
+        finally:
+            gateway.stop()
 
 
 def _wait_for_routes(gateway_url: str, timeout_s: float = 20.0) -> None:

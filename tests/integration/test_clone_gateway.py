@@ -1,13 +1,16 @@
 """Cloned voices through the gateway: real Redis, ``tts_clone`` and the gateway as processes.
 
 Two API keys: a profile made with one is invisible to the other (404 on every route,
-OpenAI's speech route included); the cache's hit rate reaches ``/v1/admin/status``.
+OpenAI's speech route included); the cache's hit rate reaches ``/v1/admin/status``. The
+mesh has an internal token, so tts_clone's own port, asked with A's key fingerprint
+(issue 15), serves nobody but the gateway.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,13 +19,16 @@ import httpx
 import pytest
 import soundfile
 
+from gateway.keys import fingerprint
 from tests.harness import SPEECH_DIR, RedisServer, ServiceProcess, clip_named, free_port
+from voicemesh.protocol import INTERNAL_TOKEN_HEADER, OWNER_HEADER
 from voicemesh.settings import default_home
 
 pytestmark = pytest.mark.integration
 
 KEY_A, KEY_B = "clone-key-alpha-0001", "clone-key-bravo-0002"
 REFERENCE = "pocketsphinx-librivox-0870.wav"
+TOKEN = secrets.token_urlsafe(32)
 
 
 @dataclass
@@ -47,6 +53,7 @@ def clone_mesh(
         "VOICEMESH_TTS_CLONE_KEY_PREFIX": f"gw{free_port()}",
         "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5",
         "VOICEMESH_GATEWAY_API_KEYS": json.dumps([KEY_A, KEY_B]),
+        "VOICEMESH_INTERNAL_TOKEN": TOKEN,
     }
     clone = ServiceProcess("tts_clone", free_port(), env, logs)
     gateway = ServiceProcess("gateway", free_port(), env, logs)
@@ -102,6 +109,34 @@ def test_profiles_are_private_to_their_key(clone_mesh: CloneMesh, voice_of_a: st
         assert response.status_code == 404
         assert response.json()["error"]["code"] == "voice_not_found"
         assert b.delete(f"/v1/clone/voices/{voice_of_a}").status_code == 404
+        assert a.get(f"/v1/clone/voices/{voice_of_a}").status_code == 200
+
+
+def test_the_clone_service_serves_only_the_gateway(clone_mesh: CloneMesh, voice_of_a: str) -> None:
+    # A's fingerprint is in Redis key names; posing as the gateway with it is refused.
+    posing = {OWNER_HEADER: f"key-{fingerprint(KEY_A)}"}
+    wrong = {**posing, INTERNAL_TOKEN_HEADER: secrets.token_urlsafe(32)}
+    with httpx.Client(base_url=clone_mesh.clone.url, timeout=30, trust_env=False) as direct:
+        for headers in (posing, wrong):
+            for response in (
+                direct.get(f"/v1/voices/{voice_of_a}", headers=headers),
+                direct.get("/v1/voices", headers=headers),
+                direct.post(
+                    "/v1/synthesize", json={"text": "hi", "voice_id": voice_of_a}, headers=headers
+                ),
+                direct.delete(f"/v1/voices/{voice_of_a}", headers=headers),
+            ):
+                assert response.status_code == 401, response.text
+                assert response.json()["error"]["code"] == "internal_token_required"
+                assert TOKEN not in response.text
+        assert direct.get("/health").status_code == 200
+        assert direct.get("/metrics").status_code == 200
+    # The token stays out of both services' logs.
+    assert TOKEN not in clone_mesh.clone.log_tail(400)
+    assert TOKEN not in clone_mesh.gateway.log_tail(400)
+    # Through the gateway the profile is still A's alone.
+    with clone_mesh.client(KEY_A) as a, clone_mesh.client(KEY_B) as b:
+        assert b.get(f"/v1/clone/voices/{voice_of_a}").status_code == 404
         assert a.get(f"/v1/clone/voices/{voice_of_a}").status_code == 200
 
 

@@ -306,7 +306,7 @@ def test_panel_fits_a_phone_screen(mesh: Any, browser: Any) -> None:
     phone.set_viewport_size({"width": 390, "height": 844})
     try:
         open_panel(phone, mesh.gateway.url)
-        for tab in ("dashboard", "mic", "tts", "clone"):
+        for tab in ("dashboard", "mic", "tts", "clone", "models", "benchmark", "settings", "logs"):
             phone.click(f"button[data-tab='{tab}']")
             overflow = phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 1, (tab, overflow)

@@ -39,6 +39,7 @@ from voicemesh.audio_files import load_clip_16k
 from voicemesh.client import (
     AsyncVoiceMeshClient,
     BadInputError,
+    ConflictError,
     FinalMessage,
     NotFoundError,
     ReadyMessage,
@@ -292,6 +293,46 @@ def test_status_and_the_live_status_feed(vm: VoiceMeshClient) -> None:
     assert first.type == "status_update" and "stt_cpu_ws" in first.data["services"]
 
 
+def test_the_status_has_the_specifications_fields(vm: VoiceMeshClient) -> None:
+    status = vm.status()
+    assert status.status in {"ok", "degraded"}
+    # The sum is over the gateway and every replica, each listed with its own share.
+    parts = status.usage_by_replica
+    assert {p["kind"] for p in parts} >= {"gateway", "stt_cpu_ws", "tts_vits"}
+    assert status.memory_usage_mb == pytest.approx(sum(p["memory_mb"] or 0 for p in parts), 0.01)
+    assert status.memory_usage_mb > 100
+    assert status.gpu_memory_mb is None  # no replica runs on a GPU here
+    assert status.loaded_models["asr"] and status.loaded_models["tts"]
+    assert set(status.request_stats) >= {"total_requests", "asr_requests", "tts_requests"}
+
+
+def test_admin_models_mode_config_and_a_benchmark(vm: VoiceMeshClient) -> None:
+    models = vm.models()["models"]
+    asr = {m["id"]: m for m in models if m["kind"] == "asr"}
+    default = next(m["id"] for m in asr.values() if m["default"])
+    assert asr[default]["status"] == "loaded"
+    assert any(m["kind"] == "tts" for m in models)
+    assert vm.set_default_model(default)["default"] == default
+    with pytest.raises(NotFoundError):
+        vm.unload_model("no-such-model")
+    with pytest.raises(ConflictError):  # a TTS model is loaded on first use, never unloaded
+        vm.unload_model(next(m["id"] for m in models if m["kind"] == "tts"))
+    assert vm.reload_config()["changed"] == {}
+    previous = vm.set_mode("cpu")["previous"]
+    try:
+        assert vm.status().mode == "cpu"
+    finally:
+        vm.set_mode(previous)
+    with pytest.raises(BadInputError):
+        vm.start_benchmark("stt", clients=9)
+    run = vm.start_benchmark("tts", clients=1)
+    done = vm.wait_benchmark(run["id"], timeout_s=120)
+    assert done["status"] == "completed", done
+    tts = done["summary"]["tts"]
+    assert tts["requests"] >= 1 and tts["errors"] == 0 and tts["rtf_median"] > 0
+    assert run["id"] in [r["id"] for r in vm.benchmark_results()["runs"]]
+
+
 # ---------------------------------------------------------------------- the documentation
 
 
@@ -308,6 +349,7 @@ def run_example(code: str, base_url: str, key: str | None, cwd: Path) -> str:
     for client in ("AsyncVoiceMeshClient(", "VoiceMeshClient("):
         code = code.replace(f"{client}api_key=", f'{client}"{base_url}", api_key=')
     code = code.replace("http://127.0.0.1:8080", base_url).replace('"my-key"', repr(key))
+    code = code.replace('"my-admin-key"', repr(key))  # no admin key: a client key opens them
     code = code.replace('"tests/data/speech/', f'"{SPEECH_DIR}/')
     done = subprocess.run(
         [sys.executable, "-c", code],

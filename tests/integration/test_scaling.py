@@ -1,4 +1,5 @@
-"""``voicemesh up --scale stt_cpu_ws=3``: three real replicas, sessions spread, one killed."""
+"""``voicemesh up --scale stt_cpu_ws=3``: three real replicas, sessions spread, one killed;
+and every engine of the default mesh answers only the gateway (issue 15)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class EmbeddedMesh:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.port = free_port()
+        self.up_output = ""
+        """What ``voicemesh up`` printed."""
         self.env = {
             **clean_environ(),
             "VOICEMESH_HOME": str(home),
@@ -84,12 +87,36 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedMesh]
     up = mesh.cli(
         "up", "--port", str(mesh.port), "--scale", "stt_cpu_ws=3", "--no-gpu", check=False
     )
+    mesh.up_output = up.stdout + up.stderr
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         mesh.wait_routes(3)
         yield mesh
     finally:
         mesh.cli("down", check=False)
+
+
+def test_engines_answer_only_the_gateway_with_no_user_action(embedded: EmbeddedMesh) -> None:
+    token_file = embedded.home / "secrets" / "internal-token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().strip()
+    assert "engines accept only the gateway" in embedded.up_output
+    assert token not in embedded.up_output
+    engines = [s for s in embedded.state()["services"] if s["name"] != "gateway"]
+    assert {s["name"] for s in engines} >= {"stt_tiny_ws", "stt_cpu_ws", "tts_vits", "tts_clone"}
+    with httpx.Client(timeout=10, trust_env=False) as client:
+        for engine in engines:
+            refused = client.get(f"{engine['url']}/openapi.json")
+            assert refused.status_code == 401, (engine["name"], refused.text)
+            assert refused.json()["error"]["code"] == "internal_token_required"
+            assert token not in refused.text
+            assert client.get(f"{engine['url']}/health").status_code == 200, engine["name"]
+            let_in = client.get(
+                f"{engine['url']}/openapi.json", headers={"X-VoiceMesh-Internal-Token": token}
+            )
+            assert let_in.status_code == 200, engine["name"]
+    # The gateway itself, with the token, routes to them (the sessions below stream).
+    assert httpx.get(f"{embedded.gateway}/health", timeout=5).json()["replicas"]["stt_cpu_ws"] == 3
 
 
 def test_three_replicas_run_on_their_own_ports(embedded: EmbeddedMesh) -> None:

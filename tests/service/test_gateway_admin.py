@@ -10,6 +10,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -139,6 +140,12 @@ def next_of_type(
         if message["type"] == kind:
             return message
     pytest.fail(f"no {kind} message among the next {max_messages}")
+
+
+def unix_time(stamp: str) -> float:
+    """An ISO 8601 UTC timestamp of the feed (``...Z``) as Unix time."""
+    assert stamp.endswith("Z"), stamp
+    return datetime.fromisoformat(stamp.removesuffix("Z") + "+00:00").timestamp()
 
 
 def transcribe(client: TestClient) -> Any:
@@ -346,9 +353,14 @@ def test_status_feed_sends_one_update_at_once_then_one_per_interval(redis_url: s
             second = next_of_type(ws, "status_update")
     assert first["type"] == "status_update"
     assert first_at < interval_s / 2, first_at
-    assert 0.7 * interval_s < second["ts"] - first["ts"] < 2 * interval_s
+    apart = unix_time(second["timestamp"]) - unix_time(first["timestamp"])
+    assert 0.7 * interval_s < apart < 2 * interval_s
+    assert set(first) == {"type", "timestamp", "data"}
+    data = first["data"]
+    for key in ("memory", "cpu", "queue_length", "active_requests", "model_status"):
+        assert key in data, key
     for key in ("uptime_s", "version", "process", "services", "mode", "requests", "sessions"):
-        assert key in first
+        assert key in data, key
 
 
 @pytest.mark.timeout(60)
@@ -358,7 +370,7 @@ def test_status_feed_forwards_mode_and_service_events(gateway: TestClient, redis
         assert ws.receive_json()["type"] == "status_update"
 
         gateway.post("/v1/admin/mode", json={"mode": "gpu"})
-        changed = next_of_type(ws, "mode_changed")
+        changed = next_of_type(ws, "mode_changed")["data"]
         assert (changed["mode"], changed["previous"], changed["source"]) == (
             "gpu",
             "auto",
@@ -367,16 +379,19 @@ def test_status_feed_forwards_mode_and_service_events(gateway: TestClient, redis
         assert changed["by"] == "anonymous"
 
         register(redis_url, cpu)
-        up = next_of_type(ws, "service_up")
+        up = next_of_type(ws, "service_up")["data"]
         assert (up["kind"], up["instance_id"], up["url"]) == ("stt_cpu_ws", "cpu-live", cpu.url)
 
         deregister(redis_url, cpu)
         down = next_of_type(ws, "service_down")
+        assert set(down) == {"type", "timestamp", "data"}
+        assert abs(unix_time(down["timestamp"]) - time.time()) < 30
+        down = down["data"]
         assert (down["instance_id"], down["reason"]) == ("cpu-live", "left the registry")
 
         # A mode set behind this replica's back (another gateway) is an event too.
         redis.Redis.from_url(redis_url).set("voicemesh:mode", "cpu")
-        changed = next_of_type(ws, "mode_changed")
+        changed = next_of_type(ws, "mode_changed")["data"]
         assert (changed["mode"], changed["previous"], changed["source"]) == (
             "cpu",
             "gpu",
@@ -397,12 +412,19 @@ def test_status_feed_forwards_failover_and_request_completed(
         assert transcribe(gateway).status_code == 503
         seen: list[dict[str, Any]] = []
         completed = next_of_type(ws, "request_completed", seen=seen)
-    failovers = [m for m in seen if m["type"] == "failover"]
+    failovers = [m["data"] for m in seen if m["type"] == "failover"]
     assert len(failovers) == 1
     assert {failovers[0]["from"], failovers[0]["to"]} == {first.url, second.url}
     assert failovers[0]["reason"] == "backend_closed"
-    assert completed["kind"] == "transcription"
-    assert completed["status"] == 503
+    assert set(completed) == {"type", "timestamp", "data"}
+    data = completed["data"]
+    assert data["request_id"] == failovers[0]["request_id"]
+    assert data["type"] == "asr"
+    assert data["model"] == "whisper-1"  # no replica served it: the model it asked for
+    assert data["status"] == "error"
+    assert data["http_status"] == 503
+    assert data["kind"] == "transcription"
+    assert 0 < data["processing_time_ms"] < 30_000
     text = gateway.get("/metrics").text
     assert 'voicemesh_gateway_failovers_total{reason="backend_closed"} 1.0' in text
 

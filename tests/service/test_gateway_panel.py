@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from gateway.app import create_app
-from gateway.settings import DEFAULT_PANEL_DIR, GatewaySettings
+from gateway.settings import DEFAULT_CLIENT_JS_DIR, DEFAULT_PANEL_DIR, GatewaySettings
 
 pytestmark = pytest.mark.service
 
@@ -37,10 +37,28 @@ def test_panel_page_is_public_and_names_voicemesh(gateway: TestClient) -> None:
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "<title>VoiceMesh" in page.text
-    for asset in ("app.js", "charts.js", "style.css", "pcm-worklet.js"):
+    for asset in (
+        "app.js",
+        "common.js",
+        "admin-tabs.js",
+        "charts.js",
+        "style.css",
+        "pcm-worklet.js",
+    ):
         response = gateway.get(f"/{asset}")
         assert response.status_code == 200, asset
         assert response.content == (DEFAULT_PANEL_DIR / asset).read_bytes()
+
+
+def test_panel_imports_the_javascript_client_served_beside_it(gateway: TestClient) -> None:
+    # The panel's modules import ./voicemesh.js: the client of client/js, not a copy.
+    assert 'type="module" src="app.js"' in gateway.get("/").text
+    assert 'from "./voicemesh.js"' in gateway.get("/common.js").text
+    module = gateway.get("/voicemesh.js")
+    assert module.status_code == 200
+    assert module.headers["content-type"].startswith("text/javascript")
+    assert module.content == (DEFAULT_CLIENT_JS_DIR / "voicemesh.js").read_bytes()
+    assert not (DEFAULT_PANEL_DIR / "voicemesh.js").exists()
 
 
 def test_api_routes_are_not_shadowed_and_keep_their_auth(gateway: TestClient) -> None:

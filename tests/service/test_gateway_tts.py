@@ -24,10 +24,14 @@ from fastapi.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from tests.harness import RedisServer, ThreadedServer, assert_error, empty_redis_db, free_port
+from tests.harness import (
+    RedisServer,
+    ThreadedServer,
+    assert_error,
+    empty_redis_db,
+    tts_vits_server,
+)
 from voicemesh.audio_files import decode_audio_file
-from voicemesh.tts.service import create_tts_app
-from voicemesh.tts.settings import TtsSettings
 
 pytestmark = pytest.mark.service
 
@@ -52,14 +56,7 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def tts(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
     """The real tts_vits app on loopback, with its own model folder, registered in Redis."""
-    port = free_port()
-    settings = TtsSettings(
-        redis_url=redis_url,
-        port=port,
-        heartbeat_interval_s=0.5,
-        models_dir=tmp_path_factory.mktemp("tts-models"),
-    )
-    with ThreadedServer(create_tts_app(settings), port) as server:
+    with tts_vits_server(redis_url, tmp_path_factory.mktemp("tts-models")) as server:
         yield server
 
 

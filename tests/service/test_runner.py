@@ -123,6 +123,12 @@ def test_up_status_restart_scale_and_down(
         assert info["env"]["VOICEMESH_REDIS_URL"] == f"redis://127.0.0.1:{redis_port}/0"
         assert info["env"]["VOICEMESH_HOME"] == str(mesh_home.resolve())
         assert info["env"]["PYTHONUNBUFFERED"] == "1"
+        # Engines accept only the gateway: every process reads the mesh's own token file.
+        token_file = mesh_home.resolve() / "secrets" / "internal-token"
+        assert info["env"]["VOICEMESH_INTERNAL_TOKEN_FILE"] == str(token_file)
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert "engines accept only the gateway" in out
+    assert token_file.read_text().strip() not in out
     redis_pid = state["redis"]["pid"]
     assert redis_answers(state["redis_url"])
 

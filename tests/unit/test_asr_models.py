@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.asr_models import check_model, list_models, same_model, transcribes_with
+from gateway.asr_models import check_model, list_models, narrow, same_model, transcribes_with
+from gateway.routing import choose_backends
 from voicemesh.errors import ModelConflict, UnknownModel
 from voicemesh.registry import AsrModel, ReplicaInfo, ReplicaLoad
 
@@ -143,3 +144,45 @@ def test_static_backends_name_no_model_and_the_refusal_says_so() -> None:
     with pytest.raises(UnknownModel) as refused:
         check_model("base-x", [static])
     assert "leave model out" in refused.value.message
+
+
+def unloaded(instance_id: str, model: str = "base", status: str = "unloaded") -> ReplicaInfo:
+    """An STT replica whose admin-managed model is not loaded (``status``)."""
+    info = replica(instance_id, model=model)
+    info.asr_models[0].status = status  # type: ignore[assignment]
+    return info
+
+
+def test_a_replica_reports_its_model_status_and_the_summary_follows() -> None:
+    models = by_id(list_models([unloaded("a"), unloaded("b", status="loading")], set(), []))
+    assert [r["status"] for r in models["base"]["replicas"]] == ["unloaded", "loading"]
+    assert models["base"]["status"] == "loading"
+    failed = unloaded("c")
+    failed.asr_models[0].status, failed.asr_models[0].error = "failed", "OSError: no file"
+    row = by_id(list_models([failed], set(), []))["base"]["replicas"][0]
+    assert row["status"] == "failed" and row["error"] == "OSError: no file"
+
+
+def test_routing_skips_a_replica_whose_model_is_not_loaded() -> None:
+    ready, idle = replica("ready", model="tiny.en"), unloaded("idle")
+    assert names(choose_backends("auto", [idle, ready])) == ["ready"]
+    assert choose_backends("auto", [idle, unloaded("other", status="loading")]) == []
+
+
+def test_check_model_refuses_a_model_only_unloaded_replicas_hold_with_409() -> None:
+    with pytest.raises(ModelConflict, match="no replica has it loaded"):
+        check_model("base", [unloaded("a"), replica("t", model="tiny.en")])
+    check_model("tiny.en", [unloaded("a"), replica("t", model="tiny.en")])
+
+
+def test_the_admins_default_model_goes_first_and_is_the_listed_default() -> None:
+    base, tiny = replica("a-base"), replica("b-tiny", model="tiny.en")
+    assert names(narrow([base, tiny], None, "tiny.en")) == ["b-tiny", "a-base"]
+    assert names(narrow([base, tiny], None, None)) == ["a-base", "b-tiny"]
+    assert names(narrow([base, tiny], "base", "tiny.en")) == ["a-base"]
+    models = by_id(list_models([base, tiny], set(), [base], "tiny.en"))
+    assert models["tiny.en"]["default"] and not models["base"]["default"]
+
+
+def names(replicas: list[ReplicaInfo]) -> list[str]:
+    return [r.instance_id for r in replicas]

@@ -4,13 +4,15 @@ and the benchmark's options under both their names."""
 from __future__ import annotations
 
 import filecmp
+import subprocess
+import sys
 
 import pytest
 import soundfile
 
 from client.bench import BenchConfig
 from client.cli import bench_config, build_parser, main, sample_clip
-from tests.harness import SPEECH_DIR, free_port
+from tests.harness import REPO, SPEECH_DIR, free_port
 
 pytestmark = pytest.mark.unit
 
@@ -92,3 +94,25 @@ def test_bench_refuses_contradicting_or_empty_options(
 ) -> None:
     assert main(["bench", *argv]) == 2
     assert complaint in capsys.readouterr().err
+
+
+def test_bench_sends_the_internal_token_its_environment_has(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Straight to an engine, the client needs the mesh's token, as the gateway does.
+    assert bench_args("--api-key", "k").headers == {"Authorization": "Bearer k"}
+    assert bench_args().headers is None
+    monkeypatch.setenv("VOICEMESH_INTERNAL_TOKEN", "a-mesh-internal-token-0123456789")
+    assert bench_args("--api-key", "k").headers == {
+        "Authorization": "Bearer k",
+        "X-VoiceMesh-Internal-Token": "a-mesh-internal-token-0123456789",
+    }
+
+
+def test_the_client_loads_without_the_web_framework() -> None:
+    # voicemesh[client] installs no FastAPI: nothing the client imports may need it.
+    code = "import sys, client.cli; print(sorted({'fastapi', 'starlette'} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

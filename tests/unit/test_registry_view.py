@@ -50,6 +50,7 @@ class SlowRegistry:
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
+        self.default_model: str | None = None
         self.release = asyncio.Event()
 
     async def snapshot(self) -> list[object]:
@@ -58,6 +59,23 @@ class SlowRegistry:
     async def get_mode(self, default: str) -> str:
         await self.release.wait()
         return self.mode
+
+    async def get_default_model(self) -> str | None:
+        return self.default_model
+
+
+async def test_a_local_default_model_is_not_undone_by_a_read_in_flight() -> None:
+    registry = SlowRegistry("auto")
+    v = RegistryView(registry, default_mode="auto")  # type: ignore[arg-type]
+    read = asyncio.create_task(v.refresh())
+    await asyncio.sleep(0.01)  # the read has started and will return no default
+    v.set_default_model("tiny.en")
+    registry.release.set()
+    await read
+    assert v.default_model == "tiny.en"
+    registry.default_model = "base"  # another gateway set it: a later read adopts it
+    await v.refresh()
+    assert v.default_model == "base"
 
 
 async def test_a_local_mode_change_is_not_undone_by_a_read_in_flight() -> None:

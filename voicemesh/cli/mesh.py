@@ -8,10 +8,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from voicemesh.errors import PlanError
 from voicemesh.mesh.control import (
     StopReport,
+    ensure_internal_token,
     spawn_supervisor,
     stop_mesh,
     stop_supervisor,
@@ -137,6 +139,8 @@ def cmd_up(
             redis_port=redis_port,
             nginx=nginx,
         )
+        if plan.internal_token_file is not None:
+            ensure_internal_token(Path(plan.internal_token_file))
         if nginx is not None:
             upstream = gateway or UpstreamGateway()
             write_nginx_conf(plan, paths, nginx, body_limit_bytes=upstream.body_limit_bytes)
@@ -151,6 +155,8 @@ def cmd_up(
         f"starting voicemesh ({count} service process{'' if count == 1 else 'es'}"
         f"{', bundled redis' if plan.redis else ''}); logs in {paths.logs}"
     )
+    where = plan.internal_token_file or "VOICEMESH_INTERNAL_TOKEN from your environment"
+    _say(f"engines accept only the gateway (internal token: {where})")
     if foreground:
         return _up_foreground(plan, paths, timeout)
     return _up_detached(plan, paths, timeout)

@@ -7,8 +7,10 @@ exceptions of :mod:`voicemesh.client.errors`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
@@ -290,6 +292,68 @@ class AsyncVoiceMeshClient:
     async def delete_cloned_voice(self, voice_id: str) -> None:
         """Delete a cloned voice of this key."""
         await self._run(calls.delete_cloned_voice(voice_id))
+
+    # ------------------------------------------------------------------ admin
+
+    async def set_mode(self, mode: str) -> dict[str, Any]:
+        """``POST /v1/admin/mode``: the STT routing mode (``gpu``, ``cpu``, ``auto``)."""
+        return await self._run(calls.set_mode(mode))
+
+    async def models(self) -> dict[str, Any]:
+        """``GET /v1/admin/models``: every ASR and TTS model and its status per replica."""
+        return await self._run(calls.models())
+
+    async def load_model(
+        self, model: str, *, replicas: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Load ``model`` on the replicas that hold it (or those of ``replicas``)."""
+        chosen = list(replicas) if replicas is not None else None
+        return await self._run(calls.model_action(model, "load", replicas=chosen))
+
+    async def unload_model(
+        self, model: str, *, force: bool = False, replicas: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Unload ``model``; ``force`` ends open sessions and allows the last STT model."""
+        chosen = list(replicas) if replicas is not None else None
+        return await self._run(calls.model_action(model, "unload", force=force, replicas=chosen))
+
+    async def set_default_model(self, model: str) -> dict[str, Any]:
+        """Make ``model`` the ASR model of requests that name none, on every gateway."""
+        return await self._run(calls.model_action(model, "default"))
+
+    async def reload_config(self) -> dict[str, Any]:
+        """Re-read the run-time settings (mode, limits, keys file) on every gateway."""
+        return await self._run(calls.reload_config())
+
+    async def start_benchmark(
+        self,
+        kind: calls.BenchmarkKind = "stt",
+        *,
+        clients: int | None = None,
+        clips: int | None = None,
+        real_time: bool | None = None,
+    ) -> dict[str, Any]:
+        """Start a bounded benchmark of the live mesh; answers its id at once."""
+        return await self._run(calls.start_benchmark(kind, clients, clips, real_time))
+
+    async def benchmark_results(self, run_id: str | None = None) -> dict[str, Any]:
+        """Every run (newest first), or one run's progress and, once done, its result."""
+        return await self._run(calls.benchmark_results(run_id))
+
+    async def wait_benchmark(
+        self, run_id: str, *, poll_s: float = 1.0, timeout_s: float = 900.0
+    ) -> dict[str, Any]:
+        """Poll a run until it is completed or failed; TimeoutError after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            run = await self.benchmark_results(run_id)
+            if run.get("status") in calls.BENCHMARK_DONE:
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"benchmark {run_id} still {run.get('status')} after {timeout_s} s"
+                )
+            await asyncio.sleep(poll_s)
 
     # ------------------------------------------------------------------ status
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Generic, Literal, TypeAlias, TypedDict, TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -261,3 +262,49 @@ def asr_models() -> Call[dict[str, Any]]:
 def voices(**filters: Any) -> Call[dict[str, Any]]:
     """``GET /v1/tts/voices`` with its filters (``voices``, ``pagination``...)."""
     return Call("GET", "/v1/tts/voices", json_object, params=_without_none(**filters))
+
+
+# ---------------------------------------------------------------------- admin
+
+BenchmarkKind = Literal["stt", "tts", "both"]
+
+
+def set_mode(mode: str) -> Call[dict[str, Any]]:
+    """``POST /v1/admin/mode``: ``gpu``, ``cpu`` or ``auto`` for every gateway replica."""
+    return Call("POST", "/v1/admin/mode", json_object, json={"mode": mode}, admin=True)
+
+
+def models() -> Call[dict[str, Any]]:
+    """``GET /v1/admin/models``: every ASR and TTS model, its replicas and their status."""
+    return Call("GET", "/v1/admin/models", json_object, admin=True)
+
+
+def model_action(
+    model: str, action: Literal["load", "unload", "default"], **options: Any
+) -> Call[dict[str, Any]]:
+    """``POST /v1/admin/models/{id}/{load|unload|default}`` (``force``, ``replicas``)."""
+    path = f"/v1/admin/models/{quote(model, safe='')}/{action}"
+    return Call("POST", path, json_object, json=_without_none(**options), admin=True)
+
+
+def reload_config() -> Call[dict[str, Any]]:
+    """``POST /v1/admin/config/reload``: what changed on the gateway replicas."""
+    return Call("POST", "/v1/admin/config/reload", json_object, json={}, admin=True)
+
+
+def start_benchmark(
+    kind: BenchmarkKind, clients: int | None, clips: int | None, real_time: bool | None
+) -> Call[dict[str, Any]]:
+    """``POST /v1/benchmark/run``: the run's id at once; it goes on in the background."""
+    body = _without_none(kind=kind, clients=clients, clips=clips, real_time=real_time)
+    return Call("POST", "/v1/benchmark/run", json_object, json=body, admin=True)
+
+
+def benchmark_results(run_id: str | None = None) -> Call[dict[str, Any]]:
+    """``GET /v1/benchmark/results`` (every run), or one run's progress and result."""
+    path = "/v1/benchmark/results" + (f"/{quote(run_id, safe='')}" if run_id else "")
+    return Call("GET", path, json_object, admin=True)
+
+
+BENCHMARK_DONE = frozenset({"completed", "failed"})
+"""Statuses after which a benchmark run changes no more."""

@@ -62,7 +62,9 @@ __all__ = [
     "error_from_ws",
 ]
 
-BUSY_CODES = frozenset({"busy", "no_backend", "rate_limited", "draining", "engine_unavailable"})
+BUSY_CODES = frozenset(
+    {"busy", "no_backend", "rate_limited", "draining", "engine_unavailable", "model_unloaded"}
+)
 """Codes that mean "not now": a later try (or another replica) can succeed."""
 
 

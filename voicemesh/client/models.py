@@ -191,6 +191,22 @@ class MeshStatus(_Result):
     services: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
     stt_route: list[str] = Field(default_factory=list)
     requests: dict[str, Any] = Field(default_factory=dict)
+    status: str | None = None
+    """``ok``, or ``degraded`` with ``status_reasons``."""
+    status_reasons: list[str] = Field(default_factory=list)
+    uptime_seconds: float | None = None
+    memory_usage_mb: float | None = None
+    """Resident memory of the gateway and every replica, summed (``usage_by_replica``)."""
+    cpu_usage_percent: float | None = None
+    gpu_memory_mb: float | None = None
+    """GPU memory in use by the replicas on a GPU; None where none is."""
+    usage_by_replica: list[dict[str, Any]] = Field(default_factory=list)
+    loaded_models: dict[str, list[str]] = Field(default_factory=dict)
+    """``{"asr": [...], "tts": [...]}``: the models loaded somewhere in the mesh."""
+    model_status: dict[str, str] = Field(default_factory=dict)
+    request_stats: dict[str, Any] = Field(default_factory=dict)
+    """``total_requests``, ``asr_requests``, ``tts_requests``, ``avg_response_time_ms``,
+    ``error_rate_percent`` (this gateway's)."""
 
 
 class StatusEvent(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
@@ -238,6 +239,66 @@ class VoiceMeshClient:
     def delete_cloned_voice(self, voice_id: str) -> None:
         """Delete a cloned voice of this key."""
         self._run(calls.delete_cloned_voice(voice_id))
+
+    # ------------------------------------------------------------------ admin
+
+    def set_mode(self, mode: str) -> dict[str, Any]:
+        """``POST /v1/admin/mode``: the STT routing mode (``gpu``, ``cpu``, ``auto``)."""
+        return self._run(calls.set_mode(mode))
+
+    def models(self) -> dict[str, Any]:
+        """``GET /v1/admin/models``: every ASR and TTS model and its status per replica."""
+        return self._run(calls.models())
+
+    def load_model(self, model: str, *, replicas: Sequence[str] | None = None) -> dict[str, Any]:
+        """Load ``model`` on the replicas that hold it (or those of ``replicas``)."""
+        chosen = list(replicas) if replicas is not None else None
+        return self._run(calls.model_action(model, "load", replicas=chosen))
+
+    def unload_model(
+        self, model: str, *, force: bool = False, replicas: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Unload ``model``; ``force`` ends open sessions and allows the last STT model."""
+        chosen = list(replicas) if replicas is not None else None
+        return self._run(calls.model_action(model, "unload", force=force, replicas=chosen))
+
+    def set_default_model(self, model: str) -> dict[str, Any]:
+        """Make ``model`` the ASR model of requests that name none, on every gateway."""
+        return self._run(calls.model_action(model, "default"))
+
+    def reload_config(self) -> dict[str, Any]:
+        """Re-read the run-time settings (mode, limits, keys file) on every gateway."""
+        return self._run(calls.reload_config())
+
+    def start_benchmark(
+        self,
+        kind: calls.BenchmarkKind = "stt",
+        *,
+        clients: int | None = None,
+        clips: int | None = None,
+        real_time: bool | None = None,
+    ) -> dict[str, Any]:
+        """Start a bounded benchmark of the live mesh; answers its id at once."""
+        return self._run(calls.start_benchmark(kind, clients, clips, real_time))
+
+    def benchmark_results(self, run_id: str | None = None) -> dict[str, Any]:
+        """Every run (newest first), or one run's progress and, once done, its result."""
+        return self._run(calls.benchmark_results(run_id))
+
+    def wait_benchmark(
+        self, run_id: str, *, poll_s: float = 1.0, timeout_s: float = 900.0
+    ) -> dict[str, Any]:
+        """Poll a run until it is completed or failed; TimeoutError after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            run = self.benchmark_results(run_id)
+            if run.get("status") in calls.BENCHMARK_DONE:
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"benchmark {run_id} still {run.get('status')} after {timeout_s} s"
+                )
+            time.sleep(poll_s)
 
     # ------------------------------------------------------------------ status
 

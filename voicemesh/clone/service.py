@@ -43,6 +43,7 @@ from voicemesh.clone.state import (
     transcribe_reference,
 )
 from voicemesh.clone.synthesis import Synthesis, SynthesizeBody
+from voicemesh.engine_guard import guard_engine
 from voicemesh.errors import BadRequest, ModelAssetError, PayloadTooLarge
 from voicemesh.http import install_http_basics
 from voicemesh.lifecycle import apply_log_level, registry_status, serve_replica
@@ -115,6 +116,7 @@ def create_clone_app(
 
     app = FastAPI(title=f"VoiceMesh {settings.kind}", lifespan=lifespan)
     install_http_basics(app, metrics)
+    guard_engine(app, settings.internal_token, metrics)
     app.include_router(router)
     return app
 

@@ -19,6 +19,7 @@ from voicemesh.clone.gptsovits import GptSovitsCloner, probe_gptsovits
 from voicemesh.clone.profiles import ProfileStore, wav_bytes
 from voicemesh.clone.settings import CloneSettings
 from voicemesh.errors import EngineUnavailable, RegistryUnavailable
+from voicemesh.internal_token import internal_headers
 from voicemesh.metrics import ServiceMetrics
 from voicemesh.protocol import SAMPLE_RATE
 from voicemesh.registry import RegistryClient, RegistryHeartbeat, ReplicaInfo, ReplicaLoad
@@ -175,7 +176,10 @@ async def transcribe_reference(
                     f"{url}/v1/transcribe",
                     files={"file": ("reference.wav", data, "audio/wav")},
                     data={"language": language, "response_format": "json"},
-                    headers={"X-Request-ID": request_id},
+                    headers={
+                        "X-Request-ID": request_id,
+                        **internal_headers(state.settings.internal_token),
+                    },
                 )
             except httpx.HTTPError as exc:
                 last = f"{url}: {exc!r}"

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 
 from voicemesh.audio import AudioStreamDecoder, PcmStreamDecoder, stream_decoder
 from voicemesh.detect.settings import DetectorSettings
+from voicemesh.engine_guard import guard_engine
 from voicemesh.errors import VoiceMeshError
 from voicemesh.http import install_http_basics
 from voicemesh.lifecycle import apply_log_level, registry_status, serve_replica
@@ -146,6 +147,7 @@ def create_detector_app(
 
     app = FastAPI(title="VoiceMesh stt_tiny_ws", lifespan=lifespan)
     install_http_basics(app, metrics)
+    guard_engine(app, settings.internal_token, metrics)
     app.include_router(router)
     return app
 

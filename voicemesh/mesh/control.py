@@ -6,11 +6,13 @@ These only act and report (return values); the CLI decides what to print.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from voicemesh.mesh.plan import GATEWAY, MeshPaths, MeshPlan, nginx_layout, url_host
@@ -25,6 +27,33 @@ from voicemesh.mesh.state import (
     write_atomic,
 )
 from voicemesh.nginx import NginxSettings, write_embedded_conf
+from voicemesh.settings import MIN_INTERNAL_TOKEN_CHARS
+
+TOKEN_MODE = 0o600
+"""The internal token file: readable by its owner alone."""
+
+
+def ensure_internal_token(path: Path) -> bool:
+    """Make the mesh's internal token once per home (random, mode 0600); True when made now.
+
+    An existing token is kept (its mode tightened if needed), so that a restarted service
+    and the ones still running agree. Deleting the file rotates it at the next ``up``.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        if len(path.read_text(encoding="utf-8").strip()) >= MIN_INTERNAL_TOKEN_CHARS:
+            if path.stat().st_mode & 0o077:
+                os.chmod(path, TOKEN_MODE)
+            return False
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, TOKEN_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(secrets.token_urlsafe(32) + "\n")
+    os.chmod(tmp, TOKEN_MODE)  # whatever the umask
+    os.replace(tmp, path)
+    return True
 
 
 def write_plan(plan: MeshPlan, paths: MeshPaths) -> None:

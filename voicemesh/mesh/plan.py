@@ -35,6 +35,7 @@ STOP_GRACE_S = 10.0
 """How long the supervisor waits after SIGTERM before it kills a process."""
 
 ProcessKind = Literal["redis", "service", "nginx"]
+TOKEN_VARIABLES = ("VOICEMESH_INTERNAL_TOKEN", "VOICEMESH_INTERNAL_TOKEN_FILE")
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,11 @@ class MeshPaths:
         """Data folder of the bundled Redis."""
         return self.home / "redis"
 
+    @property
+    def internal_token(self) -> Path:
+        """The mesh's internal token (0600): engines answer only callers that send it."""
+        return self.home / "secrets" / "internal-token"
+
 
 class ProcessPlan(BaseModel):
     """One process the supervisor runs."""
@@ -113,6 +119,9 @@ class MeshPlan(BaseModel):
     """The bundled Redis; None when an external one is used."""
     services: list[ProcessPlan]
     grace_s: float = STOP_GRACE_S
+    internal_token_file: str | None = None
+    """The token file every service reads (``VOICEMESH_INTERNAL_TOKEN_FILE``); None when the
+    user's environment brings its own token."""
 
     def processes(self) -> list[ProcessPlan]:
         """Redis (when bundled) then the services, in start order."""
@@ -184,6 +193,11 @@ def _cuda_present() -> bool:
 def external_redis_url(explicit: str | None) -> str | None:
     """The Redis the user asked for (flag, ``VOICEMESH_REDIS_URL``, ``REDIS_URL``), if any."""
     return explicit or os.environ.get("VOICEMESH_REDIS_URL") or os.environ.get("REDIS_URL")
+
+
+def own_internal_token() -> bool:
+    """True when the user's environment sets the internal token (or its file) itself."""
+    return any(os.environ.get(name) for name in TOKEN_VARIABLES)
 
 
 def select_services(
@@ -304,8 +318,13 @@ def build_plan(
     redis_port: int = BUNDLED_REDIS_PORT,
     notes: list[str] | None = None,
     nginx: NginxSettings | None = None,
+    internal_token_file: Path | None = None,
 ) -> MeshPlan:
-    """Decide every process, port and environment of a mesh (starts nothing)."""
+    """Decide every process, port and environment of a mesh (starts nothing).
+
+    ``internal_token_file``: given to every service as ``VOICEMESH_INTERNAL_TOKEN_FILE``,
+    so that the engines answer only the gateway (the token itself is never in the plan).
+    """
     notes = notes if notes is not None else []
     used: set[int] = set()
     redis: ProcessPlan | None = None
@@ -329,6 +348,8 @@ def build_plan(
                 "VOICEMESH_HOME": str(paths.home),
                 "PYTHONUNBUFFERED": "1",
             }
+            if internal_token_file is not None:
+                env[TOKEN_VARIABLES[1]] = str(internal_token_file)
             wyoming = None
             if spec.name == GATEWAY:
                 # Wyoming has no authentication: loopback only, whatever --host says.
@@ -360,6 +381,7 @@ def build_plan(
         redis_url=redis_url,
         redis=redis,
         services=services,
+        internal_token_file=str(internal_token_file) if internal_token_file else None,
     )
 
 
@@ -389,6 +411,7 @@ def plan_mesh(
         redis_port=redis_port,
         notes=notes,
         nginx=nginx,
+        internal_token_file=None if own_internal_token() else paths.internal_token,
     )
     return plan, notes
 

@@ -16,7 +16,7 @@ import uuid
 from fastapi import WebSocket
 
 from voicemesh.audio import AudioStreamDecoder, PcmStreamDecoder, stream_decoder
-from voicemesh.errors import VoiceMeshError
+from voicemesh.errors import ModelUnloaded, VoiceMeshError
 from voicemesh.protocol import (
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
@@ -33,7 +33,7 @@ from voicemesh.stt.state import SttState
 from voicemesh.stt.streaming import StreamingSession
 from voicemesh.stt.types import check_language
 from voicemesh.tasks import stop_task
-from voicemesh.wire import ClientMessage, ClientSocket
+from voicemesh.wire import ClientMessage, ClientSocket, IdleLimits
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ class StreamHandler:
         self.state = state
         self.settings = state.settings
         self.session_id = uuid.uuid4().hex[:12]
-        self.client = ClientSocket(ws, metrics=state.metrics, name=self.session_id)
+        idle = IdleLimits(self.settings.idle_ready_s, self.settings.idle_session_s)
+        self.client = ClientSocket(ws, metrics=state.metrics, name=self.session_id, idle=idle)
         self.decoder: AudioStreamDecoder = PcmStreamDecoder(
             max_frame_bytes=self.settings.max_frame_bytes
         )
@@ -73,6 +74,11 @@ class StreamHandler:
     async def run(self) -> None:
         """Serve the connection until the client stops or goes away."""
         state = self.state
+        if state.model_status != "loaded":
+            message = state.not_loaded_message()
+            _LOGGER.warning("session %s refused: %s", self.session_id, message)
+            await self.client.refuse("model_unloaded", message, CLOSE_TRY_AGAIN)
+            return
         refusal = self._refusal()
         if refusal is not None:
             kind, why = refusal
@@ -90,6 +96,7 @@ class StreamHandler:
             return
         self.session = self._new_session(None)
         state.sessions[self.session_id] = self.session
+        state.enders[self.session_id] = self.end_unloaded
         state.metrics.active_sessions.labels(self.settings.kind).inc()
         label = state.label
         await self.send(
@@ -103,6 +110,8 @@ class StreamHandler:
         )
         try:
             await self._receive_loop()
+        except ModelUnloaded:
+            await self.end_unloaded()
         except Exception:
             _LOGGER.exception("session %s failed", self.session_id)
             await self.client.error(
@@ -114,7 +123,18 @@ class StreamHandler:
             if self.session is not None:
                 self.session.closed = True
             state.sessions.pop(self.session_id, None)
+            state.enders.pop(self.session_id, None)
             state.metrics.active_sessions.labels(self.settings.kind).dec()
+
+    async def end_unloaded(self) -> None:
+        """End the session because the model was unloaded: the gateway moves it elsewhere."""
+        await self.client.error(
+            "model_unloaded",
+            f"model {self.settings.model!r} was unloaded from this replica; "
+            "the session must move to another replica",
+            fatal=True,
+        )
+        await self.client.close(CLOSE_TRY_AGAIN)
 
     def _refusal(self) -> tuple[str, str] | None:
         """Why this session cannot be served in real time here, or None to admit it."""
@@ -138,10 +158,15 @@ class StreamHandler:
         ``inbox`` for the session to catch up.
         """
         inbox: asyncio.Queue[ClientMessage | None] = asyncio.Queue()
+        waiting = [0]  # bytes of audio in the inbox, bounded by max_pending_bytes
 
         async def read() -> None:
             try:
                 async for item in self.client.receive():
+                    if isinstance(item, bytes):
+                        if await self._refused(item, waiting[0]):
+                            continue
+                        waiting[0] += len(item)
                     inbox.put_nowait(item)
                     if isinstance(item, StopMessage):
                         return
@@ -151,10 +176,24 @@ class StreamHandler:
         reader = asyncio.create_task(read(), name=f"read-{self.session_id}")
         try:
             while (item := await inbox.get()) is not None:
+                waiting[0] -= len(item) if isinstance(item, bytes) else 0
                 if not self.client.open or await self._handle(item):
                     return  # a client that went away is owed nothing more
         finally:
             await stop_task(reader)
+
+    async def _refused(self, frame: bytes, waiting: int) -> bool:
+        """Refuse (``audio_ahead``, not fatal) a frame that would put more than
+        ``max_pending_bytes`` of audio in the inbox, ahead of the decoder; True if refused."""
+        limit = self.settings.max_pending_bytes
+        if waiting + len(frame) <= limit:
+            return False
+        message = (
+            f"{waiting} bytes of audio wait for the decoder, over the limit of {limit};"
+            " frame refused: send it again once finals catch up, or at real-time pace"
+        )
+        await self.client.error("audio_ahead", message, ahead_bytes=waiting, limit_bytes=limit)
+        return True
 
     async def _handle(self, item: ClientMessage) -> bool:
         """Act on one client message; True when the session is over."""

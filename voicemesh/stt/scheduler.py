@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from voicemesh.errors import PartialShed
+from voicemesh.errors import ModelUnloaded, PartialShed
 from voicemesh.protocol import SAMPLE_RATE
 from voicemesh.stt.load import AdmissionPolicy, LoadMeter
 from voicemesh.stt.types import Transcriber, TranscriptionResult
@@ -96,7 +96,7 @@ class DecodeScheduler:
 
     def __init__(
         self,
-        transcriber: Transcriber,
+        transcriber: Transcriber | None,
         workers: int = 1,
         postprocess: Callable[[TranscriptionResult], TranscriptionResult] | None = None,
         *,
@@ -105,6 +105,7 @@ class DecodeScheduler:
         batch_wait_s: float = 0.005,
     ) -> None:
         self.transcriber = transcriber
+        """The engine; None while the replica's model is unloaded (decodes then refused)."""
         self.postprocess = postprocess
         """Applied to every result on the worker thread (e.g. the Chinese script)."""
         self.meter = LoadMeter(workers, policy)
@@ -159,6 +160,8 @@ class DecodeScheduler:
 
         A partial may instead raise :class:`PartialShed` when it went stale in the queue.
         """
+        if self.transcriber is None:
+            raise ModelUnloaded("this replica's model is unloaded; use another replica")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[TranscriptionResult] = loop.create_future()
         job = _Job(audio, kwargs, future, loop, time.perf_counter(), priority)
@@ -224,7 +227,10 @@ class DecodeScheduler:
             try:
                 results = self._run(batch)
             except Exception as exc:
-                _LOGGER.exception("decode failed")
+                if isinstance(exc, ModelUnloaded):  # the admin's doing, not a fault
+                    _LOGGER.info("%d queued decode(s) dropped: %s", len(batch), exc.message)
+                else:
+                    _LOGGER.exception("decode failed")
                 for item in batch:
                     item.loop.call_soon_threadsafe(_set_exception, item.future, exc)
             else:
@@ -249,10 +255,13 @@ class DecodeScheduler:
                     self._busy -= len(batch)
 
     def _run(self, batch: list[_Job]) -> list[TranscriptionResult]:
+        transcriber = self.transcriber
+        if transcriber is None:  # unloaded while the job waited
+            raise ModelUnloaded("this replica's model was unloaded; use another replica")
         if len(batch) == 1:
-            results = [self.transcriber.transcribe(batch[0].audio, **batch[0].kwargs)]
+            results = [transcriber.transcribe(batch[0].audio, **batch[0].kwargs)]
         else:
-            results = self.transcriber.transcribe_batch(  # type: ignore[attr-defined]
+            results = transcriber.transcribe_batch(  # type: ignore[attr-defined]
                 [item.audio for item in batch], [item.kwargs for item in batch]
             )
         if self.postprocess is not None:

@@ -1,8 +1,9 @@
 """The streaming Whisper service that ``stt_cpu_ws`` and ``stt_gpu_ws`` both run.
 
 ``WS /ws/transcribe`` streams partials and finals; ``POST /v1/transcribe`` decodes a
-whole file; ``GET /health`` says whether the model is loaded and on which device.
-Each replica registers itself in Redis with its load.
+whole file; ``GET /health`` says whether the model is loaded and on which device;
+``POST /v1/model/unload`` and ``/v1/model/load`` (:mod:`voicemesh.stt.model_admin`)
+free and reload it. Each replica registers itself in Redis with its load.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import (
     APIRouter,
+    Body,
     Depends,
     FastAPI,
     File,
@@ -25,8 +27,10 @@ from fastapi import (
 )
 from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict
 
 from voicemesh.audio_files import decode_audio_file
+from voicemesh.engine_guard import guard_engine
 from voicemesh.errors import BadRequest, PayloadTooLarge
 from voicemesh.http import install_http_basics
 from voicemesh.lifecycle import apply_log_level, registry_status, serve_replica
@@ -34,6 +38,7 @@ from voicemesh.metrics import ServiceMetrics
 from voicemesh.protocol import (
     SAMPLE_RATE,
 )
+from voicemesh.stt import model_admin
 from voicemesh.stt.engines import load_transcriber
 from voicemesh.stt.formats import render_transcript
 from voicemesh.stt.handler import StreamHandler
@@ -75,8 +80,9 @@ def create_stt_app(settings: SttSettings, transcriber: Transcriber | None = None
     apply_log_level(settings, settings.kind)
     metrics = ServiceMetrics(settings.kind)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def start_state() -> SttState:
+        """Load (unless handed in) and warm up the engine; only the state keeps it, so an
+        unload (:mod:`voicemesh.stt.model_admin`) can free it."""
         started = time.perf_counter()
         engine: Transcriber = (
             transcriber
@@ -86,8 +92,14 @@ def create_stt_app(settings: SttSettings, transcriber: Transcriber | None = None
         handed_in = transcriber is not None
         load_ms = None if handed_in else round((time.perf_counter() - started) * 1000, 1)
         state = SttState(settings, engine, metrics, load_ms)
+        state.loader = lambda: load_engine(settings)
+        await asyncio.to_thread(model_admin.warm_up, engine)
+        return state
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await start_state()
         app.state.stt = state
-        await asyncio.to_thread(_warm_up, state)
         try:
             async with serve_replica(
                 settings,
@@ -100,9 +112,9 @@ def create_stt_app(settings: SttSettings, transcriber: Transcriber | None = None
                 _LOGGER.info(
                     "%s ready: %s %s on %s",
                     settings.kind,
-                    engine.engine,
+                    state.engine_name,
                     settings.model,
-                    engine.device,
+                    state.device,
                 )
                 yield
         finally:
@@ -110,6 +122,7 @@ def create_stt_app(settings: SttSettings, transcriber: Transcriber | None = None
 
     app = FastAPI(title=f"VoiceMesh {settings.kind}", lifespan=lifespan)
     install_http_basics(app, metrics)
+    guard_engine(app, settings.internal_token, metrics)
     app.include_router(router)
     return app
 
@@ -122,10 +135,12 @@ async def health(state: Stt) -> JSONResponse:
         "status": "draining" if state.draining else "ok",
         "service": settings.kind,
         "instance_id": settings.instance_id,
-        "model_loaded": True,
+        "model_loaded": state.model_status == "loaded",
         "model": settings.model,
-        "engine": state.transcriber.engine,
-        "device": state.transcriber.device,
+        "model_status": state.model_status,
+        "model_error": state.model_error,
+        "engine": state.engine_name,
+        "device": state.device,
         "sessions": len(state.sessions),
         "queue": state.scheduler.queue_depth,
         "rtf": state.scheduler.recent_rtf,
@@ -178,7 +193,7 @@ async def transcribe_file(
     body, media_type = render_transcript(result, response_format)
     seconds = audio.size / SAMPLE_RATE
     headers = {
-        "X-VoiceMesh-Engine": f"{state.transcriber.engine}/{state.transcriber.device}",
+        "X-VoiceMesh-Engine": f"{state.engine_name}/{state.device}",
         "X-VoiceMesh-Duration": f"{seconds:.3f}",
         # This request's decode (queue wait included) per second of its audio.
         "X-VoiceMesh-RTF": f"{elapsed / max(seconds, 1e-3):.4f}",
@@ -195,12 +210,33 @@ async def transcribe_stream(ws: WebSocket, state: Stt) -> None:
     await StreamHandler(ws, state).run()
 
 
-def _warm_up(state: SttState) -> None:
-    """Run one decode so the first real request does not pay for lazy init."""
-    import numpy as np
+class UnloadRequest(BaseModel):
+    """Body of ``POST /v1/model/unload`` (optional; unknown fields are refused)."""
 
-    silence = np.zeros(SAMPLE_RATE, dtype=np.float32)  # one second
-    try:
-        state.transcriber.transcribe(silence, language="en")
-    except Exception:
-        _LOGGER.exception("warm-up decode failed")
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = False
+    """End open sessions (``model_unloaded``) instead of refusing the unload."""
+
+
+class LoadRequest(BaseModel):
+    """Body of ``POST /v1/model/load`` (optional; it has no field, unknown ones are refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@router.post("/v1/model/unload")
+async def unload_model(
+    state: Stt, body: Annotated[UnloadRequest | None, Body()] = None
+) -> dict[str, Any]:
+    """Free the model; 409 ``model_in_use`` with open sessions unless ``force`` ends them."""
+    return await model_admin.unload_model(state, force=body.force if body else False)
+
+
+@router.post("/v1/model/load")
+async def load_model(
+    state: Stt, body: Annotated[LoadRequest | None, Body()] = None
+) -> JSONResponse:
+    """Load the model again in the background: 202 ``loading``, then the registry says."""
+    answer, status = await model_admin.load_model(state)
+    return JSONResponse(answer, status_code=status)

@@ -33,6 +33,16 @@ class SttSettings(ServiceSettings):
     """Decodes run at once. Two on CPU, so a final never waits behind a partial in
     progress: on 2 cores, 2 one-thread workers cut end-of-speech -> final p95 from
     1242 to 1095 ms against 1 two-thread worker (benchmarks/stt_stream.py)."""
+    idle_ready_s: float = Field(90.0, gt=0)
+    """A client that sends no ``start`` or audio this long after ``ready`` is closed
+    (``idle_timeout``, 4408); keep it above the gateway's, which sees the same silence."""
+    idle_session_s: float = Field(120.0, gt=0)
+    """A client that sends no message this long mid-session is closed (``idle_timeout``,
+    4408) after its finals; keep it above the gateway's ``idle_session_s``."""
+    max_pending_bytes: int = Field(32 * 2**20, ge=1024)
+    """Most audio (bytes as sent) a session's inbox holds ahead of the decoder (a client
+    sending faster than real time); a frame past it gets a non-fatal ``audio_ahead``. The
+    default (about 17 min of 16 kHz PCM16) sits above what the gateway forwards ahead."""
     beam_size: int = Field(5, ge=1, le=10)
     """Beam width of file transcription (POST /v1/transcribe)."""
     language: str | None = None

@@ -22,6 +22,7 @@ import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from voicemesh.engine_guard import guard_engine
 from voicemesh.errors import BadRequest, EmptyText, PayloadTooLarge
 from voicemesh.http import install_http_basics
 from voicemesh.lifecycle import apply_log_level, registry_status, serve_replica
@@ -81,6 +82,7 @@ def create_tts_app(
 
     app = FastAPI(title=f"VoiceMesh {settings.kind}", lifespan=lifespan)
     install_http_basics(app, metrics)
+    guard_engine(app, settings.internal_token, metrics)
     app.include_router(router)
     app.include_router(voices_router)
     return app
