@@ -30,6 +30,7 @@ from gateway.benchmark_runner import BenchmarkRunner
 from gateway.deps import GatewayStateDep
 from gateway.panel import mount_control_panel
 from gateway.registry_view import RegistryView, static_replicas
+from gateway.resume import SessionKeeper, resume_request
 from gateway.routing import choose_backends, choose_detector
 from gateway.session_client import new_session_id
 from gateway.settings import GatewaySettings, get_settings
@@ -37,6 +38,7 @@ from gateway.state import GatewayState
 from gateway.stream import GatewayStream
 from gateway.upload_deadline import UploadDeadline
 from gateway.wyoming_server import WyomingServer
+from voicemesh.errors import BadRequest
 from voicemesh.http import install_http_basics
 from voicemesh.internal_token import internal_headers
 from voicemesh.lifecycle import apply_log_level
@@ -108,9 +110,23 @@ async def transcribe(ws: WebSocket, state: GatewayStateDep) -> None:
         return  # refused: the client got an error message and a close code
     async with slot:
         session_id = new_session_id()
-        idle = IdleLimits(state.settings.idle_ready_s, state.settings.idle_session_s)
+        settings = state.settings
+        idle = IdleLimits(settings.idle_ready_s, settings.idle_session_s)
         client = ClientSocket(ws, metrics=state.metrics, name=session_id, idle=idle)
-        await GatewayStream(client, state, session_id).run()
+        keeper = SessionKeeper(
+            state.sessions,
+            session_id=session_id,
+            key_id=slot.principal.key_id,
+            keep_finals=settings.resume_keep_finals,
+            tail_s=settings.resume_tail_s,
+            ack_interval_s=settings.ack_interval_s,
+        )
+        try:
+            resume = resume_request(ws.query_params)
+        except BadRequest as exc:
+            resume = None
+            await client.error(exc.code, exc.message)
+        await GatewayStream(client, state, session_id, keeper=keeper).run(resume=resume)
 
 
 async def start_wyoming(state: GatewayState) -> WyomingServer | None:
@@ -165,6 +181,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await follower.stop()
             await monitor.stop()
             await view.stop()
+            await state.sessions.close()
             await state.http.aclose()
 
     # Every HTTP route but the probes needs a client key (see gateway.auth).

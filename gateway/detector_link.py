@@ -24,7 +24,7 @@ from gateway.registry_view import RegistryView
 from gateway.routing import choose_detector
 from gateway.session_client import SessionClient
 from gateway.state import GatewayState
-from gateway.stt_backend import StallWatch, ws_url
+from gateway.stt_backend import StallWatch, shift_times, ws_url
 from voicemesh.errors import EngineUnavailable, backend_errors
 from voicemesh.protocol import VadMessage
 from voicemesh.registry import ReplicaInfo
@@ -102,6 +102,8 @@ class DetectorLink:
         self.backstop = backstop
         """Called ``grace_s`` after a confirmed speech end, with its stream time."""
         self.ws: ClientConnection | None = None
+        self.offset = 0.0
+        """Added to the detector's times (a resumed session's clock starts past 0)."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def open(self, view: RegistryView, connect_timeout_s: float) -> None:
@@ -127,7 +129,7 @@ class DetectorLink:
             return
         try:
             async for raw in detector:
-                message = json.loads(raw)
+                message = shift_times(json.loads(raw), self.offset)
                 kind = message.get("type")
                 self.stall.track_detector(message)
                 if kind == "speech_start":

@@ -44,6 +44,27 @@ class SessionBuffer:
             break
         self.start_sample = self._chunks[0][0] if self._chunks else self.total_samples
 
+    def restore(self, start_sample: int, total_samples: int, pcm: bytes) -> None:
+        """Take up a resumed session's audio: ``pcm`` ends at ``total_samples`` and begins at
+        ``start_sample``, the stream time of its last final (or of the kept tail)."""
+        self._chunks.clear()
+        if pcm:
+            self._chunks.append((start_sample, pcm))
+        self.start_sample = start_sample
+        self.total_samples = total_samples
+        # The resumed stream has kept real-time pace so far: it is not ahead.
+        self._first_at = self._clock() - total_samples / SAMPLE_RATE
+
+    def audio_since(self, sample: int) -> bytes:
+        """The kept audio from stream sample ``sample`` on (from the oldest kept if later)."""
+        parts = []
+        for start, pcm in self._chunks:
+            end = start + len(pcm) // BYTES_PER_SAMPLE
+            if end <= sample:
+                continue
+            parts.append(pcm[max(0, sample - start) * BYTES_PER_SAMPLE :])
+        return b"".join(parts)
+
     def replay_since_last_final(self) -> bytes:
         """All audio not yet covered by a final."""
         return b"".join(pcm for _, pcm in self._chunks)

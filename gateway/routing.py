@@ -15,8 +15,13 @@ admin unloaded it, or it is loading again).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from voicemesh.registry import ReplicaInfo
+
+if TYPE_CHECKING:
+    from gateway.registry_view import RegistryView
+    from gateway.settings import GatewaySettings
 
 STT_KINDS = {"gpu": "stt_gpu_ws", "cpu": "stt_cpu_ws"}
 
@@ -69,6 +74,12 @@ def choose_backends(
     light = [r for r in gpu if load_share(r) < gpu_max_load]
     heavy = [r for r in gpu if load_share(r) >= gpu_max_load]
     return light + cpu + heavy
+
+
+def mode_moved(view: RegistryView, replica: ReplicaInfo, settings: GatewaySettings) -> bool:
+    """After a final: does the routing mode now prefer the other kind of device?"""
+    preferred = choose_backends(view.mode, view.snapshot(), gpu_max_load=settings.gpu_max_load)
+    return bool(preferred) and is_gpu(preferred[0]) != is_gpu(replica)
 
 
 def choose_detector(replicas: Iterable[ReplicaInfo]) -> list[ReplicaInfo]:

@@ -62,6 +62,14 @@ class GatewaySettings(ServiceSettings):
     max_audio_ahead_s: float = Field(120.0, gt=0)
     """How far a stream may get ahead of both its last final and real time (a client sending
     faster than real time); a frame past it is refused with a non-fatal ``audio_ahead``."""
+    resume_ttl_s: float = Field(60.0, gt=0, le=3600)
+    """How long a dropped streaming session can be resumed (from its last write)."""
+    resume_tail_s: float = Field(30.0, gt=0, le=300)
+    """Most audio since the last final a resumable session keeps for its resume."""
+    resume_keep_finals: int = Field(64, ge=1, le=10000)
+    """Finals a resumable session keeps to send again to a client that missed them."""
+    ack_interval_s: float = Field(1.0, gt=0, le=60)
+    """How often a resumable session writes its new audio and ``ack``s it to the client."""
     max_utterance_s: float = Field(30.0, gt=0)
     """Longest utterance an engine makes without a final (theirs stop at 29 s); a backend
     sending partials of one utterance this long plus the stall timeout is failed over."""

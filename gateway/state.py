@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -21,6 +21,7 @@ import numpy as np
 from gateway.keys import KeyRing
 from gateway.limits import GatewayLimits
 from gateway.registry_view import RegistryView
+from gateway.session_store import MemorySessionStore, RedisSessionStore, SessionStore
 from gateway.settings import GatewaySettings
 from gateway.tts_audio import AudioStore
 from voicemesh.internal_token import internal_headers
@@ -147,6 +148,10 @@ class GatewayState:
     """When the TTS service's installed voices were last read, and their ids."""
     tts_audio: AudioStore = field(init=False)
     """Synthesized audio behind short-lived ``/v1/tts/audio/...`` URLs."""
+    sessions: SessionStore = field(init=False)
+    """Resumable streaming sessions (:mod:`gateway.resume`): Redis, or memory without it."""
+    resumable: dict[str, Callable[[], None]] = field(default_factory=dict)
+    """Sessions streaming through this replica now: a resume here ends the one it replaces."""
     http: httpx.AsyncClient = field(init=False)
     """The one HTTP client every request to a backend goes through (closed by the app's
     lifespan). One for all: building a client costs about 50 ms here (its TLS context),
@@ -163,6 +168,13 @@ class GatewayState:
             headers=internal_headers(self.settings.internal_token),
         )
         self.keys = KeyRing.from_settings(self.settings)
+        registry = self.view.client
+        ttl_s = self.settings.resume_ttl_s
+        self.sessions = (
+            MemorySessionStore(ttl_s)
+            if registry is None
+            else RedisSessionStore(registry.redis_url, prefix=registry.prefix, ttl_s=ttl_s)
+        )
         self.tts_audio = AudioStore(
             self.settings.tts_audio_ttl_s, self.settings.tts_audio_max_bytes
         )

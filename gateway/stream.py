@@ -21,7 +21,8 @@ import websockets
 from gateway.asr_models import narrow
 from gateway.detector_link import DetectorLink, detector_wanted
 from gateway.replay import BYTES_PER_SAMPLE, SessionBuffer
-from gateway.routing import choose_backends, is_gpu
+from gateway.resume import RESUME_FIELDS, SessionKeeper, resume_session
+from gateway.routing import choose_backends, mode_moved
 from gateway.session_client import SessionClient
 from gateway.state import GatewayState
 from gateway.stt_backend import (
@@ -29,8 +30,8 @@ from gateway.stt_backend import (
     StallWatch,
     open_first_backend,
     refusal_extra,
+    report_slow_backend,
     shift_times,
-    slow_backend_message,
 )
 from voicemesh.audio import AudioStreamDecoder, PcmStreamDecoder, float32_to_pcm16, stream_decoder
 from voicemesh.errors import EngineUnavailable, VoiceMeshError
@@ -60,7 +61,13 @@ class GatewayStream:
     (an id :func:`~gateway.asr_models.check_model` accepted) narrows the routing to it."""
 
     def __init__(
-        self, client: SessionClient, state: GatewayState, session_id: str, model: str | None = None
+        self,
+        client: SessionClient,
+        state: GatewayState,
+        session_id: str,
+        model: str | None = None,
+        *,
+        keeper: SessionKeeper | None = None,
     ) -> None:
         self.state = state
         self.settings = state.settings
@@ -94,11 +101,14 @@ class GatewayStream:
         self.last_final_end = 0.0
         self._backend_lock = asyncio.Lock()
         self._started = time.perf_counter()
+        self.keeper = keeper
+        """Keeps the session resumable (the seed WebSocket's sessions; None elsewhere)."""
 
     # ------------------------------------------------------------------ client side
 
-    async def run(self) -> None:
-        """Open a backend, then pump both directions until the session ends."""
+    async def run(self, resume: StartMessage | None = None) -> None:
+        """Open a backend, then pump both directions until the session ends; ``resume``
+        (asked for on the URL) carries on a dropped session first."""
         try:
             self.backend = await self._open_backend(offset=0.0)
         except EngineUnavailable as exc:
@@ -115,12 +125,17 @@ class GatewayStream:
                 device=ready.get("device", "?"),
                 model=ready.get("model", "?"),
                 backend=self.backend.replica.url,
+                resume_token=self.keeper.token if self.keeper else None,
             )
         )
         self.metrics.active_sessions.labels("gateway").inc()
         backend_task = asyncio.create_task(self._backend_loop())
         detector_task = asyncio.create_task(self.detector.relay())
+        keep = self.keeper.run(self) if self.keeper else asyncio.sleep(0)
+        keeper_task = asyncio.create_task(keep)
         try:
+            if resume is not None:
+                await self._on_start(resume)
             await self._client_loop()
             if self.stopping:
                 # Let the backend send its last final and close by itself.
@@ -128,8 +143,10 @@ class GatewayStream:
                     await within(30, asyncio.shield(backend_task))
         finally:
             self.client.open = self.client.open and not self.stopping
-            for task in (backend_task, detector_task):
+            for task in (backend_task, detector_task, keeper_task):
                 task.cancel()
+            if self.keeper is not None:
+                await self.keeper.finish(self, ended=self.stopping)
             if self.backend is not None:
                 self.view.release(self.backend.replica)
             await self._close_backends()
@@ -165,6 +182,7 @@ class GatewayStream:
         if self.audio_seen:
             await self.client.error("bad_message", "'start' must come before the first audio frame")
             return
+        asked, start = start, start.model_copy(update=RESUME_FIELDS)
         try:
             self.decoder = stream_decoder(
                 sample_rate=start.sample_rate,
@@ -176,7 +194,11 @@ class GatewayStream:
             await self.client.error(exc.code, exc.message)
             return
         self.start = start
-        await self._to_backend(self._backend_start().dumps())
+        if asked.resume_token is not None:
+            async with self._backend_lock:
+                if await resume_session(self, asked):
+                    return
+        await self._to_backend(self.backend_start().dumps())
 
     async def _on_audio(self, data: bytes) -> None:
         try:
@@ -214,7 +236,7 @@ class GatewayStream:
 
     # ------------------------------------------------------------------ backends
 
-    def _backend_start(self) -> StartMessage:
+    def backend_start(self) -> StartMessage:
         audio = {"sample_rate": SAMPLE_RATE, "encoding": "pcm_s16le", "channels": 1}
         return self.start.model_copy(update={**audio, "session_id": self.session_id})
 
@@ -234,7 +256,7 @@ class GatewayStream:
         backend = await open_first_backend(
             self.view,
             self._candidates(exclude),
-            self._backend_start(),
+            self.backend_start(),
             offset,
             connect_timeout_s=self.settings.connect_timeout_s,
             ping_timeout_s=self.settings.stall_timeout_s,
@@ -277,25 +299,8 @@ class GatewayStream:
             return self.stall.why(self._audio_s())
         if not self._slow_reported:
             self._slow_reported = True
-            current = next(
-                (
-                    r
-                    for r in self.view.snapshot(include_held=True)
-                    if r.instance_id == backend.replica.instance_id
-                ),
-                backend.replica,
-            )
-            message = slow_backend_message(current, self.stall.behind_s(self._audio_s()))
-            _LOGGER.warning("session %s: %s", self.session_id, message["message"])
-            self.metrics.error("backend_slow")
-            self.state.events.publish(
-                "backend_slow",
-                session_id=self.session_id,
-                backend=current.url,
-                behind_s=message["behind_s"],
-                queue=message["queue"],
-            )
-            await self.client.send(message)
+            behind_s = self.stall.behind_s(self._audio_s())
+            await report_slow_backend(self.state, self.client, self.session_id, backend, behind_s)
         return None
 
     async def _pump_backend(self, backend: Backend) -> str | None:
@@ -322,10 +327,10 @@ class GatewayStream:
                 if kind == "error" and message.get("fatal"):
                     return f"backend error: {message.get('message')}"
                 self._track_speech(message)
-                if kind == "final":
-                    self._on_final(message, backend)
+                if kind == "final" and not await self._on_final(message, backend):
+                    return None  # resumed elsewhere: the final is the new connection's
                 await self.client.send(message)
-                if kind == "final" and self._mode_moved(backend):
+                if kind == "final" and mode_moved(self.view, backend.replica, self.settings):
                     return "mode_change"
         except websockets.ConnectionClosedError as exc:
             return f"backend connection lost: {exc}"
@@ -344,7 +349,7 @@ class GatewayStream:
             self._heard_speech_at = None
         self.stall.track(message)
 
-    def _on_final(self, message: dict[str, Any], backend: Backend) -> None:
+    async def _on_final(self, message: dict[str, Any], backend: Backend) -> bool:
         self.last_final_end = float(message.get("end", 0.0))
         self.buffer.drop_until(self.last_final_end)
         message["backend"] = backend.replica.url
@@ -354,13 +359,7 @@ class GatewayStream:
         self.state.stats.record("final", ok=True, latency_ms=latency)
         if isinstance(latency, int | float):
             self.metrics.final_latency.observe(latency / 1000)
-
-    def _mode_moved(self, backend: Backend) -> bool:
-        """After a final: does the routing mode now prefer the other kind of device?"""
-        preferred = choose_backends(
-            self.view.mode, self.view.snapshot(), gpu_max_load=self.settings.gpu_max_load
-        )
-        return bool(preferred) and is_gpu(preferred[0]) != is_gpu(backend.replica)
+        return self.keeper is None or await self.keeper.final(message, self.buffer)
 
     async def _switch_backend(self, old: Backend, reason: str) -> bool:
         """Move the session to the next backend and replay the audio since the last final.

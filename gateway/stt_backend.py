@@ -33,6 +33,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from gateway.registry_view import RegistryView
+from gateway.session_client import SessionClient
 from gateway.state import GatewayState
 from voicemesh.errors import BackendClosed, BackendTimeout, Busy, EngineUnavailable, backend_errors
 from voicemesh.protocol import StartMessage
@@ -341,3 +342,28 @@ def slow_backend_message(replica: ReplicaInfo, behind_s: float) -> dict[str, Any
         "queue": load.queue,
         "rtf": load.rtf,
     }
+
+
+async def report_slow_backend(
+    state: GatewayState, client: SessionClient, session_id: str, backend: Backend, behind_s: float
+) -> None:
+    """Tell the client (once per stall) that its only backend lags, and log and count it."""
+    current = next(
+        (
+            r
+            for r in state.view.snapshot(include_held=True)
+            if r.instance_id == backend.replica.instance_id
+        ),
+        backend.replica,
+    )
+    message = slow_backend_message(current, behind_s)
+    _LOGGER.warning("session %s: %s", session_id, message["message"])
+    state.metrics.error("backend_slow")
+    state.events.publish(
+        "backend_slow",
+        session_id=session_id,
+        backend=current.url,
+        behind_s=message["behind_s"],
+        queue=message["queue"],
+    )
+    await client.send(message)

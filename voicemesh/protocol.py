@@ -6,7 +6,8 @@ Client -> STT (gateway or engine), over ``WS /ws/transcribe``:
   * ``<flush>`` (the seed protocol) or :class:`FlushMessage`; :class:`StopMessage`.
 
 STT -> client: :class:`ReadyMessage`, :class:`PartialMessage`, :class:`FinalMessage`,
-:class:`VadMessage`, :class:`FailoverMessage`, :class:`ErrorMessage`.
+:class:`VadMessage`, :class:`FailoverMessage`, :class:`AckMessage`, :class:`ResumedMessage`,
+:class:`ErrorMessage`.
 
 Detector (``WS /ws/detect``) speaks the seed format: :class:`DetectionMessage` per frame
 group, plus :class:`SpeechStartEvent` / :class:`SpeechEndEvent`; bad input gets
@@ -48,6 +49,8 @@ CLOSE_FORBIDDEN = 4403
 """A valid key without the rights the route needs."""
 CLOSE_IDLE = 4408
 """The client sent nothing for the idle timeout (``idle_timeout``); finals owed came first."""
+CLOSE_RESUMED = 4409
+"""Another connection resumed this session (``session_resumed``); this one is over."""
 
 OWNER_HEADER = "X-VoiceMesh-Key-Id"
 """The caller's key identity the gateway sets on calls to ``tts_clone`` (owner of voices)."""
@@ -85,6 +88,11 @@ class StartMessage(_Message):
     """Silence that ends an utterance (None: the engine's own)."""
     preroll_s: float | None = Field(None, ge=0, le=10)
     """Audio kept from before the detected speech start (None: the engine's own)."""
+    resume_token: str | None = Field(None, max_length=200)
+    """Carry on the session this token came with (its ``ready``) instead of a new one."""
+    last_final: int | None = Field(None, ge=-1)
+    """With ``resume_token``: the ``index`` of the last final received (-1: none); the
+    server sends again the finals after it."""
 
 
 class FlushMessage(_Message):
@@ -162,6 +170,8 @@ class ReadyMessage(_Message):
     model: str
     sample_rate: int = SAMPLE_RATE
     backend: str | None = None
+    resume_token: str | None = None
+    """Send it back in a ``start`` after a dropped connection to resume this session."""
 
 
 class PartialMessage(_Message):
@@ -191,6 +201,8 @@ class FinalMessage(_Message):
     latency_ms: float
     reason: FinalReason = "endpoint"
     backend: str | None = None
+    index: int | None = None
+    """The final's place in the session, from 0 (a resuming client names the last one)."""
 
 
 class VadMessage(_Message):
@@ -220,6 +232,28 @@ class FailoverMessage(_Message):
         return self.model_dump_json(exclude_none=True, by_alias=True)
 
 
+class AckMessage(_Message):
+    """The server holds the session's audio up to ``received_s`` where a resume finds it."""
+
+    type: Literal["ack"] = "ack"
+    received_s: float
+
+
+class ResumedMessage(_Message):
+    """A resume took: the session goes on; send the audio from ``received_s`` on."""
+
+    type: Literal["resumed"] = "resumed"
+    session_id: str
+    received_s: float
+    """Stream time of the audio the server holds; the client sends what follows."""
+    replayed_ms: float
+    """Audio since the last final, given again to the engine."""
+    finals_resent: int
+    """Finals after the client's ``last_final`` sent again (they follow this message)."""
+    finals_missing: int = 0
+    """Finals after ``last_final`` the server no longer keeps (0 unless long gone)."""
+
+
 class ErrorMessage(_Message):
     """An error; ``fatal`` says whether the server will close the socket after it."""
 
@@ -230,7 +264,14 @@ class ErrorMessage(_Message):
 
 
 ServerMessage = Annotated[
-    ReadyMessage | PartialMessage | FinalMessage | VadMessage | FailoverMessage | ErrorMessage,
+    ReadyMessage
+    | PartialMessage
+    | FinalMessage
+    | VadMessage
+    | FailoverMessage
+    | AckMessage
+    | ResumedMessage
+    | ErrorMessage,
     Field(discriminator="type"),
 ]
 SERVER_MESSAGE: TypeAdapter[Any] = TypeAdapter(ServerMessage)
