@@ -57,7 +57,7 @@ def _printer(show_partials: bool) -> Callable[[float, dict[str, Any]], None]:
                 f"   ({message['latency_ms']:.0f} ms, {message['engine']}/{message['device']})",
                 flush=True,
             )
-        elif kind in ("error", "failover", "reconnecting"):
+        elif kind in ("error", "failover", "reconnecting", "resumed"):
             print(f"\r\033[K{kind}: {message}", file=sys.stderr, flush=True)
 
     return show
@@ -182,7 +182,10 @@ def cmd_mic(args: argparse.Namespace) -> int:
             print(f"voicemesh-client: {exc}", file=sys.stderr)
             return 1
         print(f"\ntranscript: {report.result.transcript}")
-        print(f"reconnects: {report.reconnects}, replayed: {report.replayed_s} s")
+        print(
+            f"reconnects: {report.reconnects} ({report.resumed} resumed), "
+            f"replayed: {report.replayed_s} s"
+        )
         _print_latencies(session_stats(report.result, realtime=True))
         return 0
 

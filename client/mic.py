@@ -5,8 +5,10 @@ reads a microphone through PortAudio (``sounddevice``); :class:`FileCaptureSourc
 is the stand-in that reads a file at the pace a microphone would deliver it (tests,
 machines without a microphone). :class:`MicStreamer` keeps the audio not yet covered
 by a final in a :class:`SlidingBuffer`; when the connection drops it reconnects with
-exponential backoff, replays that audio into the new session and shifts the new
-session's times, so the transcript goes on where it stopped.
+exponential backoff and resumes its server session (:mod:`voicemesh.client.resume`):
+it sends the audio after what the gateway holds, and gets the finals it missed. If the
+session cannot be resumed, it replays the audio no final covered into a new session and
+shifts that session's times, so the transcript goes on where it stopped either way.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from client.streaming import OPUS_PACKET_MS, StreamResult, WireEncoding, to_byte
 from voicemesh.audio import OpusStreamEncoder, resample
 from voicemesh.audio_files import read_audio_file
 from voicemesh.client.replay import Backoff, SlidingBuffer
+from voicemesh.client.resume import ResumeState, open_session
 from voicemesh.errors import ConnectionLost
 from voicemesh.protocol import SAMPLE_RATE
 
@@ -147,6 +150,8 @@ class MicReport:
 
     result: StreamResult = field(default_factory=StreamResult)
     reconnects: int = 0
+    resumed: int = 0
+    """Reconnects that carried the server session on (the rest began new ones)."""
     replayed_s: list[float] = field(default_factory=list)
 
 
@@ -197,6 +202,7 @@ class MicStreamer:
         self._captured: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
         self._capture_done = False
         self._finalized = 0  # absolute sample index every final so far has covered
+        self.resume = ResumeState()
         self._t0 = 0.0
 
     async def _capture(self) -> None:
@@ -257,18 +263,24 @@ class MicStreamer:
                 self._emit(ready)
                 raise ConnectionLost(f"session refused: {ready.get('message', ready)}")
             self._emit(ready)
-            await ws.send(
-                json.dumps(
-                    {
-                        "type": "start",
-                        "sample_rate": SAMPLE_RATE,
-                        "encoding": self.encoding,
-                        "language": self.language,
-                    }
-                )
+            start = {
+                "type": "start",
+                "sample_rate": SAMPLE_RATE,
+                "encoding": self.encoding,
+                "language": self.language,
+            }
+            new_origin = self.buffer.since(self._finalized)[0]
+            resumed, early = await open_session(
+                ws, self.resume, ready, start, origin=new_origin, timeout_s=self.timeout_s
             )
+            for answer in early:
+                self._emit(answer)
+            if resumed is not None:
+                self.report.resumed += 1
+                self._emit(resumed)
+            send_from = new_origin if resumed is None else self.resume.resumed_at(resumed)
             encoder = _Encoder(self.encoding)
-            origin, replay = self.buffer.since(self._finalized)
+            _, replay = self.buffer.since(send_from)
             # Live blocks already in the queue are in the replay too: skip them.
             while not self._captured.empty():
                 if self._captured.get_nowait() is None:
@@ -278,7 +290,7 @@ class MicStreamer:
                     self.report.replayed_s.append(round(replay.size / SAMPLE_RATE, 3))
                 for message in encoder.encode(replay):
                     await ws.send(message)
-            offset = origin / SAMPLE_RATE
+            offset = self.resume.origin / SAMPLE_RATE
             receiver = asyncio.create_task(self._receive(ws, offset))
             try:
                 while not self._capture_done:
@@ -321,6 +333,8 @@ class MicStreamer:
                 if isinstance(message.get(key), int | float):
                     message[key] = round(message[key] + offset, 3)
             if message.get("type") == "final":
+                if not self.resume.fresh_final(message):
+                    continue  # sent again around a resume: already printed
                 self._finalized = max(self._finalized, int(message["end"] * SAMPLE_RATE))
                 self.buffer.drop_before(self._finalized)
             self._emit(message)

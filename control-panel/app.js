@@ -278,7 +278,7 @@ function onMicMessage(message) {
   const now = performance.now();
   switch (message.type) {
     case "ready": // the client sends the start message and then the audio
-      mic.t0 = now;
+      if (!mic.t0) mic.t0 = now; // a reconnect's ready keeps the stream's clock
       setMicState(`streaming → ${message.engine}/${message.device}`, "ok");
       $("mic-stop").disabled = false;
       break;
@@ -298,6 +298,13 @@ function onMicMessage(message) {
       $("mic-partial").textContent = "";
       break;
     }
+    case "reconnect":
+      setMicState(`reconnecting (try ${message.attempt})`, "warn");
+      show("mic-info", `connection lost (${message.reason}); reconnecting`, true);
+      break;
+    case "resumed":
+      show("mic-info", `reconnected: session ${message.session_id} resumed at ${message.received_s.toFixed(1)} s, ${message.finals_resent} final(s) sent again`);
+      break;
     case "failover":
       show("mic-info", `failover ${message.from} → ${message.to} (${message.reason}), replayed ${Math.round(message.replayed_ms)} ms`);
       break;

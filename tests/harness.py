@@ -535,3 +535,68 @@ async def dropping_proxy(upstream: str, drop_after_s: float) -> AsyncIterator[tu
     async with websockets.serve(relay, "127.0.0.1", 0, max_size=None) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         yield f"ws://127.0.0.1:{port}/ws/transcribe", connections
+
+
+class DropRelay(threading.Thread):
+    """A WebSocket relay on loopback, in a thread of its own, to ``upstream`` (``ws://host:port``)
+    at the path and query each client asked for; it cuts its first connection after
+    ``drop_after_s`` with no close handshake (a network drop), and relays the rest whole.
+
+    For clients that run elsewhere than the test's event loop (a browser page)."""
+
+    def __init__(self, upstream: str, drop_after_s: float) -> None:
+        super().__init__(daemon=True)
+        self.upstream = upstream.rstrip("/")
+        self.drop_after_s = drop_after_s
+        self.connections: list[str] = []
+        self.port = 0
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Future[None] | None = None
+
+    async def _relay(self, client: Any) -> None:
+        first = not self.connections
+        self.connections.append("dropped" if first else "kept")
+        target = f"{self.upstream}{client.request.path}"
+        async with websockets.connect(target, max_size=None) as server:
+
+            async def pipe(source: Any, sink: Any) -> None:
+                async for message in source:
+                    await sink.send(message)
+
+            pumps = [
+                asyncio.create_task(pipe(client, server)),
+                asyncio.create_task(pipe(server, client)),
+            ]
+            try:
+                if first:
+                    await asyncio.sleep(self.drop_after_s)
+                    client.transport.abort()
+                else:
+                    await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for pump in pumps:
+                    pump.cancel()
+                await asyncio.gather(*pumps, return_exceptions=True)
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = self._loop.create_future()
+        async with websockets.serve(self._relay, "127.0.0.1", 0, max_size=None) as server:
+            self.port = next(iter(server.sockets)).getsockname()[1]
+            self._ready.set()
+            await self._stop
+
+    def run(self) -> None:
+        asyncio.run(self._serve())
+
+    def __enter__(self) -> DropRelay:
+        self.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the relay did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set_result, None)
+        self.join(10)

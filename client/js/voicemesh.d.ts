@@ -103,7 +103,15 @@ export interface StatusEvent {
 }
 
 export type StreamEvent =
-  | { type: "ready"; session_id: string; engine: string; device: string; model: string; backend?: string }
+  | {
+      type: "ready";
+      session_id: string;
+      engine: string;
+      device: string;
+      model: string;
+      backend?: string;
+      resume_token?: string;
+    }
   | { type: "partial"; utterance_id: number; text: string; stable_text: string; start: number; end: number }
   | {
       type: "final";
@@ -118,9 +126,20 @@ export type StreamEvent =
       latency_ms: number;
       reason: "endpoint" | "flush" | "stop" | "max_length";
       segments: { start: number; end: number; text: string }[];
+      index?: number;
     }
   | { type: "vad"; event: "speech_start" | "speech_end"; t: number; source: string }
   | { type: "failover"; from: string | null; to: string; replayed_ms: number; reason: string }
+  | { type: "ack"; received_s: number }
+  | {
+      type: "resumed";
+      session_id: string;
+      received_s: number;
+      replayed_ms: number;
+      finals_resent: number;
+      finals_missing: number;
+    }
+  | { type: "reconnect"; attempt: number; reason: string }
   | { type: "error"; code: string; message: string; fatal: boolean };
 
 export interface ModelAction {
@@ -164,7 +183,13 @@ export class VoiceMeshClient {
   streamStatus(options?: { signal?: AbortSignal }): AsyncGenerator<StatusEvent, void, undefined>;
   streamTranscription(
     source: AudioSource,
-    options?: { sampleRate?: number; language?: string; signal?: AbortSignal },
+    options?: {
+      sampleRate?: number;
+      language?: string;
+      signal?: AbortSignal;
+      reconnects?: number;
+      bufferS?: number;
+    },
   ): AsyncGenerator<StreamEvent, void, undefined>;
 }
 

@@ -293,28 +293,106 @@ export class VoiceMeshClient {
    * `source`: samples (Float32Array, Int16Array, ArrayBuffer of PCM16) at `sampleRate`, or an
    * (async) iterable of such frames (a microphone: see `microphoneFrames`). Yields the
    * server's messages (ready first) until the last final; throws a VoiceMeshError on a
-   * refusal or a lost connection.
+   * refusal, or once `reconnects` attempts after a lost connection have failed.
+   *
+   * A dropped connection is reconnected with backoff and the server session resumed: the
+   * client sends `start` with the session's resume token and its last final's index, gets
+   * `resumed` and the finals it missed, and sends its audio from what the gateway held on
+   * (it keeps what no final covered, up to `bufferS` seconds of a live source). A session
+   * that can no longer be resumed goes on as a new one, sent the audio no final covered,
+   * its times shifted to stay continuous. Each reconnect yields `{type: "reconnect", attempt,
+   * reason}` first.
    */
-  async *streamTranscription(source, { sampleRate = SAMPLE_RATE, language, signal } = {}) {
+  async *streamTranscription(
+    source,
+    { sampleRate = SAMPLE_RATE, language, signal, reconnects = 5, bufferS = 60 } = {},
+  ) {
+    const buffered = source instanceof ArrayBuffer || ArrayBuffer.isView(source);
+    const kept = new KeptAudio(buffered ? Infinity : Math.round(sampleRate * bufferS));
+    const pump = kept.fill(source, sampleRate);
+    const session = { token: null, lastFinal: -1, origin: 0, finalized: 0 };
+    let attempt = 0;
+    try {
+      for (;;) {
+        try {
+          yield* this.streamConnection(kept, session, { sampleRate, language, signal, attempt });
+          return;
+        } catch (exc) {
+          if (!exc.dropped || attempt >= reconnects || signal?.aborted) throw exc;
+          attempt += 1;
+          yield { type: "reconnect", attempt, reason: exc.message };
+          await new Promise((resolve) => setTimeout(resolve, Math.min(8000, 500 * 2 ** (attempt - 1))));
+        }
+      }
+    } finally {
+      kept.close();
+      await pump;
+    }
+  }
+
+  /** One connection of streamTranscription: ready, resume or start, audio, messages. */
+  async *streamConnection(kept, session, { sampleRate, language, signal, attempt }) {
     const socket = new WebSocket(this.wsUrl("/ws/transcribe"));
     socket.binaryType = "arraybuffer";
     const messages = socketMessages(socket)[Symbol.asyncIterator]();
-    await opened(socket);
+    try {
+      await opened(socket);
+    } catch (exc) {
+      exc.dropped = attempt > 0; // the gateway may be restarting: try again
+      throw exc;
+    }
     const abort = () => socket.close(1000);
     signal?.addEventListener("abort", abort);
     let sending = null;
     try {
       const first = await messages.next();
       if (first.done) return;
-      yield first.value;
-      socket.send(JSON.stringify({ type: "start", sample_rate: sampleRate, encoding: "pcm_s16le", language }));
-      sending = sendAudio(socket, source, sampleRate);
+      const ready = first.value;
+      yield ready;
+      const start = { type: "start", sample_rate: sampleRate, encoding: "pcm_s16le", language };
+      let from = null;
+      if (session.token) {
+        socket.send(JSON.stringify({ ...start, resume_token: session.token, last_final: session.lastFinal }));
+        for (;;) {
+          const next = await messages.next();
+          if (next.done) return;
+          const message = next.value;
+          yield message;
+          if (message.type === "resumed") {
+            from = session.origin + Math.round(message.received_s * sampleRate);
+            break;
+          }
+          if (message.type === "error" && NOT_RESUMED.includes(message.code)) break;
+        }
+      } else {
+        socket.send(JSON.stringify(start));
+      }
+      if (from === null) {
+        from = Math.max(session.finalized, kept.start);
+        Object.assign(session, { token: ready.resume_token || null, lastFinal: -1, origin: from });
+      }
+      sending = kept.send(socket, from);
+      const offset = session.origin / sampleRate;
       for (;;) {
         const next = await messages.next();
         if (next.done) break;
-        yield next.value;
+        const message = shiftTimes(next.value, offset);
+        if (message.type === "final") {
+          if (Number.isInteger(message.index)) {
+            if (message.index <= session.lastFinal) continue; // sent again around a resume
+            session.lastFinal = message.index;
+          }
+          session.finalized = Math.max(session.finalized, Math.round(message.end * sampleRate));
+          kept.dropBefore(session.finalized);
+        }
+        yield message;
       }
       await sending;
+    } catch (exc) {
+      if (exc instanceof VoiceMeshError && exc.code === "connection_lost") {
+        exc.dropped = [1001, 1006, 1011, 1012].includes(exc.status);
+      }
+      throw exc;
     } finally {
       signal?.removeEventListener("abort", abort);
       if (socket.readyState === WebSocket.OPEN) socket.close(1000);
@@ -322,22 +400,105 @@ export class VoiceMeshClient {
   }
 }
 
-async function sendAudio(socket, source, sampleRate) {
-  const send = (frame) => {
-    if (socket.readyState === WebSocket.OPEN) socket.send(toPcm16(frame));
-  };
-  if (source instanceof ArrayBuffer || ArrayBuffer.isView(source)) {
-    const pcm = toPcm16(source);
-    const step = Math.round((sampleRate * FRAME_MS) / 1000);
-    for (let i = 0; i < pcm.length; i += step) send(pcm.subarray(i, i + step));
-  } else {
-    for await (const frame of source) {
-      // A live source never ends by itself: stop reading it once the session has closed.
-      if (socket.readyState !== WebSocket.OPEN) break;
-      send(frame);
+const NOT_RESUMED = ["session_not_found", "resume_unavailable", "resume_unsupported"];
+
+/** A server message's stream times moved by `offset` seconds (a new session's clock). */
+function shiftTimes(message, offset) {
+  if (!offset) return message;
+  for (const key of ["start", "end", "t"]) {
+    if (typeof message[key] === "number") message[key] = Math.round((message[key] + offset) * 1000) / 1000;
+  }
+  for (const segment of message.segments || []) shiftTimes(segment, offset);
+  return message;
+}
+
+/**
+ * The audio of a stream by absolute sample index: filled from the source, sent to the
+ * connection of the moment, kept until a final covers it (at most `max` samples).
+ */
+class KeptAudio {
+  constructor(max) {
+    this.max = max;
+    this.chunks = []; // [start index, Int16Array]
+    this.start = 0;
+    this.end = 0;
+    this.done = false;
+    this.closed = false;
+    this.wakers = new Set();
+  }
+
+  wake() {
+    for (const waker of this.wakers) waker();
+    this.wakers.clear();
+  }
+
+  changed() {
+    return new Promise((resolve) => this.wakers.add(resolve));
+  }
+
+  push(pcm) {
+    this.chunks.push([this.end, pcm]);
+    this.end += pcm.length;
+    while (this.chunks.length > 1 && this.end - this.chunks[1][0] > this.max) this.chunks.shift();
+    this.start = this.chunks.length ? this.chunks[0][0] : this.end;
+    this.wake();
+  }
+
+  dropBefore(index) {
+    while (this.chunks.length && this.chunks[0][0] + this.chunks[0][1].length <= index) this.chunks.shift();
+    this.start = this.chunks.length ? this.chunks[0][0] : this.end;
+  }
+
+  /** Read `source` into the kept audio until it ends or the stream closes. */
+  async fill(source, sampleRate) {
+    try {
+      if (source instanceof ArrayBuffer || ArrayBuffer.isView(source)) {
+        const pcm = toPcm16(source);
+        const step = Math.round((sampleRate * FRAME_MS) / 1000);
+        for (let i = 0; i < pcm.length; i += step) this.push(pcm.subarray(i, i + step));
+      } else {
+        for await (const frame of source) {
+          // A live source never ends by itself: stop reading it once the stream is over.
+          if (this.closed) break;
+          this.push(toPcm16(frame));
+        }
+      }
+    } finally {
+      this.done = true;
+      this.wake();
     }
   }
-  if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "stop" }));
+
+  close() {
+    this.closed = true;
+    this.wake();
+  }
+
+  /** Send the audio from `index` on as it comes, then `stop` once the source ended. */
+  async send(socket, index) {
+    let next = index;
+    while (socket.readyState === WebSocket.OPEN && !this.closed) {
+      for (const [first, pcm] of this.chunks) {
+        const last = first + pcm.length;
+        if (last <= next) continue;
+        if (socket.readyState !== WebSocket.OPEN) return;
+        socket.send(pcm.subarray(Math.max(0, next - first)));
+        next = last;
+      }
+      if (this.done && next >= this.end) {
+        if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "stop" }));
+        return;
+      }
+      await Promise.race([this.changed(), closedPromise(socket)]);
+    }
+  }
+}
+
+function closedPromise(socket) {
+  return new Promise((resolve) => {
+    if (socket.readyState >= WebSocket.CLOSING) resolve();
+    else socket.addEventListener("close", () => resolve(), { once: true });
+  });
 }
 
 /**

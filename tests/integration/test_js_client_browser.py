@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import REPO, clip_named, error_rate, start_routing_gateway
+from tests.harness import REPO, DropRelay, clip_named, error_rate, start_routing_gateway
 from tests.integration.conftest import Mesh
 from tests.integration.test_panel_browser import page_results
 
@@ -28,7 +28,8 @@ WER_LIMIT = 25.0
 
 @pytest.fixture(scope="module")
 def page_url(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A keyed gateway serving the test page, the module and the clip; the page's URL."""
+    """A keyed gateway serving the test page, the module and the clip; the page's URL (with
+    a relay that cuts a stream's first connection, for the resume check)."""
     folder = tmp_path_factory.mktemp("js-test-page")
     shutil.copy(JS / "test.html", folder / "index.html")
     shutil.copy(JS / "voicemesh.js", folder / "voicemesh.js")
@@ -40,7 +41,9 @@ def page_url(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
     )
     gateway = start_routing_gateway(env, tmp_path_factory.mktemp("js-client-logs"))
     try:
-        yield f"{gateway.url}/?key={KEY}"
+        with DropRelay(f"ws://127.0.0.1:{gateway.port}", drop_after_s=1.5) as relay:
+            yield f"{gateway.url}/?key={KEY}&drop=http://127.0.0.1:{relay.port}"
+            assert relay.connections == ["dropped", "kept"]
     finally:
         gateway.stop()
 
@@ -80,6 +83,19 @@ def test_stream_transcription_of_a_buffer(results: dict[str, Any]) -> None:
     assert error_rate(CLIP.text, stream["text"]) <= WER_LIMIT, stream
     ends = [f["end"] for f in stream["finals"]]
     assert ends == sorted(ends) and ends[-1] == pytest.approx(CLIP.duration_s, abs=0.5)
+
+
+def test_a_dropped_stream_resumes_its_session(results: dict[str, Any]) -> None:
+    stream = results["streamResumed"]
+    types = stream.get("types", [])
+    assert types.count("reconnect") == 1 and types.count("ready") == 2, stream
+    resumed = stream["resumed"]
+    assert resumed and resumed["received_s"] > 0.5, stream
+    finals = stream["finals"]
+    assert [f["index"] for f in finals] == list(range(len(finals))), finals  # none lost or twice
+    ends = [f["end"] for f in finals]
+    assert ends == sorted(ends) and ends[-1] == pytest.approx(CLIP.duration_s, abs=0.5)
+    assert error_rate(CLIP.text, stream["text"]) <= WER_LIMIT, stream
 
 
 def test_errors_are_typed(results: dict[str, Any]) -> None:

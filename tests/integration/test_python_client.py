@@ -203,7 +203,7 @@ async def test_stream_live_frames_from_an_async_iterator(gateway_url: str) -> No
     assert error_rate(SHORT.text, transcript(events)) <= STREAM_WER_LIMIT, transcript(events)
 
 
-async def test_a_dropped_connection_reconnects_and_says_what_was_lost(mesh: Mesh) -> None:
+async def test_a_dropped_connection_resumes_its_session(mesh: Mesh) -> None:
     async with (
         dropping_proxy(mesh.ws_url, drop_after_s=3.0) as (url, connections),
         AsyncVoiceMeshClient(url.removesuffix("/ws/transcribe").replace("ws://", "http://")) as vm,
@@ -214,10 +214,14 @@ async def test_a_dropped_connection_reconnects_and_says_what_was_lost(mesh: Mesh
     assert len(reconnects) == 1
     reconnect = reconnects[0]
     assert reconnect.attempt == 1 and reconnect.previous_session_id
-    # The audio no final covered was sent again; none had left the 60 s buffer.
-    assert 0.5 < reconnect.replayed_s <= 5.0 and reconnect.lost_audio_s == 0
+    # The server session went on: the client sent what followed the audio the gateway
+    # held, and its times need no shift.
+    assert reconnect.resumed and reconnect.lost_audio_s == 0 and reconnect.offset_s == 0
+    assert reconnect.replayed_s <= 2.0
     assert [type(e).__name__ for e in events].count("ReadyMessage") == 2
+    assert [type(e).__name__ for e in events].count("ResumedMessage") == 1
     finals = finals_of(events)
+    assert [f.index for f in finals] == list(range(len(finals)))  # none lost or repeated
     assert [f.start for f in finals] == sorted(f.start for f in finals)
     assert finals[-1].end > LONGER.duration_s - 1.5  # times continue across the reconnect
     assert error_rate(LONGER.text, transcript(events)) <= 20.0, transcript(events)

@@ -41,15 +41,18 @@ from voicemesh.client.models import (
 )
 from voicemesh.client.sync import VoiceMeshClient
 from voicemesh.protocol import (
+    AckMessage,
     ErrorMessage,
     FailoverMessage,
     FinalMessage,
     PartialMessage,
     ReadyMessage,
+    ResumedMessage,
     VadMessage,
 )
 
 __all__ = [
+    "AckMessage",
     "ApiError",
     "AsyncVoiceMeshClient",
     "BadInputError",
@@ -67,6 +70,7 @@ __all__ = [
     "PartialMessage",
     "ReadyMessage",
     "ReconnectEvent",
+    "ResumedMessage",
     "ServerError",
     "StatusEvent",
     "StreamEvent",

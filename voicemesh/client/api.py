@@ -198,13 +198,15 @@ class AsyncVoiceMeshClient:
         path: str = STREAM_PATH,
     ) -> AsyncGenerator[StreamEvent, None]:
         """Stream audio over ``WS /ws/transcribe``; yield ready, partial, final, vad,
-        failover and reconnect events until the last final.
+        failover, ack, resumed and reconnect events until the last final.
 
         ``source``: a file path, a numpy array at ``sample_rate``, or an (async) iterator
         of frames (PCM16 bytes or arrays at ``sample_rate``). A file or array goes as fast
         as the connection takes it, or at a microphone's pace with ``realtime``. After a
-        dropped connection the client reconnects (up to ``reconnects`` times) and replays
-        the audio no final covered, from the last ``buffer_s`` seconds it keeps.
+        dropped connection the client reconnects (up to ``reconnects`` times) and resumes
+        the server session (``ack`` and ``resumed`` events come too); when it cannot, it
+        replays the audio no final covered, from the last ``buffer_s`` seconds it keeps,
+        into a new session.
         """
         blocks = audio_blocks(source, sample_rate=sample_rate, frame_ms=frame_ms, realtime=realtime)
         session = self.config.transcription_stream(path, language, reconnects, buffer_s)

@@ -15,11 +15,13 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from voicemesh.protocol import (
+    AckMessage,
     ErrorMessage,
     FailoverMessage,
     FinalMessage,
     PartialMessage,
     ReadyMessage,
+    ResumedMessage,
     VadMessage,
 )
 
@@ -234,9 +236,10 @@ class StatusEvent(BaseModel):
 class ReconnectEvent(BaseModel):
     """The client lost its connection mid-stream and opened a new one.
 
-    Session resume is not built yet: the new connection is a new server session. The
-    client sends it again the audio no final had covered (``replayed_s``), so that
-    audio is transcribed, but it says what could not be carried over.
+    Mostly the new connection resumes the server session (``resumed``): the client
+    sends the audio after what the gateway held (``replayed_s``) and gets the finals it
+    missed. Otherwise it is a new session, sent again the audio no final had covered;
+    then the partial in progress is decoded anew (``lost_partial``).
     """
 
     type: Literal["reconnect"] = "reconnect"
@@ -245,8 +248,10 @@ class ReconnectEvent(BaseModel):
     reason: str
     """Why the previous connection ended."""
     previous_session_id: str | None = None
+    resumed: bool = False
+    """The server session went on (else the connection began a new one)."""
     replayed_s: float = 0.0
-    """Audio since the last final, sent again to the new session."""
+    """Audio sent again: after what the gateway held (resumed), or since the last final."""
     lost_audio_s: float = 0.0
     """Audio no final covered that had already left the client's replay buffer: never
     transcribed."""
@@ -263,6 +268,8 @@ StreamEvent: TypeAlias = (
     | FinalMessage
     | VadMessage
     | FailoverMessage
+    | AckMessage
+    | ResumedMessage
     | ErrorMessage
     | ReconnectEvent
 )

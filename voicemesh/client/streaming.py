@@ -6,10 +6,12 @@ as a ``failover`` event and the transcript goes on. A dropped connection is the
 client's: it reconnects with backoff and sends the new session the audio no final has
 covered yet, shifting the new session's times so they stay continuous.
 
-Session resume (the server keeping the session for a reconnecting client) is not built
-yet, so each reconnect opens a new server session, and the client says in a
-:class:`~voicemesh.client.models.ReconnectEvent` what could not be carried over: the
-partial in progress (decoded again from the replayed audio) and any audio that had
+A reconnect resumes the server session (:mod:`voicemesh.client.resume`): the client
+sends the audio after what the gateway holds and gets the finals it missed, on the same
+session clock. When the session cannot be resumed (it expired), the new connection is a
+new session: the client sends it the audio no final covered and shifts its times. Either
+way a :class:`~voicemesh.client.models.ReconnectEvent` says what happened: whether the
+session was resumed, the partial in progress (decoded again) and any audio that had
 already left the replay buffer (never transcribed).
 """
 
@@ -30,6 +32,7 @@ from voicemesh.audio import float32_to_pcm16
 from voicemesh.client.errors import error_from_ws
 from voicemesh.client.models import ReconnectEvent, StreamEvent
 from voicemesh.client.replay import Backoff, SlidingBuffer
+from voicemesh.client.resume import ResumeState, open_session
 from voicemesh.errors import ConnectionLost, StreamLostError, TransportError
 from voicemesh.protocol import SAMPLE_RATE, SERVER_MESSAGE, ReadyMessage
 from voicemesh.tasks import stop_task, within
@@ -85,6 +88,7 @@ class TranscriptionStream:
         self._finalized = 0  # absolute 16 kHz sample index every final so far has covered
         self._partial: str | None = None
         self._session_id: str | None = None
+        self.resume = ResumeState()
 
     async def _capture(self, blocks: AsyncIterator[np.ndarray]) -> None:
         try:
@@ -156,21 +160,39 @@ class TranscriptionStream:
             if first.get("type") != "ready":
                 raise await self._refusal(ws, first)
             ready = ReadyMessage.model_validate(first)
-            origin, replay = self._take_replay()
-            offset = origin / SAMPLE_RATE
+            new_origin = self.buffer.since(self._finalized)[0]
+            try:
+                resumed, early = await open_session(
+                    ws,
+                    self.resume,
+                    first,
+                    self._start(),
+                    origin=new_origin,
+                    timeout_s=self.open_timeout_s,
+                )
+            except (websockets.ConnectionClosed, TimeoutError) as exc:
+                raise ConnectionLost(f"no answer to start: {exc!r}") from exc
+            wanted = new_origin if resumed is None else self.resume.resumed_at(resumed)
+            origin, replay = self._take_replay(wanted)
+            offset = self.resume.origin / SAMPLE_RATE
             if drop is not None:
                 yield ReconnectEvent(
                     attempt=self.reconnects,
                     reason=str(drop),
                     previous_session_id=self._session_id,
+                    resumed=resumed is not None,
                     replayed_s=round(replay.size / SAMPLE_RATE, 3),
-                    lost_audio_s=round(max(0, origin - self._finalized) / SAMPLE_RATE, 3),
-                    lost_partial=self._partial,
+                    lost_audio_s=round(max(0, origin - wanted) / SAMPLE_RATE, 3),
+                    lost_partial=None if resumed is not None else self._partial,
                     offset_s=round(offset, 3),
                 )
-                self._partial = None
-            self._session_id = ready.session_id
+                if resumed is None:
+                    self._partial = None
+            self._session_id = self.resume.session_id or ready.session_id
             yield ready
+            for message in early:
+                if (event := self._event(message, offset)) is not None:
+                    yield event
             sender = asyncio.create_task(self._send(ws, replay))
             async with contextlib.aclosing(self._receive(ws, offset)) as received:
                 async for event in received:
@@ -180,8 +202,16 @@ class TranscriptionStream:
             with contextlib.suppress(Exception):
                 await ws.close()
 
-    def _take_replay(self) -> tuple[int, np.ndarray]:
-        """(first sample to send again, the audio from it on) for a new connection.
+    def _start(self) -> dict[str, Any]:
+        return {
+            "type": "start",
+            "sample_rate": SAMPLE_RATE,
+            "encoding": "pcm_s16le",
+            "language": self.language,
+        }
+
+    def _take_replay(self, index: int) -> tuple[int, np.ndarray]:
+        """(first sample to send, the audio from it on) for a new connection, from ``index``.
 
         The blocks still queued are in that audio already, so they leave the queue; both
         happen in one step, so no block is sent twice or skipped.
@@ -189,7 +219,7 @@ class TranscriptionStream:
         while not self._queue.empty():
             if self._queue.get_nowait() is None:
                 self._source_done = True
-        origin, replay = self.buffer.since(self._finalized)
+        origin, replay = self.buffer.since(index)
         return origin, replay.copy()
 
     async def _send(self, ws: Any, replay: np.ndarray) -> None:
@@ -200,13 +230,6 @@ class TranscriptionStream:
             return  # the receiver sees the same close and decides what it means
 
     async def _send_all(self, ws: Any, replay: np.ndarray) -> None:
-        start = {
-            "type": "start",
-            "sample_rate": SAMPLE_RATE,
-            "encoding": "pcm_s16le",
-            "language": self.language,
-        }
-        await ws.send(json.dumps(start))
         step = int(REPLAY_CHUNK_S * SAMPLE_RATE)
         for i in range(0, replay.size, step):
             await ws.send(float32_to_pcm16(replay[i : i + step]))
@@ -247,16 +270,23 @@ class TranscriptionStream:
             message = json.loads(raw)
             if message.get("type") == "error" and message.get("fatal"):
                 raise await self._refusal(ws, message)
-            shift_times(message, offset)
-            try:
-                event = SERVER_MESSAGE.validate_python(message)
-            except ValidationError:
-                _LOGGER.debug("skipping a message this client does not know: %s", raw[:200])
-                continue
-            if event.type == "final":
-                self._finalized = max(self._finalized, int(event.end * SAMPLE_RATE))
-                self.buffer.drop_before(self._finalized)
-                self._partial = None
-            elif event.type == "partial":
-                self._partial = event.text
-            yield event
+            if (event := self._event(message, offset)) is not None:
+                yield event
+
+    def _event(self, message: dict[str, Any], offset: float) -> StreamEvent | None:
+        """A server message as a typed event on the stream's clock (None: skip it)."""
+        shift_times(message, offset)
+        try:
+            event: StreamEvent = SERVER_MESSAGE.validate_python(message)
+        except ValidationError:
+            _LOGGER.debug("skipping a message this client does not know: %s", message)
+            return None
+        if event.type == "final":
+            if not self.resume.fresh_final(message):
+                return None  # sent again around a resume: already given
+            self._finalized = max(self._finalized, int(event.end * SAMPLE_RATE))
+            self.buffer.drop_before(self._finalized)
+            self._partial = None
+        elif event.type == "partial":
+            self._partial = event.text
+        return event
