@@ -137,12 +137,16 @@ async def test_a_hesitant_far_field_speaker_is_decoded_whole(scheduler: DecodeSc
 
     clip = clip_named(HESITANT)
     audio = hesitant_far_field(load_clip_16k(clip.path))
+    # The quiet first piece sits near Whisper's no-speech rule (no_speech_prob ~0.5-0.65,
+    # avg_logprob ~-0.7 to -1.15, by the CPU's int8 kernels: AVX-512 VNNI/AMX machines give
+    # the higher); what is tested here is the hold, so that rule is set out of its way.
+    quiet_ok = {"language": "zh", "no_speech_threshold": 0.8}
     held = [
-        m for m in await run(scheduler, audio, StreamingConfig(language="zh")) if m.type == "final"
+        m for m in await run(scheduler, audio, StreamingConfig(**quiet_ok)) if m.type == "final"
     ]
     split = [
         m
-        for m in await run(scheduler, audio, StreamingConfig(language="zh", hold_s=0))
+        for m in await run(scheduler, audio, StreamingConfig(**quiet_ok, hold_s=0))
         if m.type == "final"
     ]
     assert len(held) == 1 and len(split) >= 2, (held, split)
