@@ -44,8 +44,8 @@ from gateway.session_client import ClientInbox, new_session_id
 from gateway.state import GatewayState
 from gateway.stream import GatewayStream
 from voicemesh.errors import BadAudio, BadEvent, FeatureUnavailable, VoiceMeshError
-from voicemesh.protocol import CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_POLICY, FlushMessage
-from voicemesh.wire import ClientMessage, ClientSocket
+from voicemesh.protocol import CLOSE_IDLE, CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_POLICY, FlushMessage
+from voicemesh.wire import ClientMessage, ClientSocket, IdleLimits
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -75,7 +75,11 @@ class RealtimeTranscription:
         self.ws = ws
         self.state = state
         self.session_id = new_session_id()
-        self.socket = ClientSocket(ws, metrics=state.metrics, name=self.session_id)
+        # A client that sends no event for the idle limit is closed (idle_timeout, 4408).
+        idle_s = state.settings.idle_session_s
+        self.socket = ClientSocket(
+            ws, metrics=state.metrics, name=self.session_id, idle=IdleLimits(idle_s, idle_s)
+        )
         self.beta = wants_beta(ws)
         self.config = TranscriptionConfig()
         self.items = TranscriptionItems()
@@ -163,6 +167,8 @@ class RealtimeTranscription:
                     await self.socket.send(reply)
         finally:
             await self._hang_up()
+        if self.socket.idle_reason is not None:
+            await self.refuse("idle_timeout", self.socket.idle_reason, CLOSE_IDLE)
 
     async def _on_event(self, event: dict[str, Any]) -> None:
         kind = event["type"]

@@ -49,7 +49,15 @@ from gateway.stream import GatewayStream
 from gateway.wyoming_asr import WyomingAudioFormat, WyomingTranscription, wyoming_language
 from gateway.wyoming_info import describe_mesh, installed_voice_list
 from gateway.wyoming_tts import SentenceBuffer, pick_voice, speak
-from voicemesh.errors import BadEvent, BadRequest, Forbidden, PayloadTooLarge, VoiceMeshError
+from voicemesh.errors import (
+    BadEvent,
+    BadRequest,
+    Forbidden,
+    IdleTimeout,
+    PayloadTooLarge,
+    VoiceMeshError,
+)
+from voicemesh.tasks import within
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -149,10 +157,14 @@ class WyomingConnection:
     async def run(self) -> None:
         """Serve events until the client goes away (or sends one too large to follow)."""
         max_bytes = self.state.settings.wyoming_max_event_bytes
+        idle_s = self.state.settings.idle_session_s  # a silent client's connection is closed
         try:
             while True:
                 try:
-                    event = await read_event(self.reader, max_bytes)
+                    event = await within(idle_s, read_event(self.reader, max_bytes))
+                except TimeoutError:
+                    await self.error(IdleTimeout(f"no event for {idle_s:g} s; connection closed"))
+                    return
                 except BadEvent as exc:
                     await self.error(exc)
                     continue

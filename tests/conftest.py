@@ -13,7 +13,17 @@ import pytest
 
 from tests.harness import ENV_PREFIX, RedisServer
 
-TIERS = ("unit", "service", "integration", "e2e", "deploy", "bench", "gptsovits", "compose")
+TIERS = (
+    "unit",
+    "service",
+    "integration",
+    "e2e",
+    "faults",
+    "deploy",
+    "bench",
+    "gptsovits",
+    "compose",
+)
 """Every test carries exactly one of these markers (``scripts/test -m TIER`` selects by it)."""
 
 

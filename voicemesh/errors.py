@@ -11,6 +11,7 @@
     │   ├── ConfigInvalid          a configuration reload read settings or keys that fail (422)
     │   ├── EmptyText              text to speak with no word in it (422)
     │   ├── FeatureUnavailable     an option the mesh has no engine for, e.g. diarization (422)
+    │   ├── IdleTimeout            a client that sent nothing for the idle limit (408)
     │   ├── ModelConflict          a known model no replica can use for this request (409)
     │   ├── ModelInUse             a model that cannot be unloaded now: open sessions, the
     │   │                          mesh's last loaded STT model, or loading (409)
@@ -80,6 +81,13 @@ class BadRequest(VoiceMeshError):
 
     code = "bad_request"
     status_code = 400
+
+
+class IdleTimeout(BadRequest):
+    """A client sent nothing for its idle limit; its connection is closed."""
+
+    code = "idle_timeout"
+    status_code = 408
 
 
 class AudioNotFound(BadRequest):

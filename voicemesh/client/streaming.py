@@ -190,7 +190,7 @@ class TranscriptionStream:
                     self._partial = None
             self._session_id = self.resume.session_id or ready.session_id
             yield ready
-            for message in early:
+            for message in [*early, *([resumed] if resumed is not None else [])]:
                 if (event := self._event(message, offset)) is not None:
                     yield event
             sender = asyncio.create_task(self._send(ws, replay))

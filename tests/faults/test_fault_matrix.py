@@ -1,0 +1,183 @@
+"""The fault matrix: one fault per case while four sessions stream and TTS calls run.
+
+Each case drives the tier's mesh (:mod:`tests.faults.conftest`) through nginx with
+:func:`tests.faults.driver.drive`, injects its fault six seconds in, and asserts on every
+session: no lost utterance, no final twice, times in order, no fatal error; and on the
+TTS calls: none answered 200 with cut audio, every refusal a 5xx with a code and
+``retry_after``. Each case also records its row (sessions affected, the gap from the
+fault to each session's next message); ``benchmarks/fault_matrix.py`` prints the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.faults.conftest import FaultMesh
+from tests.faults.driver import Outcome, drive
+from tests.harness import clip_named, error_rate
+from voicemesh.client import AsyncVoiceMeshClient
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
+
+SHORT = clip_named("pocketsphinx-librivox-0880.wav")
+REPORT = os.environ.get("FAULT_MATRIX_REPORT")
+"""Where the rows go as JSON lines (the benchmark sets it); unset: nowhere."""
+
+
+@pytest.fixture
+def mesh(fault_mesh: FaultMesh) -> Iterator[FaultMesh]:
+    """The tier's mesh whole before each case, and healed after it."""
+    fault_mesh.heal()
+    yield fault_mesh
+    fault_mesh.heal()
+
+
+def record(mesh: FaultMesh, row: dict[str, Any]) -> None:
+    mesh.rows.append(row)
+    if REPORT:
+        with Path(REPORT).open("a", encoding="utf-8") as out:
+            out.write(json.dumps(row) + "\n")
+
+
+def check(outcome: Outcome) -> None:
+    problems = outcome.problems()
+    assert not problems, "\n".join(problems)
+
+
+def busiest_stt(runs: list[Any]) -> str:
+    """The STT replica the most sessions were opened on."""
+    urls = [e.backend for r in runs for _, e in r.events if e.type == "ready"]
+    return max(set(urls), key=urls.count)
+
+
+def kill(process: Any, sig: signal.Signals = signal.SIGKILL) -> None:
+    assert process.process is not None and process.process.poll() is None
+    os.kill(process.process.pid, sig)
+
+
+async def run_case(mesh: FaultMesh, fault: Callable[[list[Any]], Any], **options: Any) -> Outcome:
+    """Drive the mesh through nginx; ``fault`` gets the live session runs (who serves whom)."""
+    return await drive(mesh.url, fault, **options)
+
+
+async def test_sigkill_of_the_stt_replica_serving_sessions(mesh: FaultMesh) -> None:
+    killed: list[str] = []
+
+    def fault(runs: list[Any]) -> None:
+        target = busiest_stt(runs)
+        killed.append(target)
+        kill(mesh.by_url(target))
+
+    outcome = await run_case(mesh, fault)
+    record(mesh, outcome.row("SIGKILL of the STT replica serving sessions", ("failover",)))
+    check(outcome)
+    moved = outcome.affected(("failover",))
+    assert moved, "no session failed over"
+    for run in moved:
+        assert any(e.to != killed[0] for e in run.of("failover"))
+
+
+async def test_sigkill_of_the_detector(mesh: FaultMesh) -> None:
+    outcome = await run_case(mesh, lambda runs: kill(mesh.detector))
+    record(mesh, outcome.row("SIGKILL of the detector", ("final",)))
+    check(outcome)
+    # Endpointing went on from the engines' own VAD: finals kept coming after the fault.
+    assert outcome.fault_at is not None
+    for run in outcome.sessions:
+        assert any(t > outcome.fault_at for t, e in run.events if e.type == "final"), run.name
+
+
+async def test_sigkill_of_a_tts_replica_mid_request(mesh: FaultMesh) -> None:
+    outcome = await run_case(mesh, lambda runs: kill(mesh.tts[0]), fault_at_s=4.0)
+    record(mesh, outcome.row("SIGKILL of a tts_vits replica mid-request", ("final",)))
+    check(outcome)
+    assert outcome.fault_at is not None
+    after = [c for c in outcome.tts if c.at >= outcome.fault_at]
+    assert after and all(c.status in (200, 503) for c in after), after
+    assert any(c.status == 200 and c.whole for c in after)  # the other replica serves
+
+
+def live_sessions(gateway: Any) -> float:
+    """The streaming sessions a gateway serves now (its own metrics)."""
+    text = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith('voicemesh_active_sessions{service="gateway"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_sigkill_of_a_gateway_behind_nginx(mesh: FaultMesh) -> None:
+    def fault(runs: list[Any]) -> None:
+        kill(max(mesh.gateways, key=live_sessions))  # the one serving the most sessions
+
+    outcome = await run_case(mesh, fault)
+    record(mesh, outcome.row("SIGKILL of a gateway (two behind nginx)", ("resumed",)))
+    check(outcome)
+    resumed = outcome.affected(("resumed",))
+    reconnected = outcome.affected(("reconnect",))
+    assert reconnected, "no session was on the killed gateway"
+    errors = [(r.name, e.code, e.message) for r in reconnected for e in r.of("error")]
+    assert {r.name for r in resumed} == {r.name for r in reconnected}, errors
+    for run in resumed:
+        indexes = [f.index for f in run.of("final")]
+        assert indexes == list(range(len(indexes))), (run.name, indexes)
+
+
+async def short_session(url: str) -> str:
+    """A new session's transcript of a short clip, sent as fast as it goes."""
+    async with AsyncVoiceMeshClient(url) as vm:
+        events = [e async for e in vm.stream(SHORT.path, language="en")]
+    return " ".join(e.text for e in events if e.type == "final")
+
+
+async def test_redis_stopped_for_ten_seconds(mesh: FaultMesh) -> None:
+    during: list[str] = []
+
+    def fault(runs: list[Any]) -> None:
+        mesh.redis.stop()
+        began = time.monotonic()
+        time.sleep(2)
+        # A new session is admitted from the registry snapshot the gateways kept.
+        during.append(asyncio.run(short_session(mesh.url)))
+        time.sleep(max(0.0, 10 - (time.monotonic() - began)))
+        mesh.redis.start()
+
+    outcome = await run_case(mesh, fault, fault_at_s=3.0)
+    record(mesh, outcome.row("Redis stopped for 10 s, then started", ("error", "failover")))
+    check(outcome)
+    assert during and error_rate(SHORT.text, during[0]) <= 25.0, during
+
+
+async def test_sigstop_of_an_stt_replica_for_five_seconds(mesh: FaultMesh) -> None:
+    stopped: list[Any] = []
+
+    def fault(runs: list[Any]) -> None:
+        process = mesh.by_url(busiest_stt(runs))
+        stopped.append(process)
+        kill(process, signal.SIGSTOP)
+        time.sleep(5)
+        kill(process, signal.SIGCONT)
+
+    outcome = await run_case(mesh, fault)
+    record(mesh, outcome.row("SIGSTOP of an STT replica for 5 s", ("failover",)))
+    check(outcome)
+
+
+async def test_nginx_reload_under_load(mesh: FaultMesh) -> None:
+    def fault(runs: list[Any]) -> None:
+        assert mesh.nginx is not None
+        os.kill(mesh.nginx.pid, signal.SIGHUP)
+
+    outcome = await run_case(mesh, fault)
+    record(mesh, outcome.row("nginx reload under load", ("reconnect", "resumed")))
+    check(outcome)
