@@ -503,6 +503,31 @@ def assert_error(response: Any, status: int, code: str) -> str:
     return str(error["message"])
 
 
+async def relay_once(client: Any, target: str, *, drop_after_s: float | None) -> None:
+    """Relay one WebSocket ``client`` to ``target`` both ways; with ``drop_after_s``, cut the
+    client off after that long with no close handshake (a network drop)."""
+    async with websockets.connect(target, max_size=None) as server:
+
+        async def pipe(source: Any, sink: Any) -> None:
+            async for message in source:
+                await sink.send(message)
+
+        pumps = [
+            asyncio.create_task(pipe(client, server)),
+            asyncio.create_task(pipe(server, client)),
+        ]
+        try:
+            if drop_after_s is not None:
+                await asyncio.sleep(drop_after_s)
+                client.transport.abort()
+            else:
+                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+
 @contextlib.asynccontextmanager
 async def dropping_proxy(upstream: str, drop_after_s: float) -> AsyncIterator[tuple[str, list]]:
     """A WebSocket relay to ``upstream`` that cuts the first connection after a while."""
@@ -511,26 +536,7 @@ async def dropping_proxy(upstream: str, drop_after_s: float) -> AsyncIterator[tu
     async def relay(client: Any) -> None:
         first = not connections
         connections.append("dropped" if first else "kept")
-        async with websockets.connect(upstream, max_size=None) as server:
-
-            async def pipe(source: Any, sink: Any) -> None:
-                async for message in source:
-                    await sink.send(message)
-
-            pumps = [
-                asyncio.create_task(pipe(client, server)),
-                asyncio.create_task(pipe(server, client)),
-            ]
-            try:
-                if first:
-                    await asyncio.sleep(drop_after_s)
-                    client.transport.abort()  # a network drop, no close handshake
-                else:
-                    await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for pump in pumps:
-                    pump.cancel()
-                await asyncio.gather(*pumps, return_exceptions=True)
+        await relay_once(client, upstream, drop_after_s=drop_after_s if first else None)
 
     async with websockets.serve(relay, "127.0.0.1", 0, max_size=None) as server:
         port = next(iter(server.sockets)).getsockname()[1]
@@ -552,40 +558,21 @@ class DropRelay(threading.Thread):
         self.port = 0
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Future[None] | None = None
+        self._stopping: asyncio.Future[None] | None = None
 
     async def _relay(self, client: Any) -> None:
         first = not self.connections
         self.connections.append("dropped" if first else "kept")
         target = f"{self.upstream}{client.request.path}"
-        async with websockets.connect(target, max_size=None) as server:
-
-            async def pipe(source: Any, sink: Any) -> None:
-                async for message in source:
-                    await sink.send(message)
-
-            pumps = [
-                asyncio.create_task(pipe(client, server)),
-                asyncio.create_task(pipe(server, client)),
-            ]
-            try:
-                if first:
-                    await asyncio.sleep(self.drop_after_s)
-                    client.transport.abort()
-                else:
-                    await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for pump in pumps:
-                    pump.cancel()
-                await asyncio.gather(*pumps, return_exceptions=True)
+        await relay_once(client, target, drop_after_s=self.drop_after_s if first else None)
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._stop = self._loop.create_future()
+        self._stopping = self._loop.create_future()
         async with websockets.serve(self._relay, "127.0.0.1", 0, max_size=None) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
             self._ready.set()
-            await self._stop
+            await self._stopping
 
     def run(self) -> None:
         asyncio.run(self._serve())
@@ -597,6 +584,6 @@ class DropRelay(threading.Thread):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set_result, None)
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set_result, None)
         self.join(10)
