@@ -1,9 +1,10 @@
 """``voicemesh-client``: stream a file or a microphone to the gateway, or benchmark it.
 
 * ``stream FILE``: one file, real-time pace or ``--fast``; transcript and latencies
-  (``stream --sample``: the short clip that ships with the client);
+  (``stream --sample``: the short clip that ships with the client); a dropped connection
+  is reconnected and the session resumed, as ``mic`` does;
 * ``mic``: a microphone (or ``--from-file`` as a stand-in), live partials and finals,
-  reconnecting with backoff; ``--list-devices`` shows the inputs;
+  reconnecting with backoff and resuming the session; ``--list-devices`` shows the inputs;
 * ``bench --clients N``: concurrent sessions, per-session and summary statistics,
   JSON files and PNG plots under ``outputs/bench/<run>/``.
 """
@@ -20,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from client.streaming import stream_audio
 from voicemesh.internal_token import internal_headers_from_environment
+from voicemesh.protocol import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from client.bench import BenchConfig
@@ -82,9 +83,12 @@ def sample_clip() -> Path:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    """Stream one audio file (any format) as a microphone would, or as fast as possible."""
+    """Stream one audio file (any format) as a microphone would, or as fast as possible.
+
+    The file goes through the same streamer as ``mic`` (a file stand-in for the
+    microphone), so a dropped connection is reconnected and the session resumed."""
+    from client.mic import Backoff, FileCaptureSource, MicStreamer
     from client.stats import session_stats
-    from voicemesh.audio_files import read_audio_file
     from voicemesh.errors import VoiceMeshError
 
     if (args.file is None) == (not args.sample):
@@ -95,32 +99,34 @@ def cmd_stream(args: argparse.Namespace) -> int:
         if args.language is None:
             args.language = "en"
     try:
-        audio, rate = read_audio_file(args.file)
+        source = FileCaptureSource(args.file, args.frame_ms, realtime=not args.fast)
     except (OSError, VoiceMeshError) as exc:
         print(f"voicemesh-client: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
+    streamer = MicStreamer(
+        args.url,
+        source,
+        encoding=_encoding(args.encoding),
+        language=args.language,
+        # All of a file sent fast must still be there to send again after a drop.
+        buffer_s=max(60.0, source.audio.size / SAMPLE_RATE + 5),
+        headers=_headers(args),
+        on_message=_printer(not args.no_partials),
+        backoff=Backoff(first_s=0.5, max_s=4.0, attempts=args.reconnects),
+    )
     try:
-        result = asyncio.run(
-            stream_audio(
-                args.url,
-                audio,
-                sample_rate=rate,
-                frame_ms=args.frame_ms,
-                encoding=_encoding(args.encoding),
-                realtime=not args.fast,
-                language=args.language,
-                extra_headers=_headers(args),
-                on_message=_printer(not args.no_partials),
-            )
-        )
-    except OSError as exc:
+        report = asyncio.run(streamer.run())
+    except ConnectionError as exc:
         print(
             f"voicemesh-client: cannot reach {args.url}: {exc} (is `voicemesh up` running?)",
             file=sys.stderr,
         )
         return 1
+    result = report.result
     stats = session_stats(result, realtime=not args.fast)
     print(f"\ntranscript: {result.transcript}")
+    if report.reconnects:
+        print(f"reconnects: {report.reconnects} ({report.resumed} resumed)")
     _print_latencies(stats)
     if args.json:
         Path(args.json).write_text(json.dumps(stats, indent=1))
@@ -279,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(stream)
     stream.add_argument("--frame-ms", type=float, default=40.0, help="audio per frame")
     stream.add_argument("--fast", action="store_true", help="send as fast as possible")
+    stream.add_argument(
+        "--reconnects", type=int, default=3, help="reconnect attempts after a dropped connection"
+    )
     stream.add_argument("--no-partials", action="store_true", help="print finals only")
     stream.add_argument("--json", help="also write the session's statistics to this file")
     stream.set_defaults(func=cmd_stream)

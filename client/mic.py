@@ -280,7 +280,7 @@ class MicStreamer:
                 self._emit(resumed)
             send_from = new_origin if resumed is None else self.resume.resumed_at(resumed)
             encoder = _Encoder(self.encoding)
-            _, replay = self.buffer.since(send_from)
+            first, replay = self.buffer.since(send_from)
             # Live blocks already in the queue are in the replay too: skip them.
             while not self._captured.empty():
                 if self._captured.get_nowait() is None:
@@ -288,8 +288,14 @@ class MicStreamer:
             if replay.size:
                 if self.report.reconnects:
                     self.report.replayed_s.append(round(replay.size / SAMPLE_RATE, 3))
+                size = 0
                 for message in encoder.encode(replay):
                     await ws.send(message)
+                    size += len(message)
+                # Audio captured before the connection was ready goes out at once (all of
+                # a file sent --fast): it counts as sent now.
+                sent_to = (first + replay.size) / SAMPLE_RATE
+                self.report.result.sent.append((time.perf_counter() - self._t0, sent_to, size))
             offset = self.resume.origin / SAMPLE_RATE
             receiver = asyncio.create_task(self._receive(ws, offset))
             try:
