@@ -112,7 +112,10 @@ class SessionKeeper:
         """Number a final and write it (with the audio it left) before the client gets it, so
         a client that misses it gets it on resume. False: the session was resumed elsewhere."""
         self.number(final)
-        await self.save(buffer, whole=True)
+        if not self._failing:  # while the store is away, the keep loop alone tries it
+            await self.save(buffer, whole=True)
+        else:
+            self._whole = True
         return not self.taken_over
 
     async def save(self, buffer: SessionBuffer, *, whole: bool = False) -> bool:

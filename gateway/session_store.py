@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from voicemesh.errors import RegistryUnavailable
@@ -180,8 +182,14 @@ class RedisSessionStore:
         self.ttl_ms = int(ttl_s * 1000)
         self.timeout_s = timeout_s
         self.display_url = redis_url.rpartition("@")[2]
+        # One quick retry (a pooled connection that died with a Redis restart); the
+        # library's default retries with backoff would hold a final for seconds while
+        # Redis is away.
         self._redis: Redis = Redis.from_url(
-            redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            redis_url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
         )
         self._write = self._redis.register_script(_WRITE)
         self._take_over = self._redis.register_script(_TAKE_OVER)

@@ -22,10 +22,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.faults.conftest import FaultMesh
+from tests.faults.conftest import FaultMesh, wait_for_routes
 from tests.faults.driver import Outcome, drive
-from tests.harness import clip_named, error_rate
+from tests.faults.slow_proxy import DelayingProxy
+from tests.harness import clip_named, error_rate, register_replicas
 from voicemesh.client import AsyncVoiceMeshClient
+from voicemesh.registry import RegistryClient, ReplicaInfo, ReplicaLoad
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
@@ -181,3 +183,44 @@ async def test_nginx_reload_under_load(mesh: FaultMesh) -> None:
     outcome = await run_case(mesh, fault)
     record(mesh, outcome.row("nginx reload under load", ("reconnect", "resumed")))
     check(outcome)
+
+
+def slow_entry(proxy: DelayingProxy) -> ReplicaInfo:
+    """The registry entry of the delaying proxy: one more CPU Whisper base replica."""
+    now = time.time()
+    return ReplicaInfo(
+        instance_id="slow-proxy",
+        kind="stt_cpu_ws",
+        url=proxy.url,
+        device="cpu",
+        model="base",
+        engine="faster-whisper",
+        capabilities=["stream", "transcribe"],
+        load=ReplicaLoad(max_sessions=8),
+        started_at=now,
+        updated_at=now,
+    )
+
+
+async def test_a_backend_that_answers_slowly_is_failed_over(mesh: FaultMesh) -> None:
+    target = mesh.stt[0].url.replace("http://", "ws://")
+    with DelayingProxy(target) as proxy:
+        register_replicas(mesh.redis.url, slow_entry(proxy))
+        try:
+            wait_for_routes([g.url for g in mesh.gateways], stt=3, tts=2)
+
+            def fault(runs: list[Any]) -> None:
+                proxy.delay_s = 10.0  # past the gateways' stall timeout
+
+            outcome = await run_case(mesh, fault)
+        finally:
+            async_registry = RegistryClient(mesh.redis.url)
+            await async_registry.deregister("stt_cpu_ws", "slow-proxy")
+            await async_registry.close()
+    record(mesh, outcome.row("a backend that answers slowly (a delaying proxy)", ("failover",)))
+    check(outcome)
+    on_proxy = [r for r in outcome.sessions if r.of("ready")[0].backend == proxy.url]
+    assert on_proxy, "no session was routed to the slow backend"
+    for run in on_proxy:
+        moves = run.of("failover")
+        assert moves and moves[0].to != proxy.url and "stall" in moves[0].reason, moves

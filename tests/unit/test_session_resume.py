@@ -94,19 +94,22 @@ async def test_the_keeper_numbers_finals_and_rewrites_after_a_failed_write() -> 
     buffer.append(pcm(1))
     assert not await keeper.save(buffer)  # Redis away: nothing acked, nothing lost
     buffer.append(pcm(1, 2))
+    # While the store is away a final is not held up by a write; the keep loop tries.
+    assert await keeper.final({"type": "final", "end": 0.1}, buffer)
     store.up = True
+    assert await keeper.save(buffer)  # the keep loop's next write finds it back
     finals = [{"type": "final", "end": 0.5}, {"type": "final", "end": 1.0}, {"type": "final"}]
     for final in finals:
         assert await keeper.final(final, buffer)
-    assert [f["index"] for f in finals] == [0, 1, 2]
-    assert [f["index"] for f in keeper.record.finals] == [1, 2]  # keep_finals
+    assert [f["index"] for f in finals] == [1, 2, 3]
+    assert [f["index"] for f in keeper.record.finals] == [2, 3]  # keep_finals
     assert keeper.received_s == 2.0
     buffer.append(pcm(0.5, 3))
     assert await keeper.save(buffer)  # an append now
     # The whole audio, rewritten once the store came back, then extended.
     taken = await store.take_over("s9", token_hash(keeper.token), "k")
     assert taken is not None and taken.audio == pcm(1) + pcm(1, 2) + pcm(0.5, 3)
-    assert taken.final_count == 3
+    assert taken.final_count == 4
     # Taken over: the keeper's next write fails and says so.
     assert not await keeper.save(buffer) and keeper.taken_over
 
