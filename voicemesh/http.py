@@ -20,6 +20,8 @@ HTTP_ERROR_CODES: dict[int, str] = {404: "not_found", 405: "method_not_allowed"}
 """Codes of the errors Starlette raises itself (no such route, wrong method)."""
 HTTP_ERROR_OTHER = "http_error"
 """Code of any other ``HTTPException``, with its own status."""
+UNAVAILABLE_RETRY_AFTER_S = 1
+"""``retry_after`` of a 503 whose error names no wait of its own (a backend down or gone)."""
 
 
 def error_body(code: str, message: str, request_id: str, **extra: Any) -> dict[str, Any]:
@@ -60,7 +62,17 @@ def install_http_basics(app: FastAPI, metrics: ServiceMetrics) -> None:
         rid = _request_id(request)
         _LOGGER.warning("request %s failed: %s: %s", rid, exc.code, exc.message)
         metrics.error(exc.code)
-        return JSONResponse(error_body(exc.code, exc.message, rid), status_code=exc.status_code)
+        # "Not now" is said with when to try again: the error's own wait, else a short one.
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is None and exc.status_code == 503:
+            retry_after = UNAVAILABLE_RETRY_AFTER_S
+        if retry_after is None:
+            return JSONResponse(error_body(exc.code, exc.message, rid), status_code=exc.status_code)
+        return JSONResponse(
+            error_body(exc.code, exc.message, rid, retry_after=retry_after),
+            status_code=exc.status_code,
+            headers={"Retry-After": str(retry_after)},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

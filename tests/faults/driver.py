@@ -97,6 +97,7 @@ class TtsCall:
     whole: bool | None = None
     code: str | None = None
     retry_after: float | None = None
+    message: str | None = None
     failover: bool = False
     failure: str | None = None
 
@@ -199,6 +200,7 @@ async def _tts_loop(url: str, calls: list[TtsCall], done: asyncio.Event) -> None
             elif response.headers.get("content-type", "").startswith("application/json"):
                 error = response.json().get("error", {})
                 call.code, call.retry_after = error.get("code"), error.get("retry_after")
+                call.message = error.get("message")
             calls.append(call)
             await asyncio.sleep(0.3)
 

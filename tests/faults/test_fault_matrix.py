@@ -25,7 +25,7 @@ import pytest
 from tests.faults.conftest import FaultMesh, wait_for_routes
 from tests.faults.driver import Outcome, drive
 from tests.faults.slow_proxy import DelayingProxy
-from tests.harness import clip_named, error_rate, register_replicas
+from tests.harness import clip_named, error_rate
 from voicemesh.client import AsyncVoiceMeshClient
 from voicemesh.registry import RegistryClient, ReplicaInfo, ReplicaLoad
 
@@ -204,8 +204,9 @@ def slow_entry(proxy: DelayingProxy) -> ReplicaInfo:
 
 async def test_a_backend_that_answers_slowly_is_failed_over(mesh: FaultMesh) -> None:
     target = mesh.stt[0].url.replace("http://", "ws://")
+    registry = RegistryClient(mesh.redis.url, ttl_s=3600)
     with DelayingProxy(target) as proxy:
-        register_replicas(mesh.redis.url, slow_entry(proxy))
+        await registry.register(slow_entry(proxy))
         try:
             wait_for_routes([g.url for g in mesh.gateways], stt=3, tts=2)
 
@@ -214,9 +215,8 @@ async def test_a_backend_that_answers_slowly_is_failed_over(mesh: FaultMesh) -> 
 
             outcome = await run_case(mesh, fault)
         finally:
-            async_registry = RegistryClient(mesh.redis.url)
-            await async_registry.deregister("stt_cpu_ws", "slow-proxy")
-            await async_registry.close()
+            await registry.deregister("stt_cpu_ws", "slow-proxy")
+            await registry.close()
     record(mesh, outcome.row("a backend that answers slowly (a delaying proxy)", ("failover",)))
     check(outcome)
     on_proxy = [r for r in outcome.sessions if r.of("ready")[0].backend == proxy.url]

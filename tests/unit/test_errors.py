@@ -162,6 +162,11 @@ def used_codes() -> tuple[dict[str, set[str]], dict[str, set[int]]]:
                         found.append(first.value)
             for code in filter(CODE.match, found):
                 where[code].add(f"{place}:{getattr(node, 'lineno', '?')}")
+    # nginx answers some refusals itself, in the same JSON shape (its error pages).
+    template = ROOT / "nginx" / "nginx.conf.template"
+    for number, line in enumerate(template.read_text(encoding="utf-8").splitlines(), 1):
+        for code in re.findall(r'"code":"([a-z_]+)"', line):
+            where[code].add(f"nginx/nginx.conf.template:{number}")
     for status, code in HTTP_ERROR_CODES.items():
         where[code].add("voicemesh/http.py:HTTP_ERROR_CODES")
         statuses[code].add(status)

@@ -18,7 +18,13 @@ from voicemesh.tts.compare import (
     recommendation_rule,
 )
 from voicemesh.tts.joins import trim_join
-from voicemesh.tts.text import normalize_text, phrase_cut, split_for_streaming, split_sentences
+from voicemesh.tts.text import (
+    normalize_text,
+    phrase_cut,
+    readable,
+    split_for_streaming,
+    split_sentences,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -202,3 +208,12 @@ def test_choose_service_orders_one_kind_by_load_and_skips_draining() -> None:
     chosen = choose_service("tts_vits", replicas, capability="synthesize")
     assert [r.instance_id for r in chosen] == ["b", "a"]
     assert choose_service("tts_vits", replicas, capability="compare") == []
+
+
+def test_what_no_voice_can_read_is_dropped() -> None:
+    # A NUL cut espeak's C string short and failed the request (found by the HTTP fuzz).
+    fuzzed = "\u00ae\u0000=C\u00f32\U000795a5\u0007\u000f\ud079\U000284c2\u0085\U000dab7f\u7508"
+    assert readable(fuzzed) == "\u00ae=C\u00f32\ud079\U000284c2\u7508"
+    assert readable("one\ttwo\nthree\r\nfour") == "one two three  four"
+    assert normalize_text("a\u0000b \ue000c") == "ab c"
+    assert normalize_text("\u0000\u0007") == ""

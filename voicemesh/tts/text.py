@@ -11,6 +11,7 @@ title abbreviations ("Dr." would end a sentence), currency ("$42.50" would be
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _ABBREVIATIONS = {
     "dr": "Doctor",
@@ -44,6 +45,8 @@ _MONEY_RE = re.compile(r"([$€£])\s?(\d[\d,]*)(?:\.(\d{1,2}))?\b")
 _PERCENT_RE = re.compile(r"(\d)\s?%")
 _THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}\b)")
 _SPACE_RE = re.compile(r"\s+")
+_UNREADABLE = frozenset({"Cc", "Cs", "Co", "Cn"})
+"""Unicode categories of characters no voice reads (control, surrogate, private, unassigned)."""
 _WORD_RE = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
 SHOUTED_SHARE = 0.7
 """Text whose letters are at least this share capitals is read as ordinary text..."""
@@ -96,9 +99,17 @@ def _unshout(text: str) -> str:
     return _WORD_RE.sub(lambda m: "I" if m.group(0) == "I" else m.group(0).lower(), text)
 
 
+def readable(text: str) -> str:
+    """``text`` without what no voice can read: control characters (a NUL cuts espeak's
+    C string short), lone surrogates, private-use and unassigned code points. Line
+    breaks and tabs become spaces."""
+    text = text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+    return "".join(c for c in text if unicodedata.category(c) not in _UNREADABLE)
+
+
 def normalize_text(text: str, language: str = "en") -> str:
     """Text made easier to read aloud: shouting, abbreviations, currency, percent."""
-    text = _SPACE_RE.sub(" ", text.replace("\u00a0", " ")).strip()
+    text = _SPACE_RE.sub(" ", readable(text).replace("\u00a0", " ")).strip()
     if not language.lower().startswith("en"):
         return text
     text = _unshout(text)
