@@ -21,6 +21,8 @@ from voicemesh.tasks import stop_task
 _LOGGER = logging.getLogger(__name__)
 
 PROBE_MISSES = 2
+STALE_BEATS = 3
+"""Heartbeats a replica may miss before routing takes it for hung (tried last, not first)."""
 
 
 def static_replicas(kind: str, urls: list[str], capabilities: list[str]) -> list[ReplicaInfo]:
@@ -68,6 +70,9 @@ class RegistryView:
         self.refreshed_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._failed: dict[str, float] = {}
+        self._beats: dict[str, tuple[float, float]] = {}
+        """Per replica: its last ``updated_at`` and when (this clock) it was first seen."""
+        self._silent: set[str] = set()
         self._assigned: dict[str, int] = {}
         self._mode_epoch = 0
         self.probe_interval_s = probe_interval_s
@@ -92,7 +97,8 @@ class RegistryView:
         now = time.monotonic()
         out = []
         for replica in replicas:
-            if not include_held and self._failed.get(replica.instance_id, 0.0) >= now:
+            held = self._failed.get(replica.instance_id, 0.0) >= now or self.silent(replica, now)
+            if held and not include_held:
                 continue
             mine = self._assigned.get(replica.instance_id, 0)
             if mine > replica.load.active_sessions:
@@ -101,6 +107,20 @@ class RegistryView:
             else:
                 out.append(replica)
         return out
+
+    def silent(self, replica: ReplicaInfo, now: float | None = None) -> bool:
+        """Whether ``replica`` has missed :data:`STALE_BEATS` heartbeats, as this gateway saw
+        its entry in Redis (its TTL may run for a while yet): a stopped or hung process.
+
+        Judged on this gateway's clock from when each write was first seen, so clocks of
+        other machines do not matter; never while Redis is unreachable (nothing is seen).
+        """
+        interval = replica.heartbeat_interval_s
+        seen = self._beats.get(replica.instance_id)
+        if interval is None or seen is None or not self.connected:
+            return False
+        now = time.monotonic() if now is None else now
+        return now - seen[1] > STALE_BEATS * interval + 2 * self.refresh_s
 
     def route(self, choose: Callable[[list[ReplicaInfo]], list[ReplicaInfo]]) -> list[ReplicaInfo]:
         """The replicas ``choose`` orders, then the held-out ones it would take.
@@ -162,6 +182,7 @@ class RegistryView:
         if not self.connected and self.last_error is not None:
             _LOGGER.info("registry reachable again")
         self.replicas = replicas
+        self._note_beats(replicas)
         if epoch == self._mode_epoch:
             # A mode (or default model) set locally while this read was in flight is newer.
             self.mode = mode
@@ -169,6 +190,27 @@ class RegistryView:
         self.connected = True
         self.last_error = None
         self.refreshed_at = time.time()
+
+    def _note_beats(self, replicas: list[ReplicaInfo]) -> None:
+        now = time.monotonic()
+        beats = {}
+        for replica in replicas:
+            last = self._beats.get(replica.instance_id)
+            same = last is not None and last[0] == replica.updated_at
+            beats[replica.instance_id] = last if same and last else (replica.updated_at, now)
+        self._beats = beats
+        silent = {r.instance_id for r in replicas if self.silent(r, now)}
+        for replica in replicas:
+            if (replica.instance_id in silent) != (replica.instance_id in self._silent):
+                _LOGGER.warning(
+                    "%s %s %s",
+                    replica.kind,
+                    replica.url,
+                    "missed its heartbeats: routed around until it beats again"
+                    if replica.instance_id in silent
+                    else "beats again: back in routing",
+                )
+        self._silent = silent
 
     async def start(self) -> None:
         """First refresh now, then keep refreshing in the background."""

@@ -3,10 +3,10 @@
 Each replica stores its :class:`ReplicaInfo` as JSON under
 ``{prefix}:replica:{kind}:{instance_id}`` with a TTL, and a
 :class:`RegistryHeartbeat` rewrites it every few seconds with fresh load figures.
-A replica that stops heartbeating simply expires, so a snapshot never lists a
-dead one for longer than the TTL. Each beat stamps the process's memory, CPU and
-(on CUDA) GPU memory into the load (:mod:`voicemesh.usage`). The STT routing mode
-lives under ``{prefix}:mode``, the mesh's default ASR model under
+A replica that stops heartbeating expires with its TTL (gateways route around it
+sooner: :meth:`gateway.registry_view.RegistryView.silent`). Each beat stamps the
+process's memory, CPU and (on CUDA) GPU memory into the load (:mod:`voicemesh.usage`).
+The STT routing mode lives under ``{prefix}:mode``, the mesh's default ASR model under
 ``{prefix}:default_asr_model``; ``{prefix}:config:generation`` counts the gateway
 configuration reloads, and every gateway notes under
 ``{prefix}:config:applied:{instance_id}`` the one it applied.
@@ -126,6 +126,8 @@ class ReplicaInfo(BaseModel):
     """Unix time the replica started."""
     updated_at: float
     """Unix time of the last write to the registry."""
+    heartbeat_interval_s: float | None = None
+    """How often the replica rewrites this entry (None: not said); see RegistryView.silent."""
 
 
 def _glob_escape(text: str) -> str:
@@ -400,10 +402,8 @@ class RegistryHeartbeat:
             await self._beat()
 
     async def stamp_usage(self, info: ReplicaInfo) -> ReplicaInfo:
-        """``info`` with the process's memory, CPU and GPU memory in its load.
-
-        Sampled in a thread: on CUDA, reading GPU memory runs ``nvidia-smi``.
-        """
+        """``info`` with the process's memory, CPU and GPU memory (in a thread: on CUDA,
+        reading GPU memory runs ``nvidia-smi``) in its load."""
         try:
             sample = await asyncio.to_thread(self.usage.sample, info.device)
         except Exception:  # never let a usage reading stop the registration
@@ -425,7 +425,7 @@ class RegistryHeartbeat:
             _LOGGER.exception("replica info callback failed; registration not refreshed")
             return
         info = await self.stamp_usage(info)
-        self._last = info
+        self._last = info = info.model_copy(update={"heartbeat_interval_s": self.interval_s})
         try:
             if self.connected:
                 await self.client.heartbeat(info)

@@ -1,7 +1,8 @@
 """The fault tier's mesh: two replicas of each engine and of the gateway, nginx in front.
 
 Real processes on loopback with a Redis server of the tier's own (a case stops it): two
-CPU STT replicas, the speech detector, two VITS TTS replicas, two gateways, and real nginx
+CPU STT replicas, the speech detector, two VITS TTS replicas, two cloning replicas (the
+CPU engine, no result cache: every request synthesizes), two gateways, and real nginx
 balancing the gateways. Every case starts from this mesh whole: what a case killed or
 stopped is brought back (and waited for) before the next.
 """
@@ -13,7 +14,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -42,12 +43,11 @@ class FaultMesh:
     stt: list[ServiceProcess]
     detector: ServiceProcess
     tts: list[ServiceProcess]
+    clone: list[ServiceProcess]
     gateways: list[ServiceProcess]
     nginx_port: int
     nginx_layout: NginxLayout
     nginx: subprocess.Popen[bytes] | None = None
-    rows: list[dict[str, object]] = field(default_factory=list)
-    """One row per case for the matrix (benchmarks/fault_matrix.py prints them)."""
 
     @property
     def url(self) -> str:
@@ -56,7 +56,7 @@ class FaultMesh:
 
     def processes(self) -> list[ServiceProcess]:
         """Every service process, engines first."""
-        return [*self.stt, self.detector, *self.tts, *self.gateways]
+        return [*self.stt, self.detector, *self.tts, *self.clone, *self.gateways]
 
     def by_url(self, url: str) -> ServiceProcess:
         """The process serving ``url``."""
@@ -94,20 +94,23 @@ class FaultMesh:
             process.wait_healthy()
         if self.nginx is None or self.nginx.poll() is not None:
             self.start_nginx()
-        wait_for_routes([g.url for g in self.gateways], stt=2, tts=2)
+        wait_for_routes([g.url for g in self.gateways], stt=2, tts=2, clone=2)
 
 
-def wait_for_routes(urls: list[str], *, stt: int, tts: int, timeout_s: float = 60.0) -> None:
-    """Wait until every gateway routes to ``stt`` STT replicas, the detector and ``tts`` TTS."""
+def wait_for_routes(
+    urls: list[str], *, stt: int, tts: int, clone: int = 0, timeout_s: float = 60.0
+) -> None:
+    """Wait until every gateway routes to ``stt`` STT replicas, the detector, ``tts`` VITS
+    replicas and ``clone`` cloning replicas."""
     deadline = time.monotonic() + timeout_s
     pending = list(urls)
     body: dict[str, object] = {}
     while pending and time.monotonic() < deadline:
         body = httpx.get(f"{pending[0]}/health", timeout=2).json()
         replicas = body.get("replicas")
-        tts_count = replicas.get("tts_vits", 0) if isinstance(replicas, dict) else 0
+        counts = replicas if isinstance(replicas, dict) else {}
         routes = body.get("stt_route")
-        whole_tts = isinstance(tts_count, int) and tts_count >= tts
+        whole_tts = counts.get("tts_vits", 0) >= tts and counts.get("tts_clone", 0) >= clone
         if isinstance(routes, list) and len(routes) >= stt and body.get("detector") and whole_tts:
             pending.pop(0)
             continue
@@ -133,10 +136,13 @@ def fault_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultMesh]:
         "VOICEMESH_STT_CPU_HEARTBEAT_INTERVAL_S": "0.5",
         "VOICEMESH_STT_CPU_CPU_THREADS": "1",
         "VOICEMESH_TTS_VITS_HEARTBEAT_INTERVAL_S": "0.5",
+        "VOICEMESH_TTS_CLONE_HEARTBEAT_INTERVAL_S": "0.5",
+        "VOICEMESH_TTS_CLONE_CACHE_MAX_BYTES": "0",
     }
     stt = [ServiceProcess("stt_cpu_ws", free_port(), env, logs) for _ in range(2)]
     detector = ServiceProcess("stt_tiny_ws", free_port(), env, logs)
     tts = [ServiceProcess("tts_vits", free_port(), env, logs) for _ in range(2)]
+    clone = [ServiceProcess("tts_clone", free_port(), env, logs) for _ in range(2)]
     gateways = [ServiceProcess("gateway", free_port(), env, logs) for _ in range(2)]
     layout = NginxLayout(prefix=Path(tmp_path_factory.mktemp("fault-nginx")))
     nginx_port = free_port()
@@ -146,7 +152,7 @@ def fault_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultMesh]:
         [f"127.0.0.1:{g.port}" for g in gateways],
         body_limit_bytes=UpstreamGateway.defaults().body_limit_bytes,
     )
-    mesh = FaultMesh(redis, stt, detector, tts, gateways, nginx_port, layout)
+    mesh = FaultMesh(redis, stt, detector, tts, clone, gateways, nginx_port, layout)
     try:
         mesh.heal()
         yield mesh

@@ -16,7 +16,7 @@ import asyncio
 import itertools
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,8 @@ class TtsCall:
     message: str | None = None
     failover: bool = False
     failure: str | None = None
+    finished: float | None = None
+    backend: str | None = None
 
 
 @dataclass
@@ -109,10 +111,12 @@ class Outcome:
     sessions: list[SessionRun]
     tts: list[TtsCall]
     fault_at: float | None = None
+    clone: list[TtsCall] = field(default_factory=list)
+    """Calls in a cloned voice (only when :func:`drive` was given one)."""
 
     def problems(self) -> list[str]:
         found = [p for s in self.sessions for p in s.problems()]
-        for call in self.tts:
+        for call in [*self.tts, *self.clone]:
             if call.status == 200 and call.whole is False:
                 found.append(f"TTS answered 200 with cut audio at {call.at:.1f}")
             if call.status >= 500 and (call.code is None or call.retry_after is None):
@@ -132,7 +136,7 @@ class Outcome:
         """The matrix row of this run."""
         assert self.fault_at is not None
         gaps = [g for s in self.sessions if (g := s.gap_after(self.fault_at)) is not None]
-        tts_after = [c for c in self.tts if c.at >= self.fault_at]
+        tts_after = [c for c in [*self.tts, *self.clone] if c.at >= self.fault_at]
         return {
             "case": case,
             "sessions": len(self.sessions),
@@ -180,21 +184,41 @@ async def _session(url: str, run: SessionRun, delay_s: float, opened: asyncio.Ev
         opened.set()
 
 
-async def _tts_loop(url: str, calls: list[TtsCall], done: asyncio.Event) -> None:
+Request = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
+"""One call of a loop: the client and the call's number."""
+
+
+def speak(client: httpx.AsyncClient, number: int) -> Awaitable[httpx.Response]:
+    return client.post("/v1/tts/synthesize", json={"text": TTS_TEXT, "format": "wav"})
+
+
+def clone_speaker(voice_id: str) -> Request:
+    """Calls in a cloned voice, each text new (so no call could be a cache hit)."""
+
+    def call(client: httpx.AsyncClient, number: int) -> Awaitable[httpx.Response]:
+        text = f"Every word arrives once, call {number}."
+        body = {"voice_id": voice_id, "text": text, "format": "wav"}
+        return client.post("/v1/clone/synthesize", json=body)
+
+    return call
+
+
+async def _call_loop(url: str, request: Request, calls: list[TtsCall], done: asyncio.Event) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        while not done.is_set():
+        for number in itertools.count():
+            if done.is_set():
+                return
             at = time.monotonic()
             try:
-                response = await client.post(
-                    "/v1/tts/synthesize", json={"text": TTS_TEXT, "format": "wav"}
-                )
+                response = await request(client, number)
             except httpx.HTTPError as exc:
                 # A cut the client can see (no clean end of the body) is not "whole".
                 calls.append(TtsCall(at, 0, failure=f"{type(exc).__name__}: {exc}"))
                 await asyncio.sleep(0.5)
                 continue
-            call = TtsCall(at, response.status_code)
+            call = TtsCall(at, response.status_code, finished=time.monotonic())
             call.failover = "x-voicemesh-failover" in response.headers
+            call.backend = response.headers.get("x-voicemesh-backend")
             if response.status_code == 200:
                 call.whole = wav_is_whole(response.content)
             elif response.headers.get("content-type", "").startswith("application/json"):
@@ -212,16 +236,21 @@ async def drive(
     fault_at_s: float = 6.0,
     sessions: int = 4,
     tts: bool = True,
+    clone_voice: str | None = None,
 ) -> Outcome:
-    """Run ``sessions`` live streams (and the TTS loop) through ``url``; ``fault(runs)`` once
-    (in a thread: it may block), given the session runs so far."""
+    """Run ``sessions`` live streams (and the TTS loop, and a loop in ``clone_voice`` when
+    given) through ``url``; ``fault(runs)`` once (in a thread: it may block), given the
+    session runs so far."""
     runs = [SessionRun(f"s{i}", clip_pair(i)) for i in range(sessions)]
     opened = asyncio.Event()
-    calls: list[TtsCall] = []
     done = asyncio.Event()
     tasks = [asyncio.create_task(_session(url, r, 0.6 * i, opened)) for i, r in enumerate(runs)]
-    loop = asyncio.create_task(_tts_loop(url, calls, done)) if tts else None
-    outcome = Outcome(runs, calls)
+    outcome = Outcome(runs, [])
+    loops = [asyncio.create_task(_call_loop(url, speak, outcome.tts, done))] if tts else []
+    if clone_voice is not None:
+        loops.append(
+            asyncio.create_task(_call_loop(url, clone_speaker(clone_voice), outcome.clone, done))
+        )
     try:
         await asyncio.wait_for(opened.wait(), 60)
         await asyncio.sleep(fault_at_s)
@@ -234,6 +263,5 @@ async def drive(
         await asyncio.wait_for(asyncio.gather(*tasks), 240)
     finally:
         done.set()
-        if loop is not None:
-            await loop
+        await asyncio.gather(*loops)
     return outcome

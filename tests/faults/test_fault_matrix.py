@@ -16,6 +16,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import httpx
 import pytest
 
 from tests.faults.conftest import FaultMesh, wait_for_routes
-from tests.faults.driver import Outcome, drive
+from tests.faults.driver import Outcome, drive, wav_is_whole
 from tests.faults.slow_proxy import DelayingProxy
 from tests.harness import clip_named, error_rate
 from voicemesh.client import AsyncVoiceMeshClient
@@ -44,8 +45,7 @@ def mesh(fault_mesh: FaultMesh) -> Iterator[FaultMesh]:
     fault_mesh.heal()
 
 
-def record(mesh: FaultMesh, row: dict[str, Any]) -> None:
-    mesh.rows.append(row)
+def record(row: dict[str, Any]) -> None:
     if REPORT:
         with Path(REPORT).open("a", encoding="utf-8") as out:
             out.write(json.dumps(row) + "\n")
@@ -81,7 +81,7 @@ async def test_sigkill_of_the_stt_replica_serving_sessions(mesh: FaultMesh) -> N
         kill(mesh.by_url(target))
 
     outcome = await run_case(mesh, fault)
-    record(mesh, outcome.row("SIGKILL of the STT replica serving sessions", ("failover",)))
+    record(outcome.row("SIGKILL of the STT replica serving sessions", ("failover",)))
     check(outcome)
     moved = outcome.affected(("failover",))
     assert moved, "no session failed over"
@@ -91,7 +91,7 @@ async def test_sigkill_of_the_stt_replica_serving_sessions(mesh: FaultMesh) -> N
 
 async def test_sigkill_of_the_detector(mesh: FaultMesh) -> None:
     outcome = await run_case(mesh, lambda runs: kill(mesh.detector))
-    record(mesh, outcome.row("SIGKILL of the detector", ("final",)))
+    record(outcome.row("SIGKILL of the detector", ("final",)))
     check(outcome)
     # Endpointing went on from the engines' own VAD: finals kept coming after the fault.
     assert outcome.fault_at is not None
@@ -101,12 +101,74 @@ async def test_sigkill_of_the_detector(mesh: FaultMesh) -> None:
 
 async def test_sigkill_of_a_tts_replica_mid_request(mesh: FaultMesh) -> None:
     outcome = await run_case(mesh, lambda runs: kill(mesh.tts[0]), fault_at_s=4.0)
-    record(mesh, outcome.row("SIGKILL of a tts_vits replica mid-request", ("final",)))
+    record(outcome.row("SIGKILL of a tts_vits replica mid-request", ("final",)))
     check(outcome)
     assert outcome.fault_at is not None
     after = [c for c in outcome.tts if c.at >= outcome.fault_at]
     assert after and all(c.status in (200, 503) for c in after), after
     assert any(c.status == 200 and c.whole for c in after)  # the other replica serves
+
+
+def cpu_seconds(process: Any) -> float:
+    """CPU time (user + system) a service process has used so far, from /proc."""
+    fields = Path(f"/proc/{process.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def synthesizing(processes: list[Any], timeout_s: float = 20.0) -> Any:
+    """The process busy on a request now (the one that used the most CPU over 0.3 s)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        before = [cpu_seconds(p) for p in processes]
+        time.sleep(0.3)
+        used = [cpu_seconds(p) - b for p, b in zip(processes, before, strict=True)]
+        if max(used) >= 0.15:
+            return processes[used.index(max(used))]
+    raise AssertionError("no cloning replica was busy on a request")
+
+
+def clone_voice(url: str) -> str:
+    """A cloned voice made through nginx from a shared clip; its id."""
+    reference = clip_named("pocketsphinx-librivox-0870.wav")
+    response = httpx.post(
+        f"{url}/v1/clone/voices",
+        files={"audio": (reference.file, reference.path.read_bytes(), "audio/wav")},
+        data={"name": "fault tier", "prompt_text": reference.text, "consent": "true"},
+        timeout=120,
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["voice_id"])
+
+
+async def test_sigkill_of_a_clone_replica_mid_request(mesh: FaultMesh) -> None:
+    voice = clone_voice(mesh.url)
+    killed: list[tuple[str, float]] = []
+
+    def fault(runs: list[Any]) -> None:
+        busy = synthesizing(mesh.clone)
+        kill(busy)
+        killed.append((busy.url, time.monotonic()))
+
+    outcome = await run_case(mesh, fault, fault_at_s=3.0, clone_voice=voice)
+    record(outcome.row("SIGKILL of a tts_clone replica mid-request", ("final",)))
+    check(outcome)
+    url, at = killed[0]
+    # The call in flight when the replica died was served by the other one, or refused
+    # with a code and retry_after (check()); none came back cut, and later ones were served.
+    in_flight = [c for c in outcome.clone if c.at < at < (c.finished or float("inf"))]
+    assert in_flight, outcome.clone
+    for call in in_flight:
+        assert call.status in (200, 503), call
+        if call.status == 200:
+            assert call.whole and call.failover and call.backend != url, call
+    # And the survivor goes on serving the voice.
+    async with httpx.AsyncClient(base_url=mesh.url, timeout=60) as client:
+        again = await client.post(
+            "/v1/clone/synthesize",
+            json={"voice_id": voice, "text": "Still here after the fault.", "format": "wav"},
+        )
+    assert again.status_code == 200 and wav_is_whole(again.content), again.text
+    assert again.headers["x-voicemesh-backend"] != url
 
 
 def live_sessions(gateway: Any) -> float:
@@ -123,7 +185,7 @@ async def test_sigkill_of_a_gateway_behind_nginx(mesh: FaultMesh) -> None:
         kill(max(mesh.gateways, key=live_sessions))  # the one serving the most sessions
 
     outcome = await run_case(mesh, fault)
-    record(mesh, outcome.row("SIGKILL of a gateway (two behind nginx)", ("resumed",)))
+    record(outcome.row("SIGKILL of a gateway (two behind nginx)", ("resumed",)))
     check(outcome)
     resumed = outcome.affected(("resumed",))
     reconnected = outcome.affected(("reconnect",))
@@ -155,24 +217,51 @@ async def test_redis_stopped_for_ten_seconds(mesh: FaultMesh) -> None:
         mesh.redis.start()
 
     outcome = await run_case(mesh, fault, fault_at_s=3.0)
-    record(mesh, outcome.row("Redis stopped for 10 s, then started", ("error", "failover")))
+    record(outcome.row("Redis stopped for 10 s, then started", ("error", "failover")))
     check(outcome)
     assert during and error_rate(SHORT.text, during[0]) <= 25.0, during
 
 
+def routes(gateway: Any) -> list[str]:
+    """The STT replicas a new session on ``gateway`` would try now, in order."""
+    route = httpx.get(f"{gateway.url}/health", timeout=5).json()["stt_route"]
+    return [str(url) for url in route]
+
+
+async def first_backend(url: str) -> str | None:
+    """The STT replica a new session of a short clip is opened on (its ``ready``)."""
+    async with AsyncVoiceMeshClient(url) as vm:
+        events = [e async for e in vm.stream(SHORT.path, language="en")]
+    return next((e.backend for e in events if e.type == "ready"), None)
+
+
 async def test_sigstop_of_an_stt_replica_for_five_seconds(mesh: FaultMesh) -> None:
     stopped: list[Any] = []
+    during: dict[str, Any] = {}
 
     def fault(runs: list[Any]) -> None:
         process = mesh.by_url(busiest_stt(runs))
         stopped.append(process)
         kill(process, signal.SIGSTOP)
-        time.sleep(5)
-        kill(process, signal.SIGCONT)
+        began = time.monotonic()
+        time.sleep(3)  # a few missed heartbeats (0.5 s each here), long before its TTL
+        during["routes"] = [routes(g) for g in mesh.gateways]
+        with ThreadPoolExecutor(1) as pool:  # opened while it hangs, and it may outlast it
+            new_session = pool.submit(asyncio.run, first_backend(mesh.url))
+            time.sleep(max(0.0, 5 - (time.monotonic() - began)))
+            kill(process, signal.SIGCONT)
+            during["new session"] = new_session.result(timeout=60)
 
     outcome = await run_case(mesh, fault)
-    record(mesh, outcome.row("SIGSTOP of an STT replica for 5 s", ("failover",)))
+    record(outcome.row("SIGSTOP of an STT replica for 5 s", ("failover",)))
     check(outcome)
+    hung = stopped[0].url
+    # While it hung, no gateway routed to it: a new session went to the other replica.
+    assert all(hung not in route for route in during["routes"]), during
+    assert during["new session"] not in (None, hung), during
+    # Awake and beating again, it is back in every gateway's route.
+    wait_for_routes([g.url for g in mesh.gateways], stt=2, tts=2, timeout_s=20)
+    assert all(hung in routes(g) for g in mesh.gateways)
 
 
 async def test_nginx_reload_under_load(mesh: FaultMesh) -> None:
@@ -181,7 +270,7 @@ async def test_nginx_reload_under_load(mesh: FaultMesh) -> None:
         os.kill(mesh.nginx.pid, signal.SIGHUP)
 
     outcome = await run_case(mesh, fault)
-    record(mesh, outcome.row("nginx reload under load", ("reconnect", "resumed")))
+    record(outcome.row("nginx reload under load", ("reconnect", "resumed")))
     check(outcome)
 
 
@@ -217,7 +306,7 @@ async def test_a_backend_that_answers_slowly_is_failed_over(mesh: FaultMesh) -> 
         finally:
             await registry.deregister("stt_cpu_ws", "slow-proxy")
             await registry.close()
-    record(mesh, outcome.row("a backend that answers slowly (a delaying proxy)", ("failover",)))
+    record(outcome.row("a backend that answers slowly (a delaying proxy)", ("failover",)))
     check(outcome)
     on_proxy = [r for r in outcome.sessions if r.of("ready")[0].backend == proxy.url]
     assert on_proxy, "no session was routed to the slow backend"

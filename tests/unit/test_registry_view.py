@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from gateway.registry_view import RegistryView, static_replicas
+from voicemesh.registry import ReplicaInfo
 
 pytestmark = pytest.mark.unit
 
@@ -109,3 +110,54 @@ async def test_held_out_replicas_are_tried_last_not_never() -> None:
     lone.mark_failed(lone.snapshot()[0])
     assert lone.snapshot() == []
     assert [r.url for r in lone.route(by_url)] == ["http://sick"]
+
+
+class StaticRegistry:
+    """Answers like RegistryClient with whatever entries the test set last."""
+
+    def __init__(self, replicas: list[ReplicaInfo]) -> None:
+        self.replicas = replicas
+
+    async def snapshot(self) -> list[ReplicaInfo]:
+        return self.replicas
+
+    async def get_mode(self, default: str) -> str:
+        return default
+
+    async def get_default_model(self) -> str | None:
+        return None
+
+
+def beating(url: str, updated_at: float) -> ReplicaInfo:
+    entry = static_replicas("stt_cpu_ws", [url], ["stream"])[0]
+    return entry.model_copy(
+        update={"instance_id": url, "updated_at": updated_at, "heartbeat_interval_s": 0.1}
+    )
+
+
+async def test_a_replica_that_stops_beating_leaves_routing_until_it_beats_again() -> None:
+    registry = StaticRegistry([beating("http://a", 1.0), beating("http://b", 1.0)])
+    v = RegistryView(registry, default_mode="auto", refresh_s=0.05)  # type: ignore[arg-type]
+    await v.refresh()
+    assert {r.url for r in v.snapshot()} == {"http://a", "http://b"}
+    # b goes on beating; a (SIGSTOPped, say) keeps its last entry while its TTL runs.
+    for beat in range(2, 8):
+        await asyncio.sleep(0.1)
+        registry.replicas = [beating("http://a", 1.0), beating("http://b", float(beat))]
+        await v.refresh()
+    assert [r.url for r in v.snapshot()] == ["http://b"]
+    # Still tried, after every replica that beats, rather than never.
+    ordered = v.route(lambda replicas: sorted(replicas, key=lambda r: r.url))
+    assert [r.url for r in ordered] == ["http://b", "http://a"]
+    registry.replicas = [beating("http://a", 9.0), beating("http://b", 9.0)]
+    await v.refresh()
+    assert {r.url for r in v.snapshot()} == {"http://a", "http://b"}
+
+
+async def test_no_replica_goes_silent_while_redis_is_away() -> None:
+    registry = StaticRegistry([beating("http://a", 1.0)])
+    v = RegistryView(registry, default_mode="auto", refresh_s=0.05)  # type: ignore[arg-type]
+    await v.refresh()
+    v.connected = False  # what a failed refresh leaves: nothing new can be seen
+    await asyncio.sleep(0.6)
+    assert [r.url for r in v.snapshot()] == ["http://a"]

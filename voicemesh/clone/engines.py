@@ -24,7 +24,15 @@ import numpy as np
 
 from voicemesh.audio import float32_to_pcm16
 from voicemesh.audio_files import read_audio_file
-from voicemesh.clone.world import AdaptStrength, SpeakerStats, adapt_toward, analyze_speaker
+from voicemesh.clone.world import (
+    AdaptStrength,
+    SpeakerStats,
+    adapt_toward,
+    analyze_speaker,
+    load_stats,
+    save_stats,
+    stats_path,
+)
 from voicemesh.errors import BadRequest
 
 _LOGGER = logging.getLogger(__name__)
@@ -158,13 +166,21 @@ class WorldAdaptedVits:
             return self._source
 
     def speaker(self, path: Path, digest: str) -> SpeakerStats:
-        """The reference speaker's statistics, cached by audio hash."""
+        """The reference speaker's statistics, cached by audio hash in memory and beside
+        the reference (where another replica, or this one after a restart, finds them)."""
         with self._lock:
             found = self._speakers.get(digest)
         if found is not None:
             return found
-        audio, rate = read_audio_file(path)
-        stats = analyze_speaker(audio, rate)
+        saved = stats_path(path)
+        stats = load_stats(saved)
+        if stats is None:
+            audio, rate = read_audio_file(path)
+            stats = analyze_speaker(audio, rate)
+            try:
+                save_stats(stats, saved)
+            except OSError as exc:  # a read-only volume: measured again next time
+                _LOGGER.warning("could not keep the speaker statistics at %s: %s", saved, exc)
         with self._lock:
             if len(self._speakers) >= self._max_cached:
                 self._speakers.pop(next(iter(self._speakers)))

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from voicemesh.clone.world import stats_path
 from voicemesh.errors import RegistryUnavailable, VoiceNotFound
 from voicemesh.tasks import within
 
@@ -165,7 +166,9 @@ class ProfileStore:
         pipe.scard(self._audio_key(profile.audio_sha256))
         results = await self._call("deleting a voice", pipe.execute())
         if int(results[-1]) == 0:
-            self.audio_path(profile.audio_sha256).unlink(missing_ok=True)
+            reference = self.audio_path(profile.audio_sha256)
+            reference.unlink(missing_ok=True)
+            stats_path(reference).unlink(missing_ok=True)
         _LOGGER.info("voice %s deleted", voice_id)
         return profile
 

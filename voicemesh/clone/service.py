@@ -205,6 +205,7 @@ async def create_voice(
         quality=prepared.report(),
     )
     await state.store.create(profile)
+    state.measure_speaker(digest)
     state.metrics.count("create_voice", "ok")
     return JSONResponse(profile.public(), status_code=201)
 

@@ -79,6 +79,7 @@ class CloneState:
             queue_timeout_s=settings.gptsovits_queue_timeout_s,
         )
         self.cpu = cpu
+        self._measuring: set[asyncio.Task[object]] = set()
         self.started_at = time.time()
         self.heartbeat: RegistryHeartbeat | None = None
         self.active = 0
@@ -89,6 +90,21 @@ class CloneState:
             ["service"],
             registry=metrics.registry,
         )
+
+    def measure_speaker(self, digest: str) -> None:
+        """Measure a new reference's speaker for the CPU engine in the background (and keep
+        it beside the reference), so its first synthesis, on any replica, skips Harvest."""
+        if self.cpu is None:
+            return
+        path = self.store.audio_path(digest)
+        task = asyncio.create_task(asyncio.to_thread(self.cpu.speaker, path, digest))
+        self._measuring.add(task)
+        task.add_done_callback(self._measured)
+
+    def _measured(self, task: asyncio.Task[object]) -> None:
+        self._measuring.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _LOGGER.warning("could not measure a reference's speaker: %s", task.exception())
 
     def engines(self) -> list[VoiceCloner]:
         """Engines to try, in order (see :func:`engine_order`)."""

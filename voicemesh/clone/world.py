@@ -18,7 +18,10 @@ The result is an approximation of the speaker, and is labelled as one.
 from __future__ import annotations
 
 import logging
+import os
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -100,6 +103,37 @@ def _stats_from(f0: np.ndarray, sp: np.ndarray, rate: int) -> SpeakerStats:
     return SpeakerStats(
         lf0_mean=float(lf0.mean()), lf0_std=float(max(lf0.std(), 1e-3)), mean_log_env=env
     )
+
+
+def stats_path(reference: Path) -> Path:
+    """Where a reference's speaker statistics are kept: beside it, on the same volume, so
+    every replica reads what one measured (Harvest takes seconds per reference)."""
+    return reference.with_name(f"{reference.stem}.speaker.npz")
+
+
+def save_stats(stats: SpeakerStats, path: Path) -> None:
+    """Write ``stats`` to ``path`` atomically (a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with tmp.open("wb") as out:
+        np.savez(
+            out,
+            lf0_mean=stats.lf0_mean,
+            lf0_std=stats.lf0_std,
+            mean_log_env=stats.mean_log_env,
+        )
+    os.replace(tmp, path)
+
+
+def load_stats(path: Path) -> SpeakerStats | None:
+    """Statistics saved by :func:`save_stats`; None when absent or unreadable."""
+    try:
+        with np.load(path) as data:
+            env = np.asarray(data["mean_log_env"], dtype=np.float64)
+            if env.shape != GRID_HZ.shape:
+                return None
+            return SpeakerStats(float(data["lf0_mean"]), float(data["lf0_std"]), env)
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def analyze_speaker(x: np.ndarray, rate: int) -> SpeakerStats:
