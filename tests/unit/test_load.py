@@ -92,6 +92,28 @@ def test_a_session_whose_finals_would_not_fit_is_refused() -> None:
     assert load.refusal(sessions=1) is None
 
 
+def test_a_session_that_replaces_one_just_ended_is_not_charged_its_finals() -> None:
+    load, clock = meter(max_essential_share=0.6, window_s=10)
+    for live in (1, 2, 3, 4):
+        load.note_sessions(live)
+    clock.now += 10
+    # Four sessions' finals: 10 worker-seconds of the last 10 s, 0.25 per session.
+    for i in range(20):
+        done = clock.now - 9.5 + i * 0.45
+        load.record(done - 0.5, done - 0.5, done, essential=True)
+    load.note_sessions(3)  # one ends; its successor opens a moment later
+    assert load.essential_per_session(3) == pytest.approx(0.25)
+    assert load.refusal(sessions=3) is None  # four again, as before: 1.0 <= 1.2
+    # Once the fourth session is out of the window, the three carry the finals alone.
+    clock.now += 11
+    for i in range(20):
+        done = clock.now - 9.5 + i * 0.45
+        load.record(done - 0.5, done - 0.5, done, essential=True)
+    assert load.essential_per_session(3) == pytest.approx(10 / 10 / 3)
+    refusal = load.refusal(sessions=3)
+    assert refusal is not None and refusal[0] == "capacity", refusal
+
+
 def test_partials_are_spaced_out_and_skipped_as_the_workers_fill() -> None:
     load, clock = meter(shed_utilization=0.7)
     clock.now += 10

@@ -96,6 +96,7 @@ class StreamHandler:
             return
         self.session = self._new_session(None)
         state.sessions[self.session_id] = self.session
+        state.scheduler.meter.note_sessions(len(state.sessions))
         state.enders[self.session_id] = self.end_unloaded
         state.metrics.active_sessions.labels(self.settings.kind).inc()
         label = state.label
@@ -123,6 +124,7 @@ class StreamHandler:
             if self.session is not None:
                 self.session.closed = True
             state.sessions.pop(self.session_id, None)
+            state.scheduler.meter.note_sessions(len(state.sessions))
             state.enders.pop(self.session_id, None)
             state.metrics.active_sessions.labels(self.settings.kind).dec()
 

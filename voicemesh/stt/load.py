@@ -78,6 +78,8 @@ class LoadMeter:
         self.clock = clock
         self.started = clock()
         self._records: deque[_Record] = deque()
+        self._sessions: deque[tuple[float, int]] = deque()
+        """(when, live sessions) at each open and close within the window."""
         self._lock = threading.Lock()
         self._utilization = (-1.0, 0.0)
         self._factor = (-1.0, 1.0)
@@ -133,10 +135,20 @@ class LoadMeter:
             self.busy_s[kind] += done - started
             self.decodes[kind] += 1
 
+    def note_sessions(self, live: int) -> None:
+        """The replica's live sessions changed (a session opened or closed)."""
+        now = self.clock()
+        with self._lock:
+            self._sessions.append((now, live))
+            self._trim(now)
+
     def _trim(self, now: float) -> None:
         horizon = now - self.policy.window_s
         while self._records and self._records[0].done < horizon:
             self._records.popleft()
+        # Keep the last change before the horizon: it says how many ran from there on.
+        while len(self._sessions) > 1 and self._sessions[1][0] < horizon:
+            self._sessions.popleft()
 
     def _recent(self) -> tuple[list[_Record], float]:
         now = self.clock()
@@ -166,10 +178,15 @@ class LoadMeter:
         return float(np.percentile(waits, 90)) if waits else 0.0
 
     def essential_per_session(self, sessions: int) -> float:
-        """Worker-seconds per second that finals take, per live session, lately."""
+        """Worker-seconds per second that finals take, per session, lately: divided by the
+        most sessions that ran in that time, not by those left now (a session that just
+        ended made its share of the finals; charging it to the others would refuse its
+        successor)."""
         records, span = self._recent()
         busy = sum(r.busy_s for r in records if r.essential)
-        return busy / span / max(1, sessions)
+        with self._lock:
+            peak = max((live for _, live in self._sessions), default=0)
+        return busy / span / max(1, sessions, peak)
 
     # ------------------------------------------------------------------ decisions
 
