@@ -119,9 +119,10 @@ def wait_for_routes(
         raise RuntimeError(f"{pending[0]} never saw the whole mesh: {body}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def fault_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultMesh]:
-    """The tier's mesh, up and routing; torn down after the last case."""
+    """The tier's mesh, up and routing; torn down after the last case, so that
+    its eleven processes do not weigh on the tiers that run after it (a module fixture)."""
     logs = tmp_path_factory.mktemp("fault-logs")
     redis = RedisServer(tmp_path_factory.mktemp("fault-redis"))
     redis.start()
