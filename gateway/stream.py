@@ -108,9 +108,9 @@ class GatewayStream:
 
     async def run(self, resume: StartMessage | None = None) -> None:
         """Open a backend, then pump both directions until the session ends; ``resume``
-        (asked for on the URL) carries on a dropped session first."""
+        (asked for on the URL) carries on a dropped session first, whatever the load."""
         try:
-            self.backend = await self._open_backend(offset=0.0)
+            self.backend = await self._open_backend(0.0, takeover=resume is not None, skip=set())
         except EngineUnavailable as exc:
             extra = refusal_extra(exc, self.session_id, self.state)
             await self.client.refuse(exc.code, exc.message, CLOSE_TRY_AGAIN, **extra)
@@ -230,8 +230,7 @@ class GatewayStream:
             try:
                 await self.backend.ws.send(payload)
             except websockets.ConnectionClosed:
-                # The backend loop sees the close and fails over; the frame is in the
-                # session buffer and will be replayed.
+                # The backend loop fails over and replays this frame from the buffer.
                 return
 
     # ------------------------------------------------------------------ backends
@@ -251,13 +250,15 @@ class GatewayStream:
 
         return [r for r in self.view.route(ordered) if r.instance_id not in skip]
 
-    async def _open_backend(self, offset: float, *, exclude: set[str] | None = None) -> Backend:
-        """Connect to the first candidate that accepts the session."""
+    async def _open_backend(self, offset: float, *, takeover: bool, skip: set[str]) -> Backend:
+        """Connect to the first candidate that accepts the session; ``takeover``: a live session
+        moving (even with no final yet), which a replica takes whatever its load."""
         backend = await open_first_backend(
             self.view,
-            self._candidates(exclude),
+            self._candidates(skip),
             self.backend_start(),
             offset,
+            takeover=takeover,
             connect_timeout_s=self.settings.connect_timeout_s,
             ping_timeout_s=self.settings.stall_timeout_s,
             failed=self.failed_backends,
@@ -379,7 +380,8 @@ class GatewayStream:
         async with self._backend_lock:
             offset = self.buffer.start_sample / SAMPLE_RATE
             try:
-                backend = await self._open_backend(offset, exclude={old.replica.instance_id})
+                skip = {old.replica.instance_id}
+                backend = await self._open_backend(offset, takeover=True, skip=skip)
             except EngineUnavailable as exc:
                 if planned:
                     self.view.assign(old.replica)

@@ -154,6 +154,7 @@ async def open_first_backend(
     start: StartMessage,
     offset: float,
     *,
+    takeover: bool,
     connect_timeout_s: float,
     ping_timeout_s: float,
     failed: set[str],
@@ -180,7 +181,7 @@ async def open_first_backend(
                 offset,
                 connect_timeout_s=connect_timeout_s,
                 ping_timeout_s=ping_timeout_s,
-                takeover=offset > 0,
+                takeover=takeover,
                 headers=view.engine_headers,
             )
         except Busy as exc:

@@ -145,6 +145,28 @@ class FakeAnsweringBackend(FakeSttBackend):
             await ws.send(partial(0.0, audio_s))
 
 
+class FakeFullBackend(FakeAnsweringBackend):
+    """At capacity, as a real replica whose finals queue: it refuses a new session
+    ``busy`` (before ``ready``, with ``retry_after``) but takes a live session the gateway
+    moves here (``?takeover=1``), as :class:`voicemesh.stt.handler.StreamHandler` does."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, sessions=2)
+        self.asked: list[str] = []
+        """Each connection's request path, query included."""
+
+    async def _session(self, ws: ServerConnection) -> None:
+        path = ws.request.path if ws.request is not None else ""
+        self.asked.append(path)
+        if "takeover=1" not in path:
+            refusal = {"type": "error", "code": "busy", "fatal": True, "retry_after": 1}
+            refusal["message"] = "finals wait 1.2 s for a decode worker here: at capacity"
+            await ws.send(json.dumps(refusal))
+            await ws.close(1013)
+            return
+        await super()._session(ws)
+
+
 class FakeSlowBackend(FakeSttBackend):
     """Alive but slow: a partial, then nothing for ``lag_s``, then the final.
 
@@ -339,6 +361,25 @@ async def test_a_backend_silent_from_the_start_is_failed_over(redis_url: str) ->
     assert failovers[0]["reason"].startswith("stalled: no message"), failovers[0]
     assert failovers[0]["replayed_ms"] > 0
     assert spare.audio_s and spare.audio_s[0] > 0  # the replayed audio reached the spare
+
+
+async def test_a_stalled_session_with_no_final_yet_moves_to_a_full_replica(
+    redis_url: str,
+) -> None:
+    """A session that stalls before its first final is a live session all the same: the
+    replica it moves to takes it though it refuses new sessions for load (in the fault
+    tier a slow replica's session was cut ``no_backend`` here, its spare being full)."""
+    silent = FakeSilentBackend("a-silent")
+    full = FakeFullBackend("b-full")
+    async with mesh(redis_url, silent, full, FakeDetector()) as url:
+        messages = await stream(url, 8.0, until="failover")
+    assert messages[0]["backend"] == silent.url
+    assert not of_type(messages, "error"), messages
+    failovers = of_type(messages, "failover")
+    assert len(failovers) == 1, messages
+    assert (failovers[0]["from"], failovers[0]["to"]) == (silent.url, full.url)
+    assert full.asked == ["/ws/transcribe?takeover=1"], full.asked  # asked as a takeover
+    assert full.audio_s and full.audio_s[-1] > 0  # the replayed audio reached it
 
 
 async def test_a_backend_silent_after_a_partial_is_failed_over(redis_url: str) -> None:
