@@ -97,8 +97,7 @@ class RegistryView:
         now = time.monotonic()
         out = []
         for replica in replicas:
-            held = self._failed.get(replica.instance_id, 0.0) >= now or self.silent(replica, now)
-            if held and not include_held:
+            if self.held(replica, now) and not include_held:
                 continue
             mine = self._assigned.get(replica.instance_id, 0)
             if mine > replica.load.active_sessions:
@@ -107,6 +106,12 @@ class RegistryView:
             else:
                 out.append(replica)
         return out
+
+    def held(self, replica: ReplicaInfo, now: float | None = None) -> bool:
+        """Whether routing tries ``replica`` last: it failed a probe or a connection a
+        moment ago, or it has missed its heartbeats (:meth:`silent`)."""
+        now = time.monotonic() if now is None else now
+        return self._failed.get(replica.instance_id, 0.0) >= now or self.silent(replica, now)
 
     def silent(self, replica: ReplicaInfo, now: float | None = None) -> bool:
         """Whether ``replica`` has missed :data:`STALE_BEATS` heartbeats, as this gateway saw

@@ -171,8 +171,13 @@ async def open_first_backend(
         else "no STT replica is ready (none registered, draining, or model unloaded)"
     )
     busy: list[Busy] = []
-    # Replicas that said in their last heartbeat that they would refuse go last.
-    for replica in sorted(candidates, key=lambda r: not r.load.admitting):
+    # Replicas that said in their last heartbeat that they would refuse go after the others;
+    # held-out ones (hung, or failing a moment ago) last whatever their stale entry says.
+    for replica in sorted(candidates, key=lambda r: (view.held(r), not r.load.admitting)):
+        if busy and not takeover and view.silent(replica):
+            # A beating replica said busy: a new session is told when to retry rather than
+            # sent to one that stopped beating (a hung process would take it and stall it).
+            continue
         view.assign(replica)
         try:
             return await connect_backend(

@@ -155,6 +155,10 @@ class FakeFullBackend(FakeAnsweringBackend):
         self.asked: list[str] = []
         """Each connection's request path, query included."""
 
+    def replica(self) -> ReplicaInfo:
+        entry = super().replica()  # and its heartbeat says so
+        return entry.model_copy(update={"load": entry.load.model_copy(update={"admitting": False})})
+
     async def _session(self, ws: ServerConnection) -> None:
         path = ws.request.path if ws.request is not None else ""
         self.asked.append(path)
@@ -165,6 +169,14 @@ class FakeFullBackend(FakeAnsweringBackend):
             await ws.close(1013)
             return
         await super()._session(ws)
+
+
+class FakeHungEntryBackend(FakeAnsweringBackend):
+    """Answers, but its registry entry says it beats every 0.1 s and is written once: what
+    the gateway sees of a SIGSTOPped replica whose entry's TTL has not run out."""
+
+    def replica(self) -> ReplicaInfo:
+        return super().replica().model_copy(update={"heartbeat_interval_s": 0.1})
 
 
 class FakeSlowBackend(FakeSttBackend):
@@ -380,6 +392,23 @@ async def test_a_stalled_session_with_no_final_yet_moves_to_a_full_replica(
     assert (failovers[0]["from"], failovers[0]["to"]) == (silent.url, full.url)
     assert full.asked == ["/ws/transcribe?takeover=1"], full.asked  # asked as a takeover
     assert full.audio_s and full.audio_s[-1] > 0  # the replayed audio reached it
+
+
+async def test_a_new_session_is_refused_busy_rather_than_sent_to_a_hung_replica(
+    redis_url: str,
+) -> None:
+    full = FakeFullBackend("a-full")
+    hung = FakeHungEntryBackend("b-hung", sessions=0)  # its last entry: idle, admitting
+    async with mesh(redis_url, full, hung) as url:
+        await asyncio.sleep(1.5)  # the hung entry misses its beats in the gateway's eyes
+        async with asyncio.timeout(20), websockets.connect(url) as ws:
+            first = json.loads(await ws.recv())
+        # A live replica at capacity: the client is told when to retry...
+        assert (first["type"], first.get("code")) == ("error", "busy"), first
+        assert first["retry_after"] > 0, first
+        assert full.asked == ["/ws/transcribe"]
+        # ...and the replica that stopped beating was not given a new session.
+        assert hung.audio_s == [], hung.audio_s
 
 
 async def test_a_backend_silent_after_a_partial_is_failed_over(redis_url: str) -> None:
