@@ -14,17 +14,11 @@ Every Redis failure leaves this module as :class:`~voicemesh.errors.RegistryUnav
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from voicemesh.errors import RegistryUnavailable
-from voicemesh.tasks import within
-
-_T = TypeVar("_T")
+from voicemesh.redis_link import RedisLink
 
 BenchmarkKind = Literal["stt", "tts", "both"]
 RunStatus = Literal["queued", "running", "completed", "failed"]
@@ -185,13 +179,10 @@ class RedisRunStore:
         self.keep = keep
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
-        self.display_url = redis_url.rpartition("@")[2]
-        self._redis: Redis = Redis.from_url(
-            redis_url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            decode_responses=True,
-        )
+        self._link = RedisLink("benchmark store", redis_url, timeout_s=timeout_s)
+        self._redis = self._link.redis
+        self._call = self._link.call
+        self.display_url = self._link.display_url
 
     def run_key(self, run_id: str) -> str:
         """The key holding one run."""
@@ -206,15 +197,6 @@ class RedisRunStore:
     def lock_key(self) -> str:
         """The key naming the run under way."""
         return f"{self.prefix}:lock"
-
-    async def _call(self, what: str, operation: Awaitable[_T]) -> _T:
-        try:
-            return await within(self.timeout_s * 3, operation)
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise RegistryUnavailable(
-                f"benchmark store at {self.display_url} unavailable during {what}: "
-                f"{str(exc) or type(exc).__name__}"
-            ) from exc
 
     async def save(self, run: BenchmarkRun) -> None:
         """Write a run with the TTL; index it and drop runs past the newest ``keep``."""

@@ -19,17 +19,10 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
-
-from voicemesh.errors import RegistryUnavailable
-from voicemesh.tasks import within
+from voicemesh.redis_link import RedisLink
 
 __all__ = [
     "MemorySessionStore",
@@ -181,16 +174,17 @@ class RedisSessionStore:
         self.prefix = f"{prefix}:session"
         self.ttl_ms = int(ttl_s * 1000)
         self.timeout_s = timeout_s
-        self.display_url = redis_url.rpartition("@")[2]
-        # One quick retry (a pooled connection that died with a Redis restart); the
-        # library's default retries with backoff would hold a final for seconds while
-        # Redis is away.
-        self._redis: Redis = Redis.from_url(
+        # A final waits on its write: a call is bounded by two timeouts, not three.
+        self._link = RedisLink(
+            "session store",
             redis_url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
+            timeout_s=timeout_s,
+            deadline_s=2 * timeout_s,
+            decode_responses=False,
         )
+        self._redis = self._link.redis
+        self._call = self._link.call
+        self.display_url = self._link.display_url
         self._write = self._redis.register_script(_WRITE)
         self._take_over = self._redis.register_script(_TAKE_OVER)
         self._forget = self._redis.register_script(_FORGET)
@@ -198,15 +192,6 @@ class RedisSessionStore:
     def keys(self, session_id: str) -> list[str]:
         """The record's hash and its audio."""
         return [f"{self.prefix}:{session_id}", f"{self.prefix}:{session_id}:audio"]
-
-    async def _call(self, what: str, operation: Awaitable[Any]) -> Any:
-        try:
-            return await within(self.timeout_s * 2, operation)
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise RegistryUnavailable(
-                f"session store at {self.display_url} unavailable during {what}: "
-                f"{str(exc) or type(exc).__name__}"
-            ) from exc
 
     async def write(self, record: SessionRecord, *, append: bytes | None) -> bool:
         """One atomic write, refused when the stored generation is another's."""

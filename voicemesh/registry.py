@@ -20,18 +20,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Literal, TypeVar, get_args
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Callable
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field, ValidationError
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from voicemesh.errors import BadRequest, RegistryUnavailable
-from voicemesh.tasks import stop_task, within
+from voicemesh.redis_link import RedisLink
+from voicemesh.tasks import stop_task
 from voicemesh.usage import ProcessUsage
 
 _LOGGER = logging.getLogger(__name__)
@@ -40,7 +37,6 @@ RoutingMode = Literal["gpu", "cpu", "auto"]
 ModelStatus = Literal["loaded", "loading", "unloaded", "failed"]
 ROUTING_MODES: tuple[str, ...] = get_args(RoutingMode)
 
-_T = TypeVar("_T")
 _SCAN_BATCH = 200
 _GLOB_SPECIAL = "\\*?[]"
 
@@ -151,24 +147,11 @@ class RegistryClient:
         self.prefix = prefix
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
-        # One quick retry covers a pooled connection that died with a Redis restart;
-        # the library default (10 retries with backoff) would stall callers for seconds.
-        self._redis: Redis = Redis.from_url(
-            redis_url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
-            decode_responses=True,
-        )
-
-    @property
-    def display_url(self) -> str:
+        self._link = RedisLink("registry", redis_url, timeout_s=timeout_s)
+        self._redis = self._link.redis
+        self._call = self._link.call
+        self.display_url = self._link.display_url
         """The Redis URL without its password, for messages and logs."""
-        parts = urlsplit(self.redis_url)
-        if parts.password is None:
-            return self.redis_url
-        netloc = parts.netloc.rpartition("@")[2]
-        return urlunsplit(parts._replace(netloc=f"***@{netloc}"))
 
     def replica_key(self, kind: str, instance_id: str) -> str:
         """The Redis key holding one replica."""
@@ -196,15 +179,6 @@ class RegistryClient:
         await self._call(
             "write of the default model", self._redis.set(self.default_model_key, model)
         )
-
-    async def _call(self, what: str, operation: Awaitable[_T]) -> _T:
-        try:
-            return await within(self.timeout_s * 3, operation)
-        except (RedisError, OSError, TimeoutError) as exc:
-            reason = str(exc) or type(exc).__name__
-            raise RegistryUnavailable(
-                f"registry at {self.display_url} unavailable during {what}: {reason}"
-            ) from exc
 
     async def _store(self, info: ReplicaInfo) -> ReplicaInfo:
         stamped = info.model_copy(update={"updated_at": time.time()})
