@@ -32,8 +32,9 @@ from gateway.stt_backend import (
     refusal_extra,
     report_slow_backend,
     shift_times,
+    start_decoder,
 )
-from voicemesh.audio import AudioStreamDecoder, PcmStreamDecoder, float32_to_pcm16, stream_decoder
+from voicemesh.audio import AudioStreamDecoder, PcmStreamDecoder, float32_to_pcm16
 from voicemesh.errors import EngineUnavailable, VoiceMeshError
 from voicemesh.protocol import (
     CLOSE_NORMAL,
@@ -184,12 +185,7 @@ class GatewayStream:
             return
         asked, start = start, start.model_copy(update=RESUME_FIELDS)
         try:
-            self.decoder = stream_decoder(
-                sample_rate=start.sample_rate,
-                encoding=start.encoding,
-                channels=start.channels,
-                max_frame_bytes=self.settings.max_frame_bytes,
-            )
+            self.decoder = start_decoder(start, self.backend, self.settings.max_frame_bytes)
         except VoiceMeshError as exc:
             await self.client.error(exc.code, exc.message)
             return

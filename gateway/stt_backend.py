@@ -32,10 +32,19 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from gateway.asr_models import models_of
 from gateway.registry_view import RegistryView
 from gateway.session_client import SessionClient
 from gateway.state import GatewayState
-from voicemesh.errors import BackendClosed, BackendTimeout, Busy, EngineUnavailable, backend_errors
+from voicemesh.audio import AudioStreamDecoder, stream_decoder
+from voicemesh.errors import (
+    BackendClosed,
+    BackendTimeout,
+    BadRequest,
+    Busy,
+    EngineUnavailable,
+    backend_errors,
+)
 from voicemesh.protocol import StartMessage
 from voicemesh.registry import ReplicaInfo
 from voicemesh.tasks import within
@@ -146,6 +155,38 @@ async def connect_backend(
         await ws.close()
         raise
     return Backend(replica, ws, ready, offset)
+
+
+def start_decoder(
+    start: StartMessage, backend: Backend | None, max_frame_bytes: int
+) -> AudioStreamDecoder:
+    """The decoder of the audio format ``start`` asks for, once the whole ``start`` is
+    checked: a refused one (a bad format, ``bad_language``) changes nothing."""
+    decoder = stream_decoder(
+        sample_rate=start.sample_rate,
+        encoding=start.encoding,
+        channels=start.channels,
+        max_frame_bytes=max_frame_bytes,
+    )
+    check_language(backend, start.language)
+    return decoder
+
+
+def check_language(backend: Backend | None, language: str | None) -> None:
+    """Refuse (``bad_language``) a language the serving model's registry entry says it cannot
+    decode (or its ``ready`` said), as the engine would, but before the gateway takes the
+    start's new audio format. Where neither lists languages, the engine decides."""
+    if backend is None or language is None or not language.strip():
+        return
+    model = backend.ready.get("model")
+    known = [m.languages for m in models_of(backend.replica) if m.name == model and m.languages]
+    codes = backend.ready.get("languages") or (known[0] if known else None)
+    if codes and language.strip().lower() not in codes:
+        raise BadRequest(
+            f"language {language!r} is not one this model knows; use an ISO 639-1 code "
+            f"such as {', '.join(sorted(codes)[:8])}, ...",
+            code="bad_language",
+        )
 
 
 async def open_first_backend(

@@ -172,6 +172,9 @@ class ReadyMessage(_Message):
     backend: str | None = None
     resume_token: str | None = None
     """Send it back in a ``start`` after a dropped connection to resume this session."""
+    languages: list[str] | None = None
+    """The codes the model decodes (an engine's ``ready`` to the gateway, which refuses a
+    ``start`` in another language before it takes that start's audio format)."""
 
 
 class PartialMessage(_Message):

@@ -337,3 +337,24 @@ def test_a_frame_over_the_websocket_limit_closes_with_1009_and_the_service_goes_
                 assert json.loads(ws.recv(timeout=REPLY_TIMEOUT_S))["type"] != "error"
     assert ws.close_code == 1009, (ws.close_code, ws.close_reason)
     assert normalize(transcribe_clip(url))[:5] == normalize(JFK.text)[:5]
+
+
+@pytest.mark.parametrize("target", ["stt", "gateway"])
+def test_a_start_refused_for_its_language_changes_nothing(
+    servers: dict[str, str], target: str
+) -> None:
+    # Found by the fuzz in CI: through the gateway, an Opus start with an unknown language
+    # drew bad_language from the engine after the gateway had already taken Opus.
+    with connect(servers[target], open_timeout=30) as ws:
+        assert json.loads(ws.recv(timeout=REPLY_TIMEOUT_S))["type"] == "ready"
+        ws.send(json.dumps({"type": "start", "encoding": "opus", "language": "xx-bogus"}))
+        assert next_error(ws)["code"] == "bad_language"
+        ws.send(b"\x01\x02\x03")  # an odd length for the PCM still in force, not Opus
+        assert next_error(ws)["code"] == "odd_length_frame"
+
+
+def next_error(ws: ClientConnection) -> dict[str, Any]:
+    """The next ``error`` message (acks and the like pass by)."""
+    while (message := json.loads(ws.recv(timeout=REPLY_TIMEOUT_S)))["type"] != "error":
+        pass
+    return message

@@ -107,6 +107,7 @@ class StreamHandler:
                 device=label.device,
                 model=label.model,
                 backend=label.backend,
+                languages=sorted(getattr(state.transcriber, "languages", ())) or None,
             )
         )
         try:
