@@ -94,6 +94,9 @@ def main() -> None:
         action="store_true",
         help="Piper's own runtime (piper-tts) instead of sherpa-onnx",
     )
+    parser.add_argument(
+        "--int8", action="store_true", help="the decoder in 8 bits (tts_vits's decoder_int8)"
+    )
     parser.add_argument("--noise-scale", type=float)
     parser.add_argument("--noise-w", type=float)
     parser.add_argument("--length-scale", type=float)
@@ -103,8 +106,8 @@ def main() -> None:
 
     from tts_vits.app import TtsVitsSettings
     from voicemesh.stt.engines import load_transcriber
+    from voicemesh.tts.piper_runtime import load_synthesizer
     from voicemesh.tts.prepare import default_voice_files
-    from voicemesh.tts.sherpa import SherpaSynthesizer
 
     overrides = {
         k: v
@@ -115,13 +118,13 @@ def main() -> None:
         )
         if v is not None
     }
+    settings = TtsVitsSettings()
     if args.clone:  # the cloning engine's own base voice (voicemesh.clone.vits)
         from voicemesh.clone.vits import load_base_voice
 
         files = load_base_voice("en_US-joe-medium").synthesizer.files  # type: ignore[attr-defined]
     else:  # what tts_vits loads with its default settings
         files = default_voice_files()
-        settings = TtsVitsSettings()
         if settings.duration_noise is not None:
             files = dataclasses.replace(files, noise_scale_w=settings.duration_noise)
         if settings.voice_noise is not None:
@@ -131,7 +134,12 @@ def main() -> None:
         f"voice: noise_scale {files.noise_scale} noise_w {files.noise_scale_w} "
         f"length_scale {files.length_scale}"
     )
-    synthesizer = SherpaSynthesizer(files, num_threads=2)
+    synthesizer = load_synthesizer(
+        files,
+        piper_runtime=settings.piper_runtime,
+        num_threads=2,
+        decoder_int8=args.int8 or settings.decoder_int8,
+    )
     rate = synthesizer.sample_rate
 
     render = None

@@ -28,7 +28,8 @@ the last byte.
 core, resampling to 24 kHz, PCM encoding), measured in this process.
 
 Usage: ``python -m benchmarks.tts_speed [--reps 3] [--clients 4 8] [--clone] [--profile]``.
-Service settings can be passed as environment variables (``VOICEMESH_TTS_VITS_*``).
+Service settings can be passed as environment variables (``VOICEMESH_TTS_VITS_*``,
+``VOICEMESH_TTS_CLONE_*``), e.g. ``VOICEMESH_TTS_VITS_DECODER_INT8=true``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ FIVE = [
 ]
 """Five replies a voice assistant speaks, short to long."""
 VOICE = "en_US-joe-medium"
+SERVICE_SETTINGS = ("VOICEMESH_TTS_VITS_", "VOICEMESH_TTS_CLONE_")
+"""Prefixes of the environment variables passed on to the services."""
 PCM_RATE = 24000
 
 
@@ -308,6 +311,8 @@ def main() -> int:
             "VOICEMESH_MODELS_DIR", str(default_home() / "models")
         ),
         "VOICEMESH_GATEWAY_REGISTRY_REFRESH_S": "0.5",
+        # The harness keeps this shell's VOICEMESH_* out of the services; these go in.
+        **{k: v for k, v in os.environ.items() if k.startswith(SERVICE_SETTINGS)},
     }
     tts = ServiceProcess("tts_vits", free_port(), env, home)
     gateway = ServiceProcess("gateway", free_port(), env, home)

@@ -324,37 +324,60 @@ class PooledSynthesizer(abc.ABC):
         if not solo:
             self._pool.put(tts)
 
-    def _pieces(self, pieces: list[str], speaker_id: int, speed: float) -> Iterator[SynthesisChunk]:
+    def _parts(
+        self, piece: str, speaker_id: int, speed: float, *, split: bool
+    ) -> Iterator[tuple[np.ndarray, bool]]:
+        """Audio of one piece as (part, is it the last) pairs, each as soon as it is made.
+
+        Here the whole piece is one part. An engine that can make the start of a piece
+        before the rest (:class:`~voicemesh.tts.piper_runtime.PiperRuntimeSynthesizer`)
+        yields it first when ``split``.
+        """
+        yield self._generate(piece, speaker_id, speed), True
+
+    def _streaming_pieces(self, clean: str) -> list[str]:
+        """The pieces a streamed text is spoken in: the first clause alone when long enough."""
+        return split_for_streaming(clean)
+
+    def _pieces(
+        self, pieces: list[str], speaker_id: int, speed: float, *, split_first: bool = False
+    ) -> Iterator[SynthesisChunk]:
         pause = np.zeros(int(self._sample_rate * SENTENCE_PAUSE_S / speed), dtype=np.float32)
         after_cut = False
-        for index, piece in enumerate(pieces):
+        index = 0
+        for number, piece in enumerate(pieces):
+            more = number < len(pieces) - 1
+            cut = more and piece[-1:] not in SENTENCE_END_CHARS
+            first_part = True
             started = time.monotonic()
-            audio = self._generate(piece, speaker_id, speed)
-            cut = index < len(pieces) - 1 and piece[-1:] not in SENTENCE_END_CHARS
-            if cut or after_cut:
-                audio = trim_join(
-                    audio,
-                    self._sample_rate,
-                    start_s=JOIN_LEAD_S / speed if after_cut else None,
-                    end_s=JOIN_PAUSE_S / speed if cut else None,
+            parts = self._parts(piece, speaker_id, speed, split=split_first and number == 0)
+            for part, last in parts:
+                audio = part
+                start_s = JOIN_LEAD_S / speed if after_cut and first_part else None
+                end_s = JOIN_PAUSE_S / speed if cut and last else None
+                if start_s is not None or end_s is not None:
+                    audio = trim_join(audio, self._sample_rate, start_s=start_s, end_s=end_s)
+                elif last and more and not after_cut:
+                    audio = np.concatenate([audio, pause])
+                yield SynthesisChunk(
+                    audio=audio,
+                    sample_rate=self._sample_rate,
+                    text=piece,
+                    index=index,
+                    synthesis_s=time.monotonic() - started,
                 )
-            elif index < len(pieces) - 1:
-                audio = np.concatenate([audio, pause])
+                index += 1
+                first_part = False
+                started = time.monotonic()
             after_cut = cut
-            yield SynthesisChunk(
-                audio=audio,
-                sample_rate=self._sample_rate,
-                text=piece,
-                index=index,
-                synthesis_s=time.monotonic() - started,
-            )
 
     def synthesize_chunks(
         self, text: str, *, speaker_id: int = 0, speed: float = 1.0
     ) -> Iterator[SynthesisChunk]:
-        """The text piece by piece: the first clause alone (when long enough), then sentences."""
+        """The text piece by piece, each as soon as it is ready: a short first piece (the
+        first clause, or the start of the first sentence's audio), then sentences."""
         clean = self._check(text, speaker_id, speed)
-        return self._pieces(split_for_streaming(clean), speaker_id, speed)
+        return self._pieces(self._streaming_pieces(clean), speaker_id, speed, split_first=True)
 
     def synthesize(self, text: str, *, speaker_id: int = 0, speed: float = 1.0) -> SynthesisResult:
         """The whole text, sentence by sentence, joined into one block of audio."""

@@ -111,6 +111,7 @@ class EngineSet:
             num_threads=self.settings.num_threads,
             pool_size=self.settings.pool_size,
             solo_threads=self.settings.resolved_solo_threads(),
+            decoder_int8=self.settings.decoder_int8,
         )
 
 
