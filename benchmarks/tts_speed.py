@@ -15,7 +15,9 @@ replies (:data:`FIVE`, from "Hello!" to a two-sentence, 140-character text),
 ``--reps`` times each, one request at a time, then the English reference sentences
 of the clip manifest once each. Then ``--clients`` concurrent clients (default 4 and 8)
 loop over the five texts through the gateway for ``--seconds``: requests per second,
-first-audio p50/p95 under that load, and how many were refused (503 ``busy``).
+first-audio p50/p95 under that load, how many answers a listener playing from the
+first byte would hear with a gap (a chunk late for its turn), and how many were
+refused (503 ``busy``).
 
 ``--clone`` adds the CPU cloning engine (``tts_clone``, the stock voice moved toward
 a reference with WORLD) through the same gateway route with a cloned voice id: first
@@ -73,6 +75,9 @@ class Timing:
     first_s: float
     total_s: float
     audio_s: float
+    stall_s: float = 0.0
+    """Longest silence a listener who starts playing at the first byte would hear
+    before the audio's end (a later chunk arriving after what came before had played)."""
 
     @property
     def rtf(self) -> float:
@@ -143,12 +148,17 @@ def streamed(client: httpx.Client, path: str, body: dict[str, object]) -> Timing
             response.read()
             raise RuntimeError(f"{path}: {response.status_code} {response.text}")
         rate = int(response.headers["x-voicemesh-sample-rate"])
+        stall = 0.0
         for chunk in response.iter_raw():
-            if chunk and first is None:
-                first = time.perf_counter() - started
+            if not chunk:
+                continue
+            now = time.perf_counter() - started
+            if first is None:
+                first = now
+            stall = max(stall, now - (first + size / 2 / rate))
             size += len(chunk)
     total = time.perf_counter() - started
-    return Timing(first or total, total, size / 2 / rate)
+    return Timing(first or total, total, size / 2 / rate, stall)
 
 
 def via_gateway(client: httpx.Client, voice: str = VOICE) -> Callable[[str], Timing]:
@@ -362,14 +372,19 @@ def main() -> int:
     for name, timings in rows.items():
         print(summary(name, timings))
     print("\nunder load, through the gateway (the five texts in turn):")
-    print("| clients | requests/s | first audio p50 / p95 | RTF p50 | refused (busy) | errors |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| clients | requests/s | first audio p50 / p95 | RTF p50 | played with a gap "
+        "(longest) | refused (busy) | errors |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for clients, timings, refused, errors, elapsed in loads:
         first = [t.first_s for t in timings]
         rtf = [t.rtf for t in timings]
+        gaps = [t.stall_s for t in timings if t.stall_s > 0]
         print(
             f"| {clients} | {len(timings) / elapsed:.2f} | {ms(first, 50):.0f} / "
-            f"{ms(first, 95):.0f} ms | {np.percentile(rtf, 50):.3f} | {refused} | {errors} |"
+            f"{ms(first, 95):.0f} ms | {np.percentile(rtf, 50):.3f} | {len(gaps)} of "
+            f"{len(timings)} ({max(gaps, default=0) * 1000:.0f} ms) | {refused} | {errors} |"
         )
     if args.profile:
         profile(args.reps)

@@ -30,6 +30,7 @@ import numpy as np
 
 from voicemesh.errors import BadRequest, Busy, EmptyText, ModelAssetError
 from voicemesh.tts.joins import JOIN_LEAD_S, JOIN_PAUSE_S, trim_join
+from voicemesh.tts.pool import EnginePool
 from voicemesh.tts.text import (
     SENTENCE_END_CHARS,
     normalize_text,
@@ -211,7 +212,7 @@ class PooledSynthesizer(abc.ABC):
         self.language = language
         self.acquire_timeout_s = acquire_timeout_s
         started = time.monotonic()
-        self._pool: queue.Queue[Any] = queue.Queue()
+        self._pool: EnginePool[Any] = EnginePool()
         first = self._open(num_threads)
         self._pool.put(first)
         for _ in range(pool_size - 1):
@@ -282,14 +283,17 @@ class PooledSynthesizer(abc.ABC):
             raise EmptyText("text is empty")
         return clean
 
-    def _generate(self, text: str, speaker_id: int, speed: float) -> np.ndarray:
-        """Audio of one piece of text, on a borrowed engine instance."""
+    def _generate(
+        self, text: str, speaker_id: int, speed: float, *, urgent: bool = False
+    ) -> np.ndarray:
+        """Audio of one piece of text, on a borrowed engine instance (``urgent``: a
+        stream's first piece, lent an engine before other pieces waiting)."""
         codepoints = None
         if self.files.espeak_voice:
             codepoints = phonemize_piper(text, self.files.espeak_voice)
             if not codepoints:
                 return np.zeros(0, dtype=np.float32)
-        instance, solo = self._borrow()
+        instance, solo = self._borrow(urgent=urgent)
         try:
             return self._speak(instance, text, codepoints, speaker_id, speed)
         finally:
@@ -300,7 +304,7 @@ class PooledSynthesizer(abc.ABC):
         """How many pieces the solo instance has generated (0 when there is none)."""
         return self._solo_count
 
-    def _borrow(self) -> tuple[Any, bool]:
+    def _borrow(self, *, urgent: bool = False) -> tuple[Any, bool]:
         """An idle instance: the solo one when nothing else runs, else one from the pool."""
         with self._lock:
             if self._solo is not None and not self._solo_busy and self._running == 0:
@@ -309,7 +313,7 @@ class PooledSynthesizer(abc.ABC):
                 self._solo_count += 1
                 return self._solo, True
         try:
-            tts = self._pool.get(timeout=self.acquire_timeout_s)
+            tts = self._pool.get(timeout=self.acquire_timeout_s, urgent=urgent)
         except queue.Empty as exc:
             raise Busy("every synthesis engine stayed busy") from exc
         with self._lock:
@@ -333,7 +337,7 @@ class PooledSynthesizer(abc.ABC):
         before the rest (:class:`~voicemesh.tts.piper_runtime.PiperRuntimeSynthesizer`)
         yields it first when ``split``.
         """
-        yield self._generate(piece, speaker_id, speed), True
+        yield self._generate(piece, speaker_id, speed, urgent=split), True
 
     def _streaming_pieces(self, clean: str) -> list[str]:
         """The pieces a streamed text is spoken in: the first clause alone when long enough."""

@@ -270,7 +270,7 @@ class PiperRuntimeSynthesizer(PooledSynthesizer):
             return
         feeds = self._feeds(sentences[0], speaker_id, speed)
         head_end = FIRST_PART_FRAMES + DECODER_CONTEXT_FRAMES
-        instance, solo = self._borrow()
+        instance, solo = self._borrow(urgent=True)
         try:
             frames = self._latent(instance, feeds)
             # Under 0.84 s of speech (3 parts' worth) the whole decodes in a few ms more.
