@@ -1,4 +1,4 @@
-"""The engine pool lends an idle instance to a stream's first piece before other waiters."""
+"""The engine pool lends an idle instance to the waiting piece needed soonest."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ import time
 
 import pytest
 
-from voicemesh.tts.pool import EnginePool
+from voicemesh.tts.pool import EnginePool, PlaybackClock
 
 pytestmark = pytest.mark.unit
 
 
-def _waiter(pool: EnginePool[str], order: list[str], name: str, urgent: bool) -> threading.Thread:
+def _waiter(
+    pool: EnginePool[str], order: list[str], name: str, deadline: float | None
+) -> threading.Thread:
     def borrow() -> None:
-        instance = pool.get(timeout=5, urgent=urgent)
+        instance = pool.get(timeout=5, deadline=deadline)
         order.append(name)
         pool.put(instance)
 
@@ -30,18 +32,30 @@ def _until_waiting(pool: EnginePool[str], count: int, timeout_s: float = 2.0) ->
         time.sleep(0.005)
 
 
-def test_an_urgent_borrow_goes_before_earlier_ones_and_the_rest_keep_their_order() -> None:
+def test_the_piece_needed_soonest_goes_first_and_equal_ones_keep_their_order() -> None:
     pool: EnginePool[str] = EnginePool()
     order: list[str] = []
+    now = time.monotonic()
+    waiters = (
+        ("stream with 2 s in hand", now + 2.0),
+        ("new request A", None),  # None: needed now
+        ("stream about to fall silent", now - 0.1),
+        ("new request B", None),
+    )
     threads = []
-    for name, urgent in (("later piece 1", False), ("later piece 2", False), ("first", True)):
-        threads.append(_waiter(pool, order, name, urgent))
+    for name, deadline in waiters:
+        threads.append(_waiter(pool, order, name, deadline))
         _until_waiting(pool, len(threads))
-    assert pool.waiting == 3  # all three wait: nothing is idle yet
+    assert pool.waiting == 4  # all wait: nothing is idle yet
     pool.put("engine")
     for thread in threads:
         thread.join(timeout=5)
-    assert order == ["first", "later piece 1", "later piece 2"]
+    assert order == [
+        "stream about to fall silent",
+        "new request A",
+        "new request B",
+        "stream with 2 s in hand",
+    ]
 
 
 def test_a_borrow_that_times_out_leaves_the_line_and_the_next_is_served() -> None:
@@ -50,9 +64,20 @@ def test_a_borrow_that_times_out_leaves_the_line_and_the_next_is_served() -> Non
         pool.get(timeout=0.05)
     assert pool.waiting == 0
     order: list[str] = []
-    thread = _waiter(pool, order, "next", False)
+    thread = _waiter(pool, order, "next", None)
     _until_waiting(pool, 1)
     pool.put("engine")
     thread.join(timeout=5)
     assert order == ["next"]
     assert pool.get(timeout=0.1) == "engine"
+
+
+def test_the_playback_clock_runs_out_when_the_audio_handed_out_does() -> None:
+    clock = PlaybackClock()
+    assert clock.deadline() is None
+    before = time.monotonic()
+    clock.handed_out(0.28)
+    clock.handed_out(2.5)
+    deadline = clock.deadline()
+    assert deadline is not None
+    assert before + 2.78 <= deadline <= time.monotonic() + 2.78

@@ -30,7 +30,7 @@ import numpy as np
 
 from voicemesh.errors import BadRequest, Busy, EmptyText, ModelAssetError
 from voicemesh.tts.joins import JOIN_LEAD_S, JOIN_PAUSE_S, trim_join
-from voicemesh.tts.pool import EnginePool
+from voicemesh.tts.pool import EnginePool, PlaybackClock
 from voicemesh.tts.text import (
     SENTENCE_END_CHARS,
     normalize_text,
@@ -284,16 +284,16 @@ class PooledSynthesizer(abc.ABC):
         return clean
 
     def _generate(
-        self, text: str, speaker_id: int, speed: float, *, urgent: bool = False
+        self, text: str, speaker_id: int, speed: float, *, deadline: float | None = None
     ) -> np.ndarray:
-        """Audio of one piece of text, on a borrowed engine instance (``urgent``: a
-        stream's first piece, lent an engine before other pieces waiting)."""
+        """Audio of one piece of text, on a borrowed engine instance (``deadline``: when
+        its listener needs it, see :class:`~voicemesh.tts.pool.EnginePool`)."""
         codepoints = None
         if self.files.espeak_voice:
             codepoints = phonemize_piper(text, self.files.espeak_voice)
             if not codepoints:
                 return np.zeros(0, dtype=np.float32)
-        instance, solo = self._borrow(urgent=urgent)
+        instance, solo = self._borrow(deadline=deadline)
         try:
             return self._speak(instance, text, codepoints, speaker_id, speed)
         finally:
@@ -304,7 +304,7 @@ class PooledSynthesizer(abc.ABC):
         """How many pieces the solo instance has generated (0 when there is none)."""
         return self._solo_count
 
-    def _borrow(self, *, urgent: bool = False) -> tuple[Any, bool]:
+    def _borrow(self, *, deadline: float | None = None) -> tuple[Any, bool]:
         """An idle instance: the solo one when nothing else runs, else one from the pool."""
         with self._lock:
             if self._solo is not None and not self._solo_busy and self._running == 0:
@@ -313,7 +313,7 @@ class PooledSynthesizer(abc.ABC):
                 self._solo_count += 1
                 return self._solo, True
         try:
-            tts = self._pool.get(timeout=self.acquire_timeout_s, urgent=urgent)
+            tts = self._pool.get(timeout=self.acquire_timeout_s, deadline=deadline)
         except queue.Empty as exc:
             raise Busy("every synthesis engine stayed busy") from exc
         with self._lock:
@@ -329,15 +329,16 @@ class PooledSynthesizer(abc.ABC):
             self._pool.put(tts)
 
     def _parts(
-        self, piece: str, speaker_id: int, speed: float, *, split: bool
+        self, piece: str, speaker_id: int, speed: float, *, split: bool, clock: PlaybackClock
     ) -> Iterator[tuple[np.ndarray, bool]]:
-        """Audio of one piece as (part, is it the last) pairs, each as soon as it is made.
+        """Audio of one piece as (part, is it the last) pairs, each as soon as it is made
+        (engines borrowed by ``clock``'s deadline).
 
         Here the whole piece is one part. An engine that can make the start of a piece
         before the rest (:class:`~voicemesh.tts.piper_runtime.PiperRuntimeSynthesizer`)
         yields it first when ``split``.
         """
-        yield self._generate(piece, speaker_id, speed, urgent=split), True
+        yield self._generate(piece, speaker_id, speed, deadline=clock.deadline()), True
 
     def _streaming_pieces(self, clean: str) -> list[str]:
         """The pieces a streamed text is spoken in: the first clause alone when long enough."""
@@ -349,12 +350,15 @@ class PooledSynthesizer(abc.ABC):
         pause = np.zeros(int(self._sample_rate * SENTENCE_PAUSE_S / speed), dtype=np.float32)
         after_cut = False
         index = 0
+        clock = PlaybackClock()
         for number, piece in enumerate(pieces):
             more = number < len(pieces) - 1
             cut = more and piece[-1:] not in SENTENCE_END_CHARS
             first_part = True
             started = time.monotonic()
-            parts = self._parts(piece, speaker_id, speed, split=split_first and number == 0)
+            parts = self._parts(
+                piece, speaker_id, speed, split=split_first and number == 0, clock=clock
+            )
             for part, last in parts:
                 audio = part
                 start_s = JOIN_LEAD_S / speed if after_cut and first_part else None
@@ -363,6 +367,7 @@ class PooledSynthesizer(abc.ABC):
                     audio = trim_join(audio, self._sample_rate, start_s=start_s, end_s=end_s)
                 elif last and more and not after_cut:
                     audio = np.concatenate([audio, pause])
+                clock.handed_out(len(audio) / self._sample_rate)
                 yield SynthesisChunk(
                     audio=audio,
                     sample_rate=self._sample_rate,

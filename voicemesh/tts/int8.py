@@ -9,7 +9,9 @@ either costs most of the fidelity (waveform SNR against the float decoder 20 dB 
 them in float, 10 dB without).
 
 Quantizing takes about a second and happens when the voice loads: nothing extra is
-stored, and the float model stays the one on disk.
+stored, and the float model stays the one on disk. It is off by default: Whisper hears
+the 8-bit voice about as well (round-trip WER 6.40% against 6.27%, five runs each), but
+in the pauses between words its noise floor is -55 dBFS against -64 dBFS.
 """
 
 from __future__ import annotations

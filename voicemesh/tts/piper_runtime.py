@@ -36,6 +36,7 @@ import numpy as np
 
 from voicemesh.errors import ModelAssetError
 from voicemesh.tts.engine import PooledSynthesizer, TtsModelFiles, phonemize_piper
+from voicemesh.tts.pool import PlaybackClock
 from voicemesh.tts.text import split_for_streaming, split_sentences
 
 _LOGGER = logging.getLogger(__name__)
@@ -256,7 +257,7 @@ class PiperRuntimeSynthesizer(PooledSynthesizer):
         return sentences
 
     def _parts(
-        self, piece: str, speaker_id: int, speed: float, *, split: bool
+        self, piece: str, speaker_id: int, speed: float, *, split: bool, clock: PlaybackClock
     ) -> Iterator[tuple[np.ndarray, bool]]:
         """The first sentence's first frames decoded alone, then the rest of the piece.
 
@@ -266,11 +267,11 @@ class PiperRuntimeSynthesizer(PooledSynthesizer):
         codepoints = phonemize_piper(piece, self.files.espeak_voice or "en-us")
         sentences = [s for s in codepoints if s]
         if not split or not self.split_stream or not sentences:
-            yield from super()._parts(piece, speaker_id, speed, split=False)
+            yield from super()._parts(piece, speaker_id, speed, split=False, clock=clock)
             return
         feeds = self._feeds(sentences[0], speaker_id, speed)
         head_end = FIRST_PART_FRAMES + DECODER_CONTEXT_FRAMES
-        instance, solo = self._borrow(urgent=True)
+        instance, solo = self._borrow(deadline=clock.deadline())
         try:
             frames = self._latent(instance, feeds)
             # Under 0.84 s of speech (3 parts' worth) the whole decodes in a few ms more.
@@ -284,7 +285,7 @@ class PiperRuntimeSynthesizer(PooledSynthesizer):
             return
         parts: list[np.ndarray] = [head if whole else head[: FIRST_PART_FRAMES * hop]]
         yield np.clip(parts[0], -1.0, 1.0), False
-        instance, solo = self._borrow()
+        instance, solo = self._borrow(deadline=clock.deadline())
         try:
             rest = (
                 []

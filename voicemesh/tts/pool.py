@@ -1,10 +1,13 @@
-"""Idle engine instances, lent first to the pieces a listener is waiting on.
+"""Idle engine instances, lent to the waiting piece whose listener needs it soonest.
 
-Under load every request holds its admission slot while it streams, and its pieces
-take turns on the few engine instances. A request whose first audio has not started
-yet has a listener in silence; one that is already playing has seconds of audio in
-hand. So a borrow for a first piece goes before every other borrow waiting, and
-first audio under load waits for one piece, not for the whole queue of them.
+Under load the pieces of several streams take turns on the few engine instances. A
+request whose first audio has not started has a listener in silence now; a stream
+that is playing needs its next piece only when the audio it was given runs out
+(:class:`PlaybackClock`). Borrows are served earliest deadline first: a new request's
+first piece goes before a playing stream's next piece while that stream has audio in
+hand, and after it once the stream would fall silent. First audio under load then
+waits for one piece instead of the whole queue, without opening gaps in the streams
+already playing.
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ T = TypeVar("T")
 
 
 class EnginePool(Generic[T]):
-    """Thread-safe: :meth:`get` an idle instance (urgent borrows first), :meth:`put` it back."""
+    """Thread-safe: :meth:`get` an idle instance (earliest deadline first), :meth:`put` it."""
 
     def __init__(self) -> None:
         self._idle: list[T] = []
-        self._waiting: list[tuple[int, int]] = []
-        """Heap of (0 urgent / 1 not, arrival): the head is served next."""
+        self._waiting: list[tuple[float, int]] = []
+        """Heap of (deadline, arrival): the head is served next."""
         self._tickets = itertools.count()
         self._cond = threading.Condition()
 
@@ -41,18 +44,20 @@ class EnginePool(Generic[T]):
             self._idle.append(instance)
             self._cond.notify_all()
 
-    def get(self, timeout: float | None = None, *, urgent: bool = False) -> T:
-        """An idle instance, once every borrow ahead of this one has had its turn.
+    def get(self, timeout: float | None = None, *, deadline: float | None = None) -> T:
+        """An idle instance, once every borrow with an earlier ``deadline`` (monotonic
+        seconds; None: now) has had its turn; equal deadlines in arrival order.
 
         Raises :class:`queue.Empty` when none came within ``timeout`` seconds.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        now = time.monotonic()
+        give_up = None if timeout is None else now + timeout
         with self._cond:
-            ticket = (0 if urgent else 1, next(self._tickets))
+            ticket = (now if deadline is None else deadline, next(self._tickets))
             heapq.heappush(self._waiting, ticket)
             try:
                 while not (self._idle and self._waiting[0] == ticket):
-                    remaining = None if deadline is None else deadline - time.monotonic()
+                    remaining = None if give_up is None else give_up - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise queue.Empty
                     self._cond.wait(remaining)
@@ -63,3 +68,22 @@ class EnginePool(Generic[T]):
                     self._waiting.remove(ticket)
                     heapq.heapify(self._waiting)
                 self._cond.notify_all()
+
+
+class PlaybackClock:
+    """When a stream's listener will need its next audio: the time the first piece was
+    handed out plus the seconds of audio handed out since (None before the first)."""
+
+    def __init__(self) -> None:
+        self._started: float | None = None
+        self._handed_out_s = 0.0
+
+    def handed_out(self, seconds: float) -> None:
+        """A piece of ``seconds`` of audio goes to the listener now."""
+        if self._started is None:
+            self._started = time.monotonic()
+        self._handed_out_s += seconds
+
+    def deadline(self) -> float | None:
+        """Monotonic time the audio handed out so far runs out; None before any."""
+        return None if self._started is None else self._started + self._handed_out_s
