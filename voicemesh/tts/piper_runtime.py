@@ -145,7 +145,6 @@ class PiperRuntimeSynthesizer(PooledSynthesizer):
         self.split = split_at_decoder(files.model) if split_decoder or decoder_int8 else None
         self.decoder_int8 = False
         if decoder_int8 and self.split is not None and files.espeak_voice:
-            self.files = files
             self.split = self._quantized(self.split, files.espeak_voice)
             self.decoder_int8 = True
         self.split_stream = split_decoder and self.split is not None
@@ -155,13 +154,12 @@ class PiperRuntimeSynthesizer(PooledSynthesizer):
         """``split`` with its decoder in 8 bits, calibrated on this voice's own frames."""
         from voicemesh.tts.int8 import CALIBRATION_TEXTS, quantize_decoder
 
-        self._num_speakers = max(1, int(self.config.num_speakers))
         front = self._session(split.front, 2)
+        noiseless = np.array([0.0, 1.0, 0.0], dtype=np.float32)
         feeds = []
         for text in CALIBRATION_TEXTS:
             for sentence in phonemize_piper(text, espeak_voice):
-                inputs = self._feeds(sentence, 0, 1.0)
-                inputs = {**inputs, "scales": np.array([0.0, 1.0, 0.0], dtype=np.float32)}
+                inputs = self._feeds(sentence, 0, noiseless)
                 latent = front.run([split.latent], inputs)[0]
                 feeds.append(
                     {split.latent: latent, **{n: inputs[n] for n in split.decoder_inputs[1:]}}
@@ -197,22 +195,24 @@ class PiperRuntimeSynthesizer(PooledSynthesizer):
     def _describe(self, instance: Any) -> tuple[int, int]:
         return int(self.config.sample_rate), max(1, int(self.config.num_speakers))
 
-    def _feeds(self, sentence: list[int], speaker_id: int, speed: float) -> dict[str, np.ndarray]:
+    def _scales(self, speed: float) -> np.ndarray:
+        """The model's (noise, length, duration noise) scales at ``speed``."""
+        files = self.files
+        return np.array(
+            [files.noise_scale, files.length_scale / speed, files.noise_scale_w], dtype=np.float32
+        )
+
+    def _feeds(
+        self, sentence: list[int], speaker_id: int, scales: np.ndarray
+    ) -> dict[str, np.ndarray]:
         """The model's inputs for one sentence's phonemes (as Piper builds them)."""
         ids = np.array([self._ids.phonemes_to_ids([chr(c) for c in sentence])], dtype=np.int64)
         feeds: dict[str, np.ndarray] = {
             "input": ids,
             "input_lengths": np.array([ids.shape[1]], dtype=np.int64),
-            "scales": np.array(
-                [
-                    self.files.noise_scale,
-                    self.files.length_scale / speed,
-                    self.files.noise_scale_w,
-                ],
-                dtype=np.float32,
-            ),
+            "scales": scales,
         }
-        if self._num_speakers > 1:
+        if self.config.num_speakers > 1:
             feeds["sid"] = np.array([speaker_id], dtype=np.int64)
         return feeds
 
@@ -241,7 +241,7 @@ class PiperRuntimeSynthesizer(PooledSynthesizer):
         speed: float,
     ) -> np.ndarray:
         parts = [
-            self._sentence(instance, self._feeds(sentence, speaker_id, speed))
+            self._sentence(instance, self._feeds(sentence, speaker_id, self._scales(speed)))
             for sentence in codepoints or []
             if sentence
         ]
@@ -264,12 +264,16 @@ class PiperRuntimeSynthesizer(PooledSynthesizer):
         The engine instance is given back between the two, so a client that reads the
         first part slowly holds no engine; the latent frames are plain arrays.
         """
-        codepoints = phonemize_piper(piece, self.files.espeak_voice or "en-us")
-        sentences = [s for s in codepoints if s]
-        if not split or not self.split_stream or not sentences:
+        if not split or not self.split_stream:
             yield from super()._parts(piece, speaker_id, speed, split=False, clock=clock)
             return
-        feeds = self._feeds(sentences[0], speaker_id, speed)
+        codepoints = phonemize_piper(piece, self.files.espeak_voice or "en-us")
+        sentences = [s for s in codepoints if s]
+        if not sentences:
+            yield np.zeros(0, dtype=np.float32), True
+            return
+        scales = self._scales(speed)
+        feeds = self._feeds(sentences[0], speaker_id, scales)
         head_end = FIRST_PART_FRAMES + DECODER_CONTEXT_FRAMES
         instance, solo = self._borrow(deadline=clock.deadline())
         try:
@@ -283,22 +287,15 @@ class PiperRuntimeSynthesizer(PooledSynthesizer):
         if whole and len(sentences) == 1:
             yield np.clip(head, -1.0, 1.0), True
             return
-        parts: list[np.ndarray] = [head if whole else head[: FIRST_PART_FRAMES * hop]]
-        yield np.clip(parts[0], -1.0, 1.0), False
+        yield np.clip(head if whole else head[: FIRST_PART_FRAMES * hop], -1.0, 1.0), False
         instance, solo = self._borrow(deadline=clock.deadline())
         try:
-            rest = (
-                []
-                if whole
-                else [
-                    self._decode(
-                        instance, frames[:, :, FIRST_PART_FRAMES - DECODER_CONTEXT_FRAMES :], feeds
-                    )[DECODER_CONTEXT_FRAMES * hop :]
-                ]
-            )
-            rest += [
-                self._sentence(instance, self._feeds(s, speaker_id, speed)) for s in sentences[1:]
+            rest = [
+                self._sentence(instance, self._feeds(s, speaker_id, scales)) for s in sentences[1:]
             ]
+            if not whole:
+                tail = frames[:, :, FIRST_PART_FRAMES - DECODER_CONTEXT_FRAMES :]
+                rest.insert(0, self._decode(instance, tail, feeds)[DECODER_CONTEXT_FRAMES * hop :])
         finally:
             self._give_back(instance, solo)
         yield np.clip(np.concatenate(rest), -1.0, 1.0), True
